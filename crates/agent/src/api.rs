@@ -1,0 +1,142 @@
+//! The control-socket protocol: one JSON request per line, one JSON reply per line.
+//!
+//! ADD / DEL / CHECK follow the CNI specification's semantics (CNI 1.0,
+//! `SPEC.md`, "Container Network Interface (CNI) Specification"): ADD attaches a
+//! container's network namespace and returns the interface and address it got
+//! (here ADD of a container already attached returns the same result, so the lab
+//! can repeat it safely); DEL releases everything ADD made and succeeds when
+//! there is nothing to release; CHECK reports any drift from what ADD set up.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// CNI ADD.
+    Add(Attachment),
+    /// CNI DEL.
+    Del(Attachment),
+    /// CNI CHECK.
+    Check(Attachment),
+    /// The node's ports, pods, MAC table and counters.
+    Status,
+}
+
+fn default_ifname() -> String {
+    "eth0".to_owned()
+}
+
+/// What identifies one pod's attachment, as CNI passes it
+/// (`CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME`, and the pod's name in `CNI_ARGS`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub container_id: String,
+    /// Path of the pod's network namespace (`/run/netns/NAME` or `/proc/PID/ns/net`).
+    #[serde(default)]
+    pub netns: PathBuf,
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+    #[serde(default)]
+    pub pod_namespace: String,
+    #[serde(default)]
+    pub pod_name: String,
+}
+
+/// A reply: `ok` with an optional body, or an error message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<AttachResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<NodeStatus>,
+}
+
+impl Reply {
+    pub fn error(msg: impl Into<String>) -> Reply {
+        Reply { ok: false, error: Some(msg.into()), result: None, status: None }
+    }
+    pub fn done() -> Reply {
+        Reply { ok: true, error: None, result: None, status: None }
+    }
+}
+
+/// The CNI result of an ADD (field names as in the CNI result type).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachResult {
+    pub cni_version: String,
+    pub interfaces: Vec<Interface>,
+    pub ips: Vec<IpConfig>,
+    pub routes: Vec<Route>,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub mac: String,
+    pub sandbox: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IpConfig {
+    /// Address with prefix length, e.g. `10.244.1.2/24`.
+    pub address: String,
+    pub gateway: Ipv4Addr,
+    pub interface: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Route {
+    pub dst: String,
+    pub gw: Ipv4Addr,
+}
+
+/// Everything `tapestry status` shows about a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub subnet: String,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: String,
+    pub mtu: u32,
+    pub ports: Vec<PortStatus>,
+    pub mac_table: Vec<MacEntry>,
+    pub mac_table_capacity: usize,
+    pub counters: Vec<(String, u64)>,
+    pub drops: Vec<(String, u64)>,
+}
+
+/// One bridge port: the host port or a pod's `eth0`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortStatus {
+    pub port: u16,
+    /// `host` or `pod`.
+    pub kind: String,
+    pub tap: String,
+    /// `namespace/name` for pods, the node name for the host port.
+    pub owner: String,
+    pub container_id: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MacEntry {
+    pub mac: String,
+    pub port: u16,
+    pub age_ms: u64,
+}

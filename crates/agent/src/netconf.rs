@@ -1,0 +1,180 @@
+//! Addresses and interface configuration.
+//!
+//! Address plan of a node subnet (a `/24` by default, e.g. `10.244.1.0/24`):
+//! `.1` is the gateway router inside the data plane, the last usable address
+//! (`.254`) is the node's host port `cbr0`, and pods get the rest. MAC addresses
+//! are derived from IPv4 addresses as `0a:58:a:b:c:d` (locally administered,
+//! unicast; the convention OVN-Kubernetes uses), so a MAC in a capture tells
+//! which address owns it.
+//!
+//! Interfaces are configured with iproute2's `ip`, run as a child process: this is
+//! the control path (once per pod attach), and `ip` is what a learner reads in the
+//! docs anyway. A child spawned from a thread that joined a pod's namespace runs
+//! in that namespace.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::str::FromStr;
+
+use tapestry_dataplane::MacAddr;
+
+/// An IPv4 network: address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Subnet {
+    fn mask(self) -> u32 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len))
+        }
+    }
+    /// The `n`th address of the subnet (0 is the network address).
+    pub fn nth(self, n: u32) -> Option<Ipv4Addr> {
+        let size = 1u64 << (32 - u32::from(self.prefix_len));
+        (u64::from(n) < size).then(|| Ipv4Addr::from(u32::from(self.network).wrapping_add(n)))
+    }
+    /// Number of addresses, network and broadcast included.
+    pub fn size(self) -> u64 {
+        1u64 << (32 - u32::from(self.prefix_len))
+    }
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network)
+    }
+    /// The gateway: the first usable address.
+    pub fn gateway(self) -> Option<Ipv4Addr> {
+        self.nth(1)
+    }
+    /// The host port's address: the last usable one.
+    pub fn host_port(self) -> Option<Ipv4Addr> {
+        self.size().checked_sub(2).and_then(|n| u32::try_from(n).ok()).and_then(|n| self.nth(n))
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/len)"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = p.parse().map_err(|_| format!("{s:?}: {p:?} is not a prefix length"))?;
+        if !(8..=30).contains(&prefix_len) {
+            return Err(format!("{s:?}: prefix length must be 8 to 30 for a node subnet"));
+        }
+        let net = Subnet { network: addr, prefix_len };
+        if u32::from(addr) & net.mask() != u32::from(addr) {
+            return Err(format!("{s:?}: host bits set (did you mean {}/{prefix_len}?)", Ipv4Addr::from(u32::from(addr) & net.mask())));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+/// `0a:58:` followed by the four address bytes.
+pub fn mac_for(ip: Ipv4Addr) -> MacAddr {
+    let [a, b, c, d] = ip.octets();
+    MacAddr([0x0a, 0x58, a, b, c, d])
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn mac_string(mac: MacAddr) -> String {
+    let m = mac.0;
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// Runs `ip ARGS…` in the calling thread's network namespace.
+pub fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip {}`: {e} (is iproute2 installed?)", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Brings `dev` up with `mac`, `mtu`, the address `addr/prefix`, and optionally a
+/// default route via `gateway`. Idempotent (`replace`).
+pub fn configure_interface(
+    dev: &str,
+    mac: MacAddr,
+    mtu: u32,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Option<Ipv4Addr>,
+) -> Result<(), String> {
+    let mac = mac_string(mac);
+    let mtu = mtu.to_string();
+    ip(&["link", "set", "dev", dev, "address", &mac, "mtu", &mtu])?;
+    ip(&["link", "set", "dev", dev, "up"])?;
+    ip(&["addr", "replace", &format!("{addr}/{prefix_len}"), "dev", dev])?;
+    if let Some(gw) = gateway {
+        ip(&["route", "replace", "default", "via", &gw.to_string(), "dev", dev])?;
+    }
+    Ok(())
+}
+
+/// What `ip` reports of `dev`: (MAC, MTU, IPv4 addresses with prefix, up?).
+pub fn inspect_interface(dev: &str) -> Result<(String, u32, Vec<String>, bool), String> {
+    let out = ip(&["-j", "addr", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("cannot read `ip -j addr` output: {e}"))?;
+    let link = v.get(0).ok_or_else(|| format!("interface {dev} not found"))?;
+    let mac = link.get("address").and_then(|a| a.as_str()).unwrap_or_default().to_owned();
+    let mtu = link.get("mtu").and_then(|m| m.as_u64()).and_then(|m| u32::try_from(m).ok()).unwrap_or(0);
+    let up = link
+        .get("flags")
+        .and_then(|f| f.as_array())
+        .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("UP")));
+    let addrs = link
+        .get("addr_info")
+        .and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter(|i| i.get("family").and_then(|f| f.as_str()) == Some("inet"))
+                .filter_map(|i| {
+                    Some(format!("{}/{}", i.get("local")?.as_str()?, i.get("prefixlen")?.as_u64()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((mac, mtu, addrs, up))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_plan() {
+        let s: Subnet = "10.244.1.0/24".parse().expect("valid");
+        assert_eq!(s.gateway(), Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(s.host_port(), Some(Ipv4Addr::new(10, 244, 1, 254)));
+        assert!(s.contains(Ipv4Addr::new(10, 244, 1, 77)));
+        assert!(!s.contains(Ipv4Addr::new(10, 244, 2, 1)));
+        assert_eq!(s.to_string(), "10.244.1.0/24");
+    }
+
+    #[test]
+    fn subnet_errors_name_the_problem() {
+        assert!("10.244.1.5/24".parse::<Subnet>().unwrap_err().contains("host bits"));
+        assert!("10.244.1.0".parse::<Subnet>().unwrap_err().contains("not a CIDR"));
+        assert!("10.244.1.0/31".parse::<Subnet>().unwrap_err().contains("prefix length"));
+        assert!("10.244.x.0/24".parse::<Subnet>().unwrap_err().contains("not an IPv4"));
+    }
+
+    #[test]
+    fn mac_derived_from_ip() {
+        assert_eq!(mac_string(mac_for(Ipv4Addr::new(10, 244, 1, 2))), "0a:58:0a:f4:01:02");
+    }
+}

@@ -1,0 +1,14 @@
+//! Tapestry's I/O layer: everything that touches the kernel on the packet path.
+//!
+//! - [`sys`]: the TAP ioctls and `setns`, the only `unsafe` code in the project.
+//! - [`tap`]: TAP queues with virtio-net headers and offloads, optionally persistent.
+//! - [`worker`]: the event loop that feeds frames from TAPs through the
+//!   I/O-free [`tapestry_dataplane::Pipeline`] and writes out what it decides.
+#![deny(unsafe_code)]
+
+pub mod sys;
+pub mod tap;
+pub mod worker;
+
+pub use tap::Tap;
+pub use worker::{spawn, Command, PortCounters, WorkerHandle};

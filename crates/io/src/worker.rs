@@ -1,0 +1,269 @@
+//! The data-plane worker: one thread that owns the [`Pipeline`] and every port's
+//! TAP, blocks in `epoll` (through `mio`) until a TAP has frames, and moves them.
+//!
+//! Invariants of the packet path:
+//! - No locks and no allocation per frame: one receive buffer and one reply buffer
+//!   are allocated when the worker starts; the MAC table is preallocated by the
+//!   pipeline; ports live in a `Vec` indexed by [`PortId`].
+//! - No busy polling: the thread sleeps in `epoll_wait` until a TAP is readable or
+//!   the control thread wakes it through the [`mio::Waker`].
+//! - Bounded work per wakeup: a port is read at most [`RX_BUDGET`] times before
+//!   the others get their turn (`mio` is edge-triggered, so a port that still has
+//!   frames is remembered and served again before the next sleep).
+//! - Control changes (a port added or removed) arrive as [`Command`]s on a channel
+//!   and are applied between batches, by this thread only.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tapestry_dataplane::{Action, MacAddr, Nanos, Pipeline, PortId, PortRole};
+
+use crate::tap::Tap;
+
+/// Frames read from one port per turn before the other ports are served.
+pub const RX_BUDGET: usize = 64;
+/// Room for a 64 KiB TSO segment, its Ethernet header and the virtio-net header.
+pub const FRAME_BUF_LEN: usize = 65_536 + 256;
+const WAKER: Token = Token(usize::MAX);
+
+/// Per-port traffic counters, readable from any thread (relaxed atomics).
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_frames: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_frames: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Writes the kernel refused (the TAP's queue full, or the device gone).
+    pub tx_errors: AtomicU64,
+}
+
+/// What the control thread asks of the worker.
+pub enum Command {
+    /// Attach `tap` as port `id`; the reply says whether it is now served.
+    AddPort { id: PortId, role: PortRole, tap: Tap, done: Sender<io::Result<Arc<PortCounters>>> },
+    /// Detach port `id` and hand its TAP back (so the caller can remove it).
+    RemovePort { id: PortId, done: Sender<Option<Tap>> },
+    /// Report the MAC table.
+    MacTable { done: Sender<Vec<(MacAddr, PortId, Nanos)>> },
+    /// Stop the worker; TAPs are closed (persistent ones stay).
+    Shutdown,
+}
+
+/// The control thread's handle on a running worker.
+pub struct WorkerHandle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Sends a command and wakes the worker.
+    pub fn send(&self, cmd: Command) -> io::Result<()> {
+        self.tx.send(cmd).map_err(|_| io::Error::other("data-plane worker has stopped"))?;
+        self.waker.wake()
+    }
+
+    /// Stops the worker and waits for it.
+    pub fn shutdown(&mut self) {
+        let _ = self.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Port {
+    tap: Tap,
+    counters: Arc<PortCounters>,
+}
+
+struct Worker {
+    poll: Poll,
+    pipeline: Pipeline,
+    ports: Vec<Option<Port>>,
+    rx: Receiver<Command>,
+    epoch: Instant,
+    /// Ports that used up their budget and still have frames queued.
+    backlog: Vec<usize>,
+    stop: bool,
+}
+
+/// Starts the worker thread around `pipeline`.
+pub fn spawn(pipeline: Pipeline) -> io::Result<WorkerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut worker = Worker {
+        poll,
+        pipeline,
+        ports: Vec::new(),
+        rx,
+        epoch: clock_epoch(),
+        backlog: Vec::with_capacity(64),
+        stop: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("dataplane".into())
+        .spawn(move || worker.run())?;
+    Ok(WorkerHandle { tx, waker, thread: Some(thread) })
+}
+
+#[allow(clippy::disallowed_methods)] // the I/O layer is where time is read; the data plane gets it passed in
+fn clock_epoch() -> Instant {
+    Instant::now()
+}
+
+impl Worker {
+    fn now(&self) -> Nanos {
+        #[allow(clippy::disallowed_methods)] // see clock_epoch
+        let d = Instant::now().duration_since(self.epoch);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut buf = vec![0u8; FRAME_BUF_LEN];
+        let mut out = vec![0u8; FRAME_BUF_LEN];
+        let mut ready: Vec<usize> = Vec::with_capacity(256);
+        while !self.stop {
+            let timeout = if self.backlog.is_empty() { None } else { Some(Duration::ZERO) };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "epoll failed; data plane stops");
+                return;
+            }
+            ready.clear();
+            ready.append(&mut self.backlog);
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    self.drain_commands();
+                } else if !ready.contains(&ev.token().0) {
+                    ready.push(ev.token().0);
+                }
+            }
+            for &idx in &ready {
+                if self.serve(idx, &mut buf, &mut out) {
+                    self.backlog.push(idx);
+                }
+            }
+        }
+    }
+
+    /// Reads up to [`RX_BUDGET`] frames from port `idx`; true if it may have more.
+    fn serve(&mut self, idx: usize, buf: &mut [u8], out: &mut [u8]) -> bool {
+        let Ok(raw_id) = u16::try_from(idx) else { return false };
+        let ingress = PortId(raw_id);
+        for _ in 0..RX_BUDGET {
+            let Some(Some(port)) = self.ports.get(idx) else { return false };
+            let n = match port.tap.recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(port = idx, tap = port.tap.name(), error = %e, "read failed; port paused");
+                    return false;
+                }
+            };
+            port.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
+            port.counters.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            let now = self.now();
+            let Some(pkt) = buf.get_mut(..n) else { return false };
+            match self.pipeline.process(ingress, pkt, now, out) {
+                Action::Forward(to) => send_to(&self.ports, usize::from(to.0), pkt),
+                Action::Flood => {
+                    for (i, p) in self.ports.iter().enumerate() {
+                        if i != idx {
+                            if let Some(p) = p {
+                                send(p, pkt);
+                            }
+                        }
+                    }
+                }
+                Action::Reply(bytes) => send_to(&self.ports, idx, bytes),
+                Action::Drop(_) => {} // counted by the pipeline, by reason
+            }
+        }
+        true
+    }
+
+    fn drain_commands(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::AddPort { id, role, tap, done } => {
+                    let _ = done.send(self.add_port(id, role, tap));
+                }
+                Command::RemovePort { id, done } => {
+                    let _ = done.send(self.remove_port(id));
+                }
+                Command::MacTable { done } => {
+                    let now = self.now();
+                    let _ = done.send(self.pipeline.mac_entries(now));
+                }
+                Command::Shutdown => self.stop = true,
+            }
+        }
+    }
+
+    fn add_port(&mut self, id: PortId, role: PortRole, tap: Tap) -> io::Result<Arc<PortCounters>> {
+        let idx = usize::from(id.0);
+        if let Some(old) = self.remove_port(id) {
+            drop(old);
+        }
+        let fd = tap.as_raw_fd();
+        self.poll.registry().register(&mut SourceFd(&fd), Token(idx), Interest::READABLE)?;
+        if self.ports.len() <= idx {
+            self.ports.resize_with(idx + 1, || None);
+        }
+        let counters = Arc::new(PortCounters::default());
+        if let Some(slot) = self.ports.get_mut(idx) {
+            *slot = Some(Port { tap, counters: Arc::clone(&counters) });
+        }
+        self.pipeline.add_port(id, role);
+        // Frames may have queued before registration: serve them now (edge-triggered).
+        self.backlog.push(idx);
+        Ok(counters)
+    }
+
+    fn remove_port(&mut self, id: PortId) -> Option<Tap> {
+        let idx = usize::from(id.0);
+        let port = self.ports.get_mut(idx)?.take()?;
+        let fd = port.tap.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.pipeline.remove_port(id);
+        self.backlog.retain(|&i| i != idx);
+        Some(port.tap)
+    }
+}
+
+fn send_to(ports: &[Option<Port>], idx: usize, frame: &[u8]) {
+    if let Some(Some(p)) = ports.get(idx) {
+        send(p, frame);
+    }
+}
+
+fn send(port: &Port, frame: &[u8]) {
+    match port.tap.send(frame) {
+        Ok(n) => {
+            port.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
+            port.counters.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(_) => {
+            port.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Tapestry lab: a simulated Kubernetes cluster built from Linux network namespaces.
+#
+#   scripts/lab.sh [--name LAB] [--nodes N] up       build, start node agents, create the pods in lab/pods
+#   scripts/lab.sh [--name LAB] down                 remove everything `up` made
+#   scripts/lab.sh [--name LAB] status               nodes and pods, with IPs and MACs
+#   scripts/lab.sh [--name LAB] exec POD -- CMD...   run CMD inside POD's network namespace
+#   scripts/lab.sh [--name LAB] demo                 show the Kubernetes networking facts, PASS or FAIL each
+#
+# Needs root. Everything it makes is named after LAB (default: tapestry) and
+# recorded under /run/tapestry/LAB; nothing outside the lab's namespaces is touched.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export REPO
+LAB=${TAPESTRY_LAB:-tapestry}
+NODES=1
+BIN="$REPO/target/release"
+export LAB BIN
+MANIFESTS="$REPO/lab/pods"
+
+usage() {
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+die() { echo "lab.sh: $*" >&2; exit 1; }
+say() { echo "==> $*"; }
+
+lab_dir() { echo "/run/tapestry/$LAB"; }
+node_ns() { echo "$LAB-$1"; }
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces and TAP devices need it)"
+}
+
+# Debian packages the lab uses, by the command that needs them.
+ensure_packages() {
+    local missing=() cmd pkg
+    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps; do
+        cmd=${pair%%:*}; pkg=${pair#*:}
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+build() {
+    say "building release binaries"
+    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-pause)
+}
+
+tapestry() { "$BIN/tapestry" "$@"; }
+lab_args() { echo --lab-dir "$(lab_dir)" --prefix "$LAB" --bin-dir "$BIN"; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# Polls `tapestry status` until the agent answers, at most 10 s.
+wait_agent() {
+    local sock=$1 i
+    for i in $(seq 1 100); do
+        tapestry status --socket "$sock" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+start_node() {
+    local i=$1 node="node$1" ns dir
+    ns=$(node_ns "$node")
+    dir="$(lab_dir)/nodes/$node"
+    mkdir -p "$dir"
+    if [ ! -e "/run/netns/$ns" ]; then
+        ip netns add "$ns"
+    fi
+    ip -n "$ns" link set lo up
+    if pid_alive "$dir/tapestryd.pid"; then
+        say "$node: tapestryd already running (pid $(cat "$dir/tapestryd.pid"))"
+    else
+        say "$node: starting tapestryd in namespace $ns (pod CIDR 10.244.$i.0/24)"
+        setsid ip netns exec "$ns" "$BIN/tapestryd" --node "$node" --pod-cidr "10.244.$i.0/24" \
+            --state-dir "$dir" </dev/null >>"$dir/tapestryd.log" 2>&1 &
+        echo $! >"$dir/tapestryd.pid"
+    fi
+    wait_agent "$dir/tapestryd.sock" || { tail -n 20 "$dir/tapestryd.log" >&2; die "$node: tapestryd did not answer on $dir/tapestryd.sock"; }
+}
+
+cmd_up() {
+    need_root
+    ensure_packages
+    build
+    local have
+    mkdir -p "$(lab_dir)"
+    if [ -f "$(lab_dir)/nodes.count" ]; then
+        have=$(cat "$(lab_dir)/nodes.count")
+        [ "$have" = "$NODES" ] || die "lab $LAB is up with $have node(s); run 'scripts/lab.sh down' before changing --nodes"
+    fi
+    echo "$NODES" >"$(lab_dir)/nodes.count"
+    for i in $(seq 1 "$NODES"); do
+        start_node "$i"
+    done
+    say "creating pods from ${MANIFESTS#"$REPO"/}"
+    # shellcheck disable=SC2046
+    tapestry pods up $(lab_args) -f "$MANIFESTS"
+    cmd_status
+}
+
+cmd_down() {
+    need_root
+    local dir node ns
+    dir=$(lab_dir)
+    if [ -d "$dir/pods" ] && [ -x "$BIN/tapestry" ]; then
+        # shellcheck disable=SC2046
+        tapestry pods down $(lab_args) || true
+    fi
+    # Anything the runtime could not remove: stop processes by pid file, drop namespaces.
+    if [ -d "$dir/pods" ]; then
+        for pidf in "$dir"/pods/*/*.pid; do
+            if pid_alive "$pidf"; then kill -KILL "$(cat "$pidf")" 2>/dev/null || true; fi
+        done
+        for pd in "$dir"/pods/*_*; do
+            [ -d "$pd" ] || continue
+            ns="$LAB-$(basename "$pd" | sed 's/_/-/')"
+            [ -e "/run/netns/$ns" ] && ip netns del "$ns"
+        done
+    fi
+    if [ -d "$dir/nodes" ]; then
+        for nd in "$dir"/nodes/*; do
+            [ -d "$nd" ] || continue
+            node=$(basename "$nd")
+            if pid_alive "$nd/tapestryd.pid"; then
+                kill -TERM "$(cat "$nd/tapestryd.pid")" 2>/dev/null || true
+                for _ in $(seq 1 50); do pid_alive "$nd/tapestryd.pid" || break; sleep 0.1; done
+                if pid_alive "$nd/tapestryd.pid"; then kill -KILL "$(cat "$nd/tapestryd.pid")" 2>/dev/null || true; fi
+            fi
+            ns=$(node_ns "$node")
+            [ -e "/run/netns/$ns" ] && ip netns del "$ns"
+        done
+    fi
+    rm -rf "$dir"
+    say "lab $LAB is down"
+}
+
+cmd_status() {
+    local dir nd
+    dir=$(lab_dir)
+    [ -d "$dir/nodes" ] || die "lab $LAB is not up (no $dir)"
+    for nd in "$dir"/nodes/*; do
+        [ -S "$nd/tapestryd.sock" ] || continue
+        echo
+        tapestry status --socket "$nd/tapestryd.sock" || true
+    done
+    echo
+    # shellcheck disable=SC2046
+    tapestry pods list $(lab_args)
+}
+
+pod_ns() {
+    local pod=$1
+    case "$pod" in
+        */*) echo "$LAB-${pod%%/*}-${pod#*/}" ;;
+        *) echo "$LAB-default-$pod" ;;
+    esac
+}
+
+cmd_exec() {
+    need_root
+    [ $# -ge 1 ] || die "usage: lab.sh exec POD -- CMD..."
+    local pod=$1 ns; shift
+    [ "${1:-}" = "--" ] && shift
+    [ $# -ge 1 ] || die "usage: lab.sh exec POD -- CMD..."
+    ns=$(pod_ns "$pod")
+    [ -e "/run/netns/$ns" ] || die "no pod $pod in lab $LAB (no namespace $ns)"
+    exec ip netns exec "$ns" "$@"
+}
+
+cmd_demo() {
+    need_root
+    [ -d "$(lab_dir)/nodes" ] || die "lab $LAB is not up: run 'scripts/lab.sh up' first"
+    LAB_DIR=$(lab_dir) bash "$REPO/scripts/demo.sh"
+}
+
+main() {
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --name) LAB=${2:?--name needs a value}; shift 2 ;;
+            --nodes) NODES=${2:?--nodes needs a value}; shift 2 ;;
+            -h|--help|help) usage; exit 0 ;;
+            *) break ;;
+        esac
+    done
+    [[ "$LAB" =~ ^[a-z][a-z0-9]{0,11}$ ]] || die "lab name '$LAB' must be 1-12 lowercase letters or digits, starting with a letter"
+    if ! [[ "$NODES" =~ ^[0-9]+$ ]] || [ "$NODES" -lt 1 ] || [ "$NODES" -gt 200 ]; then
+        die "--nodes must be 1 to 200"
+    fi
+    local cmd=${1:-}
+    [ -n "$cmd" ] || { usage; exit 2; }
+    shift
+    case "$cmd" in
+        up) cmd_up "$@" ;;
+        down) cmd_down "$@" ;;
+        status) cmd_status "$@" ;;
+        exec) cmd_exec "$@" ;;
+        demo) cmd_demo "$@" ;;
+        *) usage >&2; die "unknown command '$cmd'" ;;
+    esac
+}
+
+main "$@"

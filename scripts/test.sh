@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command: unit and property tests of every crate, then the
+# end-to-end lab checks (as root: real namespaces, TAPs, ping and curl).
+# Installs what it needs (Debian packages with apt-get, crates with cargo).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+ensure_packages() {
+    local missing=() pair
+    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps shellcheck:shellcheck; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_packages
+echo "==> shellcheck"
+shellcheck scripts/*.sh .ci/run
+echo "==> cargo test --workspace"
+cargo test --workspace --quiet 2>&1 | tail -n 40
+echo "==> end-to-end lab checks"
+bash scripts/e2e.sh
