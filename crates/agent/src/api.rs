@@ -60,10 +60,20 @@ pub struct Reply {
 
 impl Reply {
     pub fn error(msg: impl Into<String>) -> Reply {
-        Reply { ok: false, error: Some(msg.into()), result: None, status: None }
+        Reply {
+            ok: false,
+            error: Some(msg.into()),
+            result: None,
+            status: None,
+        }
     }
     pub fn done() -> Reply {
-        Reply { ok: true, error: None, result: None, status: None }
+        Reply {
+            ok: true,
+            error: None,
+            result: None,
+            status: None,
+        }
     }
 }
 

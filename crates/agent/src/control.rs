@@ -24,7 +24,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
                 path.display()
             ));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
     UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))
 }
@@ -35,7 +36,9 @@ pub fn serve(listener: UnixListener, node: Arc<Node>) {
         match conn {
             Ok(stream) => {
                 let node = Arc::clone(&node);
-                let spawned = std::thread::Builder::new().name("control".into()).spawn(move || handle(stream, &node));
+                let spawned = std::thread::Builder::new()
+                    .name("control".into())
+                    .spawn(move || handle(stream, &node));
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "cannot spawn a control thread");
                 }
@@ -47,7 +50,9 @@ pub fn serve(listener: UnixListener, node: Arc<Node>) {
 
 fn handle(stream: UnixStream, node: &Node) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(std::io::Read::take(stream, MAX_LINE));
     let mut line = String::new();
     loop {
@@ -63,7 +68,9 @@ fn handle(stream: UnixStream, node: &Node) {
             Ok(req) => dispatch(node, req),
             Err(e) => Reply::error(format!("bad request: {e}")),
         };
-        let Ok(mut out) = serde_json::to_vec(&reply) else { return };
+        let Ok(mut out) = serde_json::to_vec(&reply) else {
+            return;
+        };
         out.push(b'\n');
         if writer.write_all(&out).is_err() {
             return;
@@ -74,23 +81,39 @@ fn handle(stream: UnixStream, node: &Node) {
 /// Runs one request against the node.
 pub fn dispatch(node: &Node, req: Request) -> Reply {
     let res = match req {
-        Request::Add(a) => node.add(&a).map(|r| Reply { result: Some(r), ..Reply::done() }),
+        Request::Add(a) => node.add(&a).map(|r| Reply {
+            result: Some(r),
+            ..Reply::done()
+        }),
         Request::Del(a) => node.del(&a).map(|()| Reply::done()),
         Request::Check(a) => node.check(&a).map(|()| Reply::done()),
-        Request::Status => node.status().map(|s| Reply { status: Some(s), ..Reply::done() }),
+        Request::Status => node.status().map(|s| Reply {
+            status: Some(s),
+            ..Reply::done()
+        }),
     };
     res.unwrap_or_else(Reply::error)
 }
 
 /// Sends one request to the agent at `path` and returns its reply (for the CLI).
 pub fn call(path: &Path, req: &Request) -> Result<Reply, String> {
-    let mut stream = UnixStream::connect(path)
-        .map_err(|e| format!("cannot reach tapestryd at {}: {e} (is the agent running?)", path.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot reach tapestryd at {}: {e} (is the agent running?)",
+            path.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
     let mut msg = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     msg.push(b'\n');
-    stream.write_all(&msg).map_err(|e| format!("send to tapestryd: {e}"))?;
+    stream
+        .write_all(&msg)
+        .map_err(|e| format!("send to tapestryd: {e}"))?;
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).map_err(|e| format!("read from tapestryd: {e}"))?;
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| format!("read from tapestryd: {e}"))?;
     serde_json::from_str(&line).map_err(|e| format!("bad reply from tapestryd: {e}"))
 }

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use tapestry_agent::control;
 use tapestry_agent::netconf::Subnet;
 use tapestry_agent::node::{Node, NodeConfig};
-use tapestry_agent::control;
 
 /// Tapestry node agent: switches and routes this node's pod traffic in userspace,
 /// and attaches pods (CNI ADD/DEL/CHECK) over its control socket.
@@ -41,7 +41,8 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TAPESTRY_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TAPESTRY_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -81,7 +82,10 @@ fn run(args: Args) -> Result<(), String> {
     let _ = lock.set_len(0);
     let _ = writeln!(lock, "{}", std::process::id());
 
-    let socket = args.socket.clone().unwrap_or_else(|| args.state_dir.join("tapestryd.sock"));
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("tapestryd.sock"));
     let listener = control::bind(&socket)?;
     let node = Arc::new(Node::start(NodeConfig {
         name: args.node,

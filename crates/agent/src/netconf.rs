@@ -52,22 +52,39 @@ impl Subnet {
     }
     /// The host port's address: the last usable one.
     pub fn host_port(self) -> Option<Ipv4Addr> {
-        self.size().checked_sub(2).and_then(|n| u32::try_from(n).ok()).and_then(|n| self.nth(n))
+        self.size()
+            .checked_sub(2)
+            .and_then(|n| u32::try_from(n).ok())
+            .and_then(|n| self.nth(n))
     }
 }
 
 impl FromStr for Subnet {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/len)"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = p.parse().map_err(|_| format!("{s:?}: {p:?} is not a prefix length"))?;
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/len)"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = p
+            .parse()
+            .map_err(|_| format!("{s:?}: {p:?} is not a prefix length"))?;
         if !(8..=30).contains(&prefix_len) {
-            return Err(format!("{s:?}: prefix length must be 8 to 30 for a node subnet"));
+            return Err(format!(
+                "{s:?}: prefix length must be 8 to 30 for a node subnet"
+            ));
         }
-        let net = Subnet { network: addr, prefix_len };
+        let net = Subnet {
+            network: addr,
+            prefix_len,
+        };
         if u32::from(addr) & net.mask() != u32::from(addr) {
-            return Err(format!("{s:?}: host bits set (did you mean {}/{prefix_len}?)", Ipv4Addr::from(u32::from(addr) & net.mask())));
+            return Err(format!(
+                "{s:?}: host bits set (did you mean {}/{prefix_len}?)",
+                Ipv4Addr::from(u32::from(addr) & net.mask())
+            ));
         }
         Ok(net)
     }
@@ -88,19 +105,28 @@ pub fn mac_for(ip: Ipv4Addr) -> MacAddr {
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(mac: MacAddr) -> String {
     let m = mac.0;
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// Runs `ip ARGS…` in the calling thread's network namespace.
 pub fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip {}`: {e} (is iproute2 installed?)", args.join(" ")))?;
+    let out = Command::new("ip").args(args).output().map_err(|e| {
+        format!(
+            "cannot run `ip {}`: {e} (is iproute2 installed?)",
+            args.join(" ")
+        )
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -118,9 +144,23 @@ pub fn configure_interface(
     let mtu = mtu.to_string();
     ip(&["link", "set", "dev", dev, "address", &mac, "mtu", &mtu])?;
     ip(&["link", "set", "dev", dev, "up"])?;
-    ip(&["addr", "replace", &format!("{addr}/{prefix_len}"), "dev", dev])?;
+    ip(&[
+        "addr",
+        "replace",
+        &format!("{addr}/{prefix_len}"),
+        "dev",
+        dev,
+    ])?;
     if let Some(gw) = gateway {
-        ip(&["route", "replace", "default", "via", &gw.to_string(), "dev", dev])?;
+        ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &gw.to_string(),
+            "dev",
+            dev,
+        ])?;
     }
     Ok(())
 }
@@ -128,10 +168,21 @@ pub fn configure_interface(
 /// What `ip` reports of `dev`: (MAC, MTU, IPv4 addresses with prefix, up?).
 pub fn inspect_interface(dev: &str) -> Result<(String, u32, Vec<String>, bool), String> {
     let out = ip(&["-j", "addr", "show", "dev", dev])?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("cannot read `ip -j addr` output: {e}"))?;
-    let link = v.get(0).ok_or_else(|| format!("interface {dev} not found"))?;
-    let mac = link.get("address").and_then(|a| a.as_str()).unwrap_or_default().to_owned();
-    let mtu = link.get("mtu").and_then(|m| m.as_u64()).and_then(|m| u32::try_from(m).ok()).unwrap_or(0);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("cannot read `ip -j addr` output: {e}"))?;
+    let link = v
+        .get(0)
+        .ok_or_else(|| format!("interface {dev} not found"))?;
+    let mac = link
+        .get("address")
+        .and_then(|a| a.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let mtu = link
+        .get("mtu")
+        .and_then(|m| m.as_u64())
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(0);
     let up = link
         .get("flags")
         .and_then(|f| f.as_array())
@@ -143,7 +194,11 @@ pub fn inspect_interface(dev: &str) -> Result<(String, u32, Vec<String>, bool), 
             a.iter()
                 .filter(|i| i.get("family").and_then(|f| f.as_str()) == Some("inet"))
                 .filter_map(|i| {
-                    Some(format!("{}/{}", i.get("local")?.as_str()?, i.get("prefixlen")?.as_u64()?))
+                    Some(format!(
+                        "{}/{}",
+                        i.get("local")?.as_str()?,
+                        i.get("prefixlen")?.as_u64()?
+                    ))
                 })
                 .collect()
         })
@@ -167,14 +222,29 @@ mod tests {
 
     #[test]
     fn subnet_errors_name_the_problem() {
-        assert!("10.244.1.5/24".parse::<Subnet>().unwrap_err().contains("host bits"));
-        assert!("10.244.1.0".parse::<Subnet>().unwrap_err().contains("not a CIDR"));
-        assert!("10.244.1.0/31".parse::<Subnet>().unwrap_err().contains("prefix length"));
-        assert!("10.244.x.0/24".parse::<Subnet>().unwrap_err().contains("not an IPv4"));
+        assert!("10.244.1.5/24"
+            .parse::<Subnet>()
+            .unwrap_err()
+            .contains("host bits"));
+        assert!("10.244.1.0"
+            .parse::<Subnet>()
+            .unwrap_err()
+            .contains("not a CIDR"));
+        assert!("10.244.1.0/31"
+            .parse::<Subnet>()
+            .unwrap_err()
+            .contains("prefix length"));
+        assert!("10.244.x.0/24"
+            .parse::<Subnet>()
+            .unwrap_err()
+            .contains("not an IPv4"));
     }
 
     #[test]
     fn mac_derived_from_ip() {
-        assert_eq!(mac_string(mac_for(Ipv4Addr::new(10, 244, 1, 2))), "0a:58:0a:f4:01:02");
+        assert_eq!(
+            mac_string(mac_for(Ipv4Addr::new(10, 244, 1, 2))),
+            "0a:58:0a:f4:01:02"
+        );
     }
 }

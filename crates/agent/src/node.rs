@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tapestry_dataplane::{Counters, MacAddr, Pipeline, PipelineConfig, PortId, PortRole};
+use tapestry_dataplane::{
+    Counters, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
+};
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
 use crate::api::{
@@ -73,18 +75,37 @@ impl Node {
     /// Builds the pipeline, starts the worker, opens the host port and reattaches
     /// the pods remembered in the state directory.
     pub fn start(cfg: NodeConfig) -> Result<Node, String> {
-        let gateway = cfg.subnet.gateway().ok_or("subnet has no gateway address")?;
-        let host_ip = cfg.subnet.host_port().ok_or("subnet has no host port address")?;
+        let gateway = cfg
+            .subnet
+            .gateway()
+            .ok_or("subnet has no gateway address")?;
+        let host_ip = cfg
+            .subnet
+            .host_port()
+            .ok_or("subnet has no host port address")?;
         let gateway_mac = mac_for(gateway);
-        let pcfg = PipelineConfig::new(gateway, gateway_mac, cfg.subnet.network, cfg.subnet.prefix_len);
+        let pcfg = PipelineConfig::new(
+            gateway,
+            gateway_mac,
+            cfg.subnet.network,
+            cfg.subnet.prefix_len,
+        );
         let mac_capacity = pcfg.mac_capacity;
         let pipeline = Pipeline::new(pcfg);
         let counters = Arc::clone(pipeline.counters());
-        let worker = tapestry_io::spawn(pipeline).map_err(err("cannot start the data-plane worker"))?;
+        let worker =
+            tapestry_io::spawn(pipeline).map_err(err("cannot start the data-plane worker"))?;
 
         let host_tap = Tap::open(&cfg.host_port, true)
             .map_err(|e| format!("cannot open host port TAP {}: {e}", cfg.host_port))?;
-        netconf::configure_interface(host_tap.name(), mac_for(host_ip), cfg.mtu, host_ip, cfg.subnet.prefix_len, None)?;
+        netconf::configure_interface(
+            host_tap.name(),
+            mac_for(host_ip),
+            cfg.mtu,
+            host_ip,
+            cfg.subnet.prefix_len,
+            None,
+        )?;
         let host_counters = add_port(&worker, HOST_PORT, PortRole::Host, host_tap)?;
         tracing::info!(node = %cfg.name, subnet = %cfg.subnet, %gateway, host_port = %cfg.host_port, %host_ip, "node up");
 
@@ -95,7 +116,10 @@ impl Node {
             worker: Mutex::new(worker),
             counters,
             mac_capacity,
-            state: Mutex::new(State { pods: BTreeMap::new(), host_counters }),
+            state: Mutex::new(State {
+                pods: BTreeMap::new(),
+                host_counters,
+            }),
             cfg,
         };
         node.reattach();
@@ -128,13 +152,24 @@ impl Node {
                     continue;
                 }
             };
-            let role = PortRole::Pod { mac: mac_for(rec.ip), ip: rec.ip };
+            let role = PortRole::Pod {
+                mac: mac_for(rec.ip),
+                ip: rec.ip,
+            };
             match add_port(&self.worker.lock(), PortId(rec.port), role, tap) {
                 Ok(counters) => {
                     tracing::info!(pod = %format!("{}/{}", a.pod_namespace, a.pod_name), ip = %rec.ip, port = rec.port, "reattached");
-                    st.pods.insert(a.container_id.clone(), Attached { record: rec, counters });
+                    st.pods.insert(
+                        a.container_id.clone(),
+                        Attached {
+                            record: rec,
+                            counters,
+                        },
+                    );
                 }
-                Err(e) => tracing::warn!(container = %a.container_id, error = %e, "cannot reattach"),
+                Err(e) => {
+                    tracing::warn!(container = %a.container_id, error = %e, "cannot reattach")
+                }
             }
         }
         if let Err(e) = self.save(&st) {
@@ -167,7 +202,10 @@ impl Node {
                 gateway: self.gateway,
                 interface: 0,
             }],
-            routes: vec![Route { dst: "0.0.0.0/0".into(), gw: self.gateway }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".into(),
+                gw: self.gateway,
+            }],
             mtu: self.cfg.mtu,
         }
     }
@@ -177,7 +215,9 @@ impl Node {
         validate(a)?;
         let mut st = self.state.lock();
         if let Some(existing) = st.pods.get(&a.container_id) {
-            if existing.record.attachment.netns != a.netns || existing.record.attachment.ifname != a.ifname {
+            if existing.record.attachment.netns != a.netns
+                || existing.record.attachment.ifname != a.ifname
+            {
                 return Err(format!(
                     "container {} is already attached to {} as {}",
                     a.container_id,
@@ -187,7 +227,9 @@ impl Node {
             }
             return Ok(self.result_for(&existing.record));
         }
-        if let Some(other) = st.pods.values().find(|p| p.record.attachment.netns == a.netns && p.record.attachment.ifname == a.ifname) {
+        if let Some(other) = st.pods.values().find(|p| {
+            p.record.attachment.netns == a.netns && p.record.attachment.ifname == a.ifname
+        }) {
             return Err(format!(
                 "{} in {} already belongs to container {}",
                 a.ifname,
@@ -200,11 +242,17 @@ impl Node {
             .find(|p| !st.pods.values().any(|x| x.record.port == *p))
             .ok_or("no free bridge port")?;
         let mac = mac_for(ip);
-        let (mtu, prefix, gw, ifname) = (self.cfg.mtu, self.cfg.subnet.prefix_len, self.gateway, a.ifname.clone());
+        let (mtu, prefix, gw, ifname) = (
+            self.cfg.mtu,
+            self.cfg.subnet.prefix_len,
+            self.gateway,
+            a.ifname.clone(),
+        );
         let tap = tapestry_io::sys::in_netns(&a.netns, move || {
             let tap = Tap::open(&ifname, true)?;
-            let setup = netconf::ip(&["link", "set", "dev", "lo", "up"])
-                .and_then(|_| netconf::configure_interface(&ifname, mac, mtu, ip, prefix, Some(gw)));
+            let setup = netconf::ip(&["link", "set", "dev", "lo", "up"]).and_then(|_| {
+                netconf::configure_interface(&ifname, mac, mtu, ip, prefix, Some(gw))
+            });
             if let Err(e) = setup {
                 let _ = tap.unpersist();
                 return Err(std::io::Error::other(e));
@@ -212,14 +260,24 @@ impl Node {
             Ok(tap)
         })
         .map_err(|e| format!("cannot set up {} in {}: {e}", a.ifname, a.netns.display()))?;
-        let counters = match add_port(&self.worker.lock(), PortId(port), PortRole::Pod { mac, ip }, tap) {
+        let counters = match add_port(
+            &self.worker.lock(),
+            PortId(port),
+            PortRole::Pod { mac, ip },
+            tap,
+        ) {
             Ok(c) => c,
             Err(e) => return Err(e),
         };
-        let record = PodRecord { attachment: a.clone(), ip, port };
+        let record = PodRecord {
+            attachment: a.clone(),
+            ip,
+            port,
+        };
         let result = self.result_for(&record);
         tracing::info!(pod = %format!("{}/{}", a.pod_namespace, a.pod_name), %ip, port, netns = %a.netns.display(), "attached");
-        st.pods.insert(a.container_id.clone(), Attached { record, counters });
+        st.pods
+            .insert(a.container_id.clone(), Attached { record, counters });
         self.save(&st)?;
         Ok(result)
     }
@@ -233,7 +291,10 @@ impl Node {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.worker
             .lock()
-            .send(Command::RemovePort { id: PortId(pod.record.port), done: tx })
+            .send(Command::RemovePort {
+                id: PortId(pod.record.port),
+                done: tx,
+            })
             .map_err(err("data plane"))?;
         if let Ok(Some(tap)) = rx.recv() {
             // Closing a non-persistent TAP removes the interface, wherever it is.
@@ -249,11 +310,19 @@ impl Node {
     /// route ADD gave it, and its TAP is served by the data plane.
     pub fn check(&self, a: &Attachment) -> Result<(), String> {
         let st = self.state.lock();
-        let pod = st.pods.get(&a.container_id).ok_or_else(|| format!("container {} is not attached", a.container_id))?;
+        let pod = st
+            .pods
+            .get(&a.container_id)
+            .ok_or_else(|| format!("container {} is not attached", a.container_id))?;
         let rec = pod.record.clone();
         drop(st);
         if rec.attachment.netns != a.netns {
-            return Err(format!("container {} is attached to {}, not {}", a.container_id, rec.attachment.netns.display(), a.netns.display()));
+            return Err(format!(
+                "container {} is attached to {}, not {}",
+                a.container_id,
+                rec.attachment.netns.display(),
+                a.netns.display()
+            ));
         }
         let want_mac = mac_string(mac_for(rec.ip));
         let want_addr = format!("{}/{}", rec.ip, self.cfg.subnet.prefix_len);
@@ -271,11 +340,16 @@ impl Node {
                     return Err(format!("{ifname} is down"));
                 }
                 if !addrs.contains(&want_addr) {
-                    return Err(format!("{ifname} lacks address {want_addr} (has {addrs:?})"));
+                    return Err(format!(
+                        "{ifname} lacks address {want_addr} (has {addrs:?})"
+                    ));
                 }
                 let routes = netconf::ip(&["route", "show", "default"])?;
                 if !routes.contains(&format!("via {gw} dev {ifname}")) {
-                    return Err(format!("no default route via {gw} dev {ifname} (have {:?})", routes.trim()));
+                    return Err(format!(
+                        "no default route via {gw} dev {ifname} (have {:?})",
+                        routes.trim()
+                    ));
                 }
                 Ok(())
             };
@@ -290,17 +364,35 @@ impl Node {
         (2..last)
             .filter_map(|n| self.cfg.subnet.nth(n))
             .find(|ip| *ip != self.host_ip && *ip != self.gateway && !used.contains(ip))
-            .ok_or_else(|| format!("subnet {} is exhausted: all {} pod addresses are in use", self.cfg.subnet, last.saturating_sub(2)))
+            .ok_or_else(|| {
+                format!(
+                    "subnet {} is exhausted: all {} pod addresses are in use",
+                    self.cfg.subnet,
+                    last.saturating_sub(2)
+                )
+            })
     }
 
     /// Everything `tapestry status` shows.
     pub fn status(&self) -> Result<NodeStatus, String> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.worker.lock().send(Command::MacTable { done: tx }).map_err(err("data plane"))?;
-        let macs = rx.recv_timeout(std::time::Duration::from_secs(2)).map_err(err("data plane did not answer"))?;
+        self.worker
+            .lock()
+            .send(Command::MacTable { done: tx })
+            .map_err(err("data plane"))?;
+        let macs = rx
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .map_err(err("data plane did not answer"))?;
         let st = self.state.lock();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        let port_status = |port: u16, kind: &str, tap: String, owner: String, cid: String, netns: String, ip: Ipv4Addr, c: &PortCounters| PortStatus {
+        let port_status = |port: u16,
+                           kind: &str,
+                           tap: String,
+                           owner: String,
+                           cid: String,
+                           netns: String,
+                           ip: Ipv4Addr,
+                           c: &PortCounters| PortStatus {
             port,
             kind: kind.into(),
             tap,
@@ -348,11 +440,28 @@ impl Node {
             ports,
             mac_table: macs
                 .into_iter()
-                .map(|(mac, port, age)| MacEntry { mac: mac_string(mac), port: port.0, age_ms: age / 1_000_000 })
+                .map(|(mac, port, age)| MacEntry {
+                    mac: mac_string(mac),
+                    port: port.0,
+                    age_ms: age / 1_000_000,
+                })
                 .collect(),
             mac_table_capacity: self.mac_capacity,
-            counters: snap.totals(),
-            drops: snap.drops.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+            counters: vec![
+                ("rx_frames".into(), snap.rx_frames),
+                ("forwarded".into(), snap.forwarded),
+                ("flooded".into(), snap.flooded),
+                ("replies".into(), snap.replies),
+                ("learned".into(), snap.learned),
+                ("moved".into(), snap.moved),
+                ("table_full".into(), snap.table_full),
+                ("aged_out".into(), snap.aged_out),
+                ("dropped".into(), snap.dropped),
+            ],
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_owned(), self.counters.drop_count(*r)))
+                .collect(),
         })
     }
 
@@ -362,9 +471,21 @@ impl Node {
     }
 }
 
-fn add_port(worker: &WorkerHandle, id: PortId, role: PortRole, tap: Tap) -> Result<Arc<PortCounters>, String> {
+fn add_port(
+    worker: &WorkerHandle,
+    id: PortId,
+    role: PortRole,
+    tap: Tap,
+) -> Result<Arc<PortCounters>, String> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    worker.send(Command::AddPort { id, role, tap, done: tx }).map_err(err("data plane"))?;
+    worker
+        .send(Command::AddPort {
+            id,
+            role,
+            tap,
+            done: tx,
+        })
+        .map_err(err("data plane"))?;
     rx.recv_timeout(std::time::Duration::from_secs(5))
         .map_err(err("data plane did not answer"))?
         .map_err(err("cannot add port"))
@@ -378,10 +499,19 @@ fn validate(a: &Attachment) -> Result<(), String> {
         return Err("netns is empty: give the path of the pod's network namespace".into());
     }
     if !Path::new(&a.netns).exists() {
-        return Err(format!("network namespace {} does not exist", a.netns.display()));
+        return Err(format!(
+            "network namespace {} does not exist",
+            a.netns.display()
+        ));
     }
-    if a.ifname.is_empty() || a.ifname.len() > tapestry_io::sys::IFNAME_MAX || a.ifname.contains('/') {
-        return Err(format!("ifname {:?} is not a valid interface name", a.ifname));
+    if a.ifname.is_empty()
+        || a.ifname.len() > tapestry_io::sys::IFNAME_MAX
+        || a.ifname.contains('/')
+    {
+        return Err(format!(
+            "ifname {:?} is not a valid interface name",
+            a.ifname
+        ));
     }
     Ok(())
 }

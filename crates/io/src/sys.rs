@@ -51,7 +51,11 @@ fn ifreq(name: &str, flags: libc::c_short) -> io::Result<IfReqFlags> {
             format!("invalid interface name {name:?} (1 to {IFNAME_MAX} bytes, no '/')"),
         ));
     }
-    let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags,
+        _pad: [0; 22],
+    };
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
         *dst = libc::c_char::from_ne_bytes([src]);
     }
@@ -68,14 +72,25 @@ pub fn open_tap(name: &str) -> io::Result<(File, String)> {
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open("/dev/net/tun")?;
     let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
-    let mut req = ifreq(name, libc::c_short::try_from(flags).map_err(io::Error::other)?)?;
+    let mut req = ifreq(
+        name,
+        libc::c_short::try_from(flags).map_err(io::Error::other)?,
+    )?;
     // SAFETY: `file` is an open /dev/net/tun descriptor; TUNSETIFF reads and writes
     // a `struct ifreq`, and `req` is a properly sized, initialised, exclusively
     // borrowed buffer of at least that size (IFNAMSIZ + 24 bytes) for the call.
-    cvt(unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReqFlags) })?;
+    cvt(unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut req as *mut IfReqFlags,
+        )
+    })?;
     // SAFETY: the kernel wrote a NUL-terminated name of at most IFNAMSIZ bytes into
     // `req.name`, which lives for this whole expression.
-    let got = unsafe { CStr::from_ptr(req.name.as_ptr()) }.to_string_lossy().into_owned();
+    let got = unsafe { CStr::from_ptr(req.name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
     Ok((file, got))
 }
 
@@ -83,7 +98,13 @@ pub fn open_tap(name: &str) -> io::Result<(File, String)> {
 pub fn set_offload(fd: BorrowedFd<'_>, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long); `fd`
     // is a TAP queue descriptor borrowed for the call.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) })?;
+    cvt(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    })?;
     Ok(())
 }
 
@@ -106,15 +127,26 @@ where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    let ns = File::open(netns)
-        .map_err(|e| io::Error::new(e.kind(), format!("network namespace {}: {e}", netns.display())))?;
-    let handle = std::thread::Builder::new().name("netns".into()).spawn(move || {
-        // SAFETY: `ns` is an open namespace file for the whole call; setns only
-        // changes the namespace of this (new, otherwise idle) thread.
-        cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map_err(|e| {
-            io::Error::new(e.kind(), format!("setns into the pod's network namespace: {e}"))
-        })?;
-        f()
+    let ns = File::open(netns).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("network namespace {}: {e}", netns.display()),
+        )
     })?;
-    handle.join().map_err(|_| io::Error::other("netns worker thread panicked"))?
+    let handle = std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            // SAFETY: `ns` is an open namespace file for the whole call; setns only
+            // changes the namespace of this (new, otherwise idle) thread.
+            cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("setns into the pod's network namespace: {e}"),
+                )
+            })?;
+            f()
+        })?;
+    handle
+        .join()
+        .map_err(|_| io::Error::other("netns worker thread panicked"))?
 }

@@ -27,7 +27,11 @@ impl Tap {
     /// `persist` keeps the device after the descriptor is closed.
     pub fn open(name: &str, persist: bool) -> io::Result<Tap> {
         let (file, name) = sys::open_tap(name)?;
-        let tap = Tap { file, name, netns: None };
+        let tap = Tap {
+            file,
+            name,
+            netns: None,
+        };
         tap.configure(persist)?;
         Ok(tap)
     }
@@ -37,7 +41,11 @@ impl Tap {
     pub fn open_in(netns: &Path, name: &str, persist: bool) -> io::Result<Tap> {
         let owned = name.to_owned();
         let (file, name) = sys::in_netns(netns, move || sys::open_tap(&owned))?;
-        let tap = Tap { file, name, netns: Some(netns.to_path_buf()) };
+        let tap = Tap {
+            file,
+            name,
+            netns: Some(netns.to_path_buf()),
+        };
         tap.configure(persist)?;
         Ok(tap)
     }

@@ -47,11 +47,21 @@ pub struct PortCounters {
 /// What the control thread asks of the worker.
 pub enum Command {
     /// Attach `tap` as port `id`; the reply says whether it is now served.
-    AddPort { id: PortId, role: PortRole, tap: Tap, done: Sender<io::Result<Arc<PortCounters>>> },
+    AddPort {
+        id: PortId,
+        role: PortRole,
+        tap: Tap,
+        done: Sender<io::Result<Arc<PortCounters>>>,
+    },
     /// Detach port `id` and hand its TAP back (so the caller can remove it).
-    RemovePort { id: PortId, done: Sender<Option<Tap>> },
+    RemovePort {
+        id: PortId,
+        done: Sender<Option<Tap>>,
+    },
     /// Report the MAC table.
-    MacTable { done: Sender<Vec<(MacAddr, PortId, Nanos)>> },
+    MacTable {
+        done: Sender<Vec<(MacAddr, PortId, Nanos)>>,
+    },
     /// Stop the worker; TAPs are closed (persistent ones stay).
     Shutdown,
 }
@@ -66,7 +76,9 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     /// Sends a command and wakes the worker.
     pub fn send(&self, cmd: Command) -> io::Result<()> {
-        self.tx.send(cmd).map_err(|_| io::Error::other("data-plane worker has stopped"))?;
+        self.tx
+            .send(cmd)
+            .map_err(|_| io::Error::other("data-plane worker has stopped"))?;
         self.waker.wake()
     }
 
@@ -118,7 +130,11 @@ pub fn spawn(pipeline: Pipeline) -> io::Result<WorkerHandle> {
     let thread = std::thread::Builder::new()
         .name("dataplane".into())
         .spawn(move || worker.run())?;
-    Ok(WorkerHandle { tx, waker, thread: Some(thread) })
+    Ok(WorkerHandle {
+        tx,
+        waker,
+        thread: Some(thread),
+    })
 }
 
 #[allow(clippy::disallowed_methods)] // the I/O layer is where time is read; the data plane gets it passed in
@@ -139,7 +155,11 @@ impl Worker {
         let mut out = vec![0u8; FRAME_BUF_LEN];
         let mut ready: Vec<usize> = Vec::with_capacity(256);
         while !self.stop {
-            let timeout = if self.backlog.is_empty() { None } else { Some(Duration::ZERO) };
+            let timeout = if self.backlog.is_empty() {
+                None
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -166,10 +186,14 @@ impl Worker {
 
     /// Reads up to [`RX_BUDGET`] frames from port `idx`; true if it may have more.
     fn serve(&mut self, idx: usize, buf: &mut [u8], out: &mut [u8]) -> bool {
-        let Ok(raw_id) = u16::try_from(idx) else { return false };
+        let Ok(raw_id) = u16::try_from(idx) else {
+            return false;
+        };
         let ingress = PortId(raw_id);
         for _ in 0..RX_BUDGET {
-            let Some(Some(port)) = self.ports.get(idx) else { return false };
+            let Some(Some(port)) = self.ports.get(idx) else {
+                return false;
+            };
             let n = match port.tap.recv(buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -180,9 +204,13 @@ impl Worker {
                 }
             };
             port.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
-            port.counters.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            port.counters
+                .rx_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
             let now = self.now();
-            let Some(pkt) = buf.get_mut(..n) else { return false };
+            let Some(pkt) = buf.get_mut(..n) else {
+                return false;
+            };
             match self.pipeline.process(ingress, pkt, now, out) {
                 Action::Forward(to) => send_to(&self.ports, usize::from(to.0), pkt),
                 Action::Flood => {
@@ -204,7 +232,12 @@ impl Worker {
     fn drain_commands(&mut self) {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
-                Command::AddPort { id, role, tap, done } => {
+                Command::AddPort {
+                    id,
+                    role,
+                    tap,
+                    done,
+                } => {
                     let _ = done.send(self.add_port(id, role, tap));
                 }
                 Command::RemovePort { id, done } => {
@@ -225,13 +258,18 @@ impl Worker {
             drop(old);
         }
         let fd = tap.as_raw_fd();
-        self.poll.registry().register(&mut SourceFd(&fd), Token(idx), Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), Token(idx), Interest::READABLE)?;
         if self.ports.len() <= idx {
             self.ports.resize_with(idx + 1, || None);
         }
         let counters = Arc::new(PortCounters::default());
         if let Some(slot) = self.ports.get_mut(idx) {
-            *slot = Some(Port { tap, counters: Arc::clone(&counters) });
+            *slot = Some(Port {
+                tap,
+                counters: Arc::clone(&counters),
+            });
         }
         self.pipeline.add_port(id, role);
         // Frames may have queued before registration: serve them now (edge-triggered).
@@ -260,7 +298,9 @@ fn send(port: &Port, frame: &[u8]) {
     match port.tap.send(frame) {
         Ok(n) => {
             port.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
-            port.counters.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            port.counters
+                .tx_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         Err(_) => {
             port.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
