@@ -1,0 +1,33 @@
+//! Tapestry's data plane: the I/O-free packet pipeline of one node.
+//!
+//! Every pod packet on a node passes through here: the I/O crate reads a frame (with
+//! its virtio-net header) from a pod's TAP, calls [`Pipeline::process`] with the
+//! ingress port and the current time, and does what the returned [`Action`] says —
+//! forward to one port, flood, send the reply bytes built in its own buffer, or drop
+//! (already counted under a [`DropReason`]).
+//!
+//! This crate contains no sockets, threads or clock reads (time is always passed in as
+//! [`Nanos`], so tests step it), never allocates per packet, and cannot panic on any
+//! input: all packet bytes are read through checked views in [`wire`]. That makes every
+//! stage testable and benchmarkable with plain byte arrays.
+//!
+//! - [`wire`]: views and `Repr`s for the virtio-net header, Ethernet, ARP, IPv4, ICMP;
+//! - [`bridge`]: the learning bridge's MAC table;
+//! - [`router`]: the gateway port (ARP and ICMP echo for the gateway IP);
+//! - [`pipeline`]: ports, anti-spoofing, and the decision that ties them together;
+//! - [`drops`]: drop reasons and counters.
+
+#![forbid(unsafe_code)]
+
+pub mod bridge;
+pub mod drops;
+pub mod pipeline;
+pub mod router;
+pub mod wire;
+
+pub use drops::{Counters, CountersSnapshot, DropReason};
+pub use pipeline::{Action, Pipeline, PipelineConfig, PortId, PortRole};
+pub use wire::{MacAddr, VNET_HDR_LEN};
+
+/// Monotonic time in nanoseconds, always passed in by the caller.
+pub type Nanos = u64;

@@ -1,0 +1,289 @@
+//! The gateway router port: the pods' default gateway (`.1` of the node's /24).
+//!
+//! It is an internal port of the bridge, not a [`crate::PortId`]: the pipeline hands it
+//! frames addressed to the gateway MAC and ARP requests for the gateway IP. For now it
+//! answers, in the caller's `out` buffer:
+//!
+//! - ARP requests for the gateway IP (RFC 826), broadcast or unicast (Linux confirms
+//!   neighbours with unicast requests), including RFC 5227 probes from 0.0.0.0;
+//! - ICMP echo requests to the gateway IP (RFC 792, RFC 1122 §3.2.2.6): the reply swaps
+//!   MACs and IPs, keeps identifier, sequence and data, has TTL 64, a 20-byte IPv4
+//!   header (request options such as Record Route are not echoed: a SHOULD we skip)
+//!   and fresh checksums.
+//!
+//! Everything else addressed to it is a named drop: a destination outside the subnet
+//! is `NoRoute` (cross-node routing comes later), another address inside the subnet is
+//! `NotForUs` (the sender should have ARPed for the pod itself; we chose a drop over
+//! routing it back through the bridge, which would hide the sender's bug).
+//!
+//! The ICMP checksum of a request is verified unless the virtio-net header says it is
+//! partial (`NEEDS_CSUM`: the sender left it to "hardware") or already validated
+//! (`DATA_VALID`). Replies always carry a zeroed virtio-net header: checksums final,
+//! no GSO.
+
+use core::net::Ipv4Addr;
+
+use crate::drops::DropReason;
+use crate::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, Icmpv4Packet,
+    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, VnetHdrRepr, WireError,
+    ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN, VNET_HDR_LEN,
+};
+
+/// TTL of packets the router originates (Linux's default `ip_default_ttl`).
+pub const REPLY_TTL: u8 = 64;
+
+/// Maps a parse error to the drop reason it stands for.
+pub(crate) fn drop_for(err: WireError) -> DropReason {
+    match err {
+        WireError::Truncated { .. } => DropReason::Truncated,
+        WireError::Malformed { .. } => DropReason::BadHeader,
+        WireError::Unsupported { .. } => DropReason::UnsupportedProtocol,
+    }
+}
+
+/// The gateway's addresses and the local subnet it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Router {
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    net: u32,
+    mask: u32,
+}
+
+impl Router {
+    /// A router answering as `ip`/`mac` for the subnet `subnet/prefix_len` (a prefix
+    /// length above 32 is treated as 32; host bits of `subnet` are ignored).
+    pub fn new(ip: Ipv4Addr, mac: MacAddr, subnet: Ipv4Addr, prefix_len: u8) -> Self {
+        let mask = match prefix_len {
+            0 => 0,
+            p => u32::MAX << (32 - u32::from(p.min(32))),
+        };
+        Router {
+            ip,
+            mac,
+            net: u32::from(subnet) & mask,
+            mask,
+        }
+    }
+
+    /// The gateway IP.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// The gateway MAC.
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    /// `true` if `addr` is in the local subnet.
+    pub fn is_local(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & self.mask == self.net
+    }
+
+    /// `true` for an ARP request asking for the gateway IP.
+    pub fn is_arp_request_for_us(&self, arp: &ArpRepr) -> bool {
+        arp.operation == ArpOperation::Request && arp.target_protocol_addr == self.ip
+    }
+
+    /// Handles ARP sent to the gateway MAC or a broadcast ARP request for the gateway IP.
+    /// Writes the reply (virtio-net header + frame) into `out` and returns its length.
+    pub fn handle_arp(&self, arp: &ArpRepr, out: &mut [u8]) -> Result<usize, DropReason> {
+        match arp.operation {
+            ArpOperation::Request if arp.target_protocol_addr == self.ip => {}
+            ArpOperation::Request => return Err(DropReason::NotForUs),
+            // The router sends no requests yet, so replies to it answer nothing.
+            _ => return Err(DropReason::UnsupportedProtocol),
+        }
+        let reply = ArpRepr {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: self.mac,
+            source_protocol_addr: self.ip,
+            target_hardware_addr: arp.source_hardware_addr,
+            target_protocol_addr: arp.source_protocol_addr,
+        };
+        let len = VNET_HDR_LEN + ETHERNET_HEADER_LEN + reply.buffer_len();
+        let frame = begin_reply(out, len)?;
+        let mut eth = EthernetFrame::new_unchecked(frame);
+        EthernetRepr {
+            src_addr: self.mac,
+            dst_addr: arp.source_hardware_addr,
+            ethertype: EtherType::Arp,
+        }
+        .emit(&mut eth);
+        reply.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+        Ok(len)
+    }
+
+    /// Handles an IPv4 packet sent to the gateway MAC. `src_mac` is the frame's source.
+    /// Returns the length of the reply written into `out`, or why it was dropped.
+    pub fn handle_ipv4(
+        &self,
+        vnet: &VnetHdrRepr,
+        src_mac: MacAddr,
+        ip: &Ipv4Packet<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        let dst = ip.dst_addr();
+        if dst != self.ip {
+            return Err(if self.is_local(dst) {
+                DropReason::NotForUs
+            } else {
+                DropReason::NoRoute
+            });
+        }
+        if !ip.verify_checksum() {
+            return Err(DropReason::BadChecksum);
+        }
+        if ip.is_fragment() {
+            return Err(DropReason::FragmentToGateway);
+        }
+        if ip.protocol() != IpProtocol::Icmp {
+            return Err(DropReason::UnsupportedProtocol);
+        }
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).map_err(drop_for)?;
+        let request = Icmpv4Repr::parse(&icmp).map_err(drop_for)?;
+        let Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        } = request
+        else {
+            return Err(DropReason::UnsupportedProtocol);
+        };
+        if !vnet.needs_csum() && !vnet.data_valid() && !icmp.verify_checksum() {
+            return Err(DropReason::BadChecksum);
+        }
+        let reply = Icmpv4Repr::EchoReply {
+            ident,
+            seq_no,
+            data,
+        };
+        let ip_reply = Ipv4Repr {
+            src_addr: self.ip,
+            dst_addr: ip.src_addr(),
+            protocol: IpProtocol::Icmp,
+            payload_len: reply.buffer_len(),
+            ttl: REPLY_TTL,
+            dscp_ecn: ip.dscp_ecn() & !0x03, // keep DSCP, clear ECN
+            ident: ip.ident(),
+            dont_frag: false,
+        };
+        let len = VNET_HDR_LEN + ETHERNET_HEADER_LEN + IPV4_MIN_HEADER_LEN + reply.buffer_len();
+        let frame = begin_reply(out, len)?;
+        let mut eth = EthernetFrame::new_unchecked(frame);
+        EthernetRepr {
+            src_addr: self.mac,
+            dst_addr: src_mac,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut eth);
+        let mut ipv4 = Ipv4Packet::new_unchecked(eth.payload_mut());
+        ip_reply
+            .emit(&mut ipv4)
+            .map_err(|_| DropReason::ReplyTooLarge)?;
+        reply.emit(&mut Icmpv4Packet::new_unchecked(ipv4.payload_mut()));
+        Ok(len)
+    }
+}
+
+/// Checks `out` can hold `len` bytes, zeroes the virtio-net header and returns the
+/// frame part (`out[VNET_HDR_LEN..len]`).
+fn begin_reply(out: &mut [u8], len: usize) -> Result<&mut [u8], DropReason> {
+    let buf = out.get_mut(..len).ok_or(DropReason::ReplyTooLarge)?;
+    let (vnet, frame) = buf.split_at_mut(VNET_HDR_LEN.min(len));
+    vnet.fill(0);
+    Ok(frame)
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GW_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01);
+    const POD_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02);
+
+    fn router() -> Router {
+        Router::new(
+            Ipv4Addr::new(10, 244, 1, 1),
+            GW_MAC,
+            Ipv4Addr::new(10, 244, 1, 0),
+            24,
+        )
+    }
+
+    #[test]
+    fn subnet_membership() {
+        let r = router();
+        assert!(r.is_local(Ipv4Addr::new(10, 244, 1, 200)));
+        assert!(!r.is_local(Ipv4Addr::new(10, 244, 2, 1)));
+        let all = Router::new(Ipv4Addr::UNSPECIFIED, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), 0);
+        assert!(all.is_local(Ipv4Addr::new(8, 8, 8, 8)));
+        let host = Router::new(Ipv4Addr::UNSPECIFIED, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), 40);
+        assert!(host.is_local(Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(!host.is_local(Ipv4Addr::new(1, 2, 3, 5)));
+    }
+
+    #[test]
+    fn arp_reply_needs_room() {
+        let req = ArpRepr {
+            operation: ArpOperation::Request,
+            source_hardware_addr: POD_MAC,
+            source_protocol_addr: Ipv4Addr::new(10, 244, 1, 2),
+            target_hardware_addr: MacAddr::ZERO,
+            target_protocol_addr: Ipv4Addr::new(10, 244, 1, 1),
+        };
+        let mut small = [0u8; 51];
+        assert_eq!(
+            router().handle_arp(&req, &mut small),
+            Err(DropReason::ReplyTooLarge)
+        );
+        let mut out = [0u8; 52];
+        assert_eq!(router().handle_arp(&req, &mut out), Ok(52));
+        let other = ArpRepr {
+            target_protocol_addr: Ipv4Addr::new(10, 244, 1, 9),
+            ..req
+        };
+        assert_eq!(
+            router().handle_arp(&other, &mut out),
+            Err(DropReason::NotForUs)
+        );
+        let reply = ArpRepr {
+            operation: ArpOperation::Reply,
+            ..req
+        };
+        assert_eq!(
+            router().handle_arp(&reply, &mut out),
+            Err(DropReason::UnsupportedProtocol)
+        );
+    }
+
+    #[test]
+    fn drop_for_maps_every_error_kind() {
+        use crate::wire::Layer;
+        assert_eq!(
+            drop_for(WireError::Truncated {
+                layer: Layer::Ipv4,
+                need: 1,
+                have: 0
+            }),
+            DropReason::Truncated
+        );
+        assert_eq!(
+            drop_for(WireError::Malformed {
+                layer: Layer::Ipv4,
+                what: ""
+            }),
+            DropReason::BadHeader
+        );
+        assert_eq!(
+            drop_for(WireError::Unsupported {
+                layer: Layer::Arp,
+                what: ""
+            }),
+            DropReason::UnsupportedProtocol
+        );
+    }
+}
