@@ -105,9 +105,16 @@ struct LabArgs {
 impl LabArgs {
     fn lab(&self) -> Lab {
         let bin_dir = self.bin_dir.clone().unwrap_or_else(|| {
-            std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)).unwrap_or_default()
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(PathBuf::from))
+                .unwrap_or_default()
         });
-        Lab { dir: self.lab_dir.clone(), prefix: self.prefix.clone(), bin_dir }
+        Lab {
+            dir: self.lab_dir.clone(),
+            prefix: self.prefix.clone(),
+            bin_dir,
+        }
     }
 }
 
@@ -136,11 +143,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
-        Cmd::Status { socket, output, counter } => {
+        Cmd::Status {
+            socket,
+            output,
+            counter,
+        } => {
             let reply = control::call(&socket, &Request::Status)?;
-            let status = reply.status.ok_or_else(|| reply.error.unwrap_or_else(|| "no status in reply".into()))?;
+            let status = reply
+                .status
+                .ok_or_else(|| reply.error.unwrap_or_else(|| "no status in reply".into()))?;
             if let Some(name) = counter {
-                let value = status.counters.iter().chain(status.drops.iter()).find(|(k, _)| *k == name).map(|(_, v)| *v);
+                let value = status
+                    .counters
+                    .iter()
+                    .chain(status.drops.iter())
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| *v);
                 match value {
                     Some(v) => println!("{v}"),
                     None => return Err(format!("no counter {name:?}")),
@@ -148,14 +166,25 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Ok(());
             }
             if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+                );
             } else {
                 print_status(&status);
             }
             Ok(())
         }
-        Cmd::Cni { op, socket, container_id, netns, ifname, pod } => {
-            let (pod_namespace, pod_name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
+        Cmd::Cni {
+            op,
+            socket,
+            container_id,
+            netns,
+            ifname,
+            pod,
+        } => {
+            let (pod_namespace, pod_name) =
+                pod.split_once('/').unwrap_or(("default", pod.as_str()));
             let a = Attachment {
                 container_id,
                 netns,
@@ -173,7 +202,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err(reply.error.unwrap_or_default());
             }
             if let Some(r) = reply.result {
-                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+                );
             }
             Ok(())
         }
@@ -188,12 +220,16 @@ fn pods(op: PodsOp) -> Result<(), String> {
     match op {
         PodsOp::Up { lab, file, timeout } => {
             let lab = lab.lab();
-            let objects = tapestry_cluster::manifest::load_path(&file).map_err(|e| e.to_string())?;
+            let objects =
+                tapestry_cluster::manifest::load_path(&file).map_err(|e| e.to_string())?;
             let placed = lab.place(objects)?;
             let mut ips = Vec::new();
             for p in &placed {
                 let ip = lab.up(p)?;
-                println!("pod {}/{} on {}: {ip}", p.pod.metadata.namespace, p.pod.metadata.name, p.node);
+                println!(
+                    "pod {}/{} on {}: {ip}",
+                    p.pod.metadata.namespace, p.pod.metadata.name, p.node
+                );
                 ips.push(ip);
             }
             for (p, ip) in placed.iter().zip(ips) {
@@ -222,11 +258,25 @@ fn pods(op: PodsOp) -> Result<(), String> {
         }
         PodsOp::List { lab } => {
             let lab = lab.lab();
-            println!("{:<12} {:<16} {:<8} {:<15} NETNS", "NAMESPACE", "NAME", "NODE", "IP");
+            println!(
+                "{:<12} {:<16} {:<8} {:<15} NETNS",
+                "NAMESPACE", "NAME", "NODE", "IP"
+            );
             for (ns, name) in lab.existing() {
                 let dir = lab.dir.join("pods").join(format!("{ns}_{name}"));
-                let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "-".into());
-                println!("{:<12} {:<16} {:<8} {:<15} {}-{ns}-{name}", ns, name, read("node"), read("ip"), lab.prefix);
+                let read = |f: &str| {
+                    std::fs::read_to_string(dir.join(f))
+                        .map(|s| s.trim().to_owned())
+                        .unwrap_or_else(|_| "-".into())
+                };
+                println!(
+                    "{:<12} {:<16} {:<8} {:<15} {}-{ns}-{name}",
+                    ns,
+                    name,
+                    read("node"),
+                    read("ip"),
+                    lab.prefix
+                );
             }
             Ok(())
         }
@@ -234,9 +284,15 @@ fn pods(op: PodsOp) -> Result<(), String> {
 }
 
 fn print_status(s: &NodeStatus) {
-    println!("node {}  subnet {}  gateway {} ({})  mtu {}", s.node, s.subnet, s.gateway_ip, s.gateway_mac, s.mtu);
+    println!(
+        "node {}  subnet {}  gateway {} ({})  mtu {}",
+        s.node, s.subnet, s.gateway_ip, s.gateway_mac, s.mtu
+    );
     println!();
-    println!("{:<5} {:<5} {:<8} {:<24} {:<15} {:<18} {:>10} {:>10}", "PORT", "KIND", "TAP", "OWNER", "IP", "MAC", "RX", "TX");
+    println!(
+        "{:<5} {:<5} {:<8} {:<24} {:<15} {:<18} {:>10} {:>10}",
+        "PORT", "KIND", "TAP", "OWNER", "IP", "MAC", "RX", "TX"
+    );
     for p in &s.ports {
         println!(
             "{:<5} {:<5} {:<8} {:<24} {:<15} {:<18} {:>10} {:>10}",
@@ -244,14 +300,23 @@ fn print_status(s: &NodeStatus) {
         );
     }
     println!();
-    println!("MAC table ({} of {} entries)", s.mac_table.len(), s.mac_table_capacity);
+    println!(
+        "MAC table ({} of {} entries)",
+        s.mac_table.len(),
+        s.mac_table_capacity
+    );
     for m in &s.mac_table {
         println!("  {}  port {:<3} age {} ms", m.mac, m.port, m.age_ms);
     }
     println!();
     let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("counters: {}", counters.join(" "));
-    let drops: Vec<String> = s.drops.iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     if drops.is_empty() {
         println!("drops: none");
     } else {

@@ -46,7 +46,10 @@ impl Lab {
             .collect();
         nodes.sort();
         if nodes.is_empty() {
-            return Err(format!("no node agents under {} (is the lab up?)", dir.display()));
+            return Err(format!(
+                "no node agents under {} (is the lab up?)",
+                dir.display()
+            ));
         }
         Ok(nodes)
     }
@@ -60,7 +63,10 @@ impl Lab {
     }
 
     pub fn pod_netns(&self, pod: &Pod) -> String {
-        format!("{}-{}-{}", self.prefix, pod.metadata.namespace, pod.metadata.name)
+        format!(
+            "{}-{}-{}",
+            self.prefix, pod.metadata.namespace, pod.metadata.name
+        )
     }
 
     fn pod_dir(&self, ns: &str, name: &str) -> PathBuf {
@@ -116,7 +122,11 @@ impl Lab {
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         if let Ok(old) = fs::read_to_string(dir.join("node")) {
             if old.trim() != p.node {
-                return Err(format!("pod {ns}/{name} already runs on {}; delete it before moving it to {}", old.trim(), p.node));
+                return Err(format!(
+                    "pod {ns}/{name} already runs on {}; delete it before moving it to {}",
+                    old.trim(),
+                    p.node
+                ));
             }
         }
         fs::write(dir.join("node"), &p.node).map_err(|e| e.to_string())?;
@@ -129,7 +139,11 @@ impl Lab {
         }
         let reply = control::call(&self.socket(&p.node), &Request::Add(self.attachment(pod)))?;
         if !reply.ok {
-            return Err(format!("pod {ns}/{name}: CNI ADD on {}: {}", p.node, reply.error.unwrap_or_default()));
+            return Err(format!(
+                "pod {ns}/{name}: CNI ADD on {}: {}",
+                p.node,
+                reply.error.unwrap_or_default()
+            ));
         }
         let ip: Ipv4Addr = reply
             .result
@@ -154,17 +168,31 @@ impl Lab {
             if argv.is_empty() {
                 return Err(format!("pod {ns}/{name}: container {} has no command (the lab runs commands, not images)", c.name));
             }
-            let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+            let mut env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect();
             env.extend(c.env.iter().map(|e| (e.name.clone(), e.value.clone())));
             self.spawn(&netns, &dir, &c.name, &argv, &env)?;
         }
         Ok(ip)
     }
 
-    fn spawn(&self, netns: &str, dir: &Path, what: &str, argv: &[String], env: &[(String, String)]) -> Result<(), String> {
+    fn spawn(
+        &self,
+        netns: &str,
+        dir: &Path,
+        what: &str,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), String> {
         let log = fs::File::create(dir.join(format!("{what}.log"))).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let path = format!("{}:{}", self.bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            self.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let child = Command::new("ip")
             .args(["netns", "exec", netns])
             .args(argv)
@@ -176,7 +204,8 @@ impl Lab {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {what} in {netns}: {e}"))?;
-        fs::write(dir.join(format!("{what}.pid")), child.id().to_string()).map_err(|e| e.to_string())?;
+        fs::write(dir.join(format!("{what}.pid")), child.id().to_string())
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -191,12 +220,23 @@ impl Lab {
             .containers
             .iter()
             .flat_map(|c| c.ports.iter())
-            .filter(|port| port.protocol.is_tcp())
+            .filter(|port| port.protocol == tapestry_cluster::Protocol::Tcp)
             .map(|port| port.container_port)
             .collect();
         loop {
             let pinged = Command::new("ip")
-                .args(["netns", "exec", &node_ns, "ping", "-c", "1", "-W", "1", "-q", &ip.to_string()])
+                .args([
+                    "netns",
+                    "exec",
+                    &node_ns,
+                    "ping",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    "-q",
+                    &ip.to_string(),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -204,7 +244,14 @@ impl Lab {
             let open = pinged
                 && ports.iter().all(|port| {
                     Command::new("ip")
-                        .args(["netns", "exec", &node_ns, &self.bin_dir.join("tapestry").display().to_string(), "probe", &format!("{ip}:{port}")])
+                        .args([
+                            "netns",
+                            "exec",
+                            &node_ns,
+                            &self.bin_dir.join("tapestry").display().to_string(),
+                            "probe",
+                            &format!("{ip}:{port}"),
+                        ])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status()
@@ -219,7 +266,11 @@ impl Lab {
                     p.pod.metadata.namespace,
                     p.pod.metadata.name,
                     timeout.as_secs(),
-                    if ports.is_empty() { String::new() } else { format!(" and TCP {ports:?}") },
+                    if ports.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and TCP {ports:?}")
+                    },
                     p.node
                 ));
             }
@@ -233,7 +284,12 @@ impl Lab {
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|s| s.split_once('_')).map(|(a, b)| (a.to_owned(), b.to_owned())))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|s| s.split_once('_'))
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            })
             .collect();
         out.sort();
         out
@@ -247,7 +303,9 @@ impl Lab {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let p = e.path();
-                if p.extension().is_some_and(|x| x == "pid") && p.file_stem().is_some_and(|s| s != "pause") {
+                if p.extension().is_some_and(|x| x == "pid")
+                    && p.file_stem().is_some_and(|s| s != "pause")
+                {
                     stop(&p);
                 }
             }
@@ -263,7 +321,10 @@ impl Lab {
             let sock = self.socket(node.trim());
             if sock.exists() {
                 match control::call(&sock, &Request::Del(a)) {
-                    Ok(r) if !r.ok => eprintln!("warning: CNI DEL for {ns}/{name}: {}", r.error.unwrap_or_default()),
+                    Ok(r) if !r.ok => eprintln!(
+                        "warning: CNI DEL for {ns}/{name}: {}",
+                        r.error.unwrap_or_default()
+                    ),
                     Err(e) => eprintln!("warning: CNI DEL for {ns}/{name}: {e}"),
                     Ok(_) => {}
                 }
@@ -283,7 +344,9 @@ pub fn alive(pidfile: &Path) -> Option<u32> {
     let pid: u32 = fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // A zombie (state Z) has exited.
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
     (state != Some('Z')).then_some(pid)
 }
 
@@ -291,23 +354,36 @@ pub fn alive(pidfile: &Path) -> Option<u32> {
 pub fn stop(pidfile: &Path) {
     if let Some(pid) = alive(pidfile) {
         let pid_s = pid.to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid_s]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid_s])
+            .stderr(Stdio::null())
+            .status();
         let started = Instant::now();
         while alive(pidfile).is_some() && started.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(20));
         }
         if alive(pidfile).is_some() {
-            let _ = Command::new("kill").args(["-KILL", &pid_s]).stderr(Stdio::null()).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid_s])
+                .stderr(Stdio::null())
+                .status();
         }
     }
     let _ = fs::remove_file(pidfile);
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd).args(args).output().map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("`{cmd} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "`{cmd} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }

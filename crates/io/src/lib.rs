@@ -8,6 +8,7 @@
 
 pub mod sys;
 pub mod tap;
+pub mod tunnel;
 pub mod worker;
 
 pub use tap::Tap;

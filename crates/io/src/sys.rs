@@ -150,3 +150,308 @@ where
         .join()
         .map_err(|_| io::Error::other("netns worker thread panicked"))?
 }
+
+/// Room for one datagram's source address in a batch receive.
+pub type SockAddrStorage = libc::sockaddr_in;
+
+/// Preallocated `recvmmsg`/`sendmmsg` bookkeeping for up to `cap` datagrams.
+/// Allocated once per socket; every batch reuses it (no allocation per packet).
+pub struct MmsgBatch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in>,
+}
+
+// SAFETY: the raw pointers inside the headers only ever point into buffers the
+// owning thread passes to `recv`/`send` for the duration of one call; they are
+// rewritten before every use, so moving the batch to another thread is sound.
+unsafe impl Send for MmsgBatch {}
+
+fn zeroed_sockaddr() -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: 0,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: 0 },
+        sin_zero: [0; 8],
+    }
+}
+
+fn sockaddr_from(addr: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2),
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn sockaddr_to(sa: &libc::sockaddr_in) -> std::net::SocketAddrV4 {
+    std::net::SocketAddrV4::new(
+        u32::from_be(sa.sin_addr.s_addr).into(),
+        u16::from_be(sa.sin_port),
+    )
+}
+
+impl MmsgBatch {
+    pub fn new(cap: usize) -> MmsgBatch {
+        let iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: mmsghdr is a plain C struct for which all-zero bytes is a valid
+        // (empty) value.
+        let hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        MmsgBatch {
+            hdrs: vec![hdr; cap],
+            iovs: vec![iov; cap],
+            addrs: vec![zeroed_sockaddr(); cap],
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Receives up to `bufs.len()` datagrams with one `recvmmsg`; fills `lens`
+    /// and `from` for each. Returns how many arrived (`WouldBlock` if none).
+    pub fn recv(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        bufs: &mut [Vec<u8>],
+        lens: &mut [usize],
+        from: &mut [std::net::SocketAddrV4],
+    ) -> io::Result<usize> {
+        let n = bufs
+            .len()
+            .min(self.hdrs.len())
+            .min(lens.len())
+            .min(from.len());
+        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+            let (Some(iov), Some(addr), Some(hdr)) = (
+                self.iovs.get_mut(i),
+                self.addrs.get_mut(i),
+                self.hdrs.get_mut(i),
+            ) else {
+                break;
+            };
+            *iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+            hdr.msg_hdr.msg_namelen =
+                libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+            hdr.msg_hdr.msg_iov = iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_flags = 0;
+            hdr.msg_len = 0;
+        }
+        let vlen = libc::c_uint::try_from(n).unwrap_or(0);
+        // SAFETY: the first `n` headers point at `n` live iovecs, each covering a
+        // whole, exclusively borrowed buffer of `bufs`, and at `n` sockaddr slots;
+        // all of them outlive the call. The kernel writes at most iov_len bytes.
+        let got = cvt(unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                vlen,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        })?;
+        let got = usize::try_from(got).unwrap_or(0).min(n);
+        for i in 0..got {
+            if let (Some(h), Some(a), Some(l), Some(f)) = (
+                self.hdrs.get(i),
+                self.addrs.get(i),
+                lens.get_mut(i),
+                from.get_mut(i),
+            ) {
+                *l = usize::try_from(h.msg_len).unwrap_or(0);
+                *f = sockaddr_to(a);
+            }
+        }
+        Ok(got)
+    }
+
+    /// Sends `msgs` (bytes, destination) with as few `sendmmsg` calls as the
+    /// kernel allows. Returns how many were sent; stops at the first error.
+    pub fn send(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        msgs: &[(&[u8], std::net::SocketAddrV4)],
+    ) -> io::Result<usize> {
+        let mut sent = 0;
+        while sent < msgs.len() {
+            let rest = msgs.get(sent..).unwrap_or(&[]);
+            let n = rest.len().min(self.hdrs.len());
+            for (i, (bytes, dst)) in rest.iter().take(n).enumerate() {
+                let (Some(iov), Some(addr), Some(hdr)) = (
+                    self.iovs.get_mut(i),
+                    self.addrs.get_mut(i),
+                    self.hdrs.get_mut(i),
+                ) else {
+                    break;
+                };
+                *addr = sockaddr_from(*dst);
+                *iov = libc::iovec {
+                    iov_base: bytes.as_ptr().cast_mut().cast(),
+                    iov_len: bytes.len(),
+                };
+                hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+                hdr.msg_hdr.msg_namelen =
+                    libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>())
+                        .unwrap_or(16);
+                hdr.msg_hdr.msg_iov = iov;
+                hdr.msg_hdr.msg_iovlen = 1;
+                hdr.msg_hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_hdr.msg_controllen = 0;
+                hdr.msg_hdr.msg_flags = 0;
+            }
+            let vlen = libc::c_uint::try_from(n).unwrap_or(0);
+            // SAFETY: the first `n` headers point at live iovecs over the caller's
+            // byte slices (only read by the kernel) and at initialised sockaddrs,
+            // all outliving the call.
+            let got = match cvt(unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    self.hdrs.as_mut_ptr(),
+                    vlen,
+                    libc::MSG_DONTWAIT,
+                )
+            }) {
+                Ok(g) => usize::try_from(g).unwrap_or(0),
+                Err(e) if sent > 0 => {
+                    let _ = e;
+                    return Ok(sent);
+                }
+                Err(e) => return Err(e),
+            };
+            if got == 0 {
+                break;
+            }
+            sent += got;
+        }
+        Ok(sent)
+    }
+}
+
+impl MmsgBatch {
+    /// Sends `bytes` to `dst` as consecutive datagrams of `segment_len` bytes (the
+    /// last may be shorter), batched into as few `sendmmsg` calls as possible.
+    /// Returns how many datagrams were sent; stops at the first error.
+    pub fn send_segments(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        bytes: &[u8],
+        segment_len: usize,
+        dst: std::net::SocketAddrV4,
+    ) -> io::Result<usize> {
+        if segment_len == 0 || bytes.is_empty() {
+            return Ok(0);
+        }
+        let total = bytes.len().div_ceil(segment_len);
+        let mut sent = 0;
+        while sent < total {
+            let n = (total - sent).min(self.hdrs.len());
+            for i in 0..n {
+                let start = (sent + i) * segment_len;
+                let end = (start + segment_len).min(bytes.len());
+                let Some(chunk) = bytes.get(start..end) else {
+                    break;
+                };
+                let (Some(iov), Some(addr), Some(hdr)) = (
+                    self.iovs.get_mut(i),
+                    self.addrs.get_mut(i),
+                    self.hdrs.get_mut(i),
+                ) else {
+                    break;
+                };
+                *addr = sockaddr_from(dst);
+                *iov = libc::iovec {
+                    iov_base: chunk.as_ptr().cast_mut().cast(),
+                    iov_len: chunk.len(),
+                };
+                hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+                hdr.msg_hdr.msg_namelen =
+                    libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>())
+                        .unwrap_or(16);
+                hdr.msg_hdr.msg_iov = iov;
+                hdr.msg_hdr.msg_iovlen = 1;
+                hdr.msg_hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_hdr.msg_controllen = 0;
+                hdr.msg_hdr.msg_flags = 0;
+            }
+            let vlen = libc::c_uint::try_from(n).unwrap_or(0);
+            // SAFETY: the first `n` headers point at live iovecs over sub-slices of
+            // `bytes` (only read by the kernel) and at initialised sockaddrs, all
+            // outliving the call.
+            let got = match cvt(unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    self.hdrs.as_mut_ptr(),
+                    vlen,
+                    libc::MSG_DONTWAIT,
+                )
+            }) {
+                Ok(g) => usize::try_from(g).unwrap_or(0),
+                Err(_) if sent > 0 => return Ok(sent),
+                Err(e) => return Err(e),
+            };
+            if got == 0 {
+                break;
+            }
+            sent += got;
+        }
+        Ok(sent)
+    }
+}
+
+/// Sets a socket's receive buffer, past `rmem_max` if we may (`SO_RCVBUFFORCE`
+/// needs CAP_NET_ADMIN, which the agent has), else as far as allowed.
+pub fn set_recv_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: `val` is a live c_int and `len` its size; the kernel only reads it.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                len,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    Err(io::Error::last_os_error())
+}
+
+/// Sets a socket's send buffer (`SO_SNDBUFFORCE`, else `SO_SNDBUF`).
+pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: `val` is a live c_int and `len` its size; the kernel only reads it.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                len,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    Err(io::Error::last_os_error())
+}

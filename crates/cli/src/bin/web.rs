@@ -49,8 +49,13 @@ fn env(name: &str) -> String {
 
 fn serve(stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let client = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let Ok(mut out) = stream.try_clone() else { return };
+    let client = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     let mut request = String::new();
     if reader.read_line(&mut request).is_err() {

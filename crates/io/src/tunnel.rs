@@ -1,0 +1,111 @@
+//! The VXLAN underlay sockets of a node.
+//!
+//! One UDP socket bound to `UNDERLAY_IP:4789` receives every tunnel datagram
+//! (`recvmmsg`, a batch per system call). Sending goes through a small pool of
+//! UDP sockets bound to `UNDERLAY_IP:0`, each with its own kernel-chosen source
+//! port: the data plane's hash of the inner flow picks the socket, so the outer
+//! UDP source port varies by flow as RFC 7348 §5 asks (ECMP entropy), while every
+//! packet of one flow leaves from the same port (no reordering). The kernel adds
+//! the outer IPv4 and UDP headers and the UDP checksum.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+
+use crate::sys::{self, MmsgBatch};
+
+/// IANA's VXLAN port (RFC 7348 §5).
+pub const VXLAN_PORT: u16 = 4789;
+/// Datagrams received per `recvmmsg`.
+pub const RX_BATCH: usize = 32;
+/// Largest datagram we receive: an underlay MTU of up to 9,000 plus slack.
+pub const RX_DATAGRAM_LEN: usize = 9_216;
+/// Sockets in the send pool: distinct outer source ports.
+pub const TX_POOL: usize = 8;
+
+/// The node's tunnel endpoint.
+pub struct TunnelSocket {
+    rx: UdpSocket,
+    tx: Vec<UdpSocket>,
+    port: u16,
+    pub(crate) rx_batch: MmsgBatch,
+    tx_batch: MmsgBatch,
+    pub(crate) bufs: Vec<Vec<u8>>,
+    pub(crate) lens: Vec<usize>,
+    pub(crate) from: Vec<SocketAddrV4>,
+}
+
+impl TunnelSocket {
+    /// Binds the receive socket to `underlay_ip:port` and the send pool to
+    /// `underlay_ip:0`.
+    pub fn bind(underlay_ip: Ipv4Addr, port: u16) -> io::Result<TunnelSocket> {
+        let rx = UdpSocket::bind(SocketAddrV4::new(underlay_ip, port)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("bind VXLAN socket {underlay_ip}:{port}: {e}"),
+            )
+        })?;
+        rx.set_nonblocking(true)?;
+        if let Err(e) = sys::set_recv_buffer(rx.as_fd(), 8 << 20) {
+            tracing::warn!(error = %e, "cannot enlarge the tunnel receive buffer");
+        }
+        let mut tx = Vec::with_capacity(TX_POOL);
+        for _ in 0..TX_POOL {
+            let s = UdpSocket::bind(SocketAddrV4::new(underlay_ip, 0))?;
+            s.set_nonblocking(true)?;
+            if let Err(e) = sys::set_send_buffer(s.as_fd(), 4 << 20) {
+                tracing::warn!(error = %e, "cannot enlarge a tunnel send buffer");
+            }
+            tx.push(s);
+        }
+        Ok(TunnelSocket {
+            rx,
+            tx,
+            port,
+            rx_batch: MmsgBatch::new(RX_BATCH),
+            tx_batch: MmsgBatch::new(64),
+            bufs: (0..RX_BATCH).map(|_| vec![0u8; RX_DATAGRAM_LEN]).collect(),
+            lens: vec![0; RX_BATCH],
+            from: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); RX_BATCH],
+        })
+    }
+
+    /// The receive socket, for registering with the event loop.
+    pub fn rx_socket(&self) -> &UdpSocket {
+        &self.rx
+    }
+
+    /// Receives one batch; returns how many datagrams landed in `bufs`.
+    pub(crate) fn recv_batch(&mut self) -> io::Result<usize> {
+        let TunnelSocket {
+            rx,
+            rx_batch,
+            bufs,
+            lens,
+            from,
+            ..
+        } = self;
+        rx_batch.recv(rx.as_fd(), bufs, lens, from)
+    }
+
+    /// Sends back-to-back datagrams of `segment_len` bytes to `peer`, from the
+    /// pool socket `flow_hash` picks. Returns how many were sent.
+    pub fn send(
+        &mut self,
+        peer: Ipv4Addr,
+        flow_hash: u32,
+        datagrams: &[u8],
+        segment_len: usize,
+    ) -> io::Result<usize> {
+        let idx = usize::try_from(flow_hash).unwrap_or(0) % self.tx.len().max(1);
+        let Some(sock) = self.tx.get(idx) else {
+            return Ok(0);
+        };
+        self.tx_batch.send_segments(
+            sock.as_fd(),
+            datagrams,
+            segment_len,
+            SocketAddrV4::new(peer, self.port),
+        )
+    }
+}
