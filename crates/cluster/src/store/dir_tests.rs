@@ -1,0 +1,229 @@
+//! Tests specific to the directory backend: restarts, crash recovery, other
+//! processes, torn writes. The behaviour every backend shares is tested in
+//! `conformance.rs`.
+// Tests measure real elapsed time to check notification is prompt.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+use std::time::{Duration, Instant};
+
+use super::super::conformance::{cas_increment, temp_dir};
+use super::*;
+
+fn fast() -> DirStoreOptions {
+    DirStoreOptions {
+        sync: false,
+        max_events: 10_000,
+    }
+}
+
+#[test]
+fn key_file_names_round_trip() {
+    for key in [
+        "pods/default/web-a",
+        "leases/10.244.1.0-24",
+        "a b%c",
+        "ключ",
+        "..",
+        "k-x",
+    ] {
+        let name = key_to_file(key);
+        assert!(!name.contains('/') && name.starts_with("k-"), "{name}");
+        assert_eq!(file_to_key(&name).as_deref(), Some(key));
+    }
+    assert_eq!(
+        key_to_file("pods/default/web-a"),
+        "k-pods%2Fdefault%2Fweb-a"
+    );
+    assert_eq!(file_to_key(".tmp-1-2"), None);
+    assert_eq!(file_to_key("k-%zz"), None);
+}
+
+#[test]
+fn survives_restart_and_watch_catches_up() {
+    let dir = temp_dir("restart");
+    let seen = {
+        let s = DirStore::open_with(&dir, fast()).unwrap();
+        s.put("pods/default/a", b"1").unwrap();
+        s.put("pods/default/b", b"2").unwrap()
+    };
+    // While the "agent" is down, another writer changes things.
+    {
+        let other = DirStore::open_with(&dir, fast()).unwrap();
+        other.delete("pods/default/a").unwrap();
+        other.put("pods/default/c", b"3").unwrap();
+    }
+    let s = DirStore::open_with(&dir, fast()).unwrap();
+    assert_eq!(s.revision().unwrap(), 4);
+    assert_eq!(s.get("pods/default/b").unwrap().unwrap().revision, 2);
+    let w = s.watch("pods/", seen).unwrap();
+    let a = w.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    let b = w.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(
+        a,
+        Event::Delete {
+            key: "pods/default/a".into(),
+            revision: 3
+        }
+    );
+    assert_eq!(b.key(), "pods/default/c");
+    assert_eq!(b.revision(), 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn watch_sees_other_instance_promptly() {
+    let dir = temp_dir("notify");
+    let a = DirStore::open_with(&dir, fast()).unwrap();
+    let b = DirStore::open_with(&dir, fast()).unwrap();
+    let w = a.watch("nodes/", a.revision().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    b.put("nodes/n2", b"{}").unwrap();
+    let ev = w.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(ev.key(), "nodes/n2");
+    // Notification, not a poll interval: generous bound for a loaded CI box.
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(w);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn recovers_from_crash_between_log_and_apply() {
+    let dir = temp_dir("crash");
+    let s = DirStore::open_with(&dir, fast()).unwrap();
+    s.put("pods/default/a", b"1").unwrap();
+    // Simulate a writer that appended and synced its log line, then died
+    // before touching the key file and state, plus a torn line after it.
+    let log = dir.join("log").join("events.log");
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"{\"rev\":2,\"key\":\"pods/default/a\",\"op\":\"put\",\"value\":\"2\"}\n")
+        .unwrap();
+    f.write_all(b"{\"rev\":3,\"key\":\"pods/def").unwrap();
+    drop(f);
+    // A reader sees the committed write (recovery runs before the read).
+    let e = s.get("pods/default/a").unwrap().unwrap();
+    assert_eq!((e.value.as_slice(), e.revision), (&b"2"[..], 2));
+    // The torn line is gone and the next write continues cleanly.
+    assert_eq!(s.put("pods/default/b", b"x").unwrap(), 3);
+    let w = s.watch("", 0).unwrap();
+    let revs: Vec<_> = (0..3)
+        .map(|_| {
+            w.recv_timeout(Duration::from_secs(10))
+                .unwrap()
+                .unwrap()
+                .revision()
+        })
+        .collect();
+    assert_eq!(revs, [1, 2, 3]);
+    // Reopening finds a consistent store.
+    drop(s);
+    let s = DirStore::open_with(&dir, fast()).unwrap();
+    assert_eq!(s.revision().unwrap(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn corrupt_state_is_an_error_not_a_panic() {
+    let dir = temp_dir("corrupt");
+    let s = DirStore::open_with(&dir, fast()).unwrap();
+    s.put("k", b"v").unwrap();
+    std::fs::write(dir.join("state"), "banana\n").unwrap();
+    let err = s.get("k").unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("state"), "{err}");
+    std::fs::write(dir.join("keys").join("k-k"), "no newline").unwrap();
+    std::fs::write(dir.join("state"), "1 0 100000\n").unwrap();
+    assert!(DirStore::open_with(&dir, fast()).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn readers_never_see_torn_values() {
+    let dir = temp_dir("torn");
+    let s = DirStore::open_with(&dir, fast()).unwrap();
+    let big_a = vec![b'a'; 256 * 1024];
+    let big_b = vec![b'b'; 256 * 1024];
+    s.put("big", &big_a).unwrap();
+    let reader_store = s.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let reader = std::thread::spawn(move || {
+        let mut reads = 0;
+        while !stop2.load(Ordering::Relaxed) {
+            let v = reader_store.get("big").unwrap().unwrap().value;
+            assert_eq!(v.len(), 256 * 1024);
+            assert!(v.iter().all(|b| *b == v[0]), "torn value");
+            // Also read the file directly, without the lock.
+            let raw = std::fs::read(reader_store.key_path("big")).unwrap();
+            let body = &raw[raw.iter().position(|b| *b == b'\n').unwrap() + 1..];
+            assert!(body.len() == 256 * 1024 && body.iter().all(|b| *b == body[0]));
+            reads += 1;
+        }
+        reads
+    });
+    for i in 0..40 {
+        s.put("big", if i % 2 == 0 { &big_b } else { &big_a })
+            .unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Environment variable naming the store directory for the child process
+/// spawned by `cas_increments_across_processes`.
+const CHILD_ENV: &str = "TAPESTRY_STORE_TEST_CHILD_DIR";
+const CHILD_INCREMENTS: u64 = 100;
+
+/// Not a test on its own: the body the two-process test runs in children.
+#[test]
+#[ignore = "helper run as a child process by cas_increments_across_processes"]
+fn child_incrementer() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let s = DirStore::open(&dir).unwrap();
+    for _ in 0..CHILD_INCREMENTS {
+        cas_increment(&s, "counter");
+    }
+}
+
+#[test]
+fn cas_increments_across_processes() {
+    let dir = temp_dir("procs");
+    let s = DirStore::open(&dir).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "store::dir::tests::child_incrementer",
+                    "--ignored",
+                    "--quiet",
+                ])
+                .env(CHILD_ENV, &dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // And this process increments concurrently, from a thread.
+    for _ in 0..CHILD_INCREMENTS {
+        cas_increment(&s, "counter");
+    }
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let v = s.get("counter").unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8(v.value).unwrap(),
+        (3 * CHILD_INCREMENTS).to_string()
+    );
+    assert_eq!(v.revision, 3 * CHILD_INCREMENTS);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
