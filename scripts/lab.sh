@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tapestry lab: a simulated Kubernetes cluster built from Linux network namespaces.
 #
-#   scripts/lab.sh [--name LAB] [--nodes N] up       build, start node agents, create the pods in lab/pods
+#   scripts/lab.sh [--name LAB] [--nodes N] up       build, start N nodes (default 2), apply the pods in lab/pods
 #   scripts/lab.sh [--name LAB] down                 remove everything `up` made
 #   scripts/lab.sh [--name LAB] status               nodes and pods, with IPs and MACs
 #   scripts/lab.sh [--name LAB] exec POD -- CMD...   run CMD inside POD's network namespace
@@ -9,12 +9,16 @@
 #
 # Needs root. Everything it makes is named after LAB (default: tapestry) and
 # recorded under /run/tapestry/LAB; nothing outside the lab's namespaces is touched.
+# The underlay ("physical" network) is a kernel bridge in namespace LAB-underlay,
+# 198.18.0.0/24 (RFC 2544's benchmark range); node i is 198.18.0.i and owns pod
+# subnet 10.244.i.0/24. The cluster store is the directory /run/tapestry/LAB/store
+# (`tapestry --store` or TAPESTRY_STORE to reach it).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export REPO
 LAB=${TAPESTRY_LAB:-tapestry}
-NODES=1
+NODES=2
 BIN="$REPO/target/release"
 export LAB BIN
 MANIFESTS="$REPO/lab/pods"
@@ -36,7 +40,7 @@ need_root() {
 # Debian packages the lab uses, by the command that needs them.
 ensure_packages() {
     local missing=() cmd pkg
-    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps; do
+    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps traceroute:traceroute nsenter:util-linux; do
         cmd=${pair%%:*}; pkg=${pair#*:}
         command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
     done
@@ -53,7 +57,8 @@ build() {
 }
 
 tapestry() { "$BIN/tapestry" "$@"; }
-lab_args() { echo --lab-dir "$(lab_dir)" --prefix "$LAB" --bin-dir "$BIN"; }
+store() { echo "$(lab_dir)/store"; }
+underlay_ns() { echo "$LAB-underlay"; }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -67,6 +72,18 @@ wait_agent() {
     return 1
 }
 
+# The underlay: a kernel bridge in its own namespace, the lab's "physical" network.
+make_underlay() {
+    local ns
+    ns=$(underlay_ns)
+    if [ ! -e "/run/netns/$ns" ]; then
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        ip -n "$ns" link add br0 type bridge
+        ip -n "$ns" link set br0 up
+    fi
+}
+
 start_node() {
     local i=$1 node="node$1" ns dir
     ns=$(node_ns "$node")
@@ -74,13 +91,21 @@ start_node() {
     mkdir -p "$dir"
     if [ ! -e "/run/netns/$ns" ]; then
         ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        # A veth cable from the node to the underlay bridge, both ends made in place.
+        ip link add name "u$i" netns "$(underlay_ns)" type veth peer name eth0 netns "$ns"
+        ip -n "$(underlay_ns)" link set "u$i" master br0 up
+        ip -n "$ns" addr add "198.18.0.$i/24" dev eth0
+        ip -n "$ns" link set eth0 up
     fi
-    ip -n "$ns" link set lo up
     if pid_alive "$dir/tapestryd.pid"; then
         say "$node: tapestryd already running (pid $(cat "$dir/tapestryd.pid"))"
     else
-        say "$node: starting tapestryd in namespace $ns (pod CIDR 10.244.$i.0/24)"
-        setsid ip netns exec "$ns" "$BIN/tapestryd" --node "$node" --pod-cidr "10.244.$i.0/24" \
+        say "$node: starting tapestryd in namespace $ns (underlay 198.18.0.$i, pod subnet 10.244.$i.0/24)"
+        # nsenter, not `ip netns exec`: the agent must share the host's mount
+        # namespace, or the pod namespaces its kubelet creates would be invisible.
+        setsid nsenter --net="/run/netns/$ns" "$BIN/tapestryd" --node "$node" --store "$(store)" \
+            --underlay-ip "198.18.0.$i" --pod-cidr "10.244.$i.0/24" --netns-prefix "$LAB" \
             --state-dir "$dir" </dev/null >>"$dir/tapestryd.log" 2>&1 &
         echo $! >"$dir/tapestryd.pid"
     fi
@@ -92,53 +117,55 @@ cmd_up() {
     ensure_packages
     build
     local have
-    mkdir -p "$(lab_dir)"
+    mkdir -p "$(lab_dir)/store"
     if [ -f "$(lab_dir)/nodes.count" ]; then
         have=$(cat "$(lab_dir)/nodes.count")
         [ "$have" = "$NODES" ] || die "lab $LAB is up with $have node(s); run 'scripts/lab.sh down' before changing --nodes"
     fi
     echo "$NODES" >"$(lab_dir)/nodes.count"
+    make_underlay
     for i in $(seq 1 "$NODES"); do
         start_node "$i"
     done
-    say "creating pods from ${MANIFESTS#"$REPO"/}"
-    # shellcheck disable=SC2046
-    tapestry pods up $(lab_args) -f "$MANIFESTS"
+    say "applying ${MANIFESTS#"$REPO"/}"
+    tapestry apply --store "$(store)" -f "$MANIFESTS"
+    say "waiting for every pod to answer"
+    tapestry wait --store "$(store)" --timeout 60
     cmd_status
+}
+
+# Stops every process whose pid file is under $1.
+kill_pidfiles() {
+    local pidf
+    for pidf in "$1"/*.pid; do
+        [ -f "$pidf" ] || continue
+        if pid_alive "$pidf"; then kill -TERM "$(cat "$pidf")" 2>/dev/null || true; fi
+    done
+    for pidf in "$1"/*.pid; do
+        [ -f "$pidf" ] || continue
+        for _ in $(seq 1 30); do pid_alive "$pidf" || break; sleep 0.1; done
+        if pid_alive "$pidf"; then kill -KILL "$(cat "$pidf")" 2>/dev/null || true; fi
+    done
 }
 
 cmd_down() {
     need_root
-    local dir node ns
+    local dir nd pd ns
     dir=$(lab_dir)
-    if [ -d "$dir/pods" ] && [ -x "$BIN/tapestry" ]; then
-        # shellcheck disable=SC2046
-        tapestry pods down $(lab_args) || true
-    fi
-    # Anything the runtime could not remove: stop processes by pid file, drop namespaces.
-    if [ -d "$dir/pods" ]; then
-        for pidf in "$dir"/pods/*/*.pid; do
-            if pid_alive "$pidf"; then kill -KILL "$(cat "$pidf")" 2>/dev/null || true; fi
-        done
-        for pd in "$dir"/pods/*_*; do
-            [ -d "$pd" ] || continue
-            ns="$LAB-$(basename "$pd" | sed 's/_/-/')"
-            [ -e "/run/netns/$ns" ] && ip netns del "$ns"
-        done
-    fi
-    if [ -d "$dir/nodes" ]; then
-        for nd in "$dir"/nodes/*; do
-            [ -d "$nd" ] || continue
-            node=$(basename "$nd")
-            if pid_alive "$nd/tapestryd.pid"; then
-                kill -TERM "$(cat "$nd/tapestryd.pid")" 2>/dev/null || true
-                for _ in $(seq 1 50); do pid_alive "$nd/tapestryd.pid" || break; sleep 0.1; done
-                if pid_alive "$nd/tapestryd.pid"; then kill -KILL "$(cat "$nd/tapestryd.pid")" 2>/dev/null || true; fi
-            fi
-            ns=$(node_ns "$node")
-            [ -e "/run/netns/$ns" ] && ip netns del "$ns"
-        done
-    fi
+    # Agents first, so that no kubelet restarts what is being removed.
+    for nd in "$dir"/nodes/*; do
+        [ -d "$nd" ] && kill_pidfiles "$nd"
+    done
+    for pd in "$dir"/nodes/*/pods/*; do
+        [ -d "$pd" ] || continue
+        kill_pidfiles "$pd"
+        ns=$(cat "$pd/netns" 2>/dev/null || true)
+        if [ -n "$ns" ] && [ -e "/run/netns/$ns" ]; then ip netns del "$ns"; fi
+    done
+    # Every namespace of this lab: nodes, pods, the underlay (all named LAB-…).
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$LAB-" || true); do
+        ip netns del "$ns"
+    done
     rm -rf "$dir"
     say "lab $LAB is down"
 }
@@ -153,8 +180,9 @@ cmd_status() {
         tapestry status --socket "$nd/tapestryd.sock" || true
     done
     echo
-    # shellcheck disable=SC2046
-    tapestry pods list $(lab_args)
+    tapestry get nodes --store "$(store)"
+    echo
+    tapestry get pods --store "$(store)" -o wide
 }
 
 pod_ns() {
@@ -179,7 +207,7 @@ cmd_exec() {
 cmd_demo() {
     need_root
     [ -d "$(lab_dir)/nodes" ] || die "lab $LAB is not up: run 'scripts/lab.sh up' first"
-    LAB_DIR=$(lab_dir) bash "$REPO/scripts/demo.sh"
+    LAB_DIR=$(lab_dir) TAPESTRY_STORE=$(store) bash "$REPO/scripts/demo.sh"
 }
 
 main() {

@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cluster_sync;
+pub mod kubelet;
 pub mod control;
 pub mod netconf;
 pub mod node;

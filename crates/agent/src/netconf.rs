@@ -12,89 +12,10 @@
 //! docs anyway. A child spawned from a thread that joined a pod's namespace runs
 //! in that namespace.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::str::FromStr;
 
 use tapestry_dataplane::MacAddr;
-
-/// An IPv4 network: address and prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subnet {
-    pub network: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Subnet {
-    fn mask(self) -> u32 {
-        if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix_len))
-        }
-    }
-    /// The `n`th address of the subnet (0 is the network address).
-    pub fn nth(self, n: u32) -> Option<Ipv4Addr> {
-        let size = 1u64 << (32 - u32::from(self.prefix_len));
-        (u64::from(n) < size).then(|| Ipv4Addr::from(u32::from(self.network).wrapping_add(n)))
-    }
-    /// Number of addresses, network and broadcast included.
-    pub fn size(self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix_len))
-    }
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.network)
-    }
-    /// The gateway: the first usable address.
-    pub fn gateway(self) -> Option<Ipv4Addr> {
-        self.nth(1)
-    }
-    /// The host port's address: the last usable one.
-    pub fn host_port(self) -> Option<Ipv4Addr> {
-        self.size()
-            .checked_sub(2)
-            .and_then(|n| u32::try_from(n).ok())
-            .and_then(|n| self.nth(n))
-    }
-}
-
-impl FromStr for Subnet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/len)"))?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = p
-            .parse()
-            .map_err(|_| format!("{s:?}: {p:?} is not a prefix length"))?;
-        if !(8..=30).contains(&prefix_len) {
-            return Err(format!(
-                "{s:?}: prefix length must be 8 to 30 for a node subnet"
-            ));
-        }
-        let net = Subnet {
-            network: addr,
-            prefix_len,
-        };
-        if u32::from(addr) & net.mask() != u32::from(addr) {
-            return Err(format!(
-                "{s:?}: host bits set (did you mean {}/{prefix_len}?)",
-                Ipv4Addr::from(u32::from(addr) & net.mask())
-            ));
-        }
-        Ok(net)
-    }
-}
-
-impl fmt::Display for Subnet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix_len)
-    }
-}
 
 /// `0a:58:` followed by the four address bytes.
 pub fn mac_for(ip: Ipv4Addr) -> MacAddr {
@@ -209,36 +130,6 @@ pub fn inspect_interface(dev: &str) -> Result<(String, u32, Vec<String>, bool), 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subnet_plan() {
-        let s: Subnet = "10.244.1.0/24".parse().expect("valid");
-        assert_eq!(s.gateway(), Some(Ipv4Addr::new(10, 244, 1, 1)));
-        assert_eq!(s.host_port(), Some(Ipv4Addr::new(10, 244, 1, 254)));
-        assert!(s.contains(Ipv4Addr::new(10, 244, 1, 77)));
-        assert!(!s.contains(Ipv4Addr::new(10, 244, 2, 1)));
-        assert_eq!(s.to_string(), "10.244.1.0/24");
-    }
-
-    #[test]
-    fn subnet_errors_name_the_problem() {
-        assert!("10.244.1.5/24"
-            .parse::<Subnet>()
-            .unwrap_err()
-            .contains("host bits"));
-        assert!("10.244.1.0"
-            .parse::<Subnet>()
-            .unwrap_err()
-            .contains("not a CIDR"));
-        assert!("10.244.1.0/31"
-            .parse::<Subnet>()
-            .unwrap_err()
-            .contains("prefix length"));
-        assert!("10.244.x.0/24"
-            .parse::<Subnet>()
-            .unwrap_err()
-            .contains("not an IPv4"));
-    }
 
     #[test]
     fn mac_derived_from_ip() {

@@ -16,24 +16,46 @@ use serde::{Deserialize, Serialize};
 use tapestry_dataplane::{
     Counters, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
 };
+use tapestry_cluster::ipam::PodIpam;
+use tapestry_cluster::Ipv4Cidr;
+use arc_swap::ArcSwap;
+use tapestry_dataplane::pipeline::TunnelConfig;
+use tapestry_dataplane::routes::RouteSnapshot;
+use tapestry_io::tunnel::TunnelSocket;
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
 use crate::api::{
     AttachResult, Attachment, Interface, IpConfig, MacEntry, NodeStatus, PortStatus, Route,
 };
-use crate::netconf::{self, mac_for, mac_string, Subnet};
+use crate::netconf::{self, mac_for, mac_string};
 
 /// The host port's bridge port number; pods take 1 and up.
 pub const HOST_PORT: PortId = PortId(0);
 
 /// How the node is set up (from the command line).
-#[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
-    pub subnet: Subnet,
+    pub subnet: Ipv4Cidr,
     pub mtu: u32,
     pub host_port: String,
     pub state_dir: PathBuf,
+    /// Store-backed pod IP allocation (cluster mode); `None` allocates from the
+    /// subnet locally, remembering only this agent's own attachments.
+    pub ipam: Option<PodIpam>,
+    /// The VXLAN tunnel to other nodes (cluster mode).
+    pub tunnel: Option<TunnelSetup>,
+}
+
+/// This node's tunnel endpoint.
+#[derive(Debug, Clone)]
+pub struct TunnelSetup {
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    pub port: u16,
+    /// Largest inner IPv4 packet: underlay MTU minus the VXLAN overhead.
+    pub inner_mtu: u32,
+    /// The cluster's pod network (routed via the gateway from the node itself).
+    pub cluster: Ipv4Cidr,
 }
 
 /// One attached pod, as remembered across restarts.
@@ -62,6 +84,7 @@ pub struct Node {
     host_ip: Ipv4Addr,
     worker: Mutex<WorkerHandle>,
     counters: Arc<Counters>,
+    routes: Arc<ArcSwap<RouteSnapshot>>,
     mac_capacity: usize,
     /// Control-path state; serialises attach/detach (never touched per packet).
     state: Mutex<State>,
@@ -75,26 +98,27 @@ impl Node {
     /// Builds the pipeline, starts the worker, opens the host port and reattaches
     /// the pods remembered in the state directory.
     pub fn start(cfg: NodeConfig) -> Result<Node, String> {
-        let gateway = cfg
-            .subnet
-            .gateway()
-            .ok_or("subnet has no gateway address")?;
-        let host_ip = cfg
-            .subnet
-            .host_port()
-            .ok_or("subnet has no host port address")?;
+        let gateway = PodIpam::gateway(&cfg.subnet).ok_or("subnet has no gateway address")?;
+        let host_ip = PodIpam::host_port_ip(&cfg.subnet).ok_or("subnet has no host port address")?;
         let gateway_mac = mac_for(gateway);
-        let pcfg = PipelineConfig::new(
-            gateway,
-            gateway_mac,
-            cfg.subnet.network,
-            cfg.subnet.prefix_len,
-        );
+        let mut pcfg = PipelineConfig::new(gateway, gateway_mac, cfg.subnet.network(), cfg.subnet.prefix_len());
+        pcfg.host_ip = Some(host_ip);
+        pcfg.host_mac = Some(mac_for(host_ip));
+        let mut socket = None;
+        if let Some(t) = &cfg.tunnel {
+            pcfg.tunnel = Some(TunnelConfig {
+                underlay_ip: t.underlay_ip,
+                vtep_mac: t.vtep_mac,
+                vni: 1,
+                inner_mtu: u16::try_from(t.inner_mtu).map_err(err("inner MTU"))?,
+            });
+            socket = Some(TunnelSocket::bind(t.underlay_ip, t.port).map_err(err("tunnel"))?);
+        }
         let mac_capacity = pcfg.mac_capacity;
         let pipeline = Pipeline::new(pcfg);
         let counters = Arc::clone(pipeline.counters());
-        let worker =
-            tapestry_io::spawn(pipeline).map_err(err("cannot start the data-plane worker"))?;
+        let routes = Arc::clone(pipeline.routes());
+        let worker = tapestry_io::spawn(pipeline, socket).map_err(err("cannot start the data-plane worker"))?;
 
         let host_tap = Tap::open(&cfg.host_port, true)
             .map_err(|e| format!("cannot open host port TAP {}: {e}", cfg.host_port))?;
@@ -103,10 +127,14 @@ impl Node {
             mac_for(host_ip),
             cfg.mtu,
             host_ip,
-            cfg.subnet.prefix_len,
+            cfg.subnet.prefix_len(),
             None,
         )?;
         let host_counters = add_port(&worker, HOST_PORT, PortRole::Host, host_tap)?;
+        if let Some(t) = &cfg.tunnel {
+            // The node itself reaches other nodes' pods through its gateway, as pods do.
+            netconf::ip(&["route", "replace", &t.cluster.to_string(), "via", &gateway.to_string(), "dev", &cfg.host_port])?;
+        }
         tracing::info!(node = %cfg.name, subnet = %cfg.subnet, %gateway, host_port = %cfg.host_port, %host_ip, "node up");
 
         let node = Node {
@@ -115,6 +143,7 @@ impl Node {
             host_ip,
             worker: Mutex::new(worker),
             counters,
+            routes,
             mac_capacity,
             state: Mutex::new(State {
                 pods: BTreeMap::new(),
@@ -149,6 +178,9 @@ impl Node {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(container = %a.container_id, netns = %a.netns.display(), error = %e, "pod gone; forgetting it");
+                    if let Some(ipam) = &self.cfg.ipam {
+                        let _ = ipam.release(&a.container_id);
+                    }
                     continue;
                 }
             };
@@ -198,7 +230,7 @@ impl Node {
                 sandbox: a.netns.display().to_string(),
             }],
             ips: vec![IpConfig {
-                address: format!("{}/{}", rec.ip, self.cfg.subnet.prefix_len),
+                address: format!("{}/{}", rec.ip, self.cfg.subnet.prefix_len()),
                 gateway: self.gateway,
                 interface: 0,
             }],
@@ -237,14 +269,17 @@ impl Node {
                 other.record.attachment.container_id
             ));
         }
-        let ip = self.free_ip(&st)?;
+        let ip = match &self.cfg.ipam {
+            Some(ipam) => ipam.allocate(&a.container_id).map_err(|e| format!("pod IP: {e}"))?,
+            None => self.free_ip(&st)?,
+        };
         let port = (1..=u16::MAX)
             .find(|p| !st.pods.values().any(|x| x.record.port == *p))
             .ok_or("no free bridge port")?;
         let mac = mac_for(ip);
         let (mtu, prefix, gw, ifname) = (
             self.cfg.mtu,
-            self.cfg.subnet.prefix_len,
+            self.cfg.subnet.prefix_len(),
             self.gateway,
             a.ifname.clone(),
         );
@@ -302,6 +337,11 @@ impl Node {
                 tracing::warn!(error = %e, "cannot clear persistence of the pod TAP");
             }
         }
+        if let Some(ipam) = &self.cfg.ipam {
+            if let Err(e) = ipam.release(&a.container_id) {
+                tracing::warn!(error = %e, "cannot release the pod's IP");
+            }
+        }
         tracing::info!(pod = %format!("{}/{}", pod.record.attachment.pod_namespace, pod.record.attachment.pod_name), ip = %pod.record.ip, "detached");
         self.save(&st)
     }
@@ -325,7 +365,7 @@ impl Node {
             ));
         }
         let want_mac = mac_string(mac_for(rec.ip));
-        let want_addr = format!("{}/{}", rec.ip, self.cfg.subnet.prefix_len);
+        let want_addr = format!("{}/{}", rec.ip, self.cfg.subnet.prefix_len());
         let (mtu, ifname, gw) = (self.cfg.mtu, rec.attachment.ifname.clone(), self.gateway);
         tapestry_io::sys::in_netns(&rec.attachment.netns, move || {
             let check = || -> Result<(), String> {
@@ -360,17 +400,11 @@ impl Node {
 
     fn free_ip(&self, st: &State) -> Result<Ipv4Addr, String> {
         let used: Vec<Ipv4Addr> = st.pods.values().map(|p| p.record.ip).collect();
-        let last = u32::try_from(self.cfg.subnet.size().saturating_sub(2)).unwrap_or(0);
-        (2..last)
+        let hosts = self.cfg.subnet.size().saturating_sub(1);
+        (2..hosts)
             .filter_map(|n| self.cfg.subnet.nth(n))
             .find(|ip| *ip != self.host_ip && *ip != self.gateway && !used.contains(ip))
-            .ok_or_else(|| {
-                format!(
-                    "subnet {} is exhausted: all {} pod addresses are in use",
-                    self.cfg.subnet,
-                    last.saturating_sub(2)
-                )
-            })
+            .ok_or_else(|| format!("subnet {} is exhausted: every pod address is in use", self.cfg.subnet))
     }
 
     /// Everything `tapestry status` shows.
@@ -463,6 +497,11 @@ impl Node {
                 .map(|r| (r.name().to_owned(), self.counters.drop_count(*r)))
                 .collect(),
         })
+    }
+
+    /// The handle route snapshots are published into.
+    pub fn routes(&self) -> Arc<ArcSwap<RouteSnapshot>> {
+        Arc::clone(&self.routes)
     }
 
     /// Stops the data plane; persistent TAPs stay for the next start.

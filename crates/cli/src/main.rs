@@ -2,7 +2,7 @@
 //! sockets, and runs the lab's pods (see [`runtime`]).
 #![forbid(unsafe_code)]
 
-mod runtime;
+mod objects;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tapestry_agent::api::{Attachment, NodeStatus, Request};
 use tapestry_agent::control;
 
-use runtime::Lab;
+use objects::Format;
+use tapestry_cluster::DirStore;
 
 /// Tapestry: Kubernetes pod networking in userspace.
 #[derive(Parser, Debug)]
@@ -54,67 +55,67 @@ enum Cmd {
         #[arg(long, default_value = "default/unnamed")]
         pod: String,
     },
-    /// Lab runtime: create, list or remove the pods of manifests.
-    Pods {
-        #[command(subcommand)]
-        op: PodsOp,
+    /// Create or update the objects of a manifest file or directory in the cluster store.
+    Apply {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List nodes or pods.
+    Get {
+        #[command(flatten)]
+        store: StoreArg,
+        /// `nodes` or `pods`.
+        kind: String,
+        /// Only this namespace (pods).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Delete the objects of a manifest (-f), or `pod NAME…` / `node NAME…`.
+    Delete {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(short = 'f', long = "filename")]
+        file: Option<PathBuf>,
+        /// Namespace of the pods named.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// KIND NAME…
+        args: Vec<String>,
+    },
+    /// Wait until every pod in the store is running and answering.
+    Wait {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
     },
     /// Exit 0 if a TCP connection to ADDR:PORT opens within a second.
     Probe { addr: SocketAddr },
 }
 
-#[derive(Subcommand, Debug)]
-enum PodsOp {
-    /// Create every Pod of the manifests (file or directory) that is not running yet, and wait until each answers.
-    Up {
-        #[command(flatten)]
-        lab: LabArgs,
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
-        /// Seconds to wait for each pod to answer.
-        #[arg(long, default_value_t = 20)]
-        timeout: u64,
-    },
-    /// Remove pods: those named, or all of the lab.
-    Down {
-        #[command(flatten)]
-        lab: LabArgs,
-        /// NAMESPACE/NAME or NAME (namespace `default`); none means every pod.
-        pods: Vec<String>,
-    },
-    /// List the lab's pods: namespace, name, node, IP, network namespace.
-    List {
-        #[command(flatten)]
-        lab: LabArgs,
-    },
-}
-
 #[derive(clap::Args, Debug)]
-struct LabArgs {
-    /// The lab's state directory.
-    #[arg(long)]
-    lab_dir: PathBuf,
-    /// Prefix of the lab's network namespace names.
-    #[arg(long, default_value = "tapestry")]
-    prefix: String,
-    /// Directory of the lab's binaries (put first on the containers' PATH).
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
+struct StoreArg {
+    /// The cluster store directory [default: $TAPESTRY_STORE, else the default lab's /run/tapestry/tapestry/store].
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
 }
 
-impl LabArgs {
-    fn lab(&self) -> Lab {
-        let bin_dir = self.bin_dir.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(PathBuf::from))
-                .unwrap_or_default()
-        });
-        Lab {
-            dir: self.lab_dir.clone(),
-            prefix: self.prefix.clone(),
-            bin_dir,
+impl StoreArg {
+    fn open(&self) -> Result<DirStore, String> {
+        let dir = self
+            .store
+            .clone()
+            .or_else(|| std::env::var_os("TAPESTRY_STORE").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/run/tapestry/tapestry/store"));
+        if !dir.exists() {
+            return Err(format!("no cluster store at {} (is the lab up? give --store or set TAPESTRY_STORE)", dir.display()));
         }
+        DirStore::open(&dir).map_err(|e| format!("cannot open store {}: {e}", dir.display()))
     }
 }
 
@@ -209,77 +210,28 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Pods { op } => pods(op),
+        Cmd::Apply { store, file } => objects::apply(&store.open()?, &file),
+        Cmd::Get { store, kind, namespace, output } => objects::get(&store.open()?, &kind, namespace.as_deref(), output),
+        Cmd::Delete { store, file, namespace, args } => {
+            let keys = match (file, args.as_slice()) {
+                (Some(f), []) => objects::keys_of(&f)?,
+                (None, [kind, names @ ..]) if !names.is_empty() => {
+                    let prefix = match kind.as_str() {
+                        "pod" | "pods" | "po" => format!("pods/{namespace}/"),
+                        "node" | "nodes" | "no" => "nodes/".to_owned(),
+                        other => return Err(format!("unknown resource type {other:?}: use pod or node")),
+                    };
+                    let shown = if prefix.starts_with("pods") { "Pod" } else { "Node" };
+                    names.iter().map(|n| (format!("{prefix}{n}"), format!("{shown} {n}"))).collect()
+                }
+                _ => return Err("give -f FILE, or KIND NAME… (e.g. `delete pod web-a`)".into()),
+            };
+            objects::delete(&store.open()?, keys)
+        }
+        Cmd::Wait { store, timeout } => objects::wait_ready(&store.open()?, Duration::from_secs(timeout)),
         Cmd::Probe { addr } => TcpStream::connect_timeout(&addr, Duration::from_secs(1))
             .map(|_| ())
             .map_err(|e| format!("{addr}: {e}")),
-    }
-}
-
-fn pods(op: PodsOp) -> Result<(), String> {
-    match op {
-        PodsOp::Up { lab, file, timeout } => {
-            let lab = lab.lab();
-            let objects =
-                tapestry_cluster::manifest::load_path(&file).map_err(|e| e.to_string())?;
-            let placed = lab.place(objects)?;
-            let mut ips = Vec::new();
-            for p in &placed {
-                let ip = lab.up(p)?;
-                println!(
-                    "pod {}/{} on {}: {ip}",
-                    p.pod.metadata.namespace, p.pod.metadata.name, p.node
-                );
-                ips.push(ip);
-            }
-            for (p, ip) in placed.iter().zip(ips) {
-                lab.wait_ready(p, ip, Duration::from_secs(timeout))?;
-            }
-            println!("{} pod(s) answering", placed.len());
-            Ok(())
-        }
-        PodsOp::Down { lab, pods } => {
-            let lab = lab.lab();
-            let targets: Vec<(String, String)> = if pods.is_empty() {
-                lab.existing()
-            } else {
-                pods.iter()
-                    .map(|p| match p.split_once('/') {
-                        Some((ns, n)) => (ns.to_owned(), n.to_owned()),
-                        None => ("default".to_owned(), p.clone()),
-                    })
-                    .collect()
-            };
-            for (ns, name) in targets {
-                lab.down(&ns, &name)?;
-                println!("pod {ns}/{name} removed");
-            }
-            Ok(())
-        }
-        PodsOp::List { lab } => {
-            let lab = lab.lab();
-            println!(
-                "{:<12} {:<16} {:<8} {:<15} NETNS",
-                "NAMESPACE", "NAME", "NODE", "IP"
-            );
-            for (ns, name) in lab.existing() {
-                let dir = lab.dir.join("pods").join(format!("{ns}_{name}"));
-                let read = |f: &str| {
-                    std::fs::read_to_string(dir.join(f))
-                        .map(|s| s.trim().to_owned())
-                        .unwrap_or_else(|_| "-".into())
-                };
-                println!(
-                    "{:<12} {:<16} {:<8} {:<15} {}-{ns}-{name}",
-                    ns,
-                    name,
-                    read("node"),
-                    read("ip"),
-                    lab.prefix
-                );
-            }
-            Ok(())
-        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! label (`DropReason::name`), in the spirit of the kernel's `skb_drop_reason`: a
 //! drop nobody can name is a bug. Every drop path goes through one place in the
 //! pipeline that bumps the matching counter, so `rx_frames` always equals
-//! forwarded + flooded + replies + the sum of drops.
+//! forwarded + flooded + replies + delivered + tunneled_out + the sum of drops: one
+//! outcome per frame or datagram handed in. `routed`, `tunneled_in`,
+//! `tunnel_datagrams_out` and the ICMP counters count along the way.
 //!
 //! Counters are relaxed `AtomicU64`s shared through an `Arc` with the control thread.
 //! The owning [`crate::Pipeline`] is their only writer (it needs `&mut self` to process
@@ -35,11 +37,12 @@ pub enum DropReason {
     /// The destination MAC was learned on the ingress port: a bridge never sends a
     /// frame back where it came from.
     HairpinSelf,
-    /// Sent to the gateway for a destination outside the local subnet; cross-node
-    /// routing is not implemented yet.
+    /// Routed to a destination outside the cluster (no ICMP net unreachable was sent:
+    /// rate limit, or RFC 1122 forbids it), to a multicast or broadcast address, or to
+    /// another node while no tunnel is configured.
     NoRoute,
-    /// Sent to the gateway MAC for an address in the local subnet other than the
-    /// gateway's: the sender should have ARPed for it. We drop rather than route back.
+    /// An ARP request sent to the gateway MAC for an address that is not the gateway's:
+    /// the sender should have broadcast it, so the owner could answer.
     NotForUs,
     /// Addressed to the gateway with a protocol it does not serve (non-echo ICMP, TCP,
     /// UDP, IPv6, ARP replies, non-Ethernet/IPv4 ARP).
@@ -50,8 +53,36 @@ pub enum DropReason {
     SourceMulticast,
     /// An IPv4 fragment addressed to the gateway: the router does not reassemble.
     FragmentToGateway,
-    /// A reply would not fit the caller's `out` buffer.
+    /// What the pipeline had to write (a reply, a delivered frame, tunnel datagrams)
+    /// would not fit the caller's `out` buffer.
     ReplyTooLarge,
+    /// TTL would reach 0 (RFC 1812 §5.3.1) and no ICMP time exceeded was sent (rate
+    /// limit, or not allowed: an error about an error, a non-first fragment, ...).
+    /// When the error is sent, the frame's outcome is that error instead.
+    TtlExpired,
+    /// No node or pod owns the destination (in the cluster CIDR but unrouted, or in the
+    /// local subnet with no pod of that IP), and no ICMP host unreachable was sent.
+    HostUnreachable,
+    /// Larger than the tunnel's inner MTU with DF set, and no ICMP "fragmentation
+    /// needed" was sent; or an MTU too small to fragment into.
+    PacketTooBig,
+    /// A VXLAN datagram from an underlay address that is not a known peer.
+    NotClusterNode,
+    /// A VXLAN datagram with another VNI than ours.
+    WrongVni,
+    /// A VXLAN header that is truncated or lacks the I flag.
+    BadVxlan,
+    /// A decapsulated frame not addressed to our VTEP MAC.
+    NotOurVtep,
+    /// A decapsulated packet that routes back into the tunnel (peer → us → peer).
+    TunnelLoop,
+    /// A GSO frame bound for the tunnel of a kind we do not segment (UDP, TCPv6, or
+    /// TCPv4 GSO on a non-TCP packet or a fragment).
+    UnsupportedGso,
+    /// Local delivery to the host port, whose MAC is neither configured nor learned yet.
+    HostMacUnknown,
+    /// A VXLAN datagram while no tunnel is configured.
+    TunnelNotConfigured,
 }
 
 impl DropReason {
@@ -71,6 +102,17 @@ impl DropReason {
         DropReason::SourceMulticast,
         DropReason::FragmentToGateway,
         DropReason::ReplyTooLarge,
+        DropReason::TtlExpired,
+        DropReason::HostUnreachable,
+        DropReason::PacketTooBig,
+        DropReason::NotClusterNode,
+        DropReason::WrongVni,
+        DropReason::BadVxlan,
+        DropReason::NotOurVtep,
+        DropReason::TunnelLoop,
+        DropReason::UnsupportedGso,
+        DropReason::HostMacUnknown,
+        DropReason::TunnelNotConfigured,
     ];
 
     /// Number of reasons.
@@ -93,6 +135,17 @@ impl DropReason {
             DropReason::SourceMulticast => "source_multicast",
             DropReason::FragmentToGateway => "fragment_to_gateway",
             DropReason::ReplyTooLarge => "reply_too_large",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::HostUnreachable => "host_unreachable",
+            DropReason::PacketTooBig => "packet_too_big",
+            DropReason::NotClusterNode => "not_cluster_node",
+            DropReason::WrongVni => "wrong_vni",
+            DropReason::BadVxlan => "bad_vxlan",
+            DropReason::NotOurVtep => "not_our_vtep",
+            DropReason::TunnelLoop => "tunnel_loop",
+            DropReason::UnsupportedGso => "unsupported_gso",
+            DropReason::HostMacUnknown => "host_mac_unknown",
+            DropReason::TunnelNotConfigured => "tunnel_not_configured",
         }
     }
 
@@ -119,6 +172,13 @@ pub struct Counters {
     moved: AtomicU64,
     table_full: AtomicU64,
     aged_out: AtomicU64,
+    delivered: AtomicU64,
+    tunneled_out: AtomicU64,
+    tunnel_datagrams_out: AtomicU64,
+    tunneled_in: AtomicU64,
+    routed: AtomicU64,
+    icmp_errors_sent: AtomicU64,
+    icmp_errors_suppressed: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -133,6 +193,13 @@ pub(crate) enum Counter {
     Moved,
     TableFull,
     AgedOut,
+    Delivered,
+    TunneledOut,
+    TunnelDatagramsOut,
+    TunneledIn,
+    Routed,
+    IcmpErrorsSent,
+    IcmpErrorsSuppressed,
 }
 
 /// Single-writer increment: see the module docs for why this is not `fetch_add`.
@@ -158,6 +225,13 @@ impl Counters {
             Counter::Moved => &self.moved,
             Counter::TableFull => &self.table_full,
             Counter::AgedOut => &self.aged_out,
+            Counter::Delivered => &self.delivered,
+            Counter::TunneledOut => &self.tunneled_out,
+            Counter::TunnelDatagramsOut => &self.tunnel_datagrams_out,
+            Counter::TunneledIn => &self.tunneled_in,
+            Counter::Routed => &self.routed,
+            Counter::IcmpErrorsSent => &self.icmp_errors_sent,
+            Counter::IcmpErrorsSuppressed => &self.icmp_errors_suppressed,
         };
         add(c, n);
     }
@@ -192,6 +266,13 @@ impl Counters {
             moved: self.moved.load(Relaxed),
             table_full: self.table_full.load(Relaxed),
             aged_out: self.aged_out.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            tunneled_out: self.tunneled_out.load(Relaxed),
+            tunnel_datagrams_out: self.tunnel_datagrams_out.load(Relaxed),
+            tunneled_in: self.tunneled_in.load(Relaxed),
+            routed: self.routed.load(Relaxed),
+            icmp_errors_sent: self.icmp_errors_sent.load(Relaxed),
+            icmp_errors_suppressed: self.icmp_errors_suppressed.load(Relaxed),
             dropped: drops.iter().map(|(_, n)| n).sum(),
             drops,
         }
@@ -207,7 +288,8 @@ pub struct CountersSnapshot {
     pub forwarded: u64,
     /// Broadcast, multicast and unknown-unicast frames sent to every other port.
     pub flooded: u64,
-    /// Frames the gateway router answered (ARP, ICMP echo).
+    /// Frames the gateway router answered back out of the ingress port (ARP, ICMP
+    /// echo, ICMP errors to a local sender).
     pub replies: u64,
     /// New MAC table entries (including re-learning an entry that had aged out).
     pub learned: u64,
@@ -217,6 +299,22 @@ pub struct CountersSnapshot {
     pub table_full: u64,
     /// Entries found older than the aging time and forgotten.
     pub aged_out: u64,
+    /// Frames built in `out` for one port (`Action::ToPort`): decapsulated packets
+    /// delivered locally, ICMP errors to a local pod about a remote packet.
+    pub delivered: u64,
+    /// Packets sent into the tunnel (`Action::Tunnel`), before segmentation.
+    pub tunneled_out: u64,
+    /// VXLAN datagrams in those actions (after TSO and fragmentation).
+    pub tunnel_datagrams_out: u64,
+    /// VXLAN datagrams accepted (known peer, our VNI) by `process_tunnel`.
+    pub tunneled_in: u64,
+    /// Packets the router forwarded with a TTL decrement (local delivery or tunnel).
+    pub routed: u64,
+    /// ICMP errors the router originated (time exceeded, unreachable, frag needed).
+    pub icmp_errors_sent: u64,
+    /// ICMP errors owed but not sent: rate limit (RFC 1812 §4.3.2.8) or forbidden
+    /// (RFC 1122 §3.2.2: about an error, a fragment, a broadcast, ...).
+    pub icmp_errors_suppressed: u64,
     /// Sum of all drops.
     pub dropped: u64,
     /// `(DropReason::name, count)` for each reason with a nonzero count.

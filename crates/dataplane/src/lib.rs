@@ -11,10 +11,18 @@
 //! input: all packet bytes are read through checked views in [`wire`]. That makes every
 //! stage testable and benchmarkable with plain byte arrays.
 //!
-//! - [`wire`]: views and `Repr`s for the virtio-net header, Ethernet, ARP, IPv4, ICMP;
+//! VXLAN datagrams from other nodes enter through [`Pipeline::process_tunnel`]; routed
+//! packets for other nodes leave as [`Action::Tunnel`].
+//!
+//! - [`wire`]: views and `Repr`s for the virtio-net header, Ethernet, ARP, IPv4, ICMP,
+//!   TCP, VXLAN;
 //! - [`bridge`]: the learning bridge's MAC table;
 //! - [`router`]: the gateway port (ARP and ICMP echo for the gateway IP);
-//! - [`pipeline`]: ports, anti-spoofing, and the decision that ties them together;
+//! - [`routes`]: the route table (longest-prefix match, immutable snapshots);
+//! - [`tunnel`]: VXLAN encapsulation, software TSO, fragmentation, flow hash;
+//! - [`ratelimit`]: the ICMP error token bucket;
+//! - [`pipeline`]: ports, anti-spoofing, routing, and the decision that ties them
+//!   together;
 //! - [`drops`]: drop reasons and counters.
 
 #![forbid(unsafe_code)]
@@ -22,11 +30,18 @@
 pub mod bridge;
 pub mod drops;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod router;
+pub mod routes;
+pub mod tunnel;
 pub mod wire;
 
 pub use drops::{Counters, CountersSnapshot, DropReason};
-pub use pipeline::{Action, Pipeline, PipelineConfig, PortId, PortRole};
+pub use pipeline::{
+    Action, Pipeline, PipelineConfig, PortId, PortRole, TunnelConfig, OUT_BUF_LEN,
+    VXLAN_OVERHEAD,
+};
+pub use routes::{Peer, RouteError, RouteSnapshot, RouteTarget};
 pub use wire::{MacAddr, VNET_HDR_LEN};
 
 /// Monotonic time in nanoseconds, always passed in by the caller.

@@ -18,26 +18,62 @@
 //!    EtherTypes (IPv6, VLAN) are bridged unchecked beyond the source MAC: the cluster
 //!    is IPv4-only;
 //! 6. learn the source MAC on the ingress port;
-//! 7. to the gateway MAC → router; a broadcast ARP request for the gateway IP →
-//!    router (answered, never flooded); other multicast/broadcast → `Flood`; known
-//!    unicast → `Forward`, or `HairpinSelf` if it was learned on the ingress port;
-//!    unknown unicast → `Flood`.
+//! 7. to the gateway MAC → router: ARP and IPv4 for the gateway IP are answered,
+//!    other IPv4 is *routed* (see [`forward`](self) below); a broadcast ARP request for
+//!    the gateway IP → router (answered, never flooded); other multicast/broadcast →
+//!    `Flood`; known unicast → `Forward`, or `HairpinSelf` if it was learned on the
+//!    ingress port; unknown unicast → `Flood`.
+//!
+//! VXLAN datagrams from other nodes come in through [`Pipeline::process_tunnel`]:
+//! the outer source must be a known peer (`NotClusterNode`), the VXLAN header valid
+//! (`BadVxlan`) with our VNI (`WrongVni`), the inner frame addressed to our VTEP MAC
+//! (`NotOurVtep`) and IPv4 (`UnsupportedProtocol`); then it is routed like a frame from
+//! a port, except that it may not go back into the tunnel (`TunnelLoop`).
+//!
+//! Routing (Kubernetes fact 3, pods on different nodes talk): the destination is
+//! looked up in the current [`RouteSnapshot`] (published by the control thread through
+//! [`Pipeline::routes`]); a local pod gets the frame with its MAC and the gateway's as
+//! source, TTL decremented; a peer's pod gets it through the tunnel ([`crate::tunnel`]:
+//! VXLAN, software TSO, fragmentation); anything else gets the ICMP error RFC 1812
+//! asks for, rate-limited. Details in `pipeline/forward.rs`.
 //!
 //! `Flood` always means "every attached port except the ingress one". Nothing here
-//! allocates: the MAC table is allocated in [`Pipeline::new`], replies are written
-//! into the caller's `out`, and the port table grows only in [`Pipeline::add_port`].
+//! allocates: the MAC table is allocated in [`Pipeline::new`], replies and tunnel
+//! datagrams are written into the caller's `out` ([`OUT_BUF_LEN`] bytes), and the port
+//! tables grow only in [`Pipeline::add_port`].
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::bridge::MacTable;
 use crate::drops::{Counter, Counters, DropReason};
+use crate::ratelimit::TokenBucket;
 use crate::router::{drop_for, Router};
+use crate::routes::RouteSnapshot;
 use crate::wire::{
     ArpPacket, ArpRepr, EtherType, EthernetFrame, Ipv4Packet, MacAddr, VnetHdr, VnetHdrRepr,
     WireError, VNET_HDR_LEN,
 };
 use crate::Nanos;
+
+#[path = "forward.rs"]
+mod forward;
+
+/// The least `out` buffer the I/O layer must pass to [`Pipeline::process`] and
+/// [`Pipeline::process_tunnel`]: 256 KiB. The largest thing written there is the
+/// software-TSO run of a 65,535-byte GSO frame: with an MSS of 536 (the IPv4 minimum
+/// a peer may announce) that is 123 segments × 74 bytes of headers + 64 KiB of
+/// payload ≈ 73 KiB; an echo reply to a 64 KiB ping is 65,546 bytes. The rest is
+/// headroom for smaller MSSs. A run that would not fit is dropped as `ReplyTooLarge`.
+pub const OUT_BUF_LEN: usize = 256 * 1024;
+
+/// VXLAN's overhead on the underlay: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u16 = 50;
+
+/// Default ICMP error rate limit (Linux's `icmp_msgs_per_sec`).
+pub const DEFAULT_ICMP_ERRORS_PER_SEC: u32 = 1000;
 
 /// Default MAC aging time: 300 s, as the Linux bridge and IEEE 802.1D.
 pub const DEFAULT_MAC_AGING: Nanos = 300 * 1_000_000_000;
@@ -61,6 +97,35 @@ pub enum PortRole {
     Host,
 }
 
+/// This node's end of the VXLAN tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Our underlay address (the I/O layer binds the tunnel socket to it; datagrams
+    /// claiming to come from it are not from a peer).
+    pub underlay_ip: Ipv4Addr,
+    /// Our VTEP MAC: inner source MAC of what we send, inner destination MAC of what
+    /// we accept.
+    pub vtep_mac: MacAddr,
+    /// The VXLAN network identifier: 1, as flannel.
+    pub vni: u32,
+    /// Largest inner IPv4 packet: the underlay MTU − [`VXLAN_OVERHEAD`] (1450 on a
+    /// 1500-byte underlay). Larger packets are segmented, fragmented, or refused with
+    /// ICMP "fragmentation needed".
+    pub inner_mtu: u16,
+}
+
+impl TunnelConfig {
+    /// VNI 1 and `inner_mtu = underlay_mtu - 50`.
+    pub const fn new(underlay_ip: Ipv4Addr, vtep_mac: MacAddr, underlay_mtu: u16) -> Self {
+        TunnelConfig {
+            underlay_ip,
+            vtep_mac,
+            vni: 1,
+            inner_mtu: underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+        }
+    }
+}
+
 /// Static configuration of a node's pipeline.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -76,6 +141,20 @@ pub struct PipelineConfig {
     pub mac_aging: Nanos,
     /// Most MACs learned at once (default 16,384; clamped to `bridge::MAX_CAPACITY`).
     pub mac_capacity: usize,
+    /// The VXLAN tunnel to other nodes. `None` (the default): packets for other
+    /// subnets are dropped as `NoRoute`, and `process_tunnel` drops everything.
+    pub tunnel: Option<TunnelConfig>,
+    /// ICMP errors originated per second at most (default 1000, burst a tenth of
+    /// that; 0 sends none). RFC 1812 §4.3.2.8; excess counted as suppressed.
+    pub icmp_errors_per_sec: u32,
+    /// The host port's IP (the agent uses the subnet's last usable address), so that
+    /// routed packets for it — e.g. from a pod on another node — reach the host port.
+    /// `None`: no routed delivery to the host.
+    pub host_ip: Option<Ipv4Addr>,
+    /// The host port's MAC. `None`: learned from the ARP requests and IPv4 the host
+    /// port sends with `host_ip` as source (the host ARPs for the gateway before it
+    /// routes anything through it); until then delivery to it is `HostMacUnknown`.
+    pub host_mac: Option<MacAddr>,
 }
 
 impl PipelineConfig {
@@ -93,6 +172,10 @@ impl PipelineConfig {
             prefix_len,
             mac_aging: DEFAULT_MAC_AGING,
             mac_capacity: DEFAULT_MAC_CAPACITY,
+            tunnel: None,
+            icmp_errors_per_sec: DEFAULT_ICMP_ERRORS_PER_SEC,
+            host_ip: None,
+            host_mac: None,
         }
     }
 }
@@ -100,22 +183,48 @@ impl PipelineConfig {
 /// What the caller must do with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action<'a> {
-    /// Send the input buffer unchanged (virtio-net header included) out of this port.
+    /// Send the input buffer (virtio-net header included) out of this port. Bridged
+    /// frames are unchanged; routed ones were rewritten in place (MACs, TTL, IPv4
+    /// checksum).
     Forward(PortId),
     /// Send the input buffer out of every port except the ingress one.
     Flood,
     /// Send these bytes (a zeroed virtio-net header followed by an Ethernet frame,
     /// built in the caller's `out` buffer) back out of the ingress port.
     Reply(&'a [u8]),
+    /// Send these bytes (virtio-net header + Ethernet frame, built in `out`) to this
+    /// port.
+    ToPort(PortId, &'a [u8]),
+    /// Send UDP datagrams to `peer`:4789. `datagrams` holds one or more VXLAN
+    /// datagrams back to back (UDP payloads: VXLAN header + inner frame), each exactly
+    /// `segment_len` bytes except possibly the last, which is shorter (the layout UDP
+    /// GSO `UDP_SEGMENT` wants). `flow_hash` is a hash of the inner flow (src/dst IP,
+    /// protocol, ports of unfragmented TCP/UDP): pick the outer UDP source port from
+    /// it (ECMP entropy, RFC 7348 §5).
+    Tunnel {
+        peer: Ipv4Addr,
+        flow_hash: u32,
+        datagrams: &'a [u8],
+        segment_len: usize,
+    },
     /// Do nothing with it; the reason has been counted.
     Drop(DropReason),
 }
 
 /// The decision before it borrows `out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
     Forward(PortId),
     Flood,
     Reply(usize),
+    ToPort(PortId, usize),
+    Tunnel {
+        peer: Ipv4Addr,
+        flow_hash: u32,
+        len: usize,
+        segment_len: usize,
+        count: usize,
+    },
     Drop(DropReason),
 }
 
@@ -132,7 +241,18 @@ pub struct Pipeline {
     router: Router,
     /// Indexed by `PortId.0`; grows only in `add_port`.
     ports: Vec<Option<PortRole>>,
+    /// Pod IPs with their port and MAC, sorted by IP, for routed local delivery;
+    /// maintained by `add_port`/`remove_port`.
+    pods: Vec<(Ipv4Addr, PortId, MacAddr)>,
+    /// The lowest-numbered attached `PortRole::Host` port.
+    host_port: Option<PortId>,
+    /// The host port's MAC: configured, or learned (see `PipelineConfig::host_mac`).
+    host_mac: Option<MacAddr>,
     table: MacTable,
+    routes: Arc<ArcSwap<RouteSnapshot>>,
+    icmp_bucket: TokenBucket,
+    /// Identification of the next ICMP error we originate.
+    icmp_ident: u16,
     counters: Arc<Counters>,
 }
 
@@ -142,7 +262,16 @@ impl Pipeline {
         Pipeline {
             router: Router::new(cfg.gateway_ip, cfg.gateway_mac, cfg.subnet, cfg.prefix_len),
             ports: Vec::new(),
+            pods: Vec::new(),
+            host_port: None,
+            host_mac: cfg.host_mac,
             table: MacTable::new(cfg.mac_capacity, cfg.mac_aging),
+            routes: Arc::new(ArcSwap::from_pointee(RouteSnapshot::empty_for(
+                cfg.subnet,
+                cfg.prefix_len,
+            ))),
+            icmp_bucket: TokenBucket::new(cfg.icmp_errors_per_sec),
+            icmp_ident: 0,
             counters: Arc::new(Counters::default()),
             cfg,
         }
@@ -151,6 +280,39 @@ impl Pipeline {
     /// The configuration it was built with.
     pub fn config(&self) -> &PipelineConfig {
         &self.cfg
+    }
+
+    /// The handle the control thread stores new route snapshots into; the pipeline
+    /// `load()`s it per packet (no lock, no allocation). Initially
+    /// `RouteSnapshot::empty_for(subnet, prefix_len)`.
+    pub fn routes(&self) -> &Arc<ArcSwap<RouteSnapshot>> {
+        &self.routes
+    }
+
+    /// The host port's MAC, configured or learned.
+    pub fn host_mac(&self) -> Option<MacAddr> {
+        self.host_mac
+    }
+
+    /// Rebuilds the pod-IP index and the host port after a port change.
+    fn reindex_ports(&mut self) {
+        self.pods.clear();
+        self.host_port = None;
+        for (i, role) in self.ports.iter().enumerate() {
+            let Ok(raw) = u16::try_from(i) else { break };
+            match role {
+                Some(PortRole::Pod { mac, ip }) => self.pods.push((*ip, PortId(raw), *mac)),
+                Some(PortRole::Host) if self.host_port.is_none() => {
+                    self.host_port = Some(PortId(raw));
+                }
+                _ => {}
+            }
+        }
+        // On a duplicate IP the highest-numbered port wins (stable sort keeps port order).
+        self.pods.sort_by_key(|(ip, _, _)| *ip);
+        self.pods.reverse();
+        self.pods.dedup_by_key(|(ip, _, _)| *ip);
+        self.pods.reverse();
     }
 
     /// Attaches a port; replaces an existing port of that id and forgets its MACs.
@@ -164,6 +326,7 @@ impl Pipeline {
                 self.table.forget_port(id);
             }
         }
+        self.reindex_ports();
     }
 
     /// Detaches a port and forgets every MAC learned on it.
@@ -173,6 +336,7 @@ impl Pipeline {
                 self.table.forget_port(id);
             }
         }
+        self.reindex_ports();
     }
 
     /// Attached ports in id order.
@@ -198,7 +362,8 @@ impl Pipeline {
 
     /// Decides what to do with one frame. `pkt` is the virtio-net header
     /// ([`VNET_HDR_LEN`] bytes) followed by the Ethernet frame, exactly as read from
-    /// the TAP. `out` is scratch space for replies (pass at least 65,546 bytes).
+    /// the TAP; routed frames are rewritten in place. `out` is scratch space for
+    /// replies and tunnel datagrams (pass [`OUT_BUF_LEN`] bytes).
     /// Never panics, never allocates; every outcome is counted.
     pub fn process<'a>(
         &mut self,
@@ -208,40 +373,91 @@ impl Pipeline {
         out: &'a mut [u8],
     ) -> Action<'a> {
         self.counters.bump(Counter::RxFrames);
-        match self.decide(ingress, pkt, now, out) {
+        let verdict = self.decide(ingress, pkt, now, out);
+        self.finish(verdict, out)
+    }
+
+    /// A VXLAN datagram (UDP payload: VXLAN header + inner Ethernet frame) received
+    /// from `src` (outer source address and port) on the tunnel socket. The inner
+    /// packet is routed: delivered to a local port (`ToPort`, with a zeroed virtio-net
+    /// header), answered (echo to the gateway, ICMP errors: `Tunnel` back), or dropped.
+    /// `payload` may be rewritten in place. Same `out` contract as [`Pipeline::process`].
+    pub fn process_tunnel<'a>(
+        &mut self,
+        src: SocketAddrV4,
+        payload: &mut [u8],
+        now: Nanos,
+        out: &'a mut [u8],
+    ) -> Action<'a> {
+        self.counters.bump(Counter::RxFrames);
+        let verdict = self.decide_tunnel(*src.ip(), payload, now, out);
+        self.finish(verdict, out)
+    }
+
+    /// Counts the outcome and lends the caller the bytes it refers to.
+    fn finish<'a>(&self, verdict: Verdict, out: &'a [u8]) -> Action<'a> {
+        let c = &self.counters;
+        let too_large = || {
+            c.bump_drop(DropReason::ReplyTooLarge);
+            Action::Drop(DropReason::ReplyTooLarge)
+        };
+        match verdict {
             Verdict::Forward(p) => {
-                self.counters.bump(Counter::Forwarded);
+                c.bump(Counter::Forwarded);
                 Action::Forward(p)
             }
             Verdict::Flood => {
-                self.counters.bump(Counter::Flooded);
+                c.bump(Counter::Flooded);
                 Action::Flood
             }
             Verdict::Reply(len) => match out.get(..len) {
                 Some(bytes) => {
-                    self.counters.bump(Counter::Replies);
+                    c.bump(Counter::Replies);
                     Action::Reply(bytes)
                 }
-                None => {
-                    self.counters.bump_drop(DropReason::ReplyTooLarge);
-                    Action::Drop(DropReason::ReplyTooLarge)
+                None => too_large(),
+            },
+            Verdict::ToPort(port, len) => match out.get(..len) {
+                Some(bytes) => {
+                    c.bump(Counter::Delivered);
+                    Action::ToPort(port, bytes)
                 }
+                None => too_large(),
+            },
+            Verdict::Tunnel {
+                peer,
+                flow_hash,
+                len,
+                segment_len,
+                count,
+            } => match out.get(..len) {
+                Some(datagrams) => {
+                    c.bump(Counter::TunneledOut);
+                    c.add(Counter::TunnelDatagramsOut, count as u64);
+                    Action::Tunnel {
+                        peer,
+                        flow_hash,
+                        datagrams,
+                        segment_len,
+                    }
+                }
+                None => too_large(),
             },
             Verdict::Drop(reason) => {
-                self.counters.bump_drop(reason);
+                c.bump_drop(reason);
                 Action::Drop(reason)
             }
         }
     }
 
-    fn decide(&mut self, ingress: PortId, pkt: &[u8], now: Nanos, out: &mut [u8]) -> Verdict {
+    fn decide(&mut self, ingress: PortId, pkt: &mut [u8], now: Nanos, out: &mut [u8]) -> Verdict {
         let Some(role) = self.port_role(ingress) else {
             return DropReason::UnknownIngress.into();
         };
         if pkt.len() < VNET_HDR_LEN {
             return DropReason::Truncated.into();
         }
-        let (vnet_bytes, frame) = pkt.split_at(VNET_HDR_LEN);
+        let (vnet_bytes, frame) = pkt.split_at(VNET_HDR_LEN.min(pkt.len()));
         let vnet = match VnetHdrRepr::parse(&VnetHdr::new_unchecked(vnet_bytes), frame.len()) {
             Ok(v) => v,
             Err(WireError::Truncated { .. }) => return DropReason::Truncated.into(),
@@ -296,8 +512,18 @@ impl Pipeline {
             }
         }
 
+        if role == PortRole::Host {
+            self.learn_host_mac(src, arp.as_ref(), ipv4.as_ref());
+        }
         self.table.learn(src, ingress, now, &self.counters);
 
+        let transit = arp.is_none()
+            && ipv4
+                .as_ref()
+                .is_some_and(|p| p.dst_addr() != self.cfg.gateway_ip);
+        if to_router && transit {
+            return self.route_from_port(ingress, src, vnet, pkt, now, out);
+        }
         if to_router {
             let result = match (&arp, &ipv4) {
                 (Some(a), _) => self.router.handle_arp(a, out),
@@ -324,6 +550,27 @@ impl Pipeline {
             Some(p) if p == ingress => DropReason::HairpinSelf.into(),
             Some(p) => Verdict::Forward(p),
             None => Verdict::Flood,
+        }
+    }
+
+    /// Remembers the host port's MAC from what it sends as `host_ip` (when the MAC is
+    /// not configured).
+    fn learn_host_mac(
+        &mut self,
+        src: MacAddr,
+        arp: Option<&ArpRepr>,
+        ipv4: Option<&Ipv4Packet<&[u8]>>,
+    ) {
+        let (Some(host_ip), None) = (self.cfg.host_ip, self.cfg.host_mac) else {
+            return;
+        };
+        let sender = match (arp, ipv4) {
+            (Some(a), _) => a.source_protocol_addr,
+            (None, Some(p)) => p.src_addr(),
+            (None, None) => return,
+        };
+        if sender == host_ip {
+            self.host_mac = Some(src);
         }
     }
 

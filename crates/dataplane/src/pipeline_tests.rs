@@ -21,6 +21,7 @@ const HOST_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0xfe);
 const HOST: PortId = PortId(0);
 const A: PortId = PortId(1);
 const B: PortId = PortId(2);
+/// The largest frame a TAP hands over (and the request size of the largest echo).
 const OUT_LEN: usize = 65_546;
 
 fn config() -> PipelineConfig {
@@ -110,20 +111,49 @@ fn data_frame(dst: MacAddr, src: MacAddr, src_ip: Ipv4Addr, dst_ip: Ipv4Addr) ->
 /// Runs one frame and returns the action with the reply (if any) copied out.
 fn run(p: &mut Pipeline, port: PortId, pkt: &[u8], now: Nanos) -> Result<Outcome, DropReason> {
     let mut buf = pkt.to_vec();
-    let mut out = vec![0u8; OUT_LEN];
-    match p.process(port, &mut buf, now, &mut out) {
-        Action::Forward(to) => Ok(Outcome::Forward(to)),
-        Action::Flood => Ok(Outcome::Flood),
-        Action::Reply(bytes) => Ok(Outcome::Reply(bytes.to_vec())),
-        Action::Drop(r) => Err(r),
-    }
+    let mut out = vec![0u8; OUT_BUF_LEN];
+    let action = p.process(port, &mut buf, now, &mut out);
+    Outcome::of(action)
 }
 
+/// An [`Action`] with its bytes copied out (and, for `Forward`, the rewritten input).
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     Forward(PortId),
     Flood,
     Reply(Vec<u8>),
+    ToPort(PortId, Vec<u8>),
+    Tunnel {
+        peer: Ipv4Addr,
+        flow_hash: u32,
+        datagrams: Vec<Vec<u8>>,
+    },
+}
+
+impl Outcome {
+    fn of(action: Action<'_>) -> Result<Outcome, DropReason> {
+        match action {
+            Action::Forward(to) => Ok(Outcome::Forward(to)),
+            Action::Flood => Ok(Outcome::Flood),
+            Action::Reply(bytes) => Ok(Outcome::Reply(bytes.to_vec())),
+            Action::ToPort(to, bytes) => Ok(Outcome::ToPort(to, bytes.to_vec())),
+            Action::Tunnel {
+                peer,
+                flow_hash,
+                datagrams,
+                segment_len,
+            } => {
+                assert!(segment_len > 0);
+                let v: Vec<Vec<u8>> = datagrams.chunks(segment_len).map(<[u8]>::to_vec).collect();
+                Ok(Outcome::Tunnel {
+                    peer,
+                    flow_hash,
+                    datagrams: v,
+                })
+            }
+            Action::Drop(r) => Err(r),
+        }
+    }
 }
 use Outcome::{Flood, Forward, Reply};
 
@@ -131,7 +161,7 @@ fn assert_counters_balance(p: &Pipeline) {
     let s = p.counters().snapshot();
     assert_eq!(
         s.rx_frames,
-        s.forwarded + s.flooded + s.replies + s.dropped,
+        s.forwarded + s.flooded + s.replies + s.delivered + s.tunneled_out + s.dropped,
         "{s:?}"
     );
 }
@@ -635,7 +665,7 @@ fn gateway_drops_what_it_does_not_serve() {
         run(&mut p, A, &to_gw(1, &[8, 0, 0]), 0),
         Err(DropReason::Truncated)
     );
-    // Outside the subnet: no route yet.
+    // Outside the subnet, no tunnel configured: no route, as before tunnels existed.
     let remote = frame(
         GW_MAC,
         A_MAC,
@@ -643,9 +673,9 @@ fn gateway_drops_what_it_does_not_serve() {
         &ipv4(A_IP, Ipv4Addr::new(10, 244, 2, 5), 17, &[0; 8]),
     );
     assert_eq!(run(&mut p, A, &remote, 0), Err(DropReason::NoRoute));
-    // Inside the subnet but not the gateway.
+    // Inside the subnet but not the gateway: routed to the pod (see routing tests).
     let local = frame(GW_MAC, A_MAC, 0x0800, &ipv4(A_IP, B_IP, 17, &[0; 8]));
-    assert_eq!(run(&mut p, A, &local, 0), Err(DropReason::NotForUs));
+    assert_eq!(run(&mut p, A, &local, 0), Ok(Forward(B)));
     // IPv6 to the gateway MAC.
     let v6 = frame(GW_MAC, A_MAC, 0x86dd, &[0x60; 40]);
     assert_eq!(run(&mut p, A, &v6, 0), Err(DropReason::UnsupportedProtocol));
@@ -826,7 +856,7 @@ proptest! {
     ) {
         let mut p = pipeline();
         p.add_port(PortId(3), PortRole::Host);
-        let mut out = vec![0u8; OUT_LEN];
+        let mut out = vec![0u8; OUT_BUF_LEN];
         for (port, mut pkt, now) in inputs {
             let ingress = PortId(port);
             let attached = p.port_role(ingress).is_some();
@@ -841,9 +871,15 @@ proptest! {
                     prop_assert!(bytes.len() >= VNET_HDR_LEN + 14);
                     prop_assert!(bytes[..VNET_HDR_LEN].iter().all(|b| *b == 0));
                 }
+                Action::ToPort(..) | Action::Tunnel { .. } => {
+                    prop_assert!(false, "no tunnel configured, nothing to deliver from it");
+                }
                 Action::Drop(reason) => prop_assert!(DropReason::ALL.contains(&reason)),
             }
         }
         assert_counters_balance(&p);
     }
 }
+
+#[path = "pipeline_routing_tests.rs"]
+mod routing;

@@ -11,10 +11,12 @@
 //!   header (request options such as Record Route are not echoed: a SHOULD we skip)
 //!   and fresh checksums.
 //!
-//! Everything else addressed to it is a named drop: a destination outside the subnet
-//! is `NoRoute` (cross-node routing comes later), another address inside the subnet is
-//! `NotForUs` (the sender should have ARPed for the pod itself; we chose a drop over
-//! routing it back through the bridge, which would hide the sender's bug).
+//! Everything else addressed to the gateway IP is a named drop. Packets sent to the
+//! gateway MAC for *other* addresses are transit traffic: the pipeline's forwarding
+//! path (`pipeline/forward.rs`) routes them, locally or through the tunnel. Echo
+//! replies are built by [`Router::answer_echo`] as a bare IPv4 packet so that the
+//! same code answers a pod on this node (virtio-net + Ethernet in front) and a pod on
+//! another node (VXLAN + Ethernet in front).
 //!
 //! The ICMP checksum of a request is verified unless the virtio-net header says it is
 //! partial (`NEEDS_CSUM`: the sender left it to "hardware") or already validated
@@ -116,8 +118,11 @@ impl Router {
         Ok(len)
     }
 
-    /// Handles an IPv4 packet sent to the gateway MAC. `src_mac` is the frame's source.
-    /// Returns the length of the reply written into `out`, or why it was dropped.
+    /// Handles an IPv4 packet sent to the gateway MAC from a port. `src_mac` is the
+    /// frame's source. Returns the length of the reply (virtio-net header + frame)
+    /// written into `out`, or why it was dropped. Only packets for the gateway IP are
+    /// answered here: the pipeline routes the rest (see [`crate::pipeline`]), so a
+    /// call with another destination gets `NotForUs` (local subnet) or `NoRoute`.
     pub fn handle_ipv4(
         &self,
         vnet: &VnetHdrRepr,
@@ -133,6 +138,28 @@ impl Router {
                 DropReason::NoRoute
             });
         }
+        let prefix = VNET_HDR_LEN + ETHERNET_HEADER_LEN;
+        let frame = begin_reply(out, prefix)?;
+        EthernetRepr {
+            src_addr: self.mac,
+            dst_addr: src_mac,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(frame));
+        let rest = out.get_mut(prefix..).ok_or(DropReason::ReplyTooLarge)?;
+        Ok(prefix + self.answer_echo(vnet, ip, rest)?)
+    }
+
+    /// Answers an IPv4 packet addressed to the gateway IP: writes the echo reply IPv4
+    /// packet (no link-layer header) at the start of `out` and returns its length.
+    /// Used for requests from a port (behind [`Router::handle_ipv4`]) and from the
+    /// tunnel (the pipeline puts the VXLAN framing in front).
+    pub fn answer_echo(
+        &self,
+        vnet: &VnetHdrRepr,
+        ip: &Ipv4Packet<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
         if !ip.verify_checksum() {
             return Err(DropReason::BadChecksum);
         }
@@ -170,16 +197,9 @@ impl Router {
             ident: ip.ident(),
             dont_frag: false,
         };
-        let len = VNET_HDR_LEN + ETHERNET_HEADER_LEN + IPV4_MIN_HEADER_LEN + reply.buffer_len();
-        let frame = begin_reply(out, len)?;
-        let mut eth = EthernetFrame::new_unchecked(frame);
-        EthernetRepr {
-            src_addr: self.mac,
-            dst_addr: src_mac,
-            ethertype: EtherType::Ipv4,
-        }
-        .emit(&mut eth);
-        let mut ipv4 = Ipv4Packet::new_unchecked(eth.payload_mut());
+        let len = IPV4_MIN_HEADER_LEN + reply.buffer_len();
+        let buf = out.get_mut(..len).ok_or(DropReason::ReplyTooLarge)?;
+        let mut ipv4 = Ipv4Packet::new_unchecked(buf);
         ip_reply
             .emit(&mut ipv4)
             .map_err(|_| DropReason::ReplyTooLarge)?;

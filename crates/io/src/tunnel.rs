@@ -28,7 +28,7 @@ pub struct TunnelSocket {
     rx: UdpSocket,
     tx: Vec<UdpSocket>,
     port: u16,
-    pub(crate) rx_batch: MmsgBatch,
+    rx_batch: MmsgBatch,
     tx_batch: MmsgBatch,
     pub(crate) bufs: Vec<Vec<u8>>,
     pub(crate) lens: Vec<usize>,
@@ -75,16 +75,10 @@ impl TunnelSocket {
         &self.rx
     }
 
-    /// Receives one batch; returns how many datagrams landed in `bufs`.
-    pub(crate) fn recv_batch(&mut self) -> io::Result<usize> {
-        let TunnelSocket {
-            rx,
-            rx_batch,
-            bufs,
-            lens,
-            from,
-            ..
-        } = self;
+    /// Receives one batch into `bufs` (normally this socket's own, moved out
+    /// for the batch); lengths and sources land in `self.lens` / `self.from`.
+    pub(crate) fn recv_into(&mut self, bufs: &mut [Vec<u8>]) -> io::Result<usize> {
+        let TunnelSocket { rx, rx_batch, lens, from, .. } = self;
         rx_batch.recv(rx.as_fd(), bufs, lens, from)
     }
 

@@ -26,12 +26,16 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tapestry_dataplane::{Action, MacAddr, Nanos, Pipeline, PortId, PortRole};
 
 use crate::tap::Tap;
+use crate::tunnel::TunnelSocket;
 
 /// Frames read from one port per turn before the other ports are served.
 pub const RX_BUDGET: usize = 64;
 /// Room for a 64 KiB TSO segment, its Ethernet header and the virtio-net header.
 pub const FRAME_BUF_LEN: usize = 65_536 + 256;
 const WAKER: Token = Token(usize::MAX);
+const TUNNEL: Token = Token(usize::MAX - 1);
+/// Tunnel receive batches per turn before the ports are served.
+const TUNNEL_BUDGET: usize = 4;
 
 /// Per-port traffic counters, readable from any thread (relaxed atomics).
 #[derive(Debug, Default)]
@@ -71,6 +75,7 @@ pub struct WorkerHandle {
     tx: Sender<Command>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
+    tunnel_tx_errors: Arc<AtomicU64>,
 }
 
 impl WorkerHandle {
@@ -80,6 +85,11 @@ impl WorkerHandle {
             .send(cmd)
             .map_err(|_| io::Error::other("data-plane worker has stopped"))?;
         self.waker.wake()
+    }
+
+    /// Tunnel datagrams the kernel refused to send.
+    pub fn tunnel_tx_errors(&self) -> u64 {
+        self.tunnel_tx_errors.load(Ordering::Relaxed)
     }
 
     /// Stops the worker and waits for it.
@@ -110,13 +120,24 @@ struct Worker {
     epoch: Instant,
     /// Ports that used up their budget and still have frames queued.
     backlog: Vec<usize>,
+    tunnel: Option<TunnelSocket>,
+    /// The tunnel socket used up its budget and may have more.
+    tunnel_backlog: bool,
+    /// Tunnel sends the kernel refused (socket buffer full, peer unreachable).
+    tunnel_tx_errors: Arc<AtomicU64>,
     stop: bool,
 }
 
-/// Starts the worker thread around `pipeline`.
-pub fn spawn(pipeline: Pipeline) -> io::Result<WorkerHandle> {
+/// Starts the worker thread around `pipeline`, with the node's tunnel socket
+/// when the node has peers to reach.
+pub fn spawn(pipeline: Pipeline, tunnel: Option<TunnelSocket>) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    if let Some(t) = &tunnel {
+        let fd = t.rx_socket().as_raw_fd();
+        poll.registry().register(&mut SourceFd(&fd), TUNNEL, Interest::READABLE)?;
+    }
+    let tunnel_tx_errors = Arc::new(AtomicU64::new(0));
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut worker = Worker {
         poll,
@@ -125,6 +146,9 @@ pub fn spawn(pipeline: Pipeline) -> io::Result<WorkerHandle> {
         rx,
         epoch: clock_epoch(),
         backlog: Vec::with_capacity(64),
+        tunnel,
+        tunnel_backlog: true,
+        tunnel_tx_errors: Arc::clone(&tunnel_tx_errors),
         stop: false,
     };
     let thread = std::thread::Builder::new()
@@ -134,6 +158,7 @@ pub fn spawn(pipeline: Pipeline) -> io::Result<WorkerHandle> {
         tx,
         waker,
         thread: Some(thread),
+        tunnel_tx_errors,
     })
 }
 
@@ -152,7 +177,7 @@ impl Worker {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; FRAME_BUF_LEN];
-        let mut out = vec![0u8; FRAME_BUF_LEN];
+        let mut out = vec![0u8; tapestry_dataplane::OUT_BUF_LEN];
         let mut ready: Vec<usize> = Vec::with_capacity(256);
         while !self.stop {
             let timeout = if self.backlog.is_empty() {
@@ -169,18 +194,94 @@ impl Worker {
             }
             ready.clear();
             ready.append(&mut self.backlog);
+            let mut tunnel_ready = std::mem::take(&mut self.tunnel_backlog);
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     self.drain_commands();
+                } else if ev.token() == TUNNEL {
+                    tunnel_ready = true;
                 } else if !ready.contains(&ev.token().0) {
                     ready.push(ev.token().0);
                 }
+            }
+            if tunnel_ready {
+                self.tunnel_backlog = self.serve_tunnel(&mut out);
             }
             for &idx in &ready {
                 if self.serve(idx, &mut buf, &mut out) {
                     self.backlog.push(idx);
                 }
             }
+        }
+    }
+
+    /// Receives up to [`TUNNEL_BUDGET`] batches from the tunnel socket; true if
+    /// it may have more.
+    fn serve_tunnel(&mut self, out: &mut [u8]) -> bool {
+        let Some(tunnel) = self.tunnel.as_mut() else { return false };
+        // Moved out for the batch (no allocation) so sends can borrow the socket.
+        let mut bufs = std::mem::take(&mut tunnel.bufs);
+        let mut more = true;
+        for _ in 0..TUNNEL_BUDGET {
+            let Some(tunnel) = self.tunnel.as_mut() else { break };
+            let n = match tunnel.recv_into(&mut bufs) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tunnel receive failed");
+                    more = false;
+                    break;
+                }
+            };
+            for i in 0..n {
+                let (Some(tunnel), Some(buf)) = (self.tunnel.as_ref(), bufs.get_mut(i)) else { break };
+                let (Some(&len), Some(&from)) = (tunnel.lens.get(i), tunnel.from.get(i)) else { break };
+                let Some(pkt) = buf.get_mut(..len) else { continue };
+                let now = self.now();
+                let action = self.pipeline.process_tunnel(from, pkt, now, out);
+                self.act(usize::MAX, pkt, action);
+            }
+        }
+        if let Some(tunnel) = self.tunnel.as_mut() {
+            tunnel.bufs = bufs;
+        }
+        more
+    }
+
+    /// Carries out one pipeline decision about `pkt`, which arrived on port
+    /// `ingress` (`usize::MAX` for the tunnel).
+    fn act(&mut self, ingress: usize, pkt: &[u8], action: Action<'_>) {
+        match action {
+            Action::Forward(to) => send_to(&self.ports, usize::from(to.0), pkt),
+            Action::Flood => {
+                for (i, p) in self.ports.iter().enumerate() {
+                    if i != ingress {
+                        if let Some(p) = p {
+                            send(p, pkt);
+                        }
+                    }
+                }
+            }
+            Action::Reply(bytes) => send_to(&self.ports, ingress, bytes),
+            Action::ToPort(to, bytes) => send_to(&self.ports, usize::from(to.0), bytes),
+            Action::Tunnel { peer, flow_hash, datagrams, segment_len } => {
+                let Some(tunnel) = self.tunnel.as_mut() else { return };
+                let want = datagrams.len().div_ceil(segment_len.max(1));
+                match tunnel.send(peer, flow_hash, datagrams, segment_len) {
+                    Ok(sent) if sent == want => {}
+                    Ok(sent) => {
+                        self.tunnel_tx_errors.fetch_add((want - sent) as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        self.tunnel_tx_errors.fetch_add(want as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            Action::Drop(_) => {} // counted by the pipeline, by reason
         }
     }
 
@@ -211,20 +312,8 @@ impl Worker {
             let Some(pkt) = buf.get_mut(..n) else {
                 return false;
             };
-            match self.pipeline.process(ingress, pkt, now, out) {
-                Action::Forward(to) => send_to(&self.ports, usize::from(to.0), pkt),
-                Action::Flood => {
-                    for (i, p) in self.ports.iter().enumerate() {
-                        if i != idx {
-                            if let Some(p) = p {
-                                send(p, pkt);
-                            }
-                        }
-                    }
-                }
-                Action::Reply(bytes) => send_to(&self.ports, idx, bytes),
-                Action::Drop(_) => {} // counted by the pipeline, by reason
-            }
+            let action = self.pipeline.process(ingress, pkt, now, out);
+            self.act(idx, pkt, action);
         }
         true
     }

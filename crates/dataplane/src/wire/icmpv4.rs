@@ -1,7 +1,10 @@
 //! ICMPv4 (RFC 792): the 8-byte header every message shares, and echo request/reply.
 //!
-//! The gateway router answers echo requests addressed to the gateway IP; error
-//! messages (time exceeded, fragmentation needed) come with the cross-node router.
+//! The gateway router answers echo requests addressed to the gateway IP, and the
+//! forwarding path sends the error messages a router owes a sender (RFC 1812 §4.3):
+//! time exceeded (type 11), destination unreachable (type 3: net 0, host 1, and
+//! fragmentation needed 4 with the next-hop MTU of RFC 1191 in bytes 6..8). An error
+//! quotes the offending datagram's IP header and the start of its payload.
 //! The checksum covers the whole ICMP message (header and data), no pseudo-header.
 
 use super::{
@@ -17,6 +20,7 @@ mod field {
     pub const CHECKSUM: usize = 2;
     pub const ECHO_IDENT: usize = 4;
     pub const ECHO_SEQ: usize = 6;
+    pub const NEXT_HOP_MTU: usize = 6;
     pub const DATA: usize = 8;
 }
 
@@ -29,6 +33,31 @@ enum_with_unknown! {
         EchoRequest = 8,
         TimeExceeded = 11,
         ParamProblem = 12,
+    }
+}
+
+/// Destination unreachable code 0: network unreachable.
+pub const ICMP_UNREACH_NET: u8 = 0;
+/// Destination unreachable code 1: host unreachable.
+pub const ICMP_UNREACH_HOST: u8 = 1;
+/// Destination unreachable code 4: fragmentation needed and DF set.
+pub const ICMP_UNREACH_NEEDFRAG: u8 = 4;
+/// Time exceeded code 0: TTL exceeded in transit.
+pub const ICMP_TIMXCEED_INTRANS: u8 = 0;
+
+impl Icmpv4Message {
+    /// `true` for the error messages (RFC 1122 §3.2.2: destination unreachable, source
+    /// quench, redirect, time exceeded, parameter problem), about which no further
+    /// error may ever be sent.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            Icmpv4Message::DstUnreachable
+                | Icmpv4Message::Redirect
+                | Icmpv4Message::TimeExceeded
+                | Icmpv4Message::ParamProblem
+                | Icmpv4Message::Unknown(4)
+        )
     }
 }
 
@@ -87,6 +116,11 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
         get_be16(self.buffer.as_ref(), field::ECHO_SEQ)
     }
 
+    /// Next-hop MTU of a "fragmentation needed" message (RFC 1191 §4).
+    pub fn next_hop_mtu(&self) -> u16 {
+        get_be16(self.buffer.as_ref(), field::NEXT_HOP_MTU)
+    }
+
     /// Everything after the 8-byte header.
     pub fn data(&self) -> &[u8] {
         self.buffer.as_ref().get(field::DATA..).unwrap_or(&[])
@@ -124,6 +158,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
         put_bytes(self.buffer.as_mut(), field::ECHO_SEQ, &v.to_be_bytes());
     }
 
+    /// Sets bytes 4..8 to zero and the next-hop MTU (bytes 6..8).
+    pub fn set_next_hop_mtu(&mut self, mtu: u16) {
+        put_bytes(self.buffer.as_mut(), field::ECHO_IDENT, &[0, 0]);
+        put_bytes(
+            self.buffer.as_mut(),
+            field::NEXT_HOP_MTU,
+            &mtu.to_be_bytes(),
+        );
+    }
+
     /// Everything after the header, writable.
     pub fn data_mut(&mut self) -> &mut [u8] {
         self.buffer
@@ -153,12 +197,21 @@ pub enum Icmpv4Repr<'a> {
         seq_no: u16,
         data: &'a [u8],
     },
+    /// Type 3. `next_hop_mtu` is meaningful for code 4 only (zero otherwise);
+    /// `quoted` is the offending datagram's header and leading payload bytes.
+    DstUnreachable {
+        code: u8,
+        next_hop_mtu: u16,
+        quoted: &'a [u8],
+    },
+    /// Type 11.
+    TimeExceeded { code: u8, quoted: &'a [u8] },
 }
 
 impl<'a> Icmpv4Repr<'a> {
-    /// Parses an echo request or reply (code must be 0). The checksum is not verified
-    /// here: with a virtio-net partial checksum it is not final yet (see the router).
-    /// Other types are `Unsupported`.
+    /// Parses an echo request or reply (code must be 0), a destination unreachable or
+    /// a time exceeded. The checksum is not verified here: with a virtio-net partial
+    /// checksum it is not final yet (see the router). Other types are `Unsupported`.
     pub fn parse(packet: &Icmpv4Packet<&'a [u8]>) -> Result<Self, WireError> {
         packet.check_len()?;
         let buffer: &'a [u8] = packet.buffer;
@@ -174,6 +227,18 @@ impl<'a> Icmpv4Repr<'a> {
                 seq_no: packet.echo_seq_no(),
                 data,
             }),
+            (Icmpv4Message::DstUnreachable, code) => Ok(Icmpv4Repr::DstUnreachable {
+                code,
+                next_hop_mtu: if code == ICMP_UNREACH_NEEDFRAG {
+                    packet.next_hop_mtu()
+                } else {
+                    0
+                },
+                quoted: data,
+            }),
+            (Icmpv4Message::TimeExceeded, code) => {
+                Ok(Icmpv4Repr::TimeExceeded { code, quoted: data })
+            }
             _ => Err(WireError::Unsupported {
                 layer: Layer::Icmpv4,
                 what: "not an echo request or reply",
@@ -184,31 +249,55 @@ impl<'a> Icmpv4Repr<'a> {
     /// Bytes [`Icmpv4Repr::emit`] writes: header plus data.
     pub fn buffer_len(&self) -> usize {
         match self {
-            Icmpv4Repr::EchoRequest { data, .. } | Icmpv4Repr::EchoReply { data, .. } => {
-                ICMPV4_HEADER_LEN + data.len()
-            }
+            Icmpv4Repr::EchoRequest { data, .. }
+            | Icmpv4Repr::EchoReply { data, .. }
+            | Icmpv4Repr::DstUnreachable { quoted: data, .. }
+            | Icmpv4Repr::TimeExceeded { quoted: data, .. } => ICMPV4_HEADER_LEN + data.len(),
         }
     }
 
     /// Writes the message and its checksum into `packet`, which must be exactly
     /// [`Icmpv4Repr::buffer_len`] bytes (the checksum covers the whole buffer).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Icmpv4Packet<T>) {
-        let (t, ident, seq_no, data) = match *self {
+        let data = match *self {
             Icmpv4Repr::EchoRequest {
                 ident,
                 seq_no,
                 data,
-            } => (Icmpv4Message::EchoRequest, ident, seq_no, data),
-            Icmpv4Repr::EchoReply {
+            }
+            | Icmpv4Repr::EchoReply {
                 ident,
                 seq_no,
                 data,
-            } => (Icmpv4Message::EchoReply, ident, seq_no, data),
+            } => {
+                let t = if matches!(self, Icmpv4Repr::EchoRequest { .. }) {
+                    Icmpv4Message::EchoRequest
+                } else {
+                    Icmpv4Message::EchoReply
+                };
+                packet.set_msg_type(t);
+                packet.set_msg_code(0);
+                packet.set_echo_ident(ident);
+                packet.set_echo_seq_no(seq_no);
+                data
+            }
+            Icmpv4Repr::DstUnreachable {
+                code,
+                next_hop_mtu,
+                quoted,
+            } => {
+                packet.set_msg_type(Icmpv4Message::DstUnreachable);
+                packet.set_msg_code(code);
+                packet.set_next_hop_mtu(next_hop_mtu);
+                quoted
+            }
+            Icmpv4Repr::TimeExceeded { code, quoted } => {
+                packet.set_msg_type(Icmpv4Message::TimeExceeded);
+                packet.set_msg_code(code);
+                packet.set_next_hop_mtu(0);
+                quoted
+            }
         };
-        packet.set_msg_type(t);
-        packet.set_msg_code(0);
-        packet.set_echo_ident(ident);
-        packet.set_echo_seq_no(seq_no);
         if let Some(dst) = packet.data_mut().get_mut(..data.len()) {
             dst.copy_from_slice(data);
         }
@@ -275,9 +364,9 @@ mod tests {
     #[test]
     fn other_types_are_unsupported_and_short_is_truncated() {
         let mut b = ECHO_BYTES;
-        b[0] = 11;
+        b[0] = 13; // timestamp
         let p = Icmpv4Packet::new_checked(&b[..]).unwrap();
-        assert_eq!(p.msg_type(), Icmpv4Message::TimeExceeded);
+        assert_eq!(p.msg_type(), Icmpv4Message::Unknown(13));
         assert!(matches!(
             Icmpv4Repr::parse(&p),
             Err(WireError::Unsupported { .. })
@@ -292,5 +381,71 @@ mod tests {
             ));
         }
         assert_eq!(Icmpv4Message::from(42), Icmpv4Message::Unknown(42));
+    }
+
+    /// Fragmentation needed, next-hop MTU 1450, quoting a 20-byte header and 8 bytes.
+    static FRAG_NEEDED_BYTES: [u8; 36] = [
+        0x03, 0x04, 0x00, 0x00, 0x00, 0x00, 0x05, 0xaa, // type, code, sum, unused, MTU
+        0x45, 0x00, 0x05, 0xdc, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 10, 244, 1, 2, 10,
+        244, 2, 3, // quoted IPv4 header
+        0x9c, 0x40, 0x00, 0x35, 0x05, 0xc8, 0x00, 0x00, // quoted UDP header
+    ];
+
+    #[test]
+    fn errors_parse_and_emit() {
+        let mut fixture = FRAG_NEEDED_BYTES;
+        Icmpv4Packet::new_unchecked(&mut fixture[..]).fill_checksum();
+        let p = Icmpv4Packet::new_checked(&fixture[..]).unwrap();
+        assert_eq!(p.msg_type(), Icmpv4Message::DstUnreachable);
+        assert!(p.msg_type().is_error());
+        assert_eq!(p.next_hop_mtu(), 1450);
+        let repr = Icmpv4Repr::parse(&p).unwrap();
+        assert_eq!(
+            repr,
+            Icmpv4Repr::DstUnreachable {
+                code: ICMP_UNREACH_NEEDFRAG,
+                next_hop_mtu: 1450,
+                quoted: &FRAG_NEEDED_BYTES[8..],
+            }
+        );
+        assert_eq!(repr.buffer_len(), 36);
+        let mut buf = [0xffu8; 36];
+        repr.emit(&mut Icmpv4Packet::new_unchecked(&mut buf[..]));
+        assert_eq!(buf, fixture);
+        assert!(Icmpv4Packet::new_unchecked(&buf[..]).verify_checksum());
+
+        let te = Icmpv4Repr::TimeExceeded {
+            code: ICMP_TIMXCEED_INTRANS,
+            quoted: &FRAG_NEEDED_BYTES[8..],
+        };
+        let mut buf = [0xffu8; 36];
+        te.emit(&mut Icmpv4Packet::new_unchecked(&mut buf[..]));
+        assert_eq!(&buf[..2], &[11, 0]);
+        assert_eq!(&buf[4..8], &[0; 4]);
+        let p = Icmpv4Packet::new_checked(&buf[..]).unwrap();
+        assert!(p.verify_checksum());
+        assert_eq!(Icmpv4Repr::parse(&p).unwrap(), te);
+        // Host unreachable: the MTU bytes stay zero.
+        let mut b = fixture;
+        b[1] = ICMP_UNREACH_HOST;
+        let repr = Icmpv4Repr::parse(&Icmpv4Packet::new_unchecked(&b[..])).unwrap();
+        assert!(matches!(
+            repr,
+            Icmpv4Repr::DstUnreachable {
+                code: 1,
+                next_hop_mtu: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn error_classification() {
+        for t in [3u8, 4, 5, 11, 12] {
+            assert!(Icmpv4Message::from(t).is_error(), "{t}");
+        }
+        for t in [0u8, 8, 13, 14, 17, 42] {
+            assert!(!Icmpv4Message::from(t).is_error(), "{t}");
+        }
     }
 }

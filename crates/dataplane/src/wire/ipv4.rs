@@ -223,6 +223,25 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         put_bytes(self.buffer.as_mut(), field::FLAGS_FRAG, &v.to_be_bytes());
     }
 
+    /// Sets flags and fragment offset: DF and MF as given, `offset` in bytes (RFC 791
+    /// stores it in 8-byte units, so the low 3 bits are dropped).
+    pub fn set_fragment(&mut self, dont_frag: bool, more_frags: bool, offset: u16) {
+        let mut v = (offset >> 3) & FRAG_OFFSET_MASK;
+        if dont_frag {
+            v |= FLAG_DF;
+        }
+        if more_frags {
+            v |= FLAG_MF;
+        }
+        put_bytes(self.buffer.as_mut(), field::FLAGS_FRAG, &v.to_be_bytes());
+    }
+
+    /// The header, options included, writable.
+    pub fn header_mut(&mut self) -> &mut [u8] {
+        let hlen = self.header_len();
+        self.buffer.as_mut().get_mut(..hlen).unwrap_or(&mut [])
+    }
+
     /// Sets the TTL (the checksum is not updated).
     pub fn set_ttl(&mut self, v: u8) {
         put_u8(self.buffer.as_mut(), field::TTL, v);
@@ -512,5 +531,22 @@ mod tests {
     fn protocol_is_total() {
         assert_eq!(IpProtocol::from(17), IpProtocol::Udp);
         assert_eq!(IpProtocol::from(132), IpProtocol::Unknown(132));
+    }
+
+    #[test]
+    fn fragment_fields_round_trip() {
+        let mut b = PACKET_BYTES;
+        let mut p = Ipv4Packet::new_unchecked(&mut b[..]);
+        p.set_fragment(false, true, 1480);
+        assert_eq!(&b[6..8], &[0x20, 0xb9]);
+        let p = Ipv4Packet::new_checked(&b[..]).unwrap();
+        assert!(p.more_frags() && !p.dont_frag() && p.is_fragment());
+        assert_eq!(p.frag_offset(), 1480);
+        let mut p = Ipv4Packet::new_unchecked(&mut b[..]);
+        p.set_fragment(true, false, 0);
+        assert_eq!(&b[6..8], &[0x40, 0x00]);
+        let mut p = Ipv4Packet::new_unchecked(&mut b[..]);
+        p.header_mut()[1] = 0xb8;
+        assert_eq!(b[1], 0xb8);
     }
 }

@@ -1,7 +1,8 @@
 //! Checked views over packet bytes, and `Repr`s that emit headers into a caller's buffer.
 //!
 //! Every header the data plane touches is read through a view (`EthernetFrame<T>`,
-//! `ArpPacket<T>`, `Ipv4Packet<T>`, `Icmpv4Packet<T>`, `VnetHdr<T>`) built with
+//! `ArpPacket<T>`, `Ipv4Packet<T>`, `Icmpv4Packet<T>`, `TcpPacket<T>`,
+//! `VxlanPacket<T>`, `VnetHdr<T>`) built with
 //! `new_checked`, which validates lengths (and, for IPv4, the header-length fields)
 //! once. After that, accessors cannot panic: they read through `slice::get`, and the
 //! fall-back for a missing byte (unreachable after `new_checked`) is zero. A view made
@@ -19,17 +20,24 @@ pub mod checksum;
 pub mod ethernet;
 pub mod icmpv4;
 pub mod ipv4;
+pub mod tcp;
 pub mod vnet;
+pub mod vxlan;
 
 pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddr, ETHERNET_HEADER_LEN};
-pub use icmpv4::{Icmpv4Message, Icmpv4Packet, Icmpv4Repr, ICMPV4_HEADER_LEN};
+pub use icmpv4::{
+    Icmpv4Message, Icmpv4Packet, Icmpv4Repr, ICMPV4_HEADER_LEN, ICMP_TIMXCEED_INTRANS,
+    ICMP_UNREACH_HOST, ICMP_UNREACH_NEEDFRAG, ICMP_UNREACH_NET,
+};
 pub use ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr, IPV4_MIN_HEADER_LEN};
+pub use tcp::{TcpPacket, TCP_MIN_HEADER_LEN};
 pub use vnet::{
     GsoType, VnetHdr, VnetHdrRepr, VNET_HDR_F_DATA_VALID, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_ECN,
     VNET_HDR_GSO_NONE, VNET_HDR_GSO_TCPV4, VNET_HDR_GSO_TCPV6, VNET_HDR_GSO_UDP,
     VNET_HDR_GSO_UDP_L4, VNET_HDR_LEN,
 };
+pub use vxlan::{VxlanPacket, VxlanRepr, VXLAN_HEADER_LEN, VXLAN_PORT};
 
 /// Which header a [`WireError`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +47,8 @@ pub enum Layer {
     Arp,
     Ipv4,
     Icmpv4,
+    Tcp,
+    Vxlan,
 }
 
 impl core::fmt::Display for Layer {
@@ -49,6 +59,8 @@ impl core::fmt::Display for Layer {
             Layer::Arp => "ARP",
             Layer::Ipv4 => "IPv4",
             Layer::Icmpv4 => "ICMPv4",
+            Layer::Tcp => "TCP",
+            Layer::Vxlan => "VXLAN",
         })
     }
 }

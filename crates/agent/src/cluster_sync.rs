@@ -1,0 +1,129 @@
+//! The agent's side of the cluster store: it registers this node (pod subnet,
+//! underlay address, VTEP MAC) and keeps the data plane's route table in step
+//! with every Node in the store.
+//!
+//! Routes are rebuilt whole from the current Node list on every change and
+//! published into the pipeline's `ArcSwap`: the data plane never waits for
+//! this, and never sees half a table.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tapestry_cluster::store::{Event, Store, StoreError};
+use tapestry_cluster::{Ipv4Cidr, MacAddr, Node, NodeSpec, NodeStatus, Object, ObjectMeta};
+use tapestry_dataplane::routes::{Peer, RouteSnapshot};
+
+/// Writes (or updates) `nodes/NAME` with this node's subnet and tunnel endpoint.
+pub fn register(store: &dyn Store, name: &str, subnet: Ipv4Cidr, underlay_ip: Ipv4Addr, vtep_mac: MacAddr) -> Result<(), String> {
+    let key = format!("nodes/{name}");
+    for _ in 0..20 {
+        let current = store.get(&key).map_err(|e| e.to_string())?;
+        let (mut node, rev) = match &current {
+            Some(e) => match Object::from_json(&e.value, &key) {
+                Ok(Object::Node(n)) => (n, e.revision),
+                _ => (blank(name), e.revision),
+            },
+            None => (blank(name), 0),
+        };
+        node.spec.pod_cidr = Some(subnet);
+        node.status.underlay_ip = Some(underlay_ip);
+        node.status.vtep_mac = Some(vtep_mac);
+        let bytes = Object::Node(node).to_json().map_err(|e| e.to_string())?;
+        match store.compare_and_swap(&key, rev, &bytes) {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!("cannot register {key}: too many concurrent writers"))
+}
+
+fn blank(name: &str) -> Node {
+    Node { metadata: ObjectMeta::named(name), spec: NodeSpec::default(), status: NodeStatus::default() }
+}
+
+/// The peers among `nodes`: every other node with a subnet, an underlay IP and a
+/// VTEP MAC (a node still registering is skipped until it has all three).
+pub fn peers(me: &str, nodes: &BTreeMap<String, Node>) -> Vec<Peer> {
+    nodes
+        .values()
+        .filter(|n| n.metadata.name != me)
+        .filter_map(|n| {
+            let subnet = n.spec.pod_cidr?;
+            Some(Peer {
+                name: n.metadata.name.clone(),
+                underlay_ip: n.underlay_ip()?,
+                vtep_mac: tapestry_dataplane::MacAddr(n.status.vtep_mac?.0),
+                subnet: subnet.network(),
+                prefix_len: subnet.prefix_len(),
+            })
+        })
+        .collect()
+}
+
+/// Watches `nodes/` forever, publishing a new route snapshot on every change.
+pub fn watch_routes(
+    store: Arc<dyn Store>,
+    me: String,
+    local: Ipv4Cidr,
+    cluster: Ipv4Cidr,
+    routes: Arc<ArcSwap<RouteSnapshot>>,
+) {
+    loop {
+        if let Err(e) = watch_once(&*store, &me, local, cluster, &routes) {
+            tracing::warn!(error = %e, "node watch ended; relisting");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn watch_once(
+    store: &dyn Store,
+    me: &str,
+    local: Ipv4Cidr,
+    cluster: Ipv4Cidr,
+    routes: &ArcSwap<RouteSnapshot>,
+) -> Result<(), String> {
+    let (entries, rev) = store.list("nodes/").map_err(|e| e.to_string())?;
+    let mut nodes = BTreeMap::new();
+    for e in entries {
+        if let Ok(Object::Node(n)) = Object::from_json(&e.value, &e.key) {
+            nodes.insert(e.key, n);
+        }
+    }
+    publish(me, local, cluster, &nodes, routes);
+    let watch = store.watch("nodes/", rev).map_err(|e| e.to_string())?;
+    loop {
+        let Some(ev) = watch.recv() else { return Err("watch closed".into()) };
+        let mut apply = |ev: Event| match ev {
+            Event::Put(e) => {
+                if let Ok(Object::Node(n)) = Object::from_json(&e.value, &e.key) {
+                    nodes.insert(e.key, n);
+                }
+            }
+            Event::Delete { key, .. } => {
+                nodes.remove(&key);
+            }
+        };
+        apply(ev.map_err(|e| e.to_string())?);
+        while let Some(ev) = watch.try_recv() {
+            apply(ev.map_err(|e| e.to_string())?);
+        }
+        publish(me, local, cluster, &nodes, routes);
+    }
+}
+
+fn publish(me: &str, local: Ipv4Cidr, cluster: Ipv4Cidr, nodes: &BTreeMap<String, Node>, routes: &ArcSwap<RouteSnapshot>) {
+    let peers = peers(me, nodes);
+    let names: Vec<String> = peers.iter().map(|p| format!("{}={}/{}@{}", p.name, p.subnet, p.prefix_len, p.underlay_ip)).collect();
+    match RouteSnapshot::build(local.network(), local.prefix_len(), cluster.network(), cluster.prefix_len(), peers) {
+        Ok(snap) => {
+            routes.store(Arc::new(snap));
+            tracing::info!(peers = ?names, "routes updated");
+        }
+        Err(e) => tracing::error!(error = %e, peers = ?names, "route table rejected; keeping the previous one"),
+    }
+}

@@ -1,0 +1,368 @@
+//! The agent's kubelet: it runs the pods the cluster store assigns to this node.
+//!
+//! It lists and then watches `pods/` in the store. For each Pod whose
+//! `spec.nodeName` is this node it creates the pod's network namespace
+//! (`PREFIX-NAMESPACE-NAME`), starts the pause process that holds it, attaches
+//! the pod (the same code path as CNI ADD on the control socket), starts each
+//! container as a process inside the namespace, and publishes the pod's status
+//! (`podstatus/NAMESPACE/NAME`: IP, node, phase, ready) once the pod answers ping
+//! and accepts connections on its declared TCP ports. A Pod deleted from the
+//! store is stopped and detached within a watch event's delay. Every few
+//! seconds it reconciles everything, so a missed event or a dead container is
+//! repaired.
+//!
+//! Files per pod under `STATE_DIR/pods/NAMESPACE_NAME/`: `pause.pid`,
+//! `CONTAINER.pid`, `CONTAINER.log`, `netns`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tapestry_cluster::store::{Event, Store};
+use tapestry_cluster::{Object, Pod, Protocol};
+
+use crate::api::Attachment;
+use crate::node::Node;
+
+/// How often everything is reconciled even without events.
+const RESYNC: Duration = Duration::from_secs(3);
+/// How long a new pod may take to answer before it is reported not ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the kubelet publishes about a pod (`podstatus/NAMESPACE/NAME`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRunStatus {
+    pub node: String,
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<Ipv4Addr>,
+    /// `Pending`, `Running` or `Failed`.
+    pub phase: String,
+    pub ready: bool,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Store key of a pod's status.
+pub fn status_key(namespace: &str, name: &str) -> String {
+    format!("podstatus/{namespace}/{name}")
+}
+
+/// The kubelet of one node.
+pub struct Kubelet {
+    pub node: Arc<Node>,
+    pub store: Arc<dyn Store>,
+    pub node_name: String,
+    pub netns_prefix: String,
+    pub run_dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+impl Kubelet {
+    fn pod_dir(&self, ns: &str, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{ns}_{name}"))
+    }
+
+    fn netns_name(&self, ns: &str, name: &str) -> String {
+        format!("{}-{ns}-{name}", self.netns_prefix)
+    }
+
+    fn attachment(&self, ns: &str, name: &str) -> Attachment {
+        let netns = self.netns_name(ns, name);
+        Attachment {
+            container_id: netns.clone(),
+            netns: PathBuf::from("/run/netns").join(netns),
+            ifname: "eth0".into(),
+            pod_namespace: ns.to_owned(),
+            pod_name: name.to_owned(),
+        }
+    }
+
+    /// Runs forever: list, then watch, reconciling on every event and every
+    /// [`RESYNC`].
+    pub fn run(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.watch_loop() {
+                tracing::warn!(error = %e, "pod watch ended; relisting");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    fn watch_loop(self: &Arc<Self>) -> Result<(), String> {
+        let (entries, rev) = self.store.list("pods/").map_err(|e| e.to_string())?;
+        let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+        for e in entries {
+            if let Ok(Object::Pod(p)) = Object::from_json(&e.value, &e.key) {
+                pods.insert(e.key, p);
+            }
+        }
+        self.reconcile(&pods);
+        let watch = self.store.watch("pods/", rev).map_err(|e| e.to_string())?;
+        let mut last = Instant::now();
+        loop {
+            match watch.recv_timeout(RESYNC) {
+                Some(Ok(Event::Put(e))) => match Object::from_json(&e.value, &e.key) {
+                    Ok(Object::Pod(p)) => {
+                        pods.insert(e.key.clone(), p);
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(key = %e.key, error = %err, "unreadable pod in the store"),
+                },
+                Some(Ok(Event::Delete { key, .. })) => {
+                    pods.remove(&key);
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => {}
+            }
+            // Apply what arrived together, then reconcile.
+            while let Some(ev) = watch.try_recv() {
+                match ev {
+                    Ok(Event::Put(e)) => {
+                        if let Ok(Object::Pod(p)) = Object::from_json(&e.value, &e.key) {
+                            pods.insert(e.key.clone(), p);
+                        }
+                    }
+                    Ok(Event::Delete { key, .. }) => {
+                        pods.remove(&key);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            self.reconcile(&pods);
+            if last.elapsed() > RESYNC {
+                last = Instant::now();
+            }
+        }
+    }
+
+    /// Makes the pods running here match the pods assigned here.
+    fn reconcile(self: &Arc<Self>, pods: &BTreeMap<String, Pod>) {
+        let mine: Vec<&Pod> = pods.values().filter(|p| p.spec.node_name.as_deref() == Some(self.node_name.as_str())).collect();
+        let wanted: BTreeSet<(String, String)> =
+            mine.iter().map(|p| (p.metadata.namespace.clone(), p.metadata.name.clone())).collect();
+        for (ns, name) in self.running() {
+            if !wanted.contains(&(ns.clone(), name.clone())) {
+                self.stop(&ns, &name);
+            }
+        }
+        for pod in mine {
+            if let Err(e) = self.ensure(pod) {
+                tracing::warn!(pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name), error = %e, "cannot start pod");
+                self.publish(&pod.metadata.namespace, &pod.metadata.name, None, "Failed", false, &e);
+            }
+        }
+    }
+
+    /// Pods with a run directory here.
+    fn running(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = fs::read_dir(&self.run_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name().to_str().and_then(|s| s.split_once('_')).map(|(a, b)| (a.to_owned(), b.to_owned()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn publish(&self, ns: &str, name: &str, ip: Option<Ipv4Addr>, phase: &str, ready: bool, message: &str) {
+        let status = PodRunStatus {
+            node: self.node_name.clone(),
+            pod_ip: ip,
+            phase: phase.into(),
+            ready,
+            message: message.into(),
+        };
+        let key = status_key(ns, name);
+        let Ok(bytes) = serde_json::to_vec(&status) else { return };
+        if let Ok(Some(cur)) = self.store.get(&key) {
+            if cur.value == bytes {
+                return;
+            }
+        }
+        if let Err(e) = self.store.put(&key, &bytes) {
+            tracing::warn!(key, error = %e, "cannot publish pod status");
+        }
+    }
+
+    /// Creates whatever of the pod is missing (idempotent).
+    fn ensure(self: &Arc<Self>, pod: &Pod) -> Result<(), String> {
+        let (ns, name) = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
+        let dir = self.pod_dir(ns, name);
+        let netns = self.netns_name(ns, name);
+        let fresh = !dir.exists();
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        fs::write(dir.join("netns"), &netns).map_err(|e| e.to_string())?;
+        if !Path::new("/run/netns").join(&netns).exists() {
+            run("ip", &["netns", "add", &netns])?;
+            run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+        }
+        if alive(&dir.join("pause.pid")).is_none() {
+            self.spawn(&netns, &dir, "pause", &["tapestry-pause".to_owned()], &[])?;
+        }
+        let result = self.node.add(&self.attachment(ns, name))?;
+        let ip: Ipv4Addr = result
+            .ips
+            .first()
+            .and_then(|c| c.address.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or("attach returned no address")?;
+        let env = [
+            ("POD_NAME", name.to_owned()),
+            ("POD_NAMESPACE", ns.to_owned()),
+            ("POD_IP", ip.to_string()),
+            ("NODE_NAME", self.node_name.clone()),
+        ];
+        let mut started = false;
+        for c in &pod.spec.containers {
+            if alive(&dir.join(format!("{}.pid", c.name))).is_some() {
+                continue;
+            }
+            let mut argv: Vec<String> = c.command.clone();
+            argv.extend(c.args.iter().cloned());
+            if argv.is_empty() {
+                return Err(format!("container {} has no command (the lab runs commands, not images)", c.name));
+            }
+            let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+            env.extend(c.env.iter().map(|e| (e.name.clone(), e.value.clone())));
+            self.spawn(&netns, &dir, &c.name, &argv, &env)?;
+            started = true;
+        }
+        if fresh || started {
+            tracing::info!(pod = %format!("{ns}/{name}"), %ip, "pod started");
+            self.publish(ns, name, Some(ip), "Pending", false, "");
+            let ports: Vec<u16> = pod
+                .spec
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter())
+                .filter(|p| p.protocol == Protocol::Tcp)
+                .map(|p| p.container_port)
+                .collect();
+            let me = Arc::clone(self);
+            let (ns, name) = (ns.to_owned(), name.to_owned());
+            let _ = std::thread::Builder::new().name("readiness".into()).spawn(move || {
+                let ready = wait_ready(ip, &ports, READY_TIMEOUT);
+                // Publish only if the pod is still ours (it may have been deleted meanwhile).
+                if me.pod_dir(&ns, &name).exists() {
+                    let msg = if ready { String::new() } else { format!("no answer within {}s", READY_TIMEOUT.as_secs()) };
+                    me.publish(&ns, &name, Some(ip), "Running", ready, &msg);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, netns: &str, dir: &Path, what: &str, argv: &[String], env: &[(String, String)]) -> Result<(), String> {
+        let log = fs::File::create(dir.join(format!("{what}.log"))).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let path = format!("{}:{}", self.bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {what} in {netns}: {e}"))?;
+        fs::write(dir.join(format!("{what}.pid")), child.id().to_string()).map_err(|e| e.to_string())?;
+        // Reap it when it exits, so a dead container is seen as dead (not a zombie).
+        let _ = std::thread::Builder::new().name("reaper".into()).spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        Ok(())
+    }
+
+    /// Stops a pod's containers and pause process, detaches it and deletes its
+    /// namespace and status. Missing pieces are skipped.
+    pub fn stop(&self, ns: &str, name: &str) {
+        let dir = self.pod_dir(ns, name);
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "pid") && p.file_stem().is_some_and(|s| s != "pause") {
+                    stop(&p);
+                }
+            }
+        }
+        if let Err(e) = self.node.del(&self.attachment(ns, name)) {
+            tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "detach failed");
+        }
+        stop(&dir.join("pause.pid"));
+        let netns = self.netns_name(ns, name);
+        if Path::new("/run/netns").join(&netns).exists() {
+            if let Err(e) = run("ip", &["netns", "del", &netns]) {
+                tracing::warn!(error = %e, "cannot delete the pod namespace");
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        let _ = self.store.delete(&status_key(ns, name));
+        tracing::info!(pod = %format!("{ns}/{name}"), "pod stopped");
+    }
+}
+
+/// Polls (bounded) until `ip` answers ping and accepts TCP on every port.
+fn wait_ready(ip: Ipv4Addr, ports: &[u16], timeout: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        let pinged = Command::new("ping")
+            .args(["-c", "1", "-W", "1", "-q", &ip.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if pinged
+            && ports.iter().all(|p| TcpStream::connect_timeout(&SocketAddr::from((ip, *p)), Duration::from_millis(500)).is_ok())
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// The pid in `pidfile` if that process is still running (a zombie is not).
+pub fn alive(pidfile: &Path) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    (state != Some('Z')).then_some(pid)
+}
+
+/// SIGTERM to the process in `pidfile`, SIGKILL if it is still there after 2 s.
+pub fn stop(pidfile: &Path) {
+    if let Some(pid) = alive(pidfile) {
+        let pid_s = pid.to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid_s]).stderr(Stdio::null()).status();
+        let started = Instant::now();
+        while alive(pidfile).is_some() && started.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(pidfile).is_some() {
+            let _ = Command::new("kill").args(["-KILL", &pid_s]).stderr(Stdio::null()).status();
+        }
+    }
+    let _ = fs::remove_file(pidfile);
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{cmd} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}

@@ -1,0 +1,222 @@
+//! `apply`, `get`, `delete` and `wait`: the CLI's view of the cluster store, in
+//! the manner of `kubectl`.
+//!
+//! `apply` also schedules: a Pod without `spec.nodeName` is placed on the
+//! registered node running the fewest pods (ties by name), and that choice is
+//! written into the stored Pod, so it never moves afterwards.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tapestry_agent::kubelet::{status_key, PodRunStatus};
+use tapestry_cluster::{load_path, Node, Object, Pod, Store};
+
+/// Output formats of `get`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
+fn nodes(store: &dyn Store) -> Result<Vec<Node>, String> {
+    let (entries, _) = store.list("nodes/").map_err(|e| e.to_string())?;
+    Ok(entries
+        .iter()
+        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Node(n)) => Some(n),
+            _ => None,
+        })
+        .collect())
+}
+
+fn pods(store: &dyn Store) -> Result<Vec<Pod>, String> {
+    let (entries, _) = store.list("pods/").map_err(|e| e.to_string())?;
+    Ok(entries
+        .iter()
+        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Pod(p)) => Some(p),
+            _ => None,
+        })
+        .collect())
+}
+
+fn status(store: &dyn Store, pod: &Pod) -> Option<PodRunStatus> {
+    let e = store.get(&status_key(&pod.metadata.namespace, &pod.metadata.name)).ok()??;
+    serde_json::from_slice(&e.value).ok()
+}
+
+/// `tapestry apply -f PATH`.
+pub fn apply(store: &dyn Store, path: &Path) -> Result<(), String> {
+    let objects = load_path(path).map_err(|e| e.to_string())?;
+    let node_names: Vec<String> = nodes(store)?.into_iter().map(|n| n.metadata.name).collect();
+    let mut load: BTreeMap<String, usize> = node_names.iter().map(|n| (n.clone(), 0)).collect();
+    for p in pods(store)? {
+        if let Some(n) = p.spec.node_name {
+            *load.entry(n).or_default() += 1;
+        }
+    }
+    // Pods of this batch already placed by their manifest count too.
+    for obj in &objects {
+        if let Object::Pod(p) = obj {
+            if let Some(n) = &p.spec.node_name {
+                if store.get(&obj.key()).map_err(|e| e.to_string())?.is_none() {
+                    *load.entry(n.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    for obj in objects {
+        let key = obj.key();
+        let current = store.get(&key).map_err(|e| e.to_string())?;
+        let obj = match (obj, &current) {
+            (Object::Pod(mut pod), cur) if pod.spec.node_name.is_none() => {
+                let stored = cur.as_ref().and_then(|e| match Object::from_json(&e.value, &key) {
+                    Ok(Object::Pod(p)) => p.spec.node_name,
+                    _ => None,
+                });
+                let chosen = match stored {
+                    Some(n) => n,
+                    None => {
+                        let (n, _) = load
+                            .iter()
+                            .min_by_key(|(name, count)| (**count, (*name).clone()))
+                            .ok_or("no node has registered yet: start the node agents first")?;
+                        n.clone()
+                    }
+                };
+                *load.entry(chosen.clone()).or_default() += 1;
+                pod.spec.node_name = Some(chosen);
+                Object::Pod(pod)
+            }
+            (obj, _) => obj,
+        };
+        let bytes = obj.to_json().map_err(|e| e.to_string())?;
+        let verb = match &current {
+            Some(e) if e.value == bytes => "unchanged",
+            Some(_) => "configured",
+            None => "created",
+        };
+        if verb != "unchanged" {
+            let expected = current.as_ref().map_or(0, |e| e.revision);
+            store
+                .compare_and_swap(&key, expected, &bytes)
+                .map_err(|e| format!("{key}: {e} (changed meanwhile; apply again)"))?;
+        }
+        println!("{} {verb}", obj.display_name());
+    }
+    Ok(())
+}
+
+/// `tapestry delete -f PATH` or `tapestry delete KIND NAME…`.
+pub fn delete(store: &dyn Store, keys: Vec<(String, String)>) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for (key, shown) in keys {
+        match store.delete(&key).map_err(|e| e.to_string())? {
+            Some(_) => println!("{shown} deleted"),
+            None => missing.push(shown),
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not found: {}", missing.join(", ")))
+    }
+}
+
+/// Store keys of the objects in a manifest file or directory.
+pub fn keys_of(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let objects = load_path(path).map_err(|e| e.to_string())?;
+    Ok(objects.iter().map(|o| (o.key(), o.display_name())).collect())
+}
+
+/// `tapestry get nodes|pods`.
+pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Format) -> Result<(), String> {
+    match kind {
+        "nodes" | "node" | "no" => {
+            let nodes = nodes(store)?;
+            match format {
+                Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&nodes.into_iter().map(Object::Node).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Json => println!("{}", tapestry_cluster::emit_json(&nodes.into_iter().map(Object::Node).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Table | Format::Wide => {
+                    println!("{:<10} {:<16} {:<15} {}", "NAME", "POD-CIDR", "UNDERLAY-IP", "VTEP-MAC");
+                    for n in nodes {
+                        println!(
+                            "{:<10} {:<16} {:<15} {}",
+                            n.metadata.name,
+                            n.spec.pod_cidr.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                            n.underlay_ip().map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                            n.status.vtep_mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        "pods" | "pod" | "po" => {
+            let mut pods: Vec<Pod> = pods(store)?
+                .into_iter()
+                .filter(|p| namespace.is_none_or(|ns| p.metadata.namespace == ns))
+                .collect();
+            for p in &mut pods {
+                if let Some(st) = status(store, p) {
+                    p.status.pod_ip = st.pod_ip;
+                }
+            }
+            match format {
+                Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&pods.into_iter().map(Object::Pod).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Json => println!("{}", tapestry_cluster::emit_json(&pods.into_iter().map(Object::Pod).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Table | Format::Wide => {
+                    let wide = format == Format::Wide;
+                    print!("{:<12} {:<16} {:<6} {:<8} {:<15} {:<8}", "NAMESPACE", "NAME", "READY", "STATUS", "IP", "NODE");
+                    println!("{}", if wide { " CONTAINERS" } else { "" });
+                    for p in &pods {
+                        let st = status(store, p);
+                        let ready = if st.as_ref().is_some_and(|s| s.ready) { "1/1" } else { "0/1" };
+                        let phase = st.as_ref().map_or("Pending".to_owned(), |s| s.phase.clone());
+                        print!(
+                            "{:<12} {:<16} {:<6} {:<8} {:<15} {:<8}",
+                            p.metadata.namespace,
+                            p.metadata.name,
+                            ready,
+                            phase,
+                            st.as_ref().and_then(|s| s.pod_ip).map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                            p.spec.node_name.as_deref().unwrap_or("-")
+                        );
+                        if wide {
+                            let cs: Vec<&str> = p.spec.containers.iter().map(|c| c.name.as_str()).collect();
+                            print!(" {}", cs.join(","));
+                        }
+                        println!();
+                    }
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown resource type {other:?}: use nodes or pods")),
+    }
+}
+
+/// `tapestry wait`: polls (bounded) until every Pod in the store is ready, or
+/// every Pod of `only` is. Prints what it still waits for when time runs out.
+pub fn wait_ready(store: &dyn Store, timeout: Duration) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let pods = pods(store)?;
+        let waiting: Vec<String> = pods
+            .iter()
+            .filter(|p| !status(store, p).is_some_and(|s| s.ready))
+            .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
+            .collect();
+        if waiting.is_empty() {
+            println!("{} pod(s) ready", pods.len());
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("not ready after {}s: {}", timeout.as_secs(), waiting.join(", ")));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,356 @@
+//! VXLAN encapsulation (RFC 7348) of routed IPv4 packets, and what it takes to make
+//! them fit the underlay: software TSO, IPv4 fragmentation, checksum completion.
+//!
+//! Every function here writes into the caller's `out` a run of VXLAN datagrams (UDP
+//! payloads), back to back:
+//!
+//! ```text
+//! [VXLAN 8: flags 0x08, VNI][inner Ethernet 14: peer VTEP MAC <- our VTEP MAC, IPv4][IPv4 packet]
+//! ```
+//!
+//! — the flannel `vxlan` backend's layout, so a Linux `flannel.1` device decapsulates
+//! ours and we decapsulate its (inner source MAC = the sender's VTEP MAC, inner
+//! destination MAC = the receiver's VTEP MAC). All datagrams of one run have the same
+//! length except the last, which may be shorter: the layout UDP GSO (`UDP_SEGMENT`)
+//! sends with one `sendmsg`. The I/O layer adds UDP and the outer IPv4 header.
+//!
+//! Why each path exists:
+//!
+//! - **Software TSO** ([`segment_tcp`]). Pod TAPs run with TSO on, so the kernel hands
+//!   us TCP "segments" of up to 64 KiB (virtio-net GSO, `gso_size` = MSS). A peer
+//!   kernel would drop an oversize inner packet, so we cut it as a NIC would (the
+//!   kernel's `tcp_gso_segment`): each segment gets its own IPv4 header (total
+//!   length, identification + k, checksum) and TCP header (sequence + k × MSS; FIN and
+//!   PSH only on the last segment, CWR only on the first) and a **full** TCP checksum,
+//!   pseudo-header included — the receiving kernel verifies it.
+//! - **Fragmentation** ([`fragment`], RFC 791 §3.2). A non-GSO packet above the
+//!   inner MTU without DF is cut into fragments of one size (the payload per fragment
+//!   a multiple of 8, offsets in 8-byte units, MF on all but the last). Options
+//!   without the "copied" bit are overwritten with NOPs in all but the first fragment,
+//!   so every fragment has the same header length and therefore the same size except
+//!   the last, as UDP GSO wants. (With DF the router sends ICMP "fragmentation
+//!   needed" instead; that is the pipeline's job.)
+//! - **Checksum completion** ([`complete_partial_checksum`]). A frame whose virtio-net
+//!   header says `NEEDS_CSUM` carries only the pseudo-header sum in its L4 checksum
+//!   field; inside a tunnel no NIC will finish it, so we do (virtio 1.2 §5.1.6.2).
+//!
+//! [`flow_hash`] picks the outer UDP source port (ECMP entropy, RFC 7348 §5).
+//!
+//! Nothing here allocates or panics; a run that does not fit `out` is
+//! `DropReason::ReplyTooLarge`.
+
+use core::net::Ipv4Addr;
+
+use crate::drops::DropReason;
+use crate::router::drop_for;
+use crate::wire::checksum;
+use crate::wire::tcp::{pseudo_header_sum, TCP_CWR, TCP_FIN, TCP_PSH};
+use crate::wire::{
+    EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, MacAddr, TcpPacket,
+    VxlanPacket, VxlanRepr, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN, VXLAN_HEADER_LEN,
+};
+
+/// Bytes in front of the inner IPv4 packet in each datagram: VXLAN + inner Ethernet.
+pub const ENCAP_PREFIX_LEN: usize = VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN;
+
+/// The outer framing towards one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encap {
+    /// The VXLAN network identifier (1 in a flannel cluster).
+    pub vni: u32,
+    /// Our VTEP MAC: the inner source MAC.
+    pub src_mac: MacAddr,
+    /// The peer's VTEP MAC: the inner destination MAC.
+    pub dst_mac: MacAddr,
+}
+
+impl Encap {
+    /// Writes the VXLAN header and the inner Ethernet header into
+    /// `buf[..ENCAP_PREFIX_LEN]`; `ReplyTooLarge` if `buf` is shorter.
+    pub fn write_prefix(&self, buf: &mut [u8]) -> Result<(), DropReason> {
+        let prefix = buf
+            .get_mut(..ENCAP_PREFIX_LEN)
+            .ok_or(DropReason::ReplyTooLarge)?;
+        let mut vx = VxlanPacket::new_unchecked(prefix);
+        VxlanRepr { vni: self.vni }.emit(&mut vx);
+        EthernetRepr {
+            src_addr: self.src_mac,
+            dst_addr: self.dst_mac,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(vx.payload_mut()));
+        Ok(())
+    }
+}
+
+/// Where a run of datagrams ended up in `out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Datagrams {
+    /// Bytes used from the start of `out`.
+    pub len: usize,
+    /// Length of every datagram but the last (which may be shorter).
+    pub segment_len: usize,
+    /// Number of datagrams.
+    pub count: usize,
+}
+
+/// Encapsulates one IPv4 packet (`ip` is exactly the packet: `total_len` bytes).
+pub fn encapsulate(enc: &Encap, ip: &[u8], out: &mut [u8]) -> Result<Datagrams, DropReason> {
+    let len = ENCAP_PREFIX_LEN + ip.len();
+    let buf = out.get_mut(..len).ok_or(DropReason::ReplyTooLarge)?;
+    enc.write_prefix(buf)?;
+    if let Some(dst) = buf.get_mut(ENCAP_PREFIX_LEN..) {
+        dst.copy_from_slice(ip);
+    }
+    Ok(Datagrams {
+        len,
+        segment_len: len,
+        count: 1,
+    })
+}
+
+/// Splits the IPv4 packet `ip` (exactly `total_len` bytes, DF clear) into fragments of
+/// at most `mtu` bytes, one datagram each. An already-fragmented packet is
+/// fragmented further (offsets add up; the last piece keeps the original MF).
+/// `PacketTooBig` if `mtu` leaves no room for 8 payload bytes after the header.
+pub fn fragment(
+    enc: &Encap,
+    ip: &[u8],
+    mtu: usize,
+    out: &mut [u8],
+) -> Result<Datagrams, DropReason> {
+    let pkt = Ipv4Packet::new_checked(ip).map_err(drop_for)?;
+    let hlen = pkt.header_len();
+    let payload = pkt.payload();
+    let chunk = (mtu.saturating_sub(hlen) / 8) * 8;
+    if chunk == 0 {
+        return Err(DropReason::PacketTooBig);
+    }
+    let base_offset = usize::from(pkt.frag_offset());
+    let last_mf = pkt.more_frags();
+    let count = payload.len().div_ceil(chunk).max(1);
+    let segment_len = ENCAP_PREFIX_LEN + hlen + chunk.min(payload.len());
+    let total = ENCAP_PREFIX_LEN * count + hlen * count + payload.len();
+    if total > out.len() {
+        return Err(DropReason::ReplyTooLarge);
+    }
+    let header = pkt.header();
+    let mut at = 0;
+    let mut pieces = payload.chunks(chunk);
+    for k in 0..count {
+        let piece = pieces.next().unwrap_or(&[]);
+        let len = ENCAP_PREFIX_LEN + hlen + piece.len();
+        let dgram = out
+            .get_mut(at..at + len)
+            .ok_or(DropReason::ReplyTooLarge)?;
+        enc.write_prefix(dgram)?;
+        let inner = dgram
+            .get_mut(ENCAP_PREFIX_LEN..)
+            .ok_or(DropReason::ReplyTooLarge)?;
+        let (hdr, body) = inner.split_at_mut(hlen);
+        hdr.copy_from_slice(header);
+        body.copy_from_slice(piece);
+        if k > 0 {
+            nop_uncopied_options(hdr);
+        }
+        let offset = u16::try_from(base_offset + k * chunk).map_err(|_| DropReason::BadHeader)?;
+        let total_len = u16::try_from(hlen + piece.len()).map_err(|_| DropReason::BadHeader)?;
+        let is_last = at + len == total;
+        let mut p = Ipv4Packet::new_unchecked(inner);
+        p.set_total_len(total_len);
+        p.set_fragment(false, !is_last || last_mf, offset);
+        p.fill_checksum();
+        at += len;
+    }
+    Ok(Datagrams {
+        len: total,
+        segment_len,
+        count,
+    })
+}
+
+/// Overwrites, in an IPv4 header, every option whose "copied" bit (0x80) is clear with
+/// NOPs (RFC 791: only copied options go into fragments after the first). A malformed
+/// option list is NOPed from the bad option on.
+fn nop_uncopied_options(hdr: &mut [u8]) {
+    const EOL: u8 = 0;
+    const NOP: u8 = 1;
+    let Some(opts) = hdr.get_mut(IPV4_MIN_HEADER_LEN..) else {
+        return;
+    };
+    let mut i = 0;
+    while let Some(&kind) = opts.get(i) {
+        match kind {
+            EOL => return,
+            NOP => i += 1,
+            _ => {
+                let len = usize::from(opts.get(i + 1).copied().unwrap_or(0));
+                match opts.get_mut(i..i + len) {
+                    Some(opt) if len >= 2 => {
+                        if kind & 0x80 == 0 {
+                            opt.fill(NOP);
+                        }
+                        i += len;
+                    }
+                    _ => {
+                        if let Some(rest) = opts.get_mut(i..) {
+                            rest.fill(NOP);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Software TSO: cuts the IPv4/TCP packet `ip` (exactly `total_len` bytes) into
+/// segments of `mss` payload bytes, one datagram each, with fresh IPv4 and TCP
+/// checksums (any partial checksum in the input is ignored). `UnsupportedGso` for a
+/// non-TCP packet or a fragment; `mss` 0 is treated as 1.
+pub fn segment_tcp(
+    enc: &Encap,
+    ip: &[u8],
+    mss: usize,
+    out: &mut [u8],
+) -> Result<Datagrams, DropReason> {
+    let pkt = Ipv4Packet::new_checked(ip).map_err(drop_for)?;
+    if pkt.protocol() != IpProtocol::Tcp || pkt.is_fragment() {
+        return Err(DropReason::UnsupportedGso);
+    }
+    let tcp = TcpPacket::new_checked(pkt.payload()).map_err(drop_for)?;
+    let mss = mss.max(1);
+    let ip_hdr = pkt.header();
+    let tcp_hdr = tcp.header();
+    let hdrs = ip_hdr.len() + tcp_hdr.len();
+    let payload = tcp.payload();
+    let count = payload.len().div_ceil(mss).max(1);
+    let segment_len = ENCAP_PREFIX_LEN + hdrs + mss.min(payload.len());
+    let total = (ENCAP_PREFIX_LEN + hdrs) * count + payload.len();
+    if total > out.len() {
+        return Err(DropReason::ReplyTooLarge);
+    }
+    let (src, dst) = (pkt.src_addr(), pkt.dst_addr());
+    let (ident, seq, flags) = (pkt.ident(), tcp.seq_number(), tcp.flags());
+    let mut at = 0;
+    let mut pieces = payload.chunks(mss);
+    for k in 0..count {
+        let piece = pieces.next().unwrap_or(&[]);
+        let len = ENCAP_PREFIX_LEN + hdrs + piece.len();
+        let dgram = out
+            .get_mut(at..at + len)
+            .ok_or(DropReason::ReplyTooLarge)?;
+        enc.write_prefix(dgram)?;
+        let inner = dgram
+            .get_mut(ENCAP_PREFIX_LEN..)
+            .ok_or(DropReason::ReplyTooLarge)?;
+        let (iph, seg) = inner.split_at_mut(ip_hdr.len());
+        iph.copy_from_slice(ip_hdr);
+        let (th, body) = seg.split_at_mut(tcp_hdr.len());
+        th.copy_from_slice(tcp_hdr);
+        body.copy_from_slice(piece);
+
+        let last = k + 1 == count;
+        let mut f = flags;
+        if !last {
+            f &= !(TCP_FIN | TCP_PSH);
+        }
+        if k > 0 {
+            f &= !TCP_CWR;
+        }
+        // k < count <= 65,535 and k * mss < 65,535: both fit their fields.
+        let k16 = u16::try_from(k).unwrap_or(u16::MAX);
+        let advance = u32::try_from(k * mss).unwrap_or(u32::MAX);
+        let mut t = TcpPacket::new_unchecked(&mut *seg);
+        t.set_seq_number(seq.wrapping_add(advance));
+        t.set_flags(f);
+        t.set_checksum(0);
+        let sum = checksum::accumulate(pseudo_header_sum(src, dst, 6, seg.len()), seg);
+        TcpPacket::new_unchecked(&mut *seg).set_checksum(!checksum::fold(sum));
+
+        let total_len = u16::try_from(hdrs + piece.len()).map_err(|_| DropReason::BadHeader)?;
+        let mut p = Ipv4Packet::new_unchecked(inner);
+        p.set_total_len(total_len);
+        p.set_ident(ident.wrapping_add(k16));
+        p.fill_checksum();
+        at += len;
+    }
+    Ok(Datagrams {
+        len: total,
+        segment_len,
+        count,
+    })
+}
+
+/// Finishes a partial L4 checksum in place (virtio `NEEDS_CSUM`): sums
+/// `frame[csum_start..end]` — the field already holds the pseudo-header sum — and stores
+/// the complement at `csum_start + csum_offset`. A result of 0 is stored as 0xffff
+/// (RFC 768: 0 means "no checksum" for UDP; the same value for TCP), as the kernel's
+/// `skb_checksum_help` does. `BadVnetHeader` if the field is not inside
+/// `frame[..end]`.
+pub fn complete_partial_checksum(
+    frame: &mut [u8],
+    csum_start: usize,
+    csum_offset: usize,
+    end: usize,
+) -> Result<(), DropReason> {
+    let field = csum_start + csum_offset;
+    if field + 2 > end {
+        return Err(DropReason::BadVnetHeader);
+    }
+    let region = frame
+        .get(csum_start..end)
+        .ok_or(DropReason::BadVnetHeader)?;
+    let sum = match !checksum::fold(checksum::accumulate(0, region)) {
+        0 => 0xffff,
+        s => s,
+    };
+    let dst = frame
+        .get_mut(field..field + 2)
+        .ok_or(DropReason::BadVnetHeader)?;
+    dst.copy_from_slice(&sum.to_be_bytes());
+    Ok(())
+}
+
+/// murmur3's 32-bit finaliser: a bijection that spreads every input bit.
+#[inline]
+const fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// A hash of the inner flow for the outer UDP source port: source and destination
+/// address, protocol, and for TCP and UDP the two ports — but only in unfragmented
+/// packets. Fragments (first included) hash without ports, so all pieces of one
+/// datagram take the same outer port and path and are not reordered (Linux's flow
+/// dissector likewise stops at a fragment). Stable across versions: pinned by a test.
+pub fn flow_hash(ip: &Ipv4Packet<&[u8]>) -> u32 {
+    let proto = u8::from(ip.protocol());
+    let ports = match ip.protocol() {
+        IpProtocol::Tcp | IpProtocol::Udp if !ip.is_fragment() => {
+            let p = ip.payload();
+            match p.get(..4) {
+                Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+                _ => 0,
+            }
+        }
+        _ => 0,
+    };
+    flow_hash_of(ip.src_addr(), ip.dst_addr(), proto, ports)
+}
+
+/// [`flow_hash`] from its parts (`ports` = source port << 16 | destination port).
+pub const fn flow_hash_of(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ports: u32) -> u32 {
+    let mut h = 0x9e37_79b9u32;
+    h = fmix32(h ^ src.to_bits());
+    h = fmix32(h.rotate_left(7) ^ dst.to_bits());
+    h = fmix32(h.rotate_left(7) ^ protocol as u32);
+    fmix32(h.rotate_left(7) ^ ports)
+}
+
+#[cfg(test)]
+#[path = "tunnel_tests.rs"]
+mod tests;

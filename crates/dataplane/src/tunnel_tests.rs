@@ -1,0 +1,320 @@
+//! Tests of encapsulation, software TSO, fragmentation and checksum completion over
+//! byte-array packets, each output re-parsed and its checksums recomputed.
+
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation
+)]
+
+use super::*;
+use crate::wire::tcp::{TCP_ACK, TCP_ECE};
+
+const SRC: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const DST: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 3);
+const OUR_VTEP: MacAddr = MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0x00, 0x01);
+const PEER_VTEP: MacAddr = MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0x00, 0x02);
+const ENC: Encap = Encap {
+    vni: 1,
+    src_mac: OUR_VTEP,
+    dst_mac: PEER_VTEP,
+};
+
+/// An IPv4 header (with `options`) around `l4`, valid header checksum.
+fn ipv4(proto: u8, flags_frag: u16, options: &[u8], l4: &[u8]) -> Vec<u8> {
+    let hlen = 20 + options.len();
+    let total = (hlen + l4.len()) as u16;
+    let mut p = vec![0x40 | (hlen / 4) as u8, 0x02];
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0xab, 0xcd]);
+    p.extend_from_slice(&flags_frag.to_be_bytes());
+    p.extend_from_slice(&[63, proto, 0, 0]);
+    p.extend_from_slice(&SRC.octets());
+    p.extend_from_slice(&DST.octets());
+    p.extend_from_slice(options);
+    let sum = checksum::checksum(&p);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(l4);
+    p
+}
+
+/// A TCP segment, 32-byte header (timestamps option), seq `seq`, `flags`, checksum
+/// left partial (pseudo-header sum only) as a TSO frame from a TAP has it.
+fn tcp(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = vec![0x9c, 0x40, 0x14, 0x51];
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&0x1111_2222u32.to_be_bytes());
+    t.extend_from_slice(&[0x80, flags, 0x01, 0xf5, 0, 0, 0, 0]);
+    t.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    let partial = checksum::fold(pseudo_header_sum(SRC, DST, 6, t.len() + payload.len()));
+    t[16..18].copy_from_slice(&partial.to_be_bytes());
+    t.extend_from_slice(payload);
+    t
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// Splits a run into datagrams using the equal-size-but-last layout.
+fn datagrams(out: &[u8], d: Datagrams) -> Vec<&[u8]> {
+    let v: Vec<&[u8]> = out[..d.len].chunks(d.segment_len).collect();
+    assert_eq!(v.len(), d.count);
+    v
+}
+
+/// Checks the VXLAN + inner Ethernet prefix and returns the inner IPv4 packet.
+fn inner(dgram: &[u8]) -> &[u8] {
+    assert_eq!(&dgram[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0], "VXLAN header");
+    assert_eq!(&dgram[8..14], &PEER_VTEP.0, "inner dst = peer VTEP");
+    assert_eq!(&dgram[14..20], &OUR_VTEP.0, "inner src = our VTEP");
+    assert_eq!(&dgram[20..22], &[0x08, 0x00]);
+    &dgram[22..]
+}
+
+#[test]
+fn encapsulates_one_packet() {
+    let ip = ipv4(17, 0x4000, &[], &[7u8; 1400]);
+    let mut out = vec![0u8; 4096];
+    let d = encapsulate(&ENC, &ip, &mut out).unwrap();
+    assert_eq!(
+        d,
+        Datagrams {
+            len: 22 + 1420,
+            segment_len: 22 + 1420,
+            count: 1
+        }
+    );
+    assert_eq!(inner(&out[..d.len]), &ip[..]);
+    let mut small = vec![0u8; 22 + 1419];
+    assert_eq!(
+        encapsulate(&ENC, &ip, &mut small),
+        Err(DropReason::ReplyTooLarge)
+    );
+}
+
+#[test]
+fn software_tso_of_64k() {
+    let mss = 1398;
+    let payload = pattern(65_483 - 20 - 32);
+    let flags = TCP_ACK | TCP_PSH | TCP_FIN | TCP_CWR | TCP_ECE;
+    let ip = ipv4(6, 0x4000, &[], &tcp(0xffff_f000, flags, &payload));
+    assert_eq!(ip.len(), 65_483);
+    let mut out = vec![0u8; 256 * 1024];
+    let d = segment_tcp(&ENC, &ip, mss, &mut out).unwrap();
+    let n = payload.len().div_ceil(mss);
+    assert_eq!(d.count, n);
+    assert_eq!(d.segment_len, 22 + 20 + 32 + mss);
+    assert_eq!(d.len, n * (22 + 52) + payload.len());
+    let mut joined = Vec::new();
+    for (k, dg) in datagrams(&out, d).into_iter().enumerate() {
+        let last = k + 1 == n;
+        if !last {
+            assert_eq!(dg.len(), d.segment_len, "all but the last the same size");
+        }
+        let p = Ipv4Packet::new_checked(inner(dg)).unwrap();
+        assert!(p.verify_checksum(), "IPv4 checksum of segment {k}");
+        assert_eq!(usize::from(p.total_len()), dg.len() - 22);
+        assert_eq!(p.ident(), 0xabcdu16.wrapping_add(k as u16));
+        assert!(p.dont_frag());
+        assert_eq!(p.ttl(), 63);
+        assert_eq!(p.dscp_ecn(), 0x02);
+        let t = TcpPacket::new_checked(p.payload()).unwrap();
+        assert!(t.verify_checksum(SRC, DST), "TCP checksum of segment {k}");
+        assert_eq!(
+            t.seq_number(),
+            0xffff_f000u32.wrapping_add((k * mss) as u32)
+        );
+        assert_eq!(t.header_len(), 32, "options replicated");
+        assert_eq!(t.header()[20..], tcp(0, 0, &[])[20..32]);
+        let f = t.flags();
+        assert_eq!(f & TCP_ACK, TCP_ACK);
+        assert_eq!(f & TCP_ECE, TCP_ECE);
+        assert_eq!(f & (TCP_FIN | TCP_PSH) != 0, last, "FIN/PSH only last");
+        assert_eq!(f & TCP_CWR != 0, k == 0, "CWR only first");
+        if !last {
+            assert_eq!(t.payload().len(), mss);
+        }
+        joined.extend_from_slice(t.payload());
+    }
+    assert_eq!(joined, payload);
+}
+
+#[test]
+fn tso_edge_cases() {
+    let mut out = vec![0u8; 8192];
+    // Payload an exact multiple of the MSS: every datagram the same size.
+    let ip = ipv4(6, 0x4000, &[], &tcp(1, TCP_ACK, &pattern(3000)));
+    let d = segment_tcp(&ENC, &ip, 1000, &mut out).unwrap();
+    assert_eq!((d.count, d.len), (3, 3 * d.segment_len));
+    // No payload at all (a pure ACK that still came as GSO): one segment.
+    let ip = ipv4(6, 0x4000, &[], &tcp(1, TCP_ACK, &[]));
+    let d = segment_tcp(&ENC, &ip, 1000, &mut out).unwrap();
+    assert_eq!((d.count, d.len), (1, 22 + 52));
+    let p = Ipv4Packet::new_checked(inner(&out[..d.len])).unwrap();
+    assert!(TcpPacket::new_checked(p.payload())
+        .unwrap()
+        .verify_checksum(SRC, DST));
+    // Not TCP, a fragment, a truncated TCP header, or too little room.
+    let udp = ipv4(17, 0, &[], &[0; 100]);
+    assert_eq!(
+        segment_tcp(&ENC, &udp, 10, &mut out),
+        Err(DropReason::UnsupportedGso)
+    );
+    let frag = ipv4(6, 0x2000, &[], &tcp(1, TCP_ACK, &[1; 64]));
+    assert_eq!(
+        segment_tcp(&ENC, &frag, 10, &mut out),
+        Err(DropReason::UnsupportedGso)
+    );
+    let short = ipv4(6, 0, &[], &[0; 10]);
+    assert_eq!(
+        segment_tcp(&ENC, &short, 10, &mut out),
+        Err(DropReason::Truncated)
+    );
+    let big = ipv4(6, 0x4000, &[], &tcp(1, TCP_ACK, &pattern(8000)));
+    assert_eq!(
+        segment_tcp(&ENC, &big, 100, &mut out),
+        Err(DropReason::ReplyTooLarge)
+    );
+}
+
+#[test]
+fn fragments_are_equal_sized_and_reassemble() {
+    let payload = pattern(4000);
+    let ip = ipv4(17, 0, &[], &payload);
+    let mut out = vec![0u8; 8192];
+    let mtu = 1450;
+    let d = fragment(&ENC, &ip, mtu, &mut out).unwrap();
+    let chunk = (mtu - 20) / 8 * 8; // 1424
+    assert_eq!(d.count, 3);
+    assert_eq!(d.segment_len, 22 + 20 + chunk);
+    let mut joined = vec![0u8; payload.len()];
+    for (k, dg) in datagrams(&out, d).into_iter().enumerate() {
+        let p = Ipv4Packet::new_checked(inner(dg)).unwrap();
+        assert!(p.verify_checksum());
+        assert!(usize::from(p.total_len()) <= mtu);
+        assert_eq!(p.ident(), 0xabcd, "one datagram, one identification");
+        assert_eq!(usize::from(p.frag_offset()), k * chunk);
+        assert_eq!(p.more_frags(), k < 2);
+        assert!(!p.dont_frag());
+        let off = usize::from(p.frag_offset());
+        joined[off..off + p.payload().len()].copy_from_slice(p.payload());
+    }
+    assert_eq!(joined, payload);
+}
+
+#[test]
+fn refragmenting_a_fragment_keeps_offsets_and_mf() {
+    // A middle fragment (MF, offset 800) of 2000 bytes, cut at MTU 1020.
+    let payload = pattern(2000);
+    let ip = ipv4(17, 0x2000 | 100, &[], &payload);
+    let mut out = vec![0u8; 8192];
+    let d = fragment(&ENC, &ip, 1020, &mut out).unwrap();
+    assert_eq!(d.count, 2);
+    for (k, dg) in datagrams(&out, d).into_iter().enumerate() {
+        let p = Ipv4Packet::new_checked(inner(dg)).unwrap();
+        assert_eq!(usize::from(p.frag_offset()), 800 + k * 1000);
+        assert!(p.more_frags(), "the original MF survives on the last piece");
+    }
+}
+
+#[test]
+fn fragment_options_keep_header_length() {
+    // Record Route (7, not copied) then Security-ish copied option 0x82 len 4, EOL pad.
+    let opts = [7, 7, 4, 0, 0, 0, 0, 0x82, 4, 0xaa, 0xbb, 0];
+    let ip = ipv4(17, 0, &opts, &pattern(3000));
+    let mut out = vec![0u8; 8192];
+    let d = fragment(&ENC, &ip, 1000, &mut out).unwrap();
+    let dgs = datagrams(&out, d);
+    let first = Ipv4Packet::new_checked(inner(dgs[0])).unwrap();
+    assert_eq!(first.options(), &opts);
+    for dg in &dgs[1..] {
+        let p = Ipv4Packet::new_checked(inner(dg)).unwrap();
+        assert_eq!(p.header_len(), 32);
+        assert_eq!(p.options(), &[1, 1, 1, 1, 1, 1, 1, 0x82, 4, 0xaa, 0xbb, 0]);
+        assert!(p.verify_checksum());
+    }
+    // A malformed option list is NOPed from the bad option on.
+    let mut hdr = [0u8; 28];
+    hdr[20..].copy_from_slice(&[1, 0x44, 9, 1, 2, 3, 4, 5]);
+    nop_uncopied_options(&mut hdr);
+    assert_eq!(&hdr[20..], &[1, 1, 1, 1, 1, 1, 1, 1]);
+}
+
+#[test]
+fn fragment_limits() {
+    let ip = ipv4(17, 0, &[], &pattern(100));
+    let mut out = vec![0u8; 1024];
+    assert_eq!(
+        fragment(&ENC, &ip, 27, &mut out),
+        Err(DropReason::PacketTooBig)
+    );
+    let d = fragment(&ENC, &ip, 28, &mut out).unwrap();
+    assert_eq!(d.count, 13);
+    let mut tiny = vec![0u8; 100];
+    assert_eq!(
+        fragment(&ENC, &ip, 60, &mut tiny),
+        Err(DropReason::ReplyTooLarge)
+    );
+    // A packet that already fits: one "fragment", unfragmented flags kept clear.
+    let d = fragment(&ENC, &ip, 1500, &mut out).unwrap();
+    assert_eq!(d.count, 1);
+    let p = Ipv4Packet::new_checked(inner(&out[..d.len])).unwrap();
+    assert!(!p.is_fragment());
+}
+
+#[test]
+fn completes_partial_checksums() {
+    let payload = pattern(501);
+    let mut frame = vec![0u8; 14];
+    frame.extend_from_slice(&ipv4(6, 0x4000, &[], &tcp(5, TCP_ACK, &payload)));
+    let end = frame.len();
+    complete_partial_checksum(&mut frame, 34, 16, end).unwrap();
+    let p = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+    assert!(TcpPacket::new_checked(p.payload())
+        .unwrap()
+        .verify_checksum(SRC, DST));
+    // UDP whose sum comes out as 0 is sent as 0xffff. Pseudo-header sum + 8-byte
+    // header; pick the payload word that makes the total 0xffff.
+    let mut udp = vec![0x12, 0x34, 0x00, 0x35, 0x00, 0x0a, 0, 0, 0, 0];
+    let partial = checksum::fold(pseudo_header_sum(SRC, DST, 17, 10));
+    udp[6..8].copy_from_slice(&partial.to_be_bytes());
+    let rest = checksum::fold(checksum::accumulate(0, &udp));
+    udp[8..10].copy_from_slice(&(0xffff - rest).to_be_bytes());
+    let mut frame = vec![0u8; 14];
+    frame.extend_from_slice(&ipv4(17, 0, &[], &udp));
+    let end = frame.len();
+    complete_partial_checksum(&mut frame, 34, 6, end).unwrap();
+    assert_eq!(&frame[40..42], &[0xff, 0xff]);
+    // The field must lie inside the packet.
+    assert_eq!(
+        complete_partial_checksum(&mut frame, 34, 6, 41),
+        Err(DropReason::BadVnetHeader)
+    );
+    assert_eq!(
+        complete_partial_checksum(&mut frame, 40, 6, end),
+        Err(DropReason::BadVnetHeader)
+    );
+}
+
+#[test]
+fn flow_hash_is_pinned_and_uses_ports_only_when_unfragmented() {
+    let l4 = [0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 0];
+    let h = |proto, ff| flow_hash(&Ipv4Packet::new_checked(&ipv4(proto, ff, &[], &l4)[..]).unwrap());
+    let tcp = h(6, 0x4000);
+    // Pinned: changing the hash moves every flow to another outer port.
+    assert_eq!(tcp, flow_hash_of(SRC, DST, 6, 0x9c40_0050));
+    assert_eq!(tcp, 0x2c93_6ef0, "{tcp:#010x}");
+    assert_ne!(tcp, h(17, 0));
+    assert_eq!(h(6, 0x2000), flow_hash_of(SRC, DST, 6, 0), "first fragment");
+    assert_eq!(h(6, 0x0010), flow_hash_of(SRC, DST, 6, 0), "later fragment");
+    assert_eq!(h(1, 0), flow_hash_of(SRC, DST, 1, 0));
+    assert_ne!(flow_hash_of(SRC, DST, 6, 1), flow_hash_of(DST, SRC, 6, 1));
+    // Spread: the low 16 bits of 4096 consecutive source ports hit many distinct values.
+    let mut seen: Vec<u16> = (0..4096u32)
+        .map(|p| flow_hash_of(SRC, DST, 6, (p << 16) | 80) as u16)
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert!(seen.len() > 3900, "{}", seen.len());
+}

@@ -1,0 +1,232 @@
+//! TCP headers (RFC 9293 §3.1), only as far as the router needs them: ports for the
+//! tunnel's flow hash, and sequence number, flags and checksum for software TSO
+//! (cutting a 64 KiB GSO segment into MSS-sized packets).
+//!
+//! `new_checked` establishes `20 <= data offset × 4 <= buffer length`. Options are
+//! carried as opaque bytes inside [`TcpPacket::header`]. The checksum covers a
+//! pseudo-header (source, destination, zero, protocol 6, TCP length) plus the whole
+//! segment; [`pseudo_header_sum`] gives the first part so callers can add the rest.
+
+use core::net::Ipv4Addr;
+
+use super::{checksum, get_be16, get_u8, need_len, put_bytes, put_u8, Layer, WireError};
+
+/// Length of a TCP header without options.
+pub const TCP_MIN_HEADER_LEN: usize = 20;
+
+mod field {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const SEQ: usize = 4;
+    pub const DATA_OFF: usize = 12;
+    pub const FLAGS: usize = 13;
+    pub const CHECKSUM: usize = 16;
+}
+
+/// FIN flag.
+pub const TCP_FIN: u8 = 0x01;
+/// SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// RST flag.
+pub const TCP_RST: u8 = 0x04;
+/// PSH flag.
+pub const TCP_PSH: u8 = 0x08;
+/// ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+/// URG flag.
+pub const TCP_URG: u8 = 0x20;
+/// ECE flag (RFC 3168).
+pub const TCP_ECE: u8 = 0x40;
+/// CWR flag (RFC 3168).
+pub const TCP_CWR: u8 = 0x80;
+
+/// A view of a TCP segment (header and payload).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpPacket<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> TcpPacket<T> {
+    /// Wraps without checking; accessors on a short buffer return zeros.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        TcpPacket { buffer }
+    }
+
+    /// Wraps after checking the header (options included) is inside the buffer.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let p = Self::new_unchecked(buffer);
+        p.check_len()?;
+        Ok(p)
+    }
+
+    /// `Truncated` if the buffer ends inside the header; `Malformed` if the data
+    /// offset is below 5.
+    pub fn check_len(&self) -> Result<(), WireError> {
+        let buf = self.buffer.as_ref();
+        need_len(Layer::Tcp, buf, TCP_MIN_HEADER_LEN)?;
+        let hlen = self.header_len();
+        if hlen < TCP_MIN_HEADER_LEN {
+            return Err(WireError::Malformed {
+                layer: Layer::Tcp,
+                what: "data offset below 5",
+            });
+        }
+        need_len(Layer::Tcp, buf, hlen)
+    }
+
+    /// Source port.
+    pub fn src_port(&self) -> u16 {
+        get_be16(self.buffer.as_ref(), field::SRC_PORT)
+    }
+
+    /// Destination port.
+    pub fn dst_port(&self) -> u16 {
+        get_be16(self.buffer.as_ref(), field::DST_PORT)
+    }
+
+    /// Sequence number.
+    pub fn seq_number(&self) -> u32 {
+        let b = self.buffer.as_ref();
+        (u32::from(get_be16(b, field::SEQ)) << 16) | u32::from(get_be16(b, field::SEQ + 2))
+    }
+
+    /// Header length in bytes (data offset × 4), options included.
+    pub fn header_len(&self) -> usize {
+        usize::from(get_u8(self.buffer.as_ref(), field::DATA_OFF) >> 4) * 4
+    }
+
+    /// The flags byte (`TCP_FIN` … `TCP_CWR`).
+    pub fn flags(&self) -> u8 {
+        get_u8(self.buffer.as_ref(), field::FLAGS)
+    }
+
+    /// Checksum as stored.
+    pub fn checksum(&self) -> u16 {
+        get_be16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+
+    /// The header, options included.
+    pub fn header(&self) -> &[u8] {
+        self.buffer.as_ref().get(..self.header_len()).unwrap_or(&[])
+    }
+
+    /// Everything after the header.
+    pub fn payload(&self) -> &[u8] {
+        self.buffer.as_ref().get(self.header_len()..).unwrap_or(&[])
+    }
+
+    /// `true` if the checksum is right for a segment between `src` and `dst` (the
+    /// buffer must be exactly the segment).
+    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+        let seg = self.buffer.as_ref();
+        let acc = pseudo_header_sum(src, dst, 6, seg.len());
+        checksum::fold(checksum::accumulate(acc, seg)) == 0xffff
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    /// Sets the sequence number.
+    pub fn set_seq_number(&mut self, v: u32) {
+        put_bytes(self.buffer.as_mut(), field::SEQ, &v.to_be_bytes());
+    }
+
+    /// Sets the flags byte.
+    pub fn set_flags(&mut self, v: u8) {
+        put_u8(self.buffer.as_mut(), field::FLAGS, v);
+    }
+
+    /// Stores `v` as the checksum.
+    pub fn set_checksum(&mut self, v: u16) {
+        put_bytes(self.buffer.as_mut(), field::CHECKSUM, &v.to_be_bytes());
+    }
+}
+
+/// The one's-complement sum (unfolded) of the IPv4 pseudo-header (RFC 9293 §3.1,
+/// RFC 768): source, destination, zero, protocol, and the L4 length.
+#[inline]
+pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4_len: usize) -> u64 {
+    let acc = checksum::accumulate(0, &src.octets());
+    let acc = checksum::accumulate(acc, &dst.octets());
+    // A segment never exceeds 65,535 bytes (IPv4 total length); wider values are
+    // folded like any other sum.
+    acc + u64::from(protocol) + (l4_len as u64)
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const SRC: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+    const DST: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 3);
+
+    /// 10.244.1.2:40000 -> 10.244.2.3:80, seq 0x01020304, ack 5, data offset 6 (an MSS
+    /// option), flags PSH|ACK, window 0xffff, payload "hi", checksum filled below.
+    static SEGMENT_BYTES: [u8; 26] = [
+        0x9c, 0x40, 0x00, 0x50, 0x01, 0x02, 0x03, 0x04, 0x00, 0x00, 0x00, 0x05, 0x60, 0x18, 0xff,
+        0xff, 0x00, 0x00, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, b'h', b'i',
+    ];
+
+    fn with_checksum() -> [u8; 26] {
+        let mut b = SEGMENT_BYTES;
+        let sum = !checksum::fold(checksum::accumulate(
+            pseudo_header_sum(SRC, DST, 6, b.len()),
+            &b,
+        ));
+        b[16..18].copy_from_slice(&sum.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn deconstruct() {
+        let b = with_checksum();
+        let p = TcpPacket::new_checked(&b[..]).unwrap();
+        assert_eq!(p.src_port(), 40000);
+        assert_eq!(p.dst_port(), 80);
+        assert_eq!(p.seq_number(), 0x0102_0304);
+        assert_eq!(p.header_len(), 24);
+        assert_eq!(p.flags(), TCP_PSH | TCP_ACK);
+        assert_eq!(p.header().len(), 24);
+        assert_eq!(p.payload(), b"hi");
+        assert!(p.verify_checksum(SRC, DST));
+        assert!(!p.verify_checksum(DST, Ipv4Addr::new(10, 244, 2, 4)));
+    }
+
+    #[test]
+    fn setters() {
+        let mut b = with_checksum();
+        let mut p = TcpPacket::new_unchecked(&mut b[..]);
+        p.set_seq_number(0xa0b0_c0d0);
+        p.set_flags(TCP_FIN | TCP_ACK);
+        p.set_checksum(0x1234);
+        assert_eq!(&b[4..8], &[0xa0, 0xb0, 0xc0, 0xd0]);
+        assert_eq!(b[13], 0x11);
+        assert_eq!(&b[16..18], &[0x12, 0x34]);
+    }
+
+    #[test]
+    fn pseudo_header_matches_rfc_layout() {
+        // src + dst + 0x0006 + length, as 16-bit words.
+        let words: u64 = 0x0af4 + 0x0102 + 0x0af4 + 0x0203 + 6 + 26;
+        assert_eq!(
+            checksum::fold(pseudo_header_sum(SRC, DST, 6, 26)),
+            checksum::fold(words)
+        );
+    }
+
+    #[test]
+    fn bad_lengths() {
+        for len in 0..24 {
+            assert!(matches!(
+                TcpPacket::new_checked(&SEGMENT_BYTES[..len]),
+                Err(WireError::Truncated { .. })
+            ));
+        }
+        let mut b = SEGMENT_BYTES;
+        b[12] = 0x40;
+        assert!(matches!(
+            TcpPacket::new_checked(&b[..]),
+            Err(WireError::Malformed { .. })
+        ));
+    }
+}
