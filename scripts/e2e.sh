@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# End-to-end checks against a real lab with a unique name, always torn down.
-# Prints one PASS/FAIL line per check and closes with "e2e: N passed, M failed".
+# End-to-end checks against a real three-node lab with a unique name, always torn
+# down. Prints one PASS/FAIL line per check and closes with
+# "e2e: N passed, M failed".
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LAB="e2e$$"
 LAB=${LAB:0:12}
 LABSH=("$REPO/scripts/lab.sh" --name "$LAB")
+BIN="$REPO/target/release"
+STORE="/run/tapestry/$LAB/store"
+export TAPESTRY_STORE=$STORE
+TMP=$(mktemp -d)
 PASSED=0
 FAILED=0
 
@@ -19,44 +24,185 @@ check() { # check "what" CMD...: PASS if CMD succeeds
 
 cleanup() {
     "${LABSH[@]}" down >/dev/null 2>&1 || true
+    rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
 
 lab_netns() { ip netns list | awk '{print $1}' | grep -E "^$LAB-" || true; }
-lab_procs() { pgrep -f -- "/run/tapestry/$LAB/|$LAB-default-" || true; }
-pod_ip() { cat "/run/tapestry/$LAB/pods/default_$1/ip"; }
+lab_procs() { pgrep -f -- "/run/tapestry/$LAB/|/run/netns/$LAB-|netns exec $LAB-" || true; }
+pod_field() { "$BIN/tapestry" get pods | awk -v p="$1" -v c="$2" '$2 == p { print $c }'; }
+pod_ip() { pod_field "$1" 5; }
+pod_node() { pod_field "$1" 6; }
+in_pod() { local pod=$1; shift; ip netns exec "$LAB-default-$pod" "$@"; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# The first web pod on node $1.
+web_on() { "$BIN/tapestry" get pods | awk -v n="$1" '$6 == n && $2 ~ /^web-/ { print $2; exit }'; }
 
-if "${LABSH[@]}" up >"/tmp/$LAB-up.log" 2>&1; then
-    pass "lab.sh up"
+# --- bring-up and the demo --------------------------------------------------
+if "${LABSH[@]}" --nodes 3 up >"$TMP/up.log" 2>&1; then
+    pass "lab.sh --nodes 3 up"
 else
-    fail "lab.sh up (log follows)"; cat "/tmp/$LAB-up.log"
+    fail "lab.sh --nodes 3 up (log follows)"; cat "$TMP/up.log"
 fi
-check "lab.sh demo passes facts 1 and 2" "${LABSH[@]}" demo
+if "${LABSH[@]}" demo >"$TMP/demo.log" 2>&1; then
+    pass "lab.sh demo passes facts 1-3"
+else
+    fail "lab.sh demo (log follows)"; cat "$TMP/demo.log"
+fi
 
+# --- one node ---------------------------------------------------------------
 IP_B=$(pod_ip web-b)
 check "exec: client pings web-b" "${LABSH[@]}" exec client -- ping -c 2 -i 0.2 -W 2 "$IP_B"
 check "exec: client curls web-b and web-b answers" \
     bash -c "'${LABSH[0]}' --name $LAB exec client -- curl -s --max-time 3 http://$IP_B/ | grep -q pod=web-b"
-check "exec: a pod pings its gateway (the router port)" "${LABSH[@]}" exec web-a -- ping -c 1 -W 2 10.244.1.1
-check "node reaches its pods through the host port cbr0" ip netns exec "$LAB-node1" ping -c 1 -W 2 "$IP_B"
-check "an address nobody owns gets no answer" bash -c "! '${LABSH[0]}' --name $LAB exec client -- ping -c 1 -W 1 10.244.1.200 >/dev/null"
+check "a pod pings its gateway (the router port)" "${LABSH[@]}" exec web-a -- ping -c 1 -W 2 10.244.1.1
+check "the node reaches its pods through the host port cbr0" ip netns exec "$LAB-node1" ping -c 1 -W 2 "$IP_B"
+check "an unowned address on the pod's own subnet gets no answer" \
+    bash -c "! '${LABSH[0]}' --name $LAB exec client -- ping -c 1 -W 1 10.244.1.200 >/dev/null"
 check "pod MAC is derived from its IP" bash -c "ip -n $LAB-default-web-b link show eth0 | grep -q 'link/ether 0a:58:0a:f4:01:'"
-check "pod eth0 is a TAP with the virtio-net header (vnet_hdr)" bash -c "ip -n $LAB-default-web-b -d link show eth0 | grep -q 'tap.*vnet_hdr'"
-check "CNI CHECK of an attached pod succeeds" "$REPO/target/release/tapestry" cni check \
+check "pod eth0 is a persistent TAP with the virtio-net header" \
+    bash -c "ip -n $LAB-default-web-b -d link show eth0 | grep -q 'tap.*vnet_hdr on persist on'"
+check "pod MTU is the underlay's 1500 minus 50 for VXLAN" bash -c "ip -n $LAB-default-web-b link show eth0 | grep -q 'mtu 1450'"
+check "CNI CHECK of an attached pod succeeds" "$BIN/tapestry" cni check \
     --socket "/run/tapestry/$LAB/nodes/node1/tapestryd.sock" --container-id "$LAB-default-web-b" --netns "/run/netns/$LAB-default-web-b"
 
-check "a second agent on the same state dir refuses to start" bash -c \
-    "! ip netns exec $LAB-node1 '$REPO/target/release/tapestryd' --node node1 --pod-cidr 10.244.1.0/24 --state-dir /run/tapestry/$LAB/nodes/node1 2>/tmp/$LAB-second.err && grep -q 'already' /tmp/$LAB-second.err"
-check "lab.sh up a second time is safe" "${LABSH[@]}" up
-check "pods still answer after the second up" "${LABSH[@]}" exec client -- ping -c 1 -W 2 "$IP_B"
+# --- across nodes -----------------------------------------------------------
+CLIENT_IP=$(pod_ip client)
+WEB3=$(web_on node3)
+IP3=$(pod_ip "$WEB3")
+check "a web pod runs on node3 ($WEB3 $IP3)" test -n "$IP3"
+check "exec: client on node1 curls $WEB3 on node3" \
+    bash -c "'${LABSH[0]}' --name $LAB exec client -- curl -s --max-time 3 http://$IP3/ | grep -q 'pod=$WEB3 .*node=node3 client=$CLIENT_IP:'"
+HOPS=$("${LABSH[@]}" exec client -- traceroute -n -q 1 -w 1 "$IP3" | awk 'NR > 1 { print $2 }' | tr '\n' ' ')
+check "traceroute node1 -> node3 shows both gateways ($HOPS)" test "$HOPS" = "10.244.1.1 10.244.3.1 $IP3 "
+check "node1 itself reaches a pod on node3 (host port, gateway, tunnel)" ip netns exec "$LAB-node1" ping -c 1 -W 2 "$IP3"
+OUT=$("${LABSH[@]}" exec client -- ping -c 1 -W 2 10.244.99.5 2>&1)
+check "an in-cluster subnet nobody owns: ICMP host unreachable from the gateway" \
+    grep -q "From 10.244.1.1 .*Destination Host Unreachable" <<<"$OUT"
+# The router's own check: raise client's MTU past the tunnel's, send 1500 bytes with DF.
+ip -n "$LAB-default-client" link set eth0 mtu 1500
+OUT=$("${LABSH[@]}" exec client -- ping -c 1 -W 2 -M "do" -s 1472 "$IP3" 2>&1)
+ip -n "$LAB-default-client" link set eth0 mtu 1450
+check "too big for the tunnel with DF set: ICMP fragmentation needed, mtu 1450, from the gateway" \
+    grep -q "From 10.244.1.1 .*Frag needed and DF set (mtu = 1450)" <<<"$OUT"
+check "a 1422-byte ping with DF set (1450 bytes) crosses the tunnel" "${LABSH[@]}" exec client -- ping -c 1 -W 2 -M "do" -s 1422 "$IP3"
+check "a 20000-byte TCP-free ping (IP fragments) crosses the tunnel" "${LABSH[@]}" exec client -- ping -c 1 -W 2 -s 20000 "$IP3"
 
-# Agent restart: persistent TAPs are reattached and traffic resumes.
+# tshark decodes what crosses the underlay as VXLAN, VNI 1, with the pods inside.
+ip netns exec "$LAB-underlay" tshark -i br0 -f "udp port 4789" -c 4 -a duration:15 -w "$TMP/vxlan.pcap" >/dev/null 2>&1 &
+TSHARK=$!
+for _ in $(seq 1 30); do
+    kill -0 "$TSHARK" 2>/dev/null || break
+    in_pod client ping -c 1 -W 1 "$IP3" >/dev/null 2>&1
+done
+wait "$TSHARK" 2>/dev/null
+DECODED=$(tshark -r "$TMP/vxlan.pcap" -Y vxlan -T fields -e vxlan.vni -e ip.src -e ip.dst 2>/dev/null | head -n 2)
+while read -r line; do echo "      tshark: $line"; done <<<"$DECODED"
+check "tshark decodes the underlay traffic as VXLAN VNI 1 carrying the pods' packets" \
+    grep -q "^1[[:space:]]198.18.0.1,${CLIENT_IP}[[:space:]]198.18.0.3,${IP3}" <<<"$DECODED"
+
+# A Linux kernel VXLAN endpoint configured the flannel way exchanges traffic with Tapestry.
+KVX="$LAB-kvx"
+ip netns add "$KVX"
+ip -n "$KVX" link set lo up
+ip link add name u200 netns "$LAB-underlay" type veth peer name eth0 netns "$KVX"
+ip -n "$LAB-underlay" link set u200 master br0 up
+ip -n "$KVX" addr add 198.18.0.200/24 dev eth0
+ip -n "$KVX" link set eth0 up
+ip -n "$KVX" link add flannel.1 type vxlan id 1 local 198.18.0.200 dstport 4789 nolearning dev eth0
+ip -n "$KVX" link set flannel.1 address 0a:58:c6:12:00:c8 mtu 1450 up
+ip -n "$KVX" addr add 10.244.200.0/32 dev flannel.1
+ip -n "$KVX" link add cni0 type bridge
+ip -n "$KVX" addr add 10.244.200.1/24 dev cni0
+ip -n "$KVX" link set cni0 up
+ip -n "$KVX" route add 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink
+ip -n "$KVX" neigh add 10.244.1.0 lladdr 0a:58:c6:12:00:01 dev flannel.1 nud permanent
+ip -n "$KVX" bridge fdb append 0a:58:c6:12:00:01 dev flannel.1 dst 198.18.0.1
+cat >"$TMP/kvx-node.yaml" <<'YAML'
+apiVersion: v1
+kind: Node
+metadata:
+  name: kernel-vxlan
+spec:
+  podCIDR: 10.244.200.0/24
+status:
+  underlayIP: 198.18.0.200
+  vtepMAC: 0a:58:c6:12:00:c8
+YAML
+"$BIN/tapestry" apply -f "$TMP/kvx-node.yaml" >/dev/null
+ok=1
+for _ in $(seq 1 20); do
+    ip netns exec "$KVX" ping -c 1 -W 1 -I 10.244.200.1 "$CLIENT_IP" >/dev/null 2>&1 && { ok=0; break; }
+done
+check "a kernel VXLAN node (flannel-style flannel.1) pings a Tapestry pod" test "$ok" -eq 0
+check "a Tapestry pod pings the kernel VXLAN node's pod address" "${LABSH[@]}" exec client -- ping -c 2 -i 0.2 -W 2 10.244.200.1
+
+# --- the cluster state ------------------------------------------------------
+cat >"$TMP/bad.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bad
+spec:
+  containers:
+    - name: web
+      command: ["tapestry-web"]
+      ports:
+        - containerPort: 0
+YAML
+OUT=$("$BIN/tapestry" apply -f "$TMP/bad.yaml" 2>&1)
+check "a wrong manifest is rejected, naming the field" grep -q "containerPort" <<<"$OUT"
+check "get nodes lists the three nodes" bash -c "[ \$('$BIN/tapestry' get nodes | grep -c '^node') -eq 3 ]"
+check "get pods -o yaml emits the pods" bash -c "'$BIN/tapestry' get pods -o yaml | grep -q 'kind: Pod'"
+
+# A pod applied while the lab runs is reachable from another node within a second.
+cat >"$TMP/late.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: late
+spec:
+  nodeName: node3
+  containers:
+    - name: web
+      command: ["tapestry-web", "--port", "80"]
+YAML
+T0=$(now_ms)
+"$BIN/tapestry" apply -f "$TMP/late.yaml" >/dev/null
+LATE_IP=""
+REACHED=""
+while [ $(($(now_ms) - T0)) -lt 5000 ]; do
+    [ -n "$LATE_IP" ] || LATE_IP=$(pod_ip late)
+    if [ -n "$LATE_IP" ] && [ "$LATE_IP" != "-" ] && in_pod client ping -c 1 -W 1 "$LATE_IP" >/dev/null 2>&1; then
+        REACHED=$(($(now_ms) - T0)); break
+    fi
+done
+echo "      late pod $LATE_IP reachable from node1 after ${REACHED:-never} ms"
+check "a pod applied while the lab runs is reachable from another node within a second" \
+    test -n "$REACHED" -a "${REACHED:-99999}" -le 1000
+T0=$(now_ms)
+"$BIN/tapestry" delete pod late >/dev/null
+GONE=""
+while [ $(($(now_ms) - T0)) -lt 5000 ]; do
+    if [ ! -e "/run/netns/$LAB-default-late" ]; then GONE=$(($(now_ms) - T0)); break; fi
+done
+echo "      late pod removed after ${GONE:-never} ms"
+check "a deleted pod is removed within a second" test -n "$GONE" -a "${GONE:-99999}" -le 1000
+check "the deleted pod no longer answers" bash -c "! ip netns exec $LAB-default-client ping -c 1 -W 1 $LATE_IP >/dev/null 2>&1"
+
+# --- agents ----------------------------------------------------------------
+check "a second agent on the same state dir refuses to start" bash -c \
+    "! ip netns exec $LAB-node1 '$BIN/tapestryd' --node node1 --pod-cidr 10.244.1.0/24 --state-dir /run/tapestry/$LAB/nodes/node1 2>$TMP/second.err && grep -q 'already' $TMP/second.err"
+check "lab.sh up a second time is safe" bash -c "'${LABSH[0]}' --name $LAB --nodes 3 up >$TMP/up2.log 2>&1"
+check "pods still answer after the second up" "${LABSH[@]}" exec client -- ping -c 1 -W 2 "$IP3"
+check "up with another --nodes is refused while the lab is up" bash -c "! '${LABSH[0]}' --name $LAB --nodes 2 up >/dev/null 2>&1"
+
 AGENT_PID=$(cat "/run/tapestry/$LAB/nodes/node1/tapestryd.pid")
 kill -TERM "$AGENT_PID"
 for _ in $(seq 1 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
-check "pod eth0 survives the agent (persistent TAP)" ip -n "$LAB-default-web-b" link show eth0
-check "lab.sh up restarts the agent" "${LABSH[@]}" up
-check "traffic resumes after the agent restarts" "${LABSH[@]}" exec client -- curl -s --max-time 3 "http://$IP_B/"
+check "pod eth0 survives its agent (persistent TAP)" ip -n "$LAB-default-web-b" link show eth0
+check "lab.sh up restarts the agent" bash -c "'${LABSH[0]}' --name $LAB --nodes 3 up >$TMP/up3.log 2>&1"
+check "traffic resumes after the agent restarts" "${LABSH[@]}" exec client -- curl -s --max-time 3 "http://$IP3/"
 
 "${LABSH[@]}" down >/dev/null 2>&1
 check "down leaves no namespace of the lab" test -z "$(lab_netns)"

@@ -108,17 +108,15 @@ impl IcmpError {
                 code: ICMP_TIMXCEED_INTRANS,
                 quoted,
             },
-            IcmpError::NetUnreachable | IcmpError::HostUnreachable => {
-                Icmpv4Repr::DstUnreachable {
-                    code: if matches!(self, IcmpError::NetUnreachable) {
-                        ICMP_UNREACH_NET
-                    } else {
-                        ICMP_UNREACH_HOST
-                    },
-                    next_hop_mtu: 0,
-                    quoted,
-                }
-            }
+            IcmpError::NetUnreachable | IcmpError::HostUnreachable => Icmpv4Repr::DstUnreachable {
+                code: if matches!(self, IcmpError::NetUnreachable) {
+                    ICMP_UNREACH_NET
+                } else {
+                    ICMP_UNREACH_HOST
+                },
+                next_hop_mtu: 0,
+                quoted,
+            },
             IcmpError::FragNeeded(mtu) => Icmpv4Repr::DstUnreachable {
                 code: ICMP_UNREACH_NEEDFRAG,
                 next_hop_mtu: mtu,
@@ -204,7 +202,14 @@ impl Pipeline {
         if ethertype != EtherType::Ipv4 {
             return DropReason::UnsupportedProtocol.into();
         }
-        self.route(&routes, Ingress::Tunnel, VnetHdrRepr::default(), frame, now, out)
+        self.route(
+            &routes,
+            Ingress::Tunnel,
+            VnetHdrRepr::default(),
+            frame,
+            now,
+            out,
+        )
     }
 
     /// The forwarding decision for an IPv4 packet in the Ethernet frame `frame` (which
@@ -240,13 +245,18 @@ impl Pipeline {
             (Some(RouteTarget::Local), _) => match self.local_dest(dst) {
                 Ok(d) => Egress::Port(d.0, d.1),
                 Err(DropReason::HostUnreachable) => {
-                    return self.icmp_error(routes, from, frame, IcmpError::HostUnreachable, now, out)
+                    return self.icmp_error(
+                        routes,
+                        from,
+                        frame,
+                        IcmpError::HostUnreachable,
+                        now,
+                        out,
+                    )
                 }
                 Err(r) => return r.into(),
             },
-            (Some(RouteTarget::Peer(_)), None) | (None, None) => {
-                return DropReason::NoRoute.into()
-            }
+            (Some(RouteTarget::Peer(_)), None) | (None, None) => return DropReason::NoRoute.into(),
             (Some(RouteTarget::Peer(_)), Some(_)) if matches!(from, Ingress::Tunnel) => {
                 return DropReason::TunnelLoop.into()
             }
@@ -273,7 +283,7 @@ impl Pipeline {
             }
             (Egress::Port(port, mac), Ingress::Tunnel) => self.copy_to_port(frame, port, mac, out),
             (Egress::Peer(i), _) => match self.cfg.tunnel {
-                Some(tun) => self.to_peer(routes, &tun, i, from, vnet, frame, now, out),
+                Some(tun) => self.send_to_peer(routes, &tun, i, from, vnet, frame, now, out),
                 None => DropReason::NoRoute.into(),
             },
             (Egress::Reply(_), _) => DropReason::NoRoute.into(),
@@ -327,7 +337,7 @@ impl Pipeline {
     /// Into the tunnel to peer `i`: MTU handling, TTL − 1, checksum completion, TSO or
     /// fragmentation. See the module docs.
     #[allow(clippy::too_many_arguments)]
-    fn to_peer(
+    fn send_to_peer(
         &mut self,
         routes: &RouteSnapshot,
         tun: &TunnelConfig,

@@ -38,8 +38,7 @@ pub mod wire;
 
 pub use drops::{Counters, CountersSnapshot, DropReason};
 pub use pipeline::{
-    Action, Pipeline, PipelineConfig, PortId, PortRole, TunnelConfig, OUT_BUF_LEN,
-    VXLAN_OVERHEAD,
+    Action, Pipeline, PipelineConfig, PortId, PortRole, TunnelConfig, OUT_BUF_LEN, VXLAN_OVERHEAD,
 };
 pub use routes::{Peer, RouteError, RouteSnapshot, RouteTarget};
 pub use wire::{MacAddr, VNET_HDR_LEN};

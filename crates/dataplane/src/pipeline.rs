@@ -19,7 +19,7 @@
 //!    is IPv4-only;
 //! 6. learn the source MAC on the ingress port;
 //! 7. to the gateway MAC → router: ARP and IPv4 for the gateway IP are answered,
-//!    other IPv4 is *routed* (see [`forward`](self) below); a broadcast ARP request for
+//!    other IPv4 is *routed* (below); a broadcast ARP request for
 //!    the gateway IP → router (answered, never flooded); other multicast/broadcast →
 //!    `Flood`; known unicast → `Forward`, or `HairpinSelf` if it was learned on the
 //!    ingress port; unknown unicast → `Flood`.
@@ -35,7 +35,7 @@
 //! [`Pipeline::routes`]); a local pod gets the frame with its MAC and the gateway's as
 //! source, TTL decremented; a peer's pod gets it through the tunnel ([`crate::tunnel`]:
 //! VXLAN, software TSO, fragmentation); anything else gets the ICMP error RFC 1812
-//! asks for, rate-limited. Details in `pipeline/forward.rs`.
+//! asks for, rate-limited. Details in `forward.rs` (the `pipeline::forward` module).
 //!
 //! `Flood` always means "every attached port except the ingress one". Nothing here
 //! allocates: the MAC table is allocated in [`Pipeline::new`], replies and tunnel

@@ -99,7 +99,12 @@ fn from_a(ip: &[u8]) -> Vec<u8> {
 }
 
 /// A datagram fed to `p`'s tunnel socket from `src`:4789.
-fn tunnel_in(p: &mut Pipeline, src: Ipv4Addr, dgram: &[u8], now: Nanos) -> Result<Outcome, DropReason> {
+fn tunnel_in(
+    p: &mut Pipeline,
+    src: Ipv4Addr,
+    dgram: &[u8],
+    now: Nanos,
+) -> Result<Outcome, DropReason> {
     let mut buf = dgram.to_vec();
     let mut out = vec![0u8; OUT_BUF_LEN];
     let a = p.process_tunnel(SocketAddrV4::new(src, 4789), &mut buf, now, &mut out);
@@ -107,7 +112,11 @@ fn tunnel_in(p: &mut Pipeline, src: Ipv4Addr, dgram: &[u8], now: Nanos) -> Resul
 }
 
 /// Runs a frame and also returns the (possibly rewritten) input buffer.
-fn run_inplace(p: &mut Pipeline, port: PortId, pkt: &[u8]) -> (Result<Outcome, DropReason>, Vec<u8>) {
+fn run_inplace(
+    p: &mut Pipeline,
+    port: PortId,
+    pkt: &[u8],
+) -> (Result<Outcome, DropReason>, Vec<u8>) {
     let mut buf = pkt.to_vec();
     let mut out = vec![0u8; OUT_BUF_LEN];
     let a = p.process(port, &mut buf, 0, &mut out);
@@ -172,7 +181,10 @@ fn assert_ip_icmp_error<'b>(
     assert!(checksum::verify(icmp), "ICMP checksum");
     let quoted = &icmp[8..];
     assert_eq!(quoted, &original[..quoted.len()], "quotes the original");
-    assert!(quoted.len() >= 28.min(original.len()), "header + 8 bytes at least");
+    assert!(
+        quoted.len() >= 28.min(original.len()),
+        "header + 8 bytes at least"
+    );
     icmp
 }
 
@@ -192,7 +204,10 @@ fn routed_to_a_local_pod_in_place_with_ttl_decrement() {
     assert_eq!(&buf[16..22], &GW_MAC.0, "src = the gateway");
     let out_ip = &buf[24..];
     assert_eq!(out_ip[8], 63, "TTL decremented");
-    assert!(checksum::verify(&out_ip[..20]), "incremental checksum valid");
+    assert!(
+        checksum::verify(&out_ip[..20]),
+        "incremental checksum valid"
+    );
     let mut expect = ip.clone();
     expect[8] = 63;
     expect[10..12].copy_from_slice(&out_ip[10..12]);
@@ -201,7 +216,10 @@ fn routed_to_a_local_pod_in_place_with_ttl_decrement() {
     assert_eq!((s.routed, s.forwarded), (1, 1));
     // To its own IP through the gateway: never back out of the ingress port.
     let own = ip_pkt(A_IP, A_IP, 17, 64, 0, &udp(1, 2, b""));
-    assert_eq!(run(&mut p, A, &from_a(&own), 0), Err(DropReason::HairpinSelf));
+    assert_eq!(
+        run(&mut p, A, &from_a(&own), 0),
+        Err(DropReason::HairpinSelf)
+    );
     assert_balanced(&p);
 }
 
@@ -265,12 +283,18 @@ fn unreachable_host_and_net() {
 #[test]
 fn no_error_about_errors_fragments_or_when_rate_limited() {
     let mut p = node1_with(|c| c.icmp_errors_per_sec = 10); // burst of 1
-    // An ICMP time exceeded (an error) with TTL 1: no error about it.
+                                                            // An ICMP time exceeded (an error) with TTL 1: no error about it.
     let err = ip_pkt(A_IP, C_IP, 1, 1, 0, &[11, 0, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(run(&mut p, A, &from_a(&err), 0), Err(DropReason::TtlExpired));
+    assert_eq!(
+        run(&mut p, A, &from_a(&err), 0),
+        Err(DropReason::TtlExpired)
+    );
     // A non-first fragment.
     let frag = ip_pkt(A_IP, C_IP, 17, 1, 0x0010, &[0; 16]);
-    assert_eq!(run(&mut p, A, &from_a(&frag), 0), Err(DropReason::TtlExpired));
+    assert_eq!(
+        run(&mut p, A, &from_a(&frag), 0),
+        Err(DropReason::TtlExpired)
+    );
     // An echo request is not an error: it gets one (the burst's token) ...
     let echo = ip_pkt(A_IP, C_IP, 1, 1, 0, &echo_request(1, 1, b"x"));
     assert!(matches!(run(&mut p, A, &from_a(&echo), 0), Ok(Reply(_))));
@@ -317,8 +341,7 @@ fn encap_decap_round_trip_between_two_nodes() {
     assert!(checksum::verify(&inner[..20]));
     assert_eq!(&inner[20..], &ip[20..], "payload untouched");
 
-    let Ok(Outcome::ToPort(port, bytes)) = tunnel_in(&mut n2, N1_UNDERLAY, &datagrams[0], 0)
-    else {
+    let Ok(Outcome::ToPort(port, bytes)) = tunnel_in(&mut n2, N1_UNDERLAY, &datagrams[0], 0) else {
         panic!("not delivered")
     };
     assert_eq!(port, C);
@@ -329,10 +352,17 @@ fn encap_decap_round_trip_between_two_nodes() {
     let delivered = &bytes[24..];
     assert_eq!(delivered[8], 62, "decremented on both nodes");
     assert!(checksum::verify(&delivered[..20]));
-    assert_eq!(&delivered[12..], &ip[12..], "addresses and payload untouched");
+    assert_eq!(
+        &delivered[12..],
+        &ip[12..],
+        "addresses and payload untouched"
+    );
 
     let (s1, s2) = (n1.counters().snapshot(), n2.counters().snapshot());
-    assert_eq!((s1.routed, s1.tunneled_out, s1.tunnel_datagrams_out), (1, 1, 1));
+    assert_eq!(
+        (s1.routed, s1.tunneled_out, s1.tunnel_datagrams_out),
+        (1, 1, 1)
+    );
     assert_eq!((s2.tunneled_in, s2.routed, s2.delivered), (1, 1, 1));
     assert_balanced(&n1);
     assert_balanced(&n2);
@@ -341,7 +371,16 @@ fn encap_decap_round_trip_between_two_nodes() {
 #[test]
 fn traceroute_shows_both_gateways_then_the_pod() {
     let (mut n1, mut n2) = (node1(), node2());
-    let probe = |ttl| ip_pkt(A_IP, C_IP, 17, ttl, 0, &udp(40000, 33434 + u16::from(ttl), b"probe"));
+    let probe = |ttl| {
+        ip_pkt(
+            A_IP,
+            C_IP,
+            17,
+            ttl,
+            0,
+            &udp(40000, 33434 + u16::from(ttl), b"probe"),
+        )
+    };
     // Hop 1: node 1's gateway.
     let Ok(Reply(r)) = run(&mut n1, A, &from_a(&probe(1)), 0) else {
         panic!("hop 1")
@@ -526,7 +565,10 @@ fn gso_frame_is_segmented_and_each_segment_delivered() {
     }
     assert_eq!(next_seq, 1000 + payload.len() as u32);
     let s = n1.counters().snapshot();
-    assert_eq!((s.tunneled_out, s.tunnel_datagrams_out), (1, d.len() as u64));
+    assert_eq!(
+        (s.tunneled_out, s.tunnel_datagrams_out),
+        (1, d.len() as u64)
+    );
 }
 
 #[test]
@@ -585,16 +627,72 @@ fn datagram_to_c() -> Vec<u8> {
 fn decapsulation_drops_are_named() {
     let mut n2 = node2();
     let good = datagram_to_c();
-    assert!(matches!(tunnel_in(&mut n2, N1_UNDERLAY, &good, 0), Ok(Outcome::ToPort(C, _))));
+    assert!(matches!(
+        tunnel_in(&mut n2, N1_UNDERLAY, &good, 0),
+        Ok(Outcome::ToPort(C, _))
+    ));
     let cases: Vec<(Ipv4Addr, Vec<u8>, DropReason)> = vec![
-        (Ipv4Addr::new(198, 18, 0, 9), good.clone(), DropReason::NotClusterNode),
+        (
+            Ipv4Addr::new(198, 18, 0, 9),
+            good.clone(),
+            DropReason::NotClusterNode,
+        ),
         (N2_UNDERLAY, good.clone(), DropReason::NotClusterNode),
-        (N1_UNDERLAY, { let mut d = good.clone(); d[6] = 2; d }, DropReason::WrongVni),
-        (N1_UNDERLAY, { let mut d = good.clone(); d[0] = 0; d }, DropReason::BadVxlan),
-        (N1_UNDERLAY, { let mut d = good.clone(); d[8] = 0x0b; d }, DropReason::NotOurVtep),
-        (N1_UNDERLAY, { let mut d = good.clone(); d[20] = 0x86; d[21] = 0xdd; d }, DropReason::UnsupportedProtocol),
-        (N1_UNDERLAY, { let mut d = good.clone(); d[22 + 10] ^= 1; d }, DropReason::BadChecksum),
-        (N1_UNDERLAY, { let mut d = good.clone(); d[22] = 0x65; d }, DropReason::BadHeader),
+        (
+            N1_UNDERLAY,
+            {
+                let mut d = good.clone();
+                d[6] = 2;
+                d
+            },
+            DropReason::WrongVni,
+        ),
+        (
+            N1_UNDERLAY,
+            {
+                let mut d = good.clone();
+                d[0] = 0;
+                d
+            },
+            DropReason::BadVxlan,
+        ),
+        (
+            N1_UNDERLAY,
+            {
+                let mut d = good.clone();
+                d[8] = 0x0b;
+                d
+            },
+            DropReason::NotOurVtep,
+        ),
+        (
+            N1_UNDERLAY,
+            {
+                let mut d = good.clone();
+                d[20] = 0x86;
+                d[21] = 0xdd;
+                d
+            },
+            DropReason::UnsupportedProtocol,
+        ),
+        (
+            N1_UNDERLAY,
+            {
+                let mut d = good.clone();
+                d[22 + 10] ^= 1;
+                d
+            },
+            DropReason::BadChecksum,
+        ),
+        (
+            N1_UNDERLAY,
+            {
+                let mut d = good.clone();
+                d[22] = 0x65;
+                d
+            },
+            DropReason::BadHeader,
+        ),
     ];
     for (src, d, want) in cases {
         assert_eq!(tunnel_in(&mut n2, src, &d, 0), Err(want), "{want:?}");
@@ -603,7 +701,10 @@ fn decapsulation_drops_are_named() {
     let mut d = good.clone();
     d[1] = 0xff;
     d[7] = 0xff;
-    assert!(matches!(tunnel_in(&mut n2, N1_UNDERLAY, &d, 0), Ok(Outcome::ToPort(C, _))));
+    assert!(matches!(
+        tunnel_in(&mut n2, N1_UNDERLAY, &d, 0),
+        Ok(Outcome::ToPort(C, _))
+    ));
     // Without a tunnel configured, nothing is accepted.
     let mut plain = pipeline();
     assert_eq!(
@@ -623,7 +724,11 @@ fn truncated_at_every_length() {
         } else {
             DropReason::Truncated
         };
-        assert_eq!(tunnel_in(&mut n2, N1_UNDERLAY, &good[..len], 0), Err(want), "len {len}");
+        assert_eq!(
+            tunnel_in(&mut n2, N1_UNDERLAY, &good[..len], 0),
+            Err(want),
+            "len {len}"
+        );
         assert_balanced(&n2);
     }
 }
@@ -638,13 +743,19 @@ fn decapsulated_traffic_never_goes_back_into_the_tunnel() {
     d.extend_from_slice(&VTEP1.0);
     d.extend_from_slice(&[0x08, 0x00]);
     d.extend_from_slice(&ip);
-    assert_eq!(tunnel_in(&mut n2, N1_UNDERLAY, &d, 0), Err(DropReason::TunnelLoop));
+    assert_eq!(
+        tunnel_in(&mut n2, N1_UNDERLAY, &d, 0),
+        Err(DropReason::TunnelLoop)
+    );
 }
 
 #[test]
 fn route_snapshots_are_swapped_in() {
     let mut p = node1();
-    p.routes().store(Arc::new(RouteSnapshot::empty_for(Ipv4Addr::new(10, 244, 1, 0), 24)));
+    p.routes().store(Arc::new(RouteSnapshot::empty_for(
+        Ipv4Addr::new(10, 244, 1, 0),
+        24,
+    )));
     let ip = ip_pkt(A_IP, C_IP, 17, 64, 0, &udp(1, 2, b""));
     // Without the peer (and with the cluster = the local subnet): net unreachable.
     let Ok(Reply(r)) = run(&mut p, A, &from_a(&ip), 0) else {
@@ -654,7 +765,10 @@ fn route_snapshots_are_swapped_in() {
     let n2 = peer("node-2", N2_UNDERLAY, VTEP2, Ipv4Addr::new(10, 244, 2, 0));
     let snap = RouteSnapshot::build(Ipv4Addr::new(10, 244, 1, 0), 24, CLUSTER, 16, vec![n2]);
     p.routes().store(Arc::new(snap.unwrap()));
-    assert_eq!(datagrams_of(run(&mut p, A, &from_a(&ip), 0), N2_UNDERLAY).len(), 1);
+    assert_eq!(
+        datagrams_of(run(&mut p, A, &from_a(&ip), 0), N2_UNDERLAY).len(),
+        1
+    );
     assert_eq!(p.routes().load().len(), 2);
 }
 

@@ -13,7 +13,7 @@
 //!
 //! Everything else addressed to the gateway IP is a named drop. Packets sent to the
 //! gateway MAC for *other* addresses are transit traffic: the pipeline's forwarding
-//! path (`pipeline/forward.rs`) routes them, locally or through the tunnel. Echo
+//! path (`forward.rs`) routes them, locally or through the tunnel. Echo
 //! replies are built by [`Router::answer_echo`] as a bare IPv4 packet so that the
 //! same code answers a pod on this node (virtio-net + Ethernet in front) and a pod on
 //! another node (VXLAN + Ethernet in front).

@@ -318,8 +318,9 @@ impl RouteSnapshot {
                     });
                 }
             }
-            if furthest.map_or(true, |(end, _)| last > end) {
-                furthest = Some((last, owner));
+            match furthest {
+                Some((end, _)) if last <= end => {}
+                _ => furthest = Some((last, owner)),
             }
         }
         let mut table = Lpm::new();
@@ -429,8 +430,14 @@ mod tests {
     }
 
     fn three_nodes() -> RouteSnapshot {
-        RouteSnapshot::build(ip(10, 244, 1, 0), 24, ip(10, 244, 0, 0), 16, vec![peer(2), peer(3)])
-            .unwrap()
+        RouteSnapshot::build(
+            ip(10, 244, 1, 0),
+            24,
+            ip(10, 244, 0, 0),
+            16,
+            vec![peer(2), peer(3)],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -483,8 +490,8 @@ mod tests {
         let mut wide = peer(4);
         wide.subnet = ip(10, 244, 0, 0);
         wide.prefix_len = 22;
-        let err = RouteSnapshot::build(ip(10, 244, 9, 0), 24, cl, 16, vec![peer(2), wide])
-            .unwrap_err();
+        let err =
+            RouteSnapshot::build(ip(10, 244, 9, 0), 24, cl, 16, vec![peer(2), wide]).unwrap_err();
         assert!(matches!(err, RouteError::Overlap { .. }), "{err}");
         let mut bad = peer(2);
         bad.prefix_len = 33;
@@ -516,8 +523,8 @@ mod tests {
         let mut b = peer(4);
         b.subnet = ip(10, 244, 4, 0);
         b.prefix_len = 22;
-        let r = RouteSnapshot::build(ip(10, 244, 1, 0), 24, ip(10, 244, 0, 0), 16, vec![a, b])
-            .unwrap();
+        let r =
+            RouteSnapshot::build(ip(10, 244, 1, 0), 24, ip(10, 244, 0, 0), 16, vec![a, b]).unwrap();
         assert_eq!(r.lookup(ip(10, 244, 3, 1)), Some(RouteTarget::Peer(0)));
         assert_eq!(r.lookup(ip(10, 244, 7, 1)), Some(RouteTarget::Peer(1)));
         assert_eq!(r.lookup(ip(10, 244, 8, 1)), None);
@@ -561,7 +568,11 @@ mod tests {
         let mut best: Option<(u8, usize)> = None;
         for &(net, len, v) in prefixes {
             let m = prefix_mask(len);
-            if addr & m == net & m && best.map_or(true, |(l, _)| len >= l) {
+            let longer = match best {
+                Some((l, _)) => len >= l,
+                None => true,
+            };
+            if addr & m == net & m && longer {
                 best = Some((len, v));
             }
         }

@@ -140,9 +140,7 @@ pub fn fragment(
     for k in 0..count {
         let piece = pieces.next().unwrap_or(&[]);
         let len = ENCAP_PREFIX_LEN + hlen + piece.len();
-        let dgram = out
-            .get_mut(at..at + len)
-            .ok_or(DropReason::ReplyTooLarge)?;
+        let dgram = out.get_mut(at..at + len).ok_or(DropReason::ReplyTooLarge)?;
         enc.write_prefix(dgram)?;
         let inner = dgram
             .get_mut(ENCAP_PREFIX_LEN..)
@@ -237,9 +235,7 @@ pub fn segment_tcp(
     for k in 0..count {
         let piece = pieces.next().unwrap_or(&[]);
         let len = ENCAP_PREFIX_LEN + hdrs + piece.len();
-        let dgram = out
-            .get_mut(at..at + len)
-            .ok_or(DropReason::ReplyTooLarge)?;
+        let dgram = out.get_mut(at..at + len).ok_or(DropReason::ReplyTooLarge)?;
         enc.write_prefix(dgram)?;
         let inner = dgram
             .get_mut(ENCAP_PREFIX_LEN..)

@@ -1,0 +1,215 @@
+//! Benchmarks of the cross-node path, one group per stage: encapsulation of a routed
+//! 1,400-byte packet (`Pipeline::process` → `Action::Tunnel`), decapsulation plus
+//! local delivery (`Pipeline::process_tunnel` → `Action::ToPort`), and software TSO of
+//! a 64 KiB GSO TCP frame into 47 VXLAN datagrams (in packets and in bytes per second).
+//! Routing rewrites the input in place (TTL), so each timed run gets a fresh copy of
+//! the frame, made outside the timing by `iter_batched_ref`.
+
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tapestry_dataplane::wire::checksum;
+use tapestry_dataplane::{
+    Action, MacAddr, Peer, Pipeline, PipelineConfig, PortId, PortRole, RouteSnapshot, TunnelConfig,
+    OUT_BUF_LEN, VNET_HDR_LEN,
+};
+
+const NOW: u64 = 1_000_000_000;
+const POD: PortId = PortId(1);
+const POD1_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD1_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02);
+const POD2_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+const POD2_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x02);
+const GW1_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01);
+const GW2_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x01);
+const UNDERLAY1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const UNDERLAY2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VTEP1: MacAddr = MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0, 1);
+const VTEP2: MacAddr = MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0, 2);
+
+/// Node `n` (1 or 2) with one pod and the other node as its peer.
+fn node(n: u8) -> Pipeline {
+    let (gw_mac, pod_mac, pod_ip, underlay, vtep) = if n == 1 {
+        (GW1_MAC, POD1_MAC, POD1_IP, UNDERLAY1, VTEP1)
+    } else {
+        (GW2_MAC, POD2_MAC, POD2_IP, UNDERLAY2, VTEP2)
+    };
+    let other = 3 - n;
+    let mut cfg = PipelineConfig::new(
+        Ipv4Addr::new(10, 244, n, 1),
+        gw_mac,
+        Ipv4Addr::new(10, 244, n, 0),
+        24,
+    );
+    cfg.tunnel = Some(TunnelConfig::new(underlay, vtep, 1500));
+    let mut p = Pipeline::new(cfg);
+    p.add_port(PortId(0), PortRole::Host);
+    p.add_port(
+        POD,
+        PortRole::Pod {
+            mac: pod_mac,
+            ip: pod_ip,
+        },
+    );
+    let peer = Peer {
+        name: format!("node-{other}"),
+        underlay_ip: if n == 1 { UNDERLAY2 } else { UNDERLAY1 },
+        vtep_mac: if n == 1 { VTEP2 } else { VTEP1 },
+        subnet: Ipv4Addr::new(10, 244, other, 0),
+        prefix_len: 24,
+    };
+    let snap = RouteSnapshot::build(
+        Ipv4Addr::new(10, 244, n, 0),
+        24,
+        Ipv4Addr::new(10, 244, 0, 0),
+        16,
+        vec![peer],
+    );
+    p.routes()
+        .store(Arc::new(snap.unwrap_or_else(|e| panic!("{e}"))));
+    p
+}
+
+/// vnet header + Ethernet (pod 1 → gateway) + IPv4 (pod 1 → pod 2) + `l4`.
+fn frame(vnet: [u8; VNET_HDR_LEN], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vnet.to_vec();
+    f.extend_from_slice(&GW1_MAC.octets());
+    f.extend_from_slice(&POD1_MAC.octets());
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = u16::try_from(20 + l4.len()).unwrap_or(u16::MAX);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, proto, 0, 0]);
+    ip.extend_from_slice(&POD1_IP.octets());
+    ip.extend_from_slice(&POD2_IP.octets());
+    let sum = checksum::checksum(&ip);
+    if let Some(field) = ip.get_mut(10..12) {
+        field.copy_from_slice(&sum.to_be_bytes());
+    }
+    ip.extend_from_slice(l4);
+    f.extend_from_slice(&ip);
+    f
+}
+
+/// A 1,400-byte IPv4/UDP packet from pod 1 to pod 2.
+fn udp_frame() -> Vec<u8> {
+    let mut udp = vec![0x30, 0x39, 0x00, 0x35, 0x05, 0x74, 0, 0];
+    udp.extend_from_slice(&[0x42; 1372]);
+    frame([0; VNET_HDR_LEN], 17, &udp)
+}
+
+/// A 65,483-byte TSO frame (MSS 1398, NEEDS_CSUM) from pod 1 to pod 2.
+fn gso_frame() -> Vec<u8> {
+    let mut tcp = vec![
+        0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 1, 0x80, 0x18, 0x01, 0xf5,
+    ];
+    tcp.extend_from_slice(&[0, 0, 0, 0, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    tcp.extend_from_slice(&vec![0x5a; 65_483 - 20 - 32]);
+    let mut vnet = [0u8; VNET_HDR_LEN];
+    vnet[0] = 1; // NEEDS_CSUM
+    vnet[1] = 1; // TCPV4
+    vnet[2..4].copy_from_slice(&66u16.to_le_bytes());
+    vnet[4..6].copy_from_slice(&1398u16.to_le_bytes());
+    vnet[6..8].copy_from_slice(&34u16.to_le_bytes());
+    vnet[8..10].copy_from_slice(&16u16.to_le_bytes());
+    frame(vnet, 6, &tcp)
+}
+
+fn configure<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    throughput: Throughput,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.throughput(throughput);
+    g.sample_size(30);
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(2));
+    g
+}
+
+/// Pod → gateway → route lookup → TTL → VXLAN datagram for node 2.
+fn bench_encap(c: &mut Criterion) {
+    let mut g = configure(c, "tunnel_encap", Throughput::Elements(1));
+    let mut p = node(1);
+    let f = udp_frame();
+    let mut out = vec![0u8; OUT_BUF_LEN];
+    let mut check = f.clone();
+    assert!(matches!(
+        p.process(POD, &mut check, NOW, &mut out),
+        Action::Tunnel { .. }
+    ));
+    g.bench_function("udp_1400", |b| {
+        b.iter_batched_ref(
+            || f.clone(),
+            |f| {
+                black_box(p.process(POD, f, NOW, &mut out));
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    g.finish();
+}
+
+/// VXLAN datagram from node 1 → checks → route lookup → TTL → frame for the pod.
+fn bench_decap(c: &mut Criterion) {
+    let mut g = configure(c, "tunnel_decap", Throughput::Elements(1));
+    let mut n1 = node(1);
+    let mut n2 = node(2);
+    let mut out = vec![0u8; OUT_BUF_LEN];
+    let mut f = udp_frame();
+    let mut dgram = match n1.process(POD, &mut f, NOW, &mut out) {
+        Action::Tunnel { datagrams, .. } => datagrams.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let src = SocketAddrV4::new(UNDERLAY1, 40_000);
+    assert!(matches!(
+        n2.process_tunnel(src, &mut dgram, NOW, &mut out),
+        Action::ToPort(POD, _)
+    ));
+    g.bench_function("udp_1400_to_pod", |b| {
+        b.iter(|| {
+            black_box(n2.process_tunnel(src, black_box(&mut dgram), NOW, &mut out));
+        });
+    });
+    g.finish();
+}
+
+/// One 64 KiB GSO frame → 47 segments with fresh checksums, as packets and as bytes.
+fn bench_tso(c: &mut Criterion) {
+    let f = gso_frame();
+    let mut p = node(1);
+    let mut out = vec![0u8; OUT_BUF_LEN];
+    let mut check = f.clone();
+    match p.process(POD, &mut check, NOW, &mut out) {
+        Action::Tunnel {
+            datagrams,
+            segment_len,
+            ..
+        } => assert_eq!(datagrams.len().div_ceil(segment_len), 47),
+        other => panic!("{other:?}"),
+    }
+    let bytes = u64::try_from(f.len() - VNET_HDR_LEN).unwrap_or(0);
+    for (name, tp) in [
+        ("tunnel_tso", Throughput::Elements(1)),
+        ("tunnel_tso_bytes", Throughput::Bytes(bytes)),
+    ] {
+        let mut g = configure(c, name, tp);
+        g.bench_function("tcp_64k_mss_1398", |b| {
+            b.iter_batched_ref(
+                || f.clone(),
+                |f| {
+                    black_box(p.process(POD, f, NOW, &mut out));
+                },
+                BatchSize::LargeInput,
+            );
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_encap, bench_decap, bench_tso);
+criterion_main!(benches);
