@@ -89,11 +89,16 @@ check "a 1422-byte ping with DF set (1450 bytes) crosses the tunnel" "${LABSH[@]
 check "a 20000-byte TCP-free ping (IP fragments) crosses the tunnel" "${LABSH[@]}" exec client -- ping -c 1 -W 2 -s 20000 "$IP3"
 
 # tshark decodes what crosses the underlay as VXLAN, VNI 1, with the pods inside.
-ip netns exec "$LAB-underlay" tshark -i br0 -f "udp port 4789" -c 4 -a duration:15 -w "$TMP/vxlan.pcap" >/dev/null 2>&1 &
+ip netns exec "$LAB-underlay" tshark -i br0 -f "udp port 4789" -c 4 -a duration:15 -w "$TMP/vxlan.pcap" >"$TMP/tshark.log" 2>&1 &
 TSHARK=$!
-for _ in $(seq 1 30); do
+for _ in $(seq 1 100); do # until the capture runs (at most 10 s)
+    grep -q "Capture started" "$TMP/tshark.log" 2>/dev/null && break
     kill -0 "$TSHARK" 2>/dev/null || break
-    in_pod client ping -c 1 -W 1 "$IP3" >/dev/null 2>&1
+    sleep 0.1
+done
+for _ in $(seq 1 10); do # traffic until 4 packets are captured
+    kill -0 "$TSHARK" 2>/dev/null || break
+    in_pod client ping -c 2 -i 0.2 -W 1 "$IP3" >/dev/null 2>&1
 done
 wait "$TSHARK" 2>/dev/null
 DECODED=$(tshark -r "$TMP/vxlan.pcap" -Y vxlan -T fields -e vxlan.vni -e ip.src -e ip.dst 2>/dev/null | head -n 2)
@@ -117,7 +122,7 @@ ip -n "$KVX" addr add 10.244.200.1/24 dev cni0
 ip -n "$KVX" link set cni0 up
 ip -n "$KVX" route add 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink
 ip -n "$KVX" neigh add 10.244.1.0 lladdr 0a:58:c6:12:00:01 dev flannel.1 nud permanent
-ip -n "$KVX" bridge fdb append 0a:58:c6:12:00:01 dev flannel.1 dst 198.18.0.1
+ip netns exec "$KVX" bridge fdb append 0a:58:c6:12:00:01 dev flannel.1 dst 198.18.0.1
 cat >"$TMP/kvx-node.yaml" <<'YAML'
 apiVersion: v1
 kind: Node
@@ -136,6 +141,8 @@ for _ in $(seq 1 20); do
 done
 check "a kernel VXLAN node (flannel-style flannel.1) pings a Tapestry pod" test "$ok" -eq 0
 check "a Tapestry pod pings the kernel VXLAN node's pod address" "${LABSH[@]}" exec client -- ping -c 2 -i 0.2 -W 2 10.244.200.1
+check "TCP across the kernel VXLAN node: it curls a Tapestry pod" \
+    bash -c "ip netns exec $KVX curl -s --max-time 3 --interface 10.244.200.1 http://$IP_B/ | grep -q 'pod=web-b .*client=10.244.200.1:'"
 
 # --- the cluster state ------------------------------------------------------
 cat >"$TMP/bad.yaml" <<'YAML'
@@ -172,7 +179,7 @@ T0=$(now_ms)
 LATE_IP=""
 REACHED=""
 while [ $(($(now_ms) - T0)) -lt 5000 ]; do
-    [ -n "$LATE_IP" ] || LATE_IP=$(pod_ip late)
+    if [ -z "$LATE_IP" ] || [ "$LATE_IP" = "-" ]; then LATE_IP=$(pod_ip late); fi
     if [ -n "$LATE_IP" ] && [ "$LATE_IP" != "-" ] && in_pod client ping -c 1 -W 1 "$LATE_IP" >/dev/null 2>&1; then
         REACHED=$(($(now_ms) - T0)); break
     fi

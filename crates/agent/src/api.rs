@@ -122,6 +122,23 @@ pub struct NodeStatus {
     pub mac_table_capacity: usize,
     pub counters: Vec<(String, u64)>,
     pub drops: Vec<(String, u64)>,
+    /// The router's table: `local` for this node's subnet, else the peer node.
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
+    /// Tunnel datagrams the kernel refused to send.
+    #[serde(default)]
+    pub tunnel_tx_errors: u64,
+}
+
+/// One route of the router's table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub subnet: String,
+    /// `local` (the bridge) or the node it is tunnelled to.
+    pub via: String,
+    /// The node's underlay address (VXLAN destination), empty for local.
+    pub underlay_ip: String,
+    pub vtep_mac: String,
 }
 
 /// One bridge port: the host port or a pod's `eth0`.

@@ -26,6 +26,7 @@ use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
 use crate::api::{
     AttachResult, Attachment, Interface, IpConfig, MacEntry, NodeStatus, PortStatus, Route,
+    RouteEntry,
 };
 use crate::netconf::{self, mac_for, mac_string};
 
@@ -465,6 +466,20 @@ impl Node {
             ));
         }
         let snap = self.counters.snapshot();
+        let table = self.routes.load();
+        let mut routes = vec![RouteEntry {
+            subnet: self.cfg.subnet.to_string(),
+            via: "local".into(),
+            underlay_ip: String::new(),
+            vtep_mac: String::new(),
+        }];
+        routes.extend(table.peers().iter().map(|p| RouteEntry {
+            subnet: format!("{}/{}", p.subnet, p.prefix_len),
+            via: p.name.clone(),
+            underlay_ip: p.underlay_ip.to_string(),
+            vtep_mac: mac_string(p.vtep_mac),
+        }));
+        let tunnel_tx_errors = self.worker.lock().tunnel_tx_errors();
         Ok(NodeStatus {
             node: self.cfg.name.clone(),
             subnet: self.cfg.subnet.to_string(),
@@ -490,12 +505,21 @@ impl Node {
                 ("moved".into(), snap.moved),
                 ("table_full".into(), snap.table_full),
                 ("aged_out".into(), snap.aged_out),
+                ("routed".into(), snap.routed),
+                ("delivered".into(), snap.delivered),
+                ("tunneled_out".into(), snap.tunneled_out),
+                ("tunnel_datagrams_out".into(), snap.tunnel_datagrams_out),
+                ("tunneled_in".into(), snap.tunneled_in),
+                ("icmp_errors_sent".into(), snap.icmp_errors_sent),
+                ("icmp_errors_suppressed".into(), snap.icmp_errors_suppressed),
                 ("dropped".into(), snap.dropped),
             ],
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name().to_owned(), self.counters.drop_count(*r)))
                 .collect(),
+            routes,
+            tunnel_tx_errors,
         })
     }
 

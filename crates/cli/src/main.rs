@@ -252,6 +252,11 @@ fn print_status(s: &NodeStatus) {
         );
     }
     println!();
+    println!("{:<18} {:<14} {:<15} VTEP-MAC", "ROUTE", "VIA", "UNDERLAY-IP");
+    for r in &s.routes {
+        println!("{:<18} {:<14} {:<15} {}", r.subnet, r.via, r.underlay_ip, r.vtep_mac);
+    }
+    println!();
     println!(
         "MAC table ({} of {} entries)",
         s.mac_table.len(),
@@ -261,7 +266,8 @@ fn print_status(s: &NodeStatus) {
         println!("  {}  port {:<3} age {} ms", m.mac, m.port, m.age_ms);
     }
     println!();
-    let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    counters.push(format!("tunnel_tx_errors={}", s.tunnel_tx_errors));
     println!("counters: {}", counters.join(" "));
     let drops: Vec<String> = s
         .drops

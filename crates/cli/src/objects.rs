@@ -141,10 +141,10 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                 Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&nodes.into_iter().map(Object::Node).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
                 Format::Json => println!("{}", tapestry_cluster::emit_json(&nodes.into_iter().map(Object::Node).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
                 Format::Table | Format::Wide => {
-                    println!("{:<10} {:<16} {:<15} {}", "NAME", "POD-CIDR", "UNDERLAY-IP", "VTEP-MAC");
+                    println!("{:<14} {:<16} {:<15} {}", "NAME", "POD-CIDR", "UNDERLAY-IP", "VTEP-MAC");
                     for n in nodes {
                         println!(
-                            "{:<10} {:<16} {:<15} {}",
+                            "{:<14} {:<16} {:<15} {}",
                             n.metadata.name,
                             n.spec.pod_cidr.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                             n.underlay_ip().map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
