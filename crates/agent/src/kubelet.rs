@@ -23,8 +23,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tapestry_cluster::store::{Event, Store};
+use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::{Object, Pod, Protocol};
 
 use crate::api::Attachment;
@@ -34,25 +34,6 @@ use crate::node::Node;
 const RESYNC: Duration = Duration::from_secs(3);
 /// How long a new pod may take to answer before it is reported not ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the kubelet publishes about a pod (`podstatus/NAMESPACE/NAME`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PodRunStatus {
-    pub node: String,
-    #[serde(rename = "podIP")]
-    pub pod_ip: Option<Ipv4Addr>,
-    /// `Pending`, `Running` or `Failed`.
-    pub phase: String,
-    pub ready: bool,
-    #[serde(default)]
-    pub message: String,
-}
-
-/// Store key of a pod's status.
-pub fn status_key(namespace: &str, name: &str) -> String {
-    format!("podstatus/{namespace}/{name}")
-}
 
 /// The kubelet of one node.
 pub struct Kubelet {
@@ -105,7 +86,6 @@ impl Kubelet {
         }
         self.reconcile(&pods);
         let watch = self.store.watch("pods/", rev).map_err(|e| e.to_string())?;
-        let mut last = Instant::now();
         loop {
             match watch.recv_timeout(RESYNC) {
                 Some(Ok(Event::Put(e))) => match Object::from_json(&e.value, &e.key) {
@@ -136,9 +116,6 @@ impl Kubelet {
                 }
             }
             self.reconcile(&pods);
-            if last.elapsed() > RESYNC {
-                last = Instant::now();
-            }
         }
     }
 

@@ -303,7 +303,12 @@ impl Node {
             tap,
         ) {
             Ok(c) => c,
-            Err(e) => return Err(e),
+            Err(e) => {
+                if let Some(ipam) = &self.cfg.ipam {
+                    let _ = ipam.release(&a.container_id);
+                }
+                return Err(e);
+            }
         };
         let record = PodRecord {
             attachment: a.clone(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tapestry_agent::kubelet::{status_key, PodRunStatus};
+use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::{load_path, Node, Object, Pod, Store};
 
 /// Output formats of `get`.
@@ -141,7 +141,7 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                 Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&nodes.into_iter().map(Object::Node).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
                 Format::Json => println!("{}", tapestry_cluster::emit_json(&nodes.into_iter().map(Object::Node).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
                 Format::Table | Format::Wide => {
-                    println!("{:<14} {:<16} {:<15} {}", "NAME", "POD-CIDR", "UNDERLAY-IP", "VTEP-MAC");
+                    println!("{:<14} {:<16} {:<15} VTEP-MAC", "NAME", "POD-CIDR", "UNDERLAY-IP");
                     for n in nodes {
                         println!(
                             "{:<14} {:<16} {:<15} {}",

@@ -17,6 +17,7 @@ pub mod ipam;
 pub mod manifest;
 pub mod net;
 pub mod store;
+pub mod status;
 pub mod validate;
 
 pub use ipam::{lease_node_subnet, IpamError, PodIpam};
