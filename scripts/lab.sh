@@ -166,6 +166,10 @@ cmd_down() {
     for ns in $(ip netns list | awk '{print $1}' | grep -E "^$LAB-" || true); do
         ip netns del "$ns"
     done
+    # Pods' resolv.conf files, which the kubelets wrote under /etc/netns/LAB-….
+    for ns in /etc/netns/"$LAB"-*; do
+        if [ -d "$ns" ]; then rm -rf "$ns"; fi
+    done
     rm -rf "$dir"
     say "lab $LAB is down"
 }

@@ -43,6 +43,27 @@ pub struct Kubelet {
     pub netns_prefix: String,
     pub run_dir: PathBuf,
     pub bin_dir: PathBuf,
+    /// The store's directory, given to containers as `TAPESTRY_STORE` (cluster
+    /// components such as tapestry-dns read the cluster state from it).
+    pub store_dir: PathBuf,
+    /// Cluster DNS written into each pod's resolv.conf, as kubelet's
+    /// `--cluster-dns` / `--cluster-domain` do.
+    pub dns: Option<ClusterDns>,
+}
+
+/// The cluster DNS server and domain pods are told about.
+#[derive(Debug, Clone)]
+pub struct ClusterDns {
+    pub server: Ipv4Addr,
+    pub domain: String,
+}
+
+impl ClusterDns {
+    /// The resolv.conf kubelet gives a pod in `namespace` (dnsPolicy ClusterFirst).
+    pub fn resolv_conf(&self, namespace: &str) -> String {
+        let d = &self.domain;
+        format!("nameserver {}\nsearch {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n", self.server)
+    }
 }
 
 impl Kubelet {
@@ -183,6 +204,15 @@ impl Kubelet {
             run("ip", &["netns", "add", &netns])?;
             run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
         }
+        if let Some(dns) = &self.dns {
+            // `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
+            let etc = Path::new("/etc/netns").join(&netns);
+            fs::create_dir_all(&etc).map_err(|e| format!("cannot create {}: {e}", etc.display()))?;
+            let conf = dns.resolv_conf(ns);
+            if fs::read_to_string(etc.join("resolv.conf")).ok().as_deref() != Some(conf.as_str()) {
+                fs::write(etc.join("resolv.conf"), conf).map_err(|e| e.to_string())?;
+            }
+        }
         if alive(&dir.join("pause.pid")).is_none() {
             self.spawn(&netns, &dir, "pause", &["tapestry-pause".to_owned()], &[])?;
         }
@@ -198,6 +228,7 @@ impl Kubelet {
             ("POD_NAMESPACE", ns.to_owned()),
             ("POD_IP", ip.to_string()),
             ("NODE_NAME", self.node_name.clone()),
+            ("TAPESTRY_STORE", self.store_dir.display().to_string()),
         ];
         let mut started = false;
         for c in &pod.spec.containers {
@@ -286,6 +317,7 @@ impl Kubelet {
             }
         }
         let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&netns));
         let _ = self.store.delete(&status_key(ns, name));
         tracing::info!(pod = %format!("{ns}/{name}"), "pod stopped");
     }
@@ -341,5 +373,31 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`{cmd} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_has_the_cluster_search_path() {
+        let dns = ClusterDns { server: Ipv4Addr::new(10, 96, 0, 10), domain: "cluster.local".into() };
+        assert_eq!(
+            dns.resolv_conf("shop"),
+            "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
+    }
+
+    #[test]
+    fn alive_rejects_missing_and_garbage_pid_files() {
+        let dir = std::env::temp_dir().join(format!("tapestry-kubelet-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        assert_eq!(alive(&dir.join("none.pid")), None);
+        fs::write(dir.join("junk.pid"), "not a pid").expect("write");
+        assert_eq!(alive(&dir.join("junk.pid")), None);
+        fs::write(dir.join("me.pid"), std::process::id().to_string()).expect("write");
+        assert_eq!(alive(&dir.join("me.pid")), Some(std::process::id()));
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tapestry_agent::control;
-use tapestry_agent::kubelet::Kubelet;
+use tapestry_agent::kubelet::{ClusterDns, Kubelet};
 use tapestry_agent::netconf::mac_for;
 use tapestry_agent::node::{Node, NodeConfig, TunnelSetup};
 use tapestry_agent::cluster_sync;
@@ -66,6 +66,12 @@ struct Args {
     /// Prefix of the pod network namespaces this node's kubelet creates (PREFIX-NAMESPACE-NAME).
     #[arg(long, default_value = "tapestry")]
     netns_prefix: String,
+    /// Cluster DNS server written into pods' resolv.conf (with --store); none if not given.
+    #[arg(long, value_name = "IP")]
+    cluster_dns: Option<Ipv4Addr>,
+    /// Cluster DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// UDP port of the VXLAN tunnel.
     #[arg(long, default_value_t = 4789)]
     vxlan_port: u16,
@@ -181,6 +187,8 @@ fn run(args: Args) -> Result<(), String> {
             node_name: args.node.clone(),
             netns_prefix: args.netns_prefix.clone(),
             run_dir: args.state_dir.join("pods"),
+            store_dir: args.store.clone().unwrap_or_default(),
+            dns: args.cluster_dns.map(|server| ClusterDns { server, domain: args.cluster_domain.clone() }),
             bin_dir: std::env::current_exe()
                 .ok()
                 .and_then(|p| p.parent().map(PathBuf::from))
