@@ -517,6 +517,7 @@ impl Node {
                 ("tunneled_in".into(), snap.tunneled_in),
                 ("icmp_errors_sent".into(), snap.icmp_errors_sent),
                 ("icmp_errors_suppressed".into(), snap.icmp_errors_suppressed),
+                ("inner_checksums_completed".into(), snap.inner_checksums_completed),
                 ("dropped".into(), snap.dropped),
             ],
             drops: DropReason::ALL

@@ -6,7 +6,8 @@
 //! pipeline that bumps the matching counter, so `rx_frames` always equals
 //! forwarded + flooded + replies + delivered + tunneled_out + the sum of drops: one
 //! outcome per frame or datagram handed in. `routed`, `tunneled_in`,
-//! `tunnel_datagrams_out` and the ICMP counters count along the way.
+//! `tunnel_datagrams_out`, `inner_checksums_completed` and the ICMP counters count
+//! along the way.
 //!
 //! Counters are relaxed `AtomicU64`s shared through an `Arc` with the control thread.
 //! The owning [`crate::Pipeline`] is their only writer (it needs `&mut self` to process
@@ -83,6 +84,12 @@ pub enum DropReason {
     HostMacUnknown,
     /// A VXLAN datagram while no tunnel is configured.
     TunnelNotConfigured,
+    /// A decapsulated, unfragmented TCP or UDP packet for a local port whose L4
+    /// checksum is wrong and is not a sender's partial (offloaded) checksum either: a
+    /// packet corrupted on the way. Kept apart from `BadChecksum` (IPv4 header, ICMP to
+    /// the gateway) because it names the tunnel's inner payload, the one place we
+    /// check L4 checksums; see `crate::tunnel::settle_l4_checksum`.
+    BadInnerChecksum,
 }
 
 impl DropReason {
@@ -113,6 +120,7 @@ impl DropReason {
         DropReason::UnsupportedGso,
         DropReason::HostMacUnknown,
         DropReason::TunnelNotConfigured,
+        DropReason::BadInnerChecksum,
     ];
 
     /// Number of reasons.
@@ -146,6 +154,7 @@ impl DropReason {
             DropReason::UnsupportedGso => "unsupported_gso",
             DropReason::HostMacUnknown => "host_mac_unknown",
             DropReason::TunnelNotConfigured => "tunnel_not_configured",
+            DropReason::BadInnerChecksum => "bad_inner_checksum",
         }
     }
 
@@ -179,6 +188,7 @@ pub struct Counters {
     routed: AtomicU64,
     icmp_errors_sent: AtomicU64,
     icmp_errors_suppressed: AtomicU64,
+    inner_checksums_completed: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -200,6 +210,7 @@ pub(crate) enum Counter {
     Routed,
     IcmpErrorsSent,
     IcmpErrorsSuppressed,
+    InnerChecksumsCompleted,
 }
 
 /// Single-writer increment: see the module docs for why this is not `fetch_add`.
@@ -232,6 +243,7 @@ impl Counters {
             Counter::Routed => &self.routed,
             Counter::IcmpErrorsSent => &self.icmp_errors_sent,
             Counter::IcmpErrorsSuppressed => &self.icmp_errors_suppressed,
+            Counter::InnerChecksumsCompleted => &self.inner_checksums_completed,
         };
         add(c, n);
     }
@@ -273,6 +285,7 @@ impl Counters {
             routed: self.routed.load(Relaxed),
             icmp_errors_sent: self.icmp_errors_sent.load(Relaxed),
             icmp_errors_suppressed: self.icmp_errors_suppressed.load(Relaxed),
+            inner_checksums_completed: self.inner_checksums_completed.load(Relaxed),
             dropped: drops.iter().map(|(_, n)| n).sum(),
             drops,
         }
@@ -315,6 +328,10 @@ pub struct CountersSnapshot {
     /// ICMP errors owed but not sent: rate limit (RFC 1812 §4.3.2.8) or forbidden
     /// (RFC 1122 §3.2.2: about an error, a fragment, a broadcast, ...).
     pub icmp_errors_suppressed: u64,
+    /// Decapsulated TCP/UDP packets whose L4 checksum arrived partial (a Linux VXLAN
+    /// sender's `CHECKSUM_PARTIAL`, never completed on a veth underlay) and was
+    /// completed before local delivery. Counts along the way, like `routed`.
+    pub inner_checksums_completed: u64,
     /// Sum of all drops.
     pub dropped: u64,
     /// `(DropReason::name, count)` for each reason with a nonzero count.

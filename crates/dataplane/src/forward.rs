@@ -21,10 +21,30 @@
 //! 4. out: to a local pod from a port, the input frame is rewritten in place (source
 //!    MAC = gateway, destination MAC = the pod's, known from its `PortRole`: no ARP)
 //!    and forwarded, virtio-net header (GSO, partial checksum) untouched; from the
-//!    tunnel, the frame is copied into `out` behind a zeroed virtio-net header
-//!    (`ToPort`). To a peer: VXLAN, with software TSO for GSO frames, fragmentation for
-//!    large non-DF packets, ICMP "fragmentation needed" (3/4, next-hop MTU = inner MTU,
-//!    RFC 1191) for large DF packets, and a partial checksum completed first.
+//!    tunnel, the frame is copied into `out` behind a fresh virtio-net header
+//!    (`ToPort`, to a pod or the host port), after its L4 checksum is settled (below).
+//!    To a peer: VXLAN, with software TSO for GSO frames, fragmentation for large
+//!    non-DF packets, ICMP "fragmentation needed" (3/4, next-hop MTU = inner MTU,
+//!    RFC 1191) for large DF packets, and a partial checksum completed first — so
+//!    whatever we put into the tunnel carries complete checksums.
+//!
+//! Checksums of decapsulated TCP/UDP (`crate::tunnel::settle_l4_checksum`). A Linux
+//! VXLAN sender (flannel's `flannel.1`) on a veth underlay sends inner TCP/UDP whose
+//! checksum is only partial: veth "offloads" checksums, so the skb stays
+//! `CHECKSUM_PARTIAL`, and VXLAN's outer UDP checksum is zero by default for IPv4
+//! (RFC 7348 §5 says it SHOULD be), so nobody ever completes it. A Linux receiver
+//! would accept the bytes (still `CHECKSUM_PARTIAL` locally); a pod behind our TAP
+//! verifies and drops them — ICMP got through, TCP SYNs died "cksum incorrect". So for
+//! an unfragmented TCP/UDP packet (fragments are left alone, flags 0: Linux completes
+//! checksums before fragmenting, and a fragment cannot be verified by itself):
+//! a checksum that verifies, or UDP's "no checksum" 0, → `VIRTIO_NET_HDR_F_DATA_VALID`
+//! (the pod's kernel skips its own pass: `CHECKSUM_UNNECESSARY`); a field that equals
+//! the partial form (the uncomplemented folded pseudo-header sum, the kernel's
+//! `~csum_tcpudp_magic`) → completed in software, `DATA_VALID`, counted in
+//! `inner_checksums_completed` (completing is safer than handing the pod a
+//! `NEEDS_CSUM` header it may not expect on receive); anything else → dropped as
+//! `BadInnerChecksum`. Other protocols, and L4 headers too short to check, keep
+//! flags 0 and are the pod kernel's to judge.
 //!
 //! ICMP errors (RFC 792, RFC 1812 §4.3.2): from the gateway IP to the offending
 //! packet's source, quoting its IP header and as much payload as keeps the error
@@ -44,14 +64,15 @@ use super::{Pipeline, PortId, TunnelConfig, Verdict};
 use crate::drops::{Counter, DropReason};
 use crate::routes::{prefix_mask, RouteSnapshot, RouteTarget};
 use crate::tunnel::{
-    complete_partial_checksum, encapsulate, flow_hash, fragment, segment_tcp, Datagrams, Encap,
-    ENCAP_PREFIX_LEN,
+    complete_partial_checksum, encapsulate, flow_hash, fragment, segment_tcp, settle_l4_checksum,
+    Datagrams, Encap, L4Checksum, ENCAP_PREFIX_LEN,
 };
 use crate::wire::{
     EtherType, EthernetFrame, EthernetRepr, GsoType, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
-    IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, TcpPacket, VnetHdrRepr, VxlanPacket, VxlanRepr,
-    ETHERNET_HEADER_LEN, ICMP_TIMXCEED_INTRANS, ICMP_UNREACH_HOST, ICMP_UNREACH_NEEDFRAG,
-    ICMP_UNREACH_NET, IPV4_MIN_HEADER_LEN, VNET_HDR_LEN,
+    IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, TcpPacket, VnetHdr, VnetHdrRepr, VxlanPacket,
+    VxlanRepr, ETHERNET_HEADER_LEN, ICMP_TIMXCEED_INTRANS, ICMP_UNREACH_HOST,
+    ICMP_UNREACH_NEEDFRAG, ICMP_UNREACH_NET, IPV4_MIN_HEADER_LEN, VNET_HDR_F_DATA_VALID,
+    VNET_HDR_LEN,
 };
 use crate::Nanos;
 
@@ -314,8 +335,11 @@ impl Pipeline {
         Ipv4Packet::new_unchecked(eth.payload_mut()).decrement_ttl();
     }
 
-    /// Local delivery of a decapsulated packet: zeroed virtio-net header, Ethernet
-    /// (gateway → pod), the IPv4 packet with TTL − 1, built in `out`.
+    /// Local delivery of a decapsulated packet: virtio-net header, Ethernet
+    /// (gateway → pod), the IPv4 packet with TTL − 1, built in `out`. Its TCP/UDP
+    /// checksum is settled first ([`settle_l4_checksum`]: verified, or a partial one
+    /// completed, or `BadInnerChecksum`); the header says `DATA_VALID` when it was
+    /// verified or completed, and is zeroed otherwise.
     fn copy_to_port(&self, frame: &[u8], port: PortId, mac: MacAddr, out: &mut [u8]) -> Verdict {
         let ip = Ipv4Packet::new_unchecked(frame.get(ETHERNET_HEADER_LEN..).unwrap_or(&[]));
         let ip_len = usize::from(ip.total_len());
@@ -330,7 +354,17 @@ impl Pipeline {
             return DropReason::ReplyTooLarge.into();
         };
         dst.copy_from_slice(src_ip);
-        Ipv4Packet::new_unchecked(dst).decrement_ttl();
+        Ipv4Packet::new_unchecked(&mut *dst).decrement_ttl();
+        let l4 = match settle_l4_checksum(dst) {
+            Ok(c) => c,
+            Err(r) => return r.into(),
+        };
+        if l4 == L4Checksum::Completed {
+            self.counters.bump(Counter::InnerChecksumsCompleted);
+        }
+        if l4.data_valid() {
+            VnetHdr::new_unchecked(&mut *out).set_flags(VNET_HDR_F_DATA_VALID);
+        }
         Verdict::ToPort(port, prefix + ip_len)
     }
 

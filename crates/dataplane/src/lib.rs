@@ -15,7 +15,7 @@
 //! packets for other nodes leave as [`Action::Tunnel`].
 //!
 //! - [`wire`]: views and `Repr`s for the virtio-net header, Ethernet, ARP, IPv4, ICMP,
-//!   TCP, VXLAN;
+//!   TCP, UDP, VXLAN;
 //! - [`bridge`]: the learning bridge's MAC table;
 //! - [`router`]: the gateway port (ARP and ICMP echo for the gateway IP);
 //! - [`routes`]: the route table (longest-prefix match, immutable snapshots);

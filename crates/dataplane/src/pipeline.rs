@@ -28,7 +28,10 @@
 //! the outer source must be a known peer (`NotClusterNode`), the VXLAN header valid
 //! (`BadVxlan`) with our VNI (`WrongVni`), the inner frame addressed to our VTEP MAC
 //! (`NotOurVtep`) and IPv4 (`UnsupportedProtocol`); then it is routed like a frame from
-//! a port, except that it may not go back into the tunnel (`TunnelLoop`).
+//! a port, except that it may not go back into the tunnel (`TunnelLoop`), and that a
+//! TCP/UDP packet delivered to a local port has its checksum verified or, when a
+//! Linux VXLAN sender left it partial, completed (`BadInnerChecksum` otherwise; see
+//! `forward.rs` for why).
 //!
 //! Routing (Kubernetes fact 3, pods on different nodes talk): the destination is
 //! looked up in the current [`RouteSnapshot`] (published by the control thread through
@@ -379,8 +382,10 @@ impl Pipeline {
 
     /// A VXLAN datagram (UDP payload: VXLAN header + inner Ethernet frame) received
     /// from `src` (outer source address and port) on the tunnel socket. The inner
-    /// packet is routed: delivered to a local port (`ToPort`, with a zeroed virtio-net
-    /// header), answered (echo to the gateway, ICMP errors: `Tunnel` back), or dropped.
+    /// packet is routed: delivered to a local port (`ToPort`; its virtio-net header says
+    /// `DATA_VALID` if the packet's TCP/UDP checksum was verified or completed, and is
+    /// zeroed otherwise), answered (echo to the gateway, ICMP errors: `Tunnel` back),
+    /// or dropped.
     /// `payload` may be rewritten in place. Same `out` contract as [`Pipeline::process`].
     pub fn process_tunnel<'a>(
         &mut self,

@@ -4,8 +4,11 @@
 use super::*;
 use crate::routes::Peer;
 use crate::tunnel::flow_hash_of;
-use crate::wire::tcp::pseudo_header_sum;
-use crate::wire::{TcpPacket, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_ECN, VNET_HDR_GSO_TCPV4};
+use crate::wire::tcp::{pseudo_header_partial, pseudo_header_sum};
+use crate::wire::{
+    IpProtocol, TcpPacket, UdpPacket, VNET_HDR_F_DATA_VALID, VNET_HDR_F_NEEDS_CSUM,
+    VNET_HDR_GSO_ECN, VNET_HDR_GSO_TCPV4,
+};
 
 const CLUSTER: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 0);
 const N1_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -345,7 +348,11 @@ fn encap_decap_round_trip_between_two_nodes() {
         panic!("not delivered")
     };
     assert_eq!(port, C);
-    assert_eq!(&bytes[..10], &[0; 10], "zeroed virtio-net header");
+    assert_eq!(
+        &bytes[..10],
+        &[VNET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        "UDP without checksum: nothing to verify, DATA_VALID"
+    );
     assert_eq!(&bytes[10..16], &C_MAC.0);
     assert_eq!(&bytes[16..22], &GW2_MAC.0);
     assert_eq!(&bytes[22..24], &[0x08, 0x00]);
@@ -615,6 +622,198 @@ fn partial_checksum_is_completed_before_the_tunnel() {
     assert_ne!(&l4[6..8], &partial.to_be_bytes());
 }
 
+// ------------------------------------------- checksums of decapsulated TCP/UDP
+
+/// A datagram as a Linux `flannel.1` on node 1 sends it: VXLAN, inner Ethernet VTEP1 →
+/// VTEP2, and `ip` exactly as given (no TTL decrement, no checksum completion).
+fn kernel_datagram(ip: &[u8]) -> Vec<u8> {
+    let mut d = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    d.extend_from_slice(&VTEP2.0);
+    d.extend_from_slice(&VTEP1.0);
+    d.extend_from_slice(&[0x08, 0x00]);
+    d.extend_from_slice(ip);
+    d
+}
+
+/// A SYN from A to C: 40000 -> 80, MSS 1460; checksum field `csum`.
+fn syn(csum: [u8; 2]) -> Vec<u8> {
+    let mut t = vec![
+        0x9c, 0x40, 0x00, 0x50, 0x01, 0x02, 0x03, 0x04, 0, 0, 0, 0, 0x60, 0x02, 0xfa, 0xf0,
+    ];
+    t.extend_from_slice(&csum);
+    t.extend_from_slice(&[0, 0, 0x02, 0x04, 0x05, 0xb4]);
+    t
+}
+
+/// The complete checksum of `l4` (protocol `proto`) from A to C.
+fn full_checksum(proto: u8, l4: &[u8], field: usize) -> [u8; 2] {
+    let mut z = l4.to_vec();
+    z[field..field + 2].fill(0);
+    let c = !checksum::fold(checksum::accumulate(
+        pseudo_header_sum(A_IP, C_IP, proto, z.len()),
+        &z,
+    ));
+    c.to_be_bytes()
+}
+
+/// The TCP or UDP checksum of an IPv4 packet is right (UDP 0: none, also right).
+fn l4_checksum_ok(ip: &[u8]) -> bool {
+    let Ok(p) = Ipv4Packet::new_checked(ip) else {
+        return false;
+    };
+    match p.protocol() {
+        IpProtocol::Tcp => TcpPacket::new_checked(p.payload())
+            .is_ok_and(|t| t.verify_checksum(p.src_addr(), p.dst_addr())),
+        IpProtocol::Udp => UdpPacket::new_checked(p.payload())
+            .is_ok_and(|u| u.checksum() == 0 || u.verify_checksum(p.src_addr(), p.dst_addr())),
+        _ => false,
+    }
+}
+
+/// Delivers `dgram` to node 2 and returns the delivered frame; checks the framing.
+fn delivered_to_c(n2: &mut Pipeline, dgram: &[u8]) -> Vec<u8> {
+    let Ok(Outcome::ToPort(C, bytes)) = tunnel_in(n2, N1_UNDERLAY, dgram, 0) else {
+        panic!("not delivered to C")
+    };
+    assert_eq!(&bytes[1..10], &[0; 9], "no GSO, no NEEDS_CSUM");
+    assert_eq!(&bytes[10..16], &C_MAC.0);
+    assert_eq!(&bytes[16..22], &GW2_MAC.0);
+    let ip = &bytes[24..];
+    assert!(checksum::verify(&ip[..20]));
+    bytes
+}
+
+#[test]
+fn decapsulated_valid_tcp_is_delivered_data_valid_and_unchanged() {
+    let mut n2 = node2();
+    let tcp = syn(full_checksum(6, &syn([0, 0]), 16));
+    let ip = ip_pkt(A_IP, C_IP, 6, 64, 0x4000, &tcp);
+    let bytes = delivered_to_c(&mut n2, &kernel_datagram(&ip));
+    assert_eq!(bytes[0], VNET_HDR_F_DATA_VALID);
+    assert_eq!(&bytes[24 + 20..], &tcp[..], "TCP segment untouched");
+    assert_eq!(bytes[24 + 8], 63);
+    assert_eq!(n2.counters().snapshot().inner_checksums_completed, 0);
+    assert_balanced(&n2);
+}
+
+#[test]
+fn kernel_vxlan_partial_checksums_are_completed() {
+    let mut n2 = node2();
+    // TCP: the SYN of the lab capture, "cksum incorrect" at the pod before the fix.
+    let partial = pseudo_header_partial(A_IP, C_IP, 6, 24).to_be_bytes();
+    let tcp = syn(partial);
+    let ip = ip_pkt(A_IP, C_IP, 6, 64, 0x4000, &tcp);
+    let bytes = delivered_to_c(&mut n2, &kernel_datagram(&ip));
+    assert_eq!(bytes[0], VNET_HDR_F_DATA_VALID);
+    let got = &bytes[24 + 20..];
+    assert_eq!(&got[16..18], &full_checksum(6, &tcp, 16), "completed");
+    assert_ne!(&got[16..18], &partial);
+    assert_eq!((&got[..16], &got[18..]), (&tcp[..16], &tcp[18..]));
+    assert!(l4_checksum_ok(&bytes[24..]));
+    // UDP, the same way (a DNS query, say).
+    let mut u = udp(4000, 53, b"partial udp");
+    let partial = pseudo_header_partial(A_IP, C_IP, 17, u.len());
+    u[6..8].copy_from_slice(&partial.to_be_bytes());
+    let ip = ip_pkt(A_IP, C_IP, 17, 64, 0, &u);
+    let bytes = delivered_to_c(&mut n2, &kernel_datagram(&ip));
+    assert_eq!(bytes[0], VNET_HDR_F_DATA_VALID);
+    let got = &bytes[24 + 20..];
+    assert_eq!(&got[6..8], &full_checksum(17, &u, 6));
+    assert_eq!((&got[..6], &got[8..]), (&u[..6], &u[8..]));
+    assert!(l4_checksum_ok(&bytes[24..]));
+    let s = n2.counters().snapshot();
+    assert_eq!((s.inner_checksums_completed, s.delivered), (2, 2));
+    assert_balanced(&n2);
+}
+
+#[test]
+fn corrupt_inner_checksum_is_a_named_drop() {
+    let mut n2 = node2();
+    let mut tcp = syn(full_checksum(6, &syn([0, 0]), 16));
+    tcp[14] ^= 0x01; // the window changed on the way
+    let ip = ip_pkt(A_IP, C_IP, 6, 64, 0x4000, &tcp);
+    assert_eq!(
+        tunnel_in(&mut n2, N1_UNDERLAY, &kernel_datagram(&ip), 0),
+        Err(DropReason::BadInnerChecksum)
+    );
+    let mut u = udp(4000, 53, b"abc");
+    u[6..8].copy_from_slice(&[0x12, 0x34]);
+    let ip = ip_pkt(A_IP, C_IP, 17, 64, 0, &u);
+    assert_eq!(
+        tunnel_in(&mut n2, N1_UNDERLAY, &kernel_datagram(&ip), 0),
+        Err(DropReason::BadInnerChecksum)
+    );
+    let c = n2.counters();
+    assert_eq!(c.drop_count(DropReason::BadInnerChecksum), 2);
+    assert_eq!(
+        c.snapshot().drops,
+        vec![("bad_inner_checksum", 2)],
+        "named in the metrics"
+    );
+    assert_balanced(&n2);
+}
+
+#[test]
+fn udp_without_checksum_and_fragments_are_delivered_unchanged() {
+    let mut n2 = node2();
+    // UDP checksum 0 (RFC 768: none computed): DATA_VALID, bytes unchanged.
+    let u = udp(4000, 53, b"no checksum");
+    let ip = ip_pkt(A_IP, C_IP, 17, 64, 0, &u);
+    let bytes = delivered_to_c(&mut n2, &kernel_datagram(&ip));
+    assert_eq!(bytes[0], VNET_HDR_F_DATA_VALID);
+    assert_eq!(&bytes[24 + 20..], &u[..]);
+    // A first fragment with a checksum that cannot be verified alone: flags 0.
+    let mut t = syn([0xde, 0xad]);
+    t.extend_from_slice(&[7; 16]);
+    let ip = ip_pkt(A_IP, C_IP, 6, 64, 0x2000, &t);
+    let bytes = delivered_to_c(&mut n2, &kernel_datagram(&ip));
+    assert_eq!(bytes[0], 0, "fragment: the pod reassembles and verifies");
+    assert_eq!(&bytes[24 + 20..], &t[..]);
+    // ICMP is not ours to check either.
+    let ip = ip_pkt(A_IP, C_IP, 1, 64, 0, &echo_request(1, 1, b"icmp"));
+    assert_eq!(delivered_to_c(&mut n2, &kernel_datagram(&ip))[0], 0);
+    assert_eq!(n2.counters().snapshot().inner_checksums_completed, 0);
+    assert_balanced(&n2);
+}
+
+#[test]
+fn needs_csum_tcp_from_a_pod_leaves_through_the_tunnel_complete() {
+    let (mut n1, mut n2) = (node1(), node2());
+    let tcp = tcp_partial(A_IP, C_IP, 77, 0x18, b"GET / HTTP/1.1\r\n\r\n");
+    let ip = ip_pkt(A_IP, C_IP, 6, 64, 0x4000, &tcp);
+    let mut f = vnet(VNET_HDR_F_NEEDS_CSUM, 0, 0, 0, 34, 16);
+    f.extend_from_slice(&from_a(&ip)[10..]);
+    let d = datagrams_of(run(&mut n1, A, &f, 0), N2_UNDERLAY);
+    assert_eq!(d.len(), 1);
+    let inner = assert_vxlan(&d[0], VTEP1, VTEP2);
+    assert!(tcp_ok(inner), "complete TCP checksum inside the tunnel");
+    // Node 2 finds it valid: nothing to complete.
+    let bytes = delivered_to_c(&mut n2, &d[0]);
+    assert_eq!(bytes[0], VNET_HDR_F_DATA_VALID);
+    assert_eq!(&bytes[24 + 20..], &inner[20..]);
+    assert_eq!(n2.counters().snapshot().inner_checksums_completed, 0);
+    // Routed between local ports, the same frame keeps its header: the receiving
+    // pod's TAP finishes the checksum.
+    let ip_b = ip_pkt(
+        A_IP,
+        B_IP,
+        6,
+        64,
+        0x4000,
+        &tcp_partial(A_IP, B_IP, 1, 0x18, b"x"),
+    );
+    let mut f = vnet(VNET_HDR_F_NEEDS_CSUM, 0, 0, 0, 34, 16);
+    f.extend_from_slice(&from_a(&ip_b)[10..]);
+    let (o, buf) = run_inplace(&mut n1, A, &f);
+    assert_eq!(o, Ok(Forward(B)));
+    assert_eq!(&buf[..10], &f[..10], "virtio-net header untouched");
+    assert_eq!(
+        &buf[24 + 20..],
+        &ip_b[20..],
+        "partial checksum left to the TAP"
+    );
+}
+
 // ---------------------------------------------------------------- decapsulation drops
 
 /// A valid datagram from node 1 to pod C.
@@ -818,7 +1017,12 @@ proptest! {
             match n2.process_tunnel(SocketAddrV4::new(src, 4789), &mut d, 0, &mut out) {
                 Action::ToPort(port, bytes) => {
                     prop_assert!(n2.port_role(port).is_some());
-                    prop_assert!(bytes[..VNET_HDR_LEN].iter().all(|b| *b == 0));
+                    prop_assert!(bytes[1..VNET_HDR_LEN].iter().all(|b| *b == 0));
+                    match bytes[0] {
+                        0 => {}
+                        VNET_HDR_F_DATA_VALID => prop_assert!(l4_checksum_ok(&bytes[24..])),
+                        f => prop_assert!(false, "flags {:#x}", f),
+                    }
                 }
                 Action::Tunnel { peer, datagrams, segment_len, .. } => {
                     prop_assert_eq!(peer, N1_UNDERLAY);

@@ -33,6 +33,26 @@
 //! - **Checksum completion** ([`complete_partial_checksum`]). A frame whose virtio-net
 //!   header says `NEEDS_CSUM` carries only the pseudo-header sum in its L4 checksum
 //!   field; inside a tunnel no NIC will finish it, so we do (virtio 1.2 §5.1.6.2).
+//!   Every packet we send into the tunnel therefore carries a complete L4 checksum.
+//! - **Checksum settling on the way in** ([`settle_l4_checksum`]). Not every sender
+//!   is as careful. A Linux VXLAN device (flannel's `flannel.1`) on a veth underlay
+//!   sends inner TCP/UDP whose checksum is still *partial*: the pseudo-header sum
+//!   ([`pseudo_header_partial`], the kernel's `~csum_tcpudp_magic`), because veth
+//!   advertises checksum offload, so the skb stays `CHECKSUM_PARTIAL` through the
+//!   VXLAN transmit path, and with the outer UDP checksum at its IPv4 default of zero
+//!   (RFC 7348 §5: "UDP Checksum: It SHOULD be transmitted as zero") nothing ever
+//!   computes a checksum over those bytes. A Linux receiver on the same host would
+//!   accept them (the skb is still `CHECKSUM_PARTIAL`, which the local stack trusts);
+//!   a pod behind our TAP receives plain bytes, verifies, and drops them — ICMP
+//!   crosses such a node, TCP SYNs die as "cksum incorrect". So before a decapsulated
+//!   packet goes to a local port its TCP or UDP checksum (unfragmented packets only:
+//!   Linux completes partial checksums before it fragments, and a fragment cannot be
+//!   verified alone) is either verified, or recognised as partial and completed, or
+//!   the packet is dropped (`BadInnerChecksum`). Verified and completed packets go
+//!   out with `VIRTIO_NET_HDR_F_DATA_VALID`, so the pod's kernel takes them as
+//!   `CHECKSUM_UNNECESSARY` instead of summing them a second time. A corrupt packet
+//!   whose checksum field happens to equal the partial form (1 in 65,536) is
+//!   completed and accepted: the same trust the Linux receiver would give it.
 //!
 //! [`flow_hash`] picks the outer UDP source port (ECMP entropy, RFC 7348 §5).
 //!
@@ -44,9 +64,9 @@ use core::net::Ipv4Addr;
 use crate::drops::DropReason;
 use crate::router::drop_for;
 use crate::wire::checksum;
-use crate::wire::tcp::{pseudo_header_sum, TCP_CWR, TCP_FIN, TCP_PSH};
+use crate::wire::tcp::{pseudo_header_partial, pseudo_header_sum, TCP_CWR, TCP_FIN, TCP_PSH};
 use crate::wire::{
-    EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, MacAddr, TcpPacket,
+    EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, MacAddr, TcpPacket, UdpPacket,
     VxlanPacket, VxlanRepr, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN, VXLAN_HEADER_LEN,
 };
 
@@ -306,6 +326,92 @@ pub fn complete_partial_checksum(
         .ok_or(DropReason::BadVnetHeader)?;
     dst.copy_from_slice(&sum.to_be_bytes());
     Ok(())
+}
+
+/// What [`settle_l4_checksum`] found (and did) in a decapsulated packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Checksum {
+    /// Not looked at: not TCP or UDP, a fragment, or an L4 header too short or
+    /// inconsistent to check (the receiving kernel judges and drops those). Deliver
+    /// with virtio-net flags 0, as before.
+    Unchecked,
+    /// UDP with checksum 0: the sender computed none (RFC 768), nothing to verify.
+    /// Delivered with `DATA_VALID`, which changes nothing for the receiver: Linux
+    /// marks such a datagram `CHECKSUM_UNNECESSARY` itself (`udp4_csum_init`).
+    Absent,
+    /// The checksum verified.
+    Valid,
+    /// The checksum was partial (the pseudo-header sum only) and has been completed.
+    Completed,
+}
+
+impl L4Checksum {
+    /// `true` if the packet may be delivered with `VIRTIO_NET_HDR_F_DATA_VALID`.
+    pub const fn data_valid(self) -> bool {
+        !matches!(self, L4Checksum::Unchecked)
+    }
+}
+
+/// Checks the TCP or UDP checksum of the IPv4 packet `ip` (exactly `total_len` bytes,
+/// e.g. decapsulated from the tunnel) before local delivery, and completes it in place
+/// if the sender left it partial (see the module docs for why that happens).
+/// `Err(BadInnerChecksum)` if it is neither right nor partial. One pass over the
+/// segment: the completed checksum is derived from the failed verification's sum.
+pub fn settle_l4_checksum(ip: &mut [u8]) -> Result<L4Checksum, DropReason> {
+    let (hlen, len, full, tcp) = {
+        let Ok(p) = Ipv4Packet::new_checked(&*ip) else {
+            return Ok(L4Checksum::Unchecked);
+        };
+        if p.is_fragment() {
+            return Ok(L4Checksum::Unchecked);
+        }
+        let l4 = p.payload();
+        let (seg, stored, tcp) = match p.protocol() {
+            IpProtocol::Tcp => match TcpPacket::new_checked(l4) {
+                Ok(t) => (l4, t.checksum(), true),
+                Err(_) => return Ok(L4Checksum::Unchecked),
+            },
+            IpProtocol::Udp => match UdpPacket::new_checked(l4) {
+                Ok(u) if u.checksum() == 0 => return Ok(L4Checksum::Absent),
+                // `new_checked` made sure the length field is inside `l4`.
+                Ok(u) => (
+                    l4.get(..usize::from(u.len())).unwrap_or(l4),
+                    u.checksum(),
+                    false,
+                ),
+                Err(_) => return Ok(L4Checksum::Unchecked),
+            },
+            _ => return Ok(L4Checksum::Unchecked),
+        };
+        let proto = if tcp { 6 } else { 17 };
+        let (src, dst, len) = (p.src_addr(), p.dst_addr(), seg.len());
+        let sum = checksum::fold(checksum::accumulate(
+            pseudo_header_sum(src, dst, proto, len),
+            seg,
+        ));
+        if sum == 0xffff {
+            return Ok(L4Checksum::Valid);
+        }
+        if stored != pseudo_header_partial(src, dst, proto, len) {
+            return Err(DropReason::BadInnerChecksum);
+        }
+        // `sum` = pseudo-header + segment with the partial value in the field; take
+        // that value out again (one's-complement subtraction = adding its complement)
+        // and the rest is what the checksum must cancel. 0 is sent as 0xffff, as
+        // `complete_partial_checksum` and the kernel's `skb_checksum_help` do.
+        let full = match !checksum::fold(u64::from(sum) + u64::from(!stored)) {
+            0 => 0xffff,
+            c => c,
+        };
+        (p.header_len(), len, full, tcp)
+    };
+    let seg = ip.get_mut(hlen..hlen + len).ok_or(DropReason::Truncated)?;
+    if tcp {
+        TcpPacket::new_unchecked(seg).set_checksum(full);
+    } else {
+        UdpPacket::new_unchecked(seg).set_checksum(full);
+    }
+    Ok(L4Checksum::Completed)
 }
 
 /// murmur3's 32-bit finaliser: a bijection that spreads every input bit.

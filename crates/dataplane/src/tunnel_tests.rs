@@ -319,3 +319,152 @@ fn flow_hash_is_pinned_and_uses_ports_only_when_unfragmented() {
     seen.dedup();
     assert!(seen.len() > 3900, "{}", seen.len());
 }
+
+// ------------------------------------------------ checksums of decapsulated packets
+
+/// A SYN as a Linux `flannel.1` on a veth underlay sends it inside VXLAN:
+/// 10.244.1.2:40000 -> 10.244.2.3:80, MSS 1460, and in the TCP checksum field the
+/// *partial* value 0x190b = the folded pseudo-header sum (0af4 0102 0af4 0203 0006
+/// 0018), i.e. the kernel's `~csum_tcpudp_magic`. The complete checksum is 0xe3b2.
+static PARTIAL_SYN: [u8; 44] = [
+    0x45, 0x00, 0x00, 0x2c, 0xab, 0xcd, 0x40, 0x00, 0x40, 0x06, 0x76, 0x12, 0x0a, 0xf4, 0x01, 0x02,
+    0x0a, 0xf4, 0x02, 0x03, // IPv4
+    0x9c, 0x40, 0x00, 0x50, 0x01, 0x02, 0x03, 0x04, 0x00, 0x00, 0x00, 0x00, 0x60, 0x02, 0xfa, 0xf0,
+    0x19, 0x0b, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, // TCP
+];
+
+/// 10.244.1.2:4000 -> 10.244.2.3:53 "dns!" with the partial UDP checksum 0x190a
+/// (0af4 0102 0af4 0203 0011 000c); complete, it is 0xff84 (see `wire::udp`).
+static PARTIAL_UDP: [u8; 32] = [
+    0x45, 0x00, 0x00, 0x20, 0xab, 0xcd, 0x40, 0x00, 0x40, 0x11, 0x76, 0x13, 0x0a, 0xf4, 0x01, 0x02,
+    0x0a, 0xf4, 0x02, 0x03, // IPv4
+    0x0f, 0xa0, 0x00, 0x35, 0x00, 0x0c, 0x19, 0x0a, b'd', b'n', b's', b'!', // UDP
+];
+
+#[test]
+fn partial_fixtures_hold_the_kernel_partial_form() {
+    assert!(checksum::verify(&PARTIAL_SYN[..20]) && checksum::verify(&PARTIAL_UDP[..20]));
+    assert_eq!(
+        pseudo_header_partial(SRC, DST, 6, 24).to_be_bytes(),
+        [PARTIAL_SYN[36], PARTIAL_SYN[37]]
+    );
+    assert_eq!(
+        pseudo_header_partial(SRC, DST, 17, 12).to_be_bytes(),
+        [PARTIAL_UDP[26], PARTIAL_UDP[27]]
+    );
+}
+
+#[test]
+fn partial_tcp_and_udp_checksums_are_completed() {
+    let mut syn = PARTIAL_SYN;
+    assert_eq!(settle_l4_checksum(&mut syn), Ok(L4Checksum::Completed));
+    assert_eq!(&syn[36..38], &[0xe3, 0xb2], "complete TCP checksum");
+    assert_eq!(&syn[..36], &PARTIAL_SYN[..36], "nothing else changed");
+    assert_eq!(&syn[38..], &PARTIAL_SYN[38..]);
+    assert!(TcpPacket::new_checked(&syn[20..])
+        .unwrap()
+        .verify_checksum(SRC, DST));
+    // Settling again finds it valid and leaves it alone.
+    assert_eq!(settle_l4_checksum(&mut syn), Ok(L4Checksum::Valid));
+    assert_eq!(&syn[36..38], &[0xe3, 0xb2]);
+
+    let mut udp = PARTIAL_UDP;
+    assert_eq!(settle_l4_checksum(&mut udp), Ok(L4Checksum::Completed));
+    assert_eq!(&udp[26..28], &[0xff, 0x84], "complete UDP checksum");
+    assert_eq!(&udp[..26], &PARTIAL_UDP[..26]);
+    assert_eq!(&udp[28..], &PARTIAL_UDP[28..]);
+    assert_eq!(settle_l4_checksum(&mut udp), Ok(L4Checksum::Valid));
+}
+
+#[test]
+fn completion_matches_a_full_recompute_for_many_payloads() {
+    for n in [0usize, 1, 2, 3, 499, 1398] {
+        let ip = ipv4(6, 0x4000, &[], &tcp(n as u32, TCP_ACK, &pattern(n)));
+        let mut settled = ip.clone();
+        assert_eq!(settle_l4_checksum(&mut settled), Ok(L4Checksum::Completed));
+        let mut reference = ip.clone();
+        complete_partial_checksum(&mut reference, 20, 16, ip.len()).unwrap();
+        assert_eq!(settled, reference, "payload {n}");
+    }
+    // IPv4 options, and bytes after the UDP length (not part of the datagram).
+    let mut ip = ipv4(6, 0, &[0x94, 4, 0, 0], &tcp(9, TCP_ACK, b"opts"));
+    assert_eq!(settle_l4_checksum(&mut ip), Ok(L4Checksum::Completed));
+    assert!(TcpPacket::new_checked(&ip[24..])
+        .unwrap()
+        .verify_checksum(SRC, DST));
+    let mut padded = PARTIAL_UDP[20..].to_vec();
+    padded.extend_from_slice(&[0xee, 0xee]);
+    let mut ip = ipv4(17, 0, &[], &padded);
+    assert_eq!(settle_l4_checksum(&mut ip), Ok(L4Checksum::Completed));
+    assert_eq!(&ip[26..28], &[0xff, 0x84]);
+    // A UDP checksum that comes out as 0 is stored as 0xffff (RFC 768).
+    let mut udp = vec![0x12, 0x34, 0x00, 0x35, 0x00, 0x0a, 0, 0, 0, 0];
+    let partial = pseudo_header_partial(SRC, DST, 17, 10);
+    udp[6..8].copy_from_slice(&partial.to_be_bytes());
+    let rest = checksum::fold(checksum::accumulate(0, &udp));
+    udp[8..10].copy_from_slice(&(0xffff - rest).to_be_bytes());
+    let mut ip = ipv4(17, 0, &[], &udp);
+    assert_eq!(settle_l4_checksum(&mut ip), Ok(L4Checksum::Completed));
+    assert_eq!(&ip[26..28], &[0xff, 0xff]);
+    assert_eq!(settle_l4_checksum(&mut ip), Ok(L4Checksum::Valid));
+}
+
+#[test]
+fn wrong_checksums_are_refused_and_the_rest_left_alone() {
+    // Corrupt: neither complete nor partial.
+    let mut syn = PARTIAL_SYN;
+    syn[37] ^= 0x40;
+    assert_eq!(
+        settle_l4_checksum(&mut syn),
+        Err(DropReason::BadInnerChecksum)
+    );
+    // A complete checksum over a payload changed on the way.
+    let mut udp = PARTIAL_UDP;
+    udp[26..28].copy_from_slice(&[0xff, 0x84]);
+    udp[31] = b'?';
+    assert_eq!(
+        settle_l4_checksum(&mut udp),
+        Err(DropReason::BadInnerChecksum)
+    );
+    // UDP checksum 0: none was computed; unchanged.
+    let mut udp = PARTIAL_UDP;
+    udp[26..28].copy_from_slice(&[0, 0]);
+    let before = udp;
+    assert_eq!(settle_l4_checksum(&mut udp), Ok(L4Checksum::Absent));
+    assert!(L4Checksum::Absent.data_valid());
+    assert_eq!(udp, before);
+    // Fragments (first or later), other protocols, and L4 headers too short to check
+    // are not ours to judge.
+    let unchecked = |mut ip: Vec<u8>| {
+        let before = ip.clone();
+        let r = settle_l4_checksum(&mut ip);
+        assert_eq!(ip, before);
+        r
+    };
+    let bad_tcp = {
+        let mut t = tcp(1, TCP_ACK, b"x");
+        t[16] ^= 0xff;
+        t
+    };
+    for ff in [0x2000, 0x0010] {
+        assert_eq!(
+            unchecked(ipv4(6, ff, &[], &bad_tcp)),
+            Ok(L4Checksum::Unchecked)
+        );
+    }
+    assert_eq!(
+        unchecked(ipv4(1, 0, &[], &bad_tcp)),
+        Ok(L4Checksum::Unchecked)
+    );
+    assert_eq!(
+        unchecked(ipv4(6, 0, &[], &bad_tcp[..19])),
+        Ok(L4Checksum::Unchecked)
+    );
+    assert_eq!(
+        unchecked(ipv4(17, 0, &[], &[0, 1, 0, 2, 0, 4, 0x12, 0x34])),
+        Ok(L4Checksum::Unchecked),
+        "UDP length below 8"
+    );
+    assert_eq!(unchecked(vec![0x45, 0]), Ok(L4Checksum::Unchecked));
+    assert!(!L4Checksum::Unchecked.data_valid());
+}

@@ -1,7 +1,7 @@
 //! Checked views over packet bytes, and `Repr`s that emit headers into a caller's buffer.
 //!
 //! Every header the data plane touches is read through a view (`EthernetFrame<T>`,
-//! `ArpPacket<T>`, `Ipv4Packet<T>`, `Icmpv4Packet<T>`, `TcpPacket<T>`,
+//! `ArpPacket<T>`, `Ipv4Packet<T>`, `Icmpv4Packet<T>`, `TcpPacket<T>`, `UdpPacket<T>`,
 //! `VxlanPacket<T>`, `VnetHdr<T>`) built with
 //! `new_checked`, which validates lengths (and, for IPv4, the header-length fields)
 //! once. After that, accessors cannot panic: they read through `slice::get`, and the
@@ -21,6 +21,7 @@ pub mod ethernet;
 pub mod icmpv4;
 pub mod ipv4;
 pub mod tcp;
+pub mod udp;
 pub mod vnet;
 pub mod vxlan;
 
@@ -32,6 +33,7 @@ pub use icmpv4::{
 };
 pub use ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr, IPV4_MIN_HEADER_LEN};
 pub use tcp::{TcpPacket, TCP_MIN_HEADER_LEN};
+pub use udp::{UdpPacket, UDP_HEADER_LEN};
 pub use vnet::{
     GsoType, VnetHdr, VnetHdrRepr, VNET_HDR_F_DATA_VALID, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_ECN,
     VNET_HDR_GSO_NONE, VNET_HDR_GSO_TCPV4, VNET_HDR_GSO_TCPV6, VNET_HDR_GSO_UDP,
@@ -48,6 +50,7 @@ pub enum Layer {
     Ipv4,
     Icmpv4,
     Tcp,
+    Udp,
     Vxlan,
 }
 
@@ -60,6 +63,7 @@ impl core::fmt::Display for Layer {
             Layer::Ipv4 => "IPv4",
             Layer::Icmpv4 => "ICMPv4",
             Layer::Tcp => "TCP",
+            Layer::Udp => "UDP",
             Layer::Vxlan => "VXLAN",
         })
     }

@@ -5,7 +5,8 @@
 //! `new_checked` establishes `20 <= data offset × 4 <= buffer length`. Options are
 //! carried as opaque bytes inside [`TcpPacket::header`]. The checksum covers a
 //! pseudo-header (source, destination, zero, protocol 6, TCP length) plus the whole
-//! segment; [`pseudo_header_sum`] gives the first part so callers can add the rest.
+//! segment; [`pseudo_header_sum`] gives the first part so callers can add the rest,
+//! and [`pseudo_header_partial`] the value a partial (offloaded) checksum holds.
 
 use core::net::Ipv4Addr;
 
@@ -152,6 +153,17 @@ pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4_len: usi
     acc + u64::from(protocol) + (l4_len as u64)
 }
 
+/// The value a *partial* TCP or UDP checksum field holds: the pseudo-header sum
+/// folded to 16 bits and **not** complemented. This is what Linux stores when it
+/// leaves a checksum to the NIC (`CHECKSUM_PARTIAL`): `__tcp_v4_send_check` and
+/// `udp4_hwcsum` write `~csum_tcpudp_magic(saddr, daddr, len, proto, 0)`, and
+/// `csum_tcpudp_magic` is the complemented fold, so the field is the plain fold. The
+/// virtio-net `NEEDS_CSUM` frames a TAP hands us carry the same value.
+#[inline]
+pub fn pseudo_header_partial(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4_len: usize) -> u16 {
+    checksum::fold(pseudo_header_sum(src, dst, protocol, l4_len))
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
@@ -212,6 +224,30 @@ mod tests {
             checksum::fold(pseudo_header_sum(SRC, DST, 6, 26)),
             checksum::fold(words)
         );
+    }
+
+    /// `~csum_tcpudp_magic` pinned with bytes: a 16-byte UDP datagram from
+    /// 10.244.255.254 to 10.244.254.255 (words 0af4 fffe 0af4 feff 0011 0010 sum to
+    /// 0x21506, which folds with an end-around carry of 2 to 0x1508), and the 26-byte
+    /// segment of `SEGMENT_BYTES` (0af4+0102+0af4+0203+0006+001a = 0x190d).
+    #[test]
+    fn partial_form_is_the_uncomplemented_fold() {
+        let a = Ipv4Addr::new(10, 244, 255, 254);
+        let b = Ipv4Addr::new(10, 244, 254, 255);
+        assert_eq!(
+            pseudo_header_partial(a, b, 17, 16).to_be_bytes(),
+            [0x15, 0x08]
+        );
+        assert_eq!(
+            pseudo_header_partial(SRC, DST, 6, 26).to_be_bytes(),
+            [0x19, 0x0d]
+        );
+        // Storing it and summing the segment completes the checksum.
+        let mut seg = SEGMENT_BYTES;
+        seg[16..18].copy_from_slice(&[0x19, 0x0d]);
+        let full = !checksum::fold(checksum::accumulate(0, &seg));
+        seg[16..18].copy_from_slice(&full.to_be_bytes());
+        assert_eq!(seg, with_checksum());
     }
 
     #[test]
