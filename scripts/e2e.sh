@@ -86,7 +86,7 @@ ip -n "$LAB-default-client" link set eth0 mtu 1450
 check "too big for the tunnel with DF set: ICMP fragmentation needed, mtu 1450, from the gateway" \
     grep -q "From 10.244.1.1 .*Frag needed and DF set (mtu = 1450)" <<<"$OUT"
 check "a 1422-byte ping with DF set (1450 bytes) crosses the tunnel" "${LABSH[@]}" exec client -- ping -c 1 -W 2 -M "do" -s 1422 "$IP3"
-check "a 20000-byte TCP-free ping (IP fragments) crosses the tunnel" "${LABSH[@]}" exec client -- ping -c 1 -W 2 -s 20000 "$IP3"
+check "a 20000-byte ping (IP fragments) crosses the tunnel" "${LABSH[@]}" exec client -- ping -c 1 -W 2 -s 20000 "$IP3"
 
 # tshark decodes what crosses the underlay as VXLAN, VNI 1, with the pods inside.
 ip netns exec "$LAB-underlay" tshark -i br0 -f "udp port 4789" -c 4 -a duration:15 -w "$TMP/vxlan.pcap" >"$TMP/tshark.log" 2>&1 &
