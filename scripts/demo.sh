@@ -140,9 +140,118 @@ fact3() {
     fi
 }
 
+# Column of `tapestry get services` for service $1: 3 = cluster IP.
+svc_ip() { "$BIN/tapestry" get services -A | awk -v s="$1" '$2 == s { print $4 }'; }
+
+fact4() {
+    echo
+    echo "Fact 4: pods reach a Service by one stable virtual IP"
+    local vip pod node i out seen=" " all_ok=0 n=0
+    vip=$(svc_ip web)
+    echo "  Service web has ClusterIP $vip. No interface anywhere has that address: each"
+    echo "  node's router rewrites ClusterIP:80 to one ready web pod (Maglev hashing, then"
+    echo "  connection tracking), and rewrites the replies back."
+    "$BIN/tapestry" get endpoints | awk 'NR == 1 || $2 == "web"' | indent
+    while read -r pod node; do
+        echo "  from $pod on $node:"
+        for i in 1 2 3 4 5 6; do
+            out=$(in_pod "$pod" curl -s --max-time 3 "http://$vip/" 2>&1)
+            n=$((n + 1))
+            if [[ "$out" == pod=web-* ]]; then
+                echo "    curl http://$vip/ #$i -> ${out%% namespace=*} (${out##* node=})" | sed 's/ client=.*)/)/'
+                seen="$seen${out%% *} "
+            else
+                echo "    curl http://$vip/ #$i -> FAILED: $out"
+                all_ok=1
+            fi
+        done
+    done < <("$BIN/tapestry" get pods | awk 'NR > 1 && !seen[$6]++ { print $2, $6 }')
+    if [ "$all_ok" -eq 0 ]; then
+        pass "fact 4: all $n requests to the ClusterIP $vip answered, from a pod on every node"
+    else
+        fail "fact 4: some requests to the ClusterIP $vip failed"
+    fi
+    local distinct
+    distinct=$(echo "$seen" | tr ' ' '\n' | sort -u | grep -c .)
+    if [ "$distinct" -ge 2 ]; then
+        pass "fact 4: answers came from $distinct different backends:$(echo "$seen" | tr ' ' '\n' | sort -u | tr '\n' ' ')"
+    else
+        fail "fact 4: every answer came from one backend ($seen)"
+    fi
+}
+
+fact5() {
+    echo
+    echo "Fact 5: pods find Services by name, and new endpoints are discovered"
+    local out vip
+    vip=$(svc_ip web)
+    show "scripts/lab.sh exec client -- cat /etc/resolv.conf"
+    in_pod client cat /etc/resolv.conf | indent
+    show "scripts/lab.sh exec client -- curl -s http://web/"
+    out=$(in_pod client curl -s --max-time 5 http://web/ 2>&1)
+    echo "$out" | indent
+    if [[ "$out" == pod=web-* ]]; then pass "fact 5: curl http://web (short name, via the search path) answered"; else fail "fact 5: curl http://web failed"; fi
+    show "scripts/lab.sh exec client -- curl -s http://web.default.svc.cluster.local/"
+    out=$(in_pod client curl -s --max-time 5 http://web.default.svc.cluster.local/ 2>&1)
+    echo "$out" | indent
+    if [[ "$out" == pod=web-* ]]; then pass "fact 5: curl http://web.default.svc.cluster.local answered"; else fail "fact 5: curl of the full name failed"; fi
+    show "scripts/lab.sh exec client -- dig +short +search web"
+    out=$(in_pod client dig +short +search web 2>&1)
+    echo "$out" | indent
+    if [ "$out" = "$vip" ]; then pass "fact 5: dig of the short name gives the ClusterIP $vip"; else fail "fact 5: dig +search web gave '$out', want $vip"; fi
+    show "scripts/lab.sh exec client -- dig +short web-pods.default.svc.cluster.local   (headless: the pods themselves)"
+    out=$(in_pod client dig +short web-pods.default.svc.cluster.local 2>&1 | sort | tr '\n' ' ')
+    echo "    $out"
+    local ready
+    ready=$("$BIN/tapestry" get endpoints | awk '$2 == "web-pods" { print $3 }' | tr ',' '\n' | cut -d: -f1 | sort | tr '\n' ' ')
+    if [ -n "$out" ] && [ "$out" = "$ready" ]; then pass "fact 5: the headless name lists exactly the ready web pods"; else fail "fact 5: headless answer '$out', ready endpoints '$ready'"; fi
+
+    echo "  Scaling web up: tapestry apply -f lab/scale/web-e.yaml"
+    local t0 dig_ok="" lb_ok="" ip_e
+    t0=$(date +%s%N)
+    "$BIN/tapestry" apply -f "$REPO/lab/scale/web-e.yaml" | indent
+    while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 5000 ]; do
+        ip_e=$(pod_ip web-e)
+        if [ -z "$dig_ok" ] && [ -n "$ip_e" ] && [ "$ip_e" != "-" ] && in_pod client dig +short web-e.web-pods.default.svc.cluster.local | grep -qx "$ip_e"; then
+            dig_ok=$(( ($(date +%s%N) - t0) / 1000000 ))
+        fi
+        if [ -z "$lb_ok" ] && in_pod client curl -s --max-time 1 "http://$vip/" | grep -q "pod=web-e "; then
+            lb_ok=$(( ($(date +%s%N) - t0) / 1000000 ))
+        fi
+        [ -n "$dig_ok" ] && [ -n "$lb_ok" ] && break
+    done
+    echo "    web-e ($ip_e) in DNS after ${dig_ok:-never} ms, served through the ClusterIP after ${lb_ok:-never} ms"
+    if [ -n "$dig_ok" ] && [ -n "$lb_ok" ]; then
+        pass "fact 5: the new replica web-e appeared in DNS and behind the ClusterIP"
+    else
+        fail "fact 5: the new replica web-e was not discovered within 5 s"
+    fi
+    echo "  Scaling web down: tapestry delete -f lab/scale/web-e.yaml"
+    "$BIN/tapestry" delete -f "$REPO/lab/scale/web-e.yaml" | indent
+    t0=$(date +%s%N)
+    local gone="" failed=0
+    while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 5000 ]; do
+        if ! in_pod client dig +short web-pods.default.svc.cluster.local | grep -qx "$ip_e"; then
+            gone=$(( ($(date +%s%N) - t0) / 1000000 )); break
+        fi
+    done
+    for _ in $(seq 1 20); do
+        out=$(in_pod client curl -s --max-time 2 "http://$vip/" 2>&1)
+        if [[ "$out" != pod=web-* ]] || [[ "$out" == "pod=web-e "* ]]; then failed=$((failed + 1)); fi
+    done
+    echo "    web-e gone from DNS after ${gone:-never} ms; then 20 requests to the ClusterIP: $failed failed or reached web-e"
+    if [ -n "$gone" ] && [ "$failed" -eq 0 ]; then
+        pass "fact 5: web-e left DNS and the load balancer, and no request failed after that"
+    else
+        fail "fact 5: after scaling down, DNS or the load balancer still used web-e ($failed bad requests)"
+    fi
+}
+
 fact1
 fact2
 fact3
+fact4
+fact5
 echo
 echo "demo: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -22,6 +22,7 @@ NODES=2
 BIN="$REPO/target/release"
 export LAB BIN
 MANIFESTS="$REPO/lab/pods"
+SERVICES="$REPO/lab/services"
 
 usage() {
     sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -40,7 +41,7 @@ need_root() {
 # Debian packages the lab uses, by the command that needs them.
 ensure_packages() {
     local missing=() cmd pkg
-    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps traceroute:traceroute nsenter:util-linux; do
+    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps traceroute:traceroute nsenter:util-linux dig:dnsutils; do
         cmd=${pair%%:*}; pkg=${pair#*:}
         command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
     done
@@ -53,7 +54,7 @@ ensure_packages() {
 
 build() {
     say "building release binaries"
-    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-pause)
+    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-pause --bin tapestry-dns)
 }
 
 tapestry() { "$BIN/tapestry" "$@"; }
@@ -106,6 +107,7 @@ start_node() {
         # namespace, or the pod namespaces its kubelet creates would be invisible.
         setsid nsenter --net="/run/netns/$ns" "$BIN/tapestryd" --node "$node" --store "$(store)" \
             --underlay-ip "198.18.0.$i" --pod-cidr "10.244.$i.0/24" --netns-prefix "$LAB" \
+            --cluster-dns 10.96.0.10 \
             --state-dir "$dir" </dev/null >>"$dir/tapestryd.log" 2>&1 &
         echo $! >"$dir/tapestryd.pid"
     fi
@@ -127,8 +129,9 @@ cmd_up() {
     for i in $(seq 1 "$NODES"); do
         start_node "$i"
     done
-    say "applying ${MANIFESTS#"$REPO"/}"
+    say "applying ${MANIFESTS#"$REPO"/} and ${SERVICES#"$REPO"/}"
     tapestry apply --store "$(store)" -f "$MANIFESTS"
+    tapestry apply --store "$(store)" -f "$SERVICES"
     say "waiting for every pod to answer"
     tapestry wait --store "$(store)" --timeout 60
     cmd_status
@@ -186,7 +189,11 @@ cmd_status() {
     echo
     tapestry get nodes --store "$(store)"
     echo
-    tapestry get pods --store "$(store)" -o wide
+    tapestry get pods --store "$(store)" -o wide -A
+    echo
+    tapestry get services --store "$(store)" -A
+    echo
+    tapestry get endpoints --store "$(store)" -A
 }
 
 pod_ns() {

@@ -13,3 +13,4 @@ pub mod kubelet;
 pub mod control;
 pub mod netconf;
 pub mod node;
+pub mod service_sync;

@@ -14,9 +14,9 @@ use tapestry_agent::control;
 use tapestry_agent::kubelet::{ClusterDns, Kubelet};
 use tapestry_agent::netconf::mac_for;
 use tapestry_agent::node::{Node, NodeConfig, TunnelSetup};
-use tapestry_agent::cluster_sync;
+use tapestry_agent::{cluster_sync, service_sync};
 use tapestry_cluster::ipam::{self, PodIpam};
-use tapestry_cluster::{DirStore, Ipv4Cidr, MacAddr, Store};
+use tapestry_cluster::{ClusterCache, DirStore, Ipv4Cidr, MacAddr, Store};
 
 /// VXLAN's overhead on the underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) +
 /// inner Ethernet (14) bytes (RFC 7348).
@@ -51,6 +51,9 @@ struct Args {
     /// The cluster's pod network, split into per-node subnets.
     #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/16")]
     cluster_cidr: Ipv4Cidr,
+    /// The Service network: ClusterIPs are load-balanced by each node's router.
+    #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12")]
+    service_cidr: Ipv4Cidr,
     /// Prefix length of each node's pod subnet.
     #[arg(long, default_value_t = 24)]
     node_prefix: u8,
@@ -148,6 +151,7 @@ fn run(args: Args) -> Result<(), String> {
                 port: args.vxlan_port,
                 inner_mtu: args.underlay_mtu - VXLAN_OVERHEAD,
                 cluster: args.cluster_cidr,
+                service_cidr: args.service_cidr,
             };
             (subnet, Some(tunnel))
         }
@@ -180,6 +184,12 @@ fn run(args: Args) -> Result<(), String> {
         std::thread::Builder::new()
             .name("routes".into())
             .spawn(move || cluster_sync::watch_routes(store2, me, subnet, cluster, routes))
+            .map_err(|e| e.to_string())?;
+        let cache = Arc::new(ClusterCache::start(Arc::clone(store)).map_err(|e| format!("cannot watch the cluster store: {e}"))?);
+        let services = node.services();
+        std::thread::Builder::new()
+            .name("services".into())
+            .spawn(move || service_sync::run(cache, services))
             .map_err(|e| e.to_string())?;
         let kubelet = Arc::new(Kubelet {
             node: Arc::clone(&node),

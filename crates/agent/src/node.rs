@@ -21,6 +21,7 @@ use tapestry_cluster::Ipv4Cidr;
 use arc_swap::ArcSwap;
 use tapestry_dataplane::pipeline::TunnelConfig;
 use tapestry_dataplane::routes::RouteSnapshot;
+use tapestry_dataplane::ServiceTable;
 use tapestry_io::tunnel::TunnelSocket;
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
@@ -57,6 +58,8 @@ pub struct TunnelSetup {
     pub inner_mtu: u32,
     /// The cluster's pod network (routed via the gateway from the node itself).
     pub cluster: Ipv4Cidr,
+    /// The Service network (ClusterIPs), load-balanced by the router.
+    pub service_cidr: Ipv4Cidr,
 }
 
 /// One attached pod, as remembered across restarts.
@@ -86,6 +89,7 @@ pub struct Node {
     worker: Mutex<WorkerHandle>,
     counters: Arc<Counters>,
     routes: Arc<ArcSwap<RouteSnapshot>>,
+    services: Arc<ArcSwap<ServiceTable>>,
     mac_capacity: usize,
     /// Control-path state; serialises attach/detach (never touched per packet).
     state: Mutex<State>,
@@ -114,11 +118,13 @@ impl Node {
                 inner_mtu: u16::try_from(t.inner_mtu).map_err(err("inner MTU"))?,
             });
             socket = Some(TunnelSocket::bind(t.underlay_ip, t.port).map_err(err("tunnel"))?);
+            pcfg.service_cidr = Some((t.service_cidr.network(), t.service_cidr.prefix_len()));
         }
         let mac_capacity = pcfg.mac_capacity;
         let pipeline = Pipeline::new(pcfg);
         let counters = Arc::clone(pipeline.counters());
         let routes = Arc::clone(pipeline.routes());
+        let services = Arc::clone(pipeline.services());
         let worker = tapestry_io::spawn(pipeline, socket).map_err(err("cannot start the data-plane worker"))?;
 
         let host_tap = Tap::open(&cfg.host_port, true)
@@ -145,6 +151,7 @@ impl Node {
             worker: Mutex::new(worker),
             counters,
             routes,
+            services,
             mac_capacity,
             state: Mutex::new(State {
                 pods: BTreeMap::new(),
@@ -527,6 +534,11 @@ impl Node {
             routes,
             tunnel_tx_errors,
         })
+    }
+
+    /// The handle service tables are published into.
+    pub fn services(&self) -> Arc<ArcSwap<ServiceTable>> {
+        Arc::clone(&self.services)
     }
 
     /// The handle route snapshots are published into.

@@ -68,9 +68,12 @@ enum Cmd {
         store: StoreArg,
         /// `nodes` or `pods`.
         kind: String,
-        /// Only this namespace (pods).
+        /// Only this namespace (pods, services, endpoints) [default: default].
         #[arg(short, long)]
         namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -211,7 +214,10 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Apply { store, file } => objects::apply(&store.open()?, &file),
-        Cmd::Get { store, kind, namespace, output } => objects::get(&store.open()?, &kind, namespace.as_deref(), output),
+        Cmd::Get { store, kind, namespace, all_namespaces, output } => {
+            let ns = if all_namespaces { None } else { Some(namespace.unwrap_or_else(|| "default".into())) };
+            objects::get(&store.open()?, &kind, ns.as_deref(), output)
+        }
         Cmd::Delete { store, file, namespace, args } => {
             let keys = match (file, args.as_slice()) {
                 (Some(f), []) => objects::keys_of(&f)?,
@@ -219,9 +225,14 @@ fn run(cli: Cli) -> Result<(), String> {
                     let prefix = match kind.as_str() {
                         "pod" | "pods" | "po" => format!("pods/{namespace}/"),
                         "node" | "nodes" | "no" => "nodes/".to_owned(),
-                        other => return Err(format!("unknown resource type {other:?}: use pod or node")),
+                        "service" | "services" | "svc" => format!("services/{namespace}/"),
+                        other => return Err(format!("unknown resource type {other:?}: use pod, service or node")),
                     };
-                    let shown = if prefix.starts_with("pods") { "Pod" } else { "Node" };
+                    let shown = match prefix.split('/').next() {
+                        Some("pods") => "Pod",
+                        Some("services") => "Service",
+                        _ => "Node",
+                    };
                     names.iter().map(|n| (format!("{prefix}{n}"), format!("{shown} {n}"))).collect()
                 }
                 _ => return Err("give -f FILE, or KIND NAME… (e.g. `delete pod web-a`)".into()),

@@ -10,7 +10,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tapestry_cluster::status::{status_key, PodRunStatus};
-use tapestry_cluster::{load_path, Node, Object, Pod, Store};
+use tapestry_cluster::{
+    allocate_cluster_ip, compute_endpoints, load_path, release_cluster_ip, ClusterIp, Node, Object, Pod, Service,
+    ServiceType, Store, DEFAULT_SERVICE_CIDR,
+};
 
 /// Output formats of `get`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +41,17 @@ fn pods(store: &dyn Store) -> Result<Vec<Pod>, String> {
         .iter()
         .filter_map(|e| match Object::from_json(&e.value, &e.key) {
             Ok(Object::Pod(p)) => Some(p),
+            _ => None,
+        })
+        .collect())
+}
+
+fn services(store: &dyn Store) -> Result<Vec<Service>, String> {
+    let (entries, _) = store.list("services/").map_err(|e| e.to_string())?;
+    Ok(entries
+        .iter()
+        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Service(s)) => Some(s),
             _ => None,
         })
         .collect())
@@ -91,6 +105,14 @@ pub fn apply(store: &dyn Store, path: &Path) -> Result<(), String> {
                 pod.spec.node_name = Some(chosen);
                 Object::Pod(pod)
             }
+            (Object::Service(mut svc), _) if svc.spec.type_ == ServiceType::ClusterIp && !svc.is_headless() => {
+                // As the API server does: allocate (or confirm) the ClusterIP and
+                // record it in the stored object.
+                let ip = allocate_cluster_ip(store, &svc.key(), svc.spec.cluster_ip.ip(), DEFAULT_SERVICE_CIDR)
+                    .map_err(|e| e.to_string())?;
+                svc.spec.cluster_ip = ClusterIp::Ip(ip);
+                Object::Service(svc)
+            }
             (obj, _) => obj,
         };
         let bytes = obj.to_json().map_err(|e| e.to_string())?;
@@ -117,6 +139,9 @@ pub fn delete(store: &dyn Store, keys: Vec<(String, String)>) -> Result<(), Stri
         match store.delete(&key).map_err(|e| e.to_string())? {
             Some(_) => println!("{shown} deleted"),
             None => missing.push(shown),
+        }
+        if key.starts_with("services/") {
+            release_cluster_ip(store, &key).map_err(|e| e.to_string())?;
         }
     }
     if missing.is_empty() {
@@ -195,7 +220,74 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
             }
             Ok(())
         }
-        other => Err(format!("unknown resource type {other:?}: use nodes or pods")),
+        "services" | "service" | "svc" => {
+            let services: Vec<Service> = services(store)?
+                .into_iter()
+                .filter(|svc| namespace.is_none_or(|ns| svc.metadata.namespace == ns))
+                .collect();
+            match format {
+                Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&services.into_iter().map(Object::Service).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Json => println!("{}", tapestry_cluster::emit_json(&services.into_iter().map(Object::Service).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Table | Format::Wide => {
+                    println!("{:<12} {:<12} {:<13} {:<15} {:<20} SELECTOR", "NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)");
+                    for svc in services {
+                        let ip = match svc.spec.cluster_ip {
+                            ClusterIp::Ip(ip) => ip.to_string(),
+                            ClusterIp::Headless => "None".into(),
+                            ClusterIp::Auto => "<pending>".into(),
+                        };
+                        let ip = if svc.spec.type_ == ServiceType::ExternalName {
+                            svc.spec.external_name.clone().unwrap_or_default()
+                        } else {
+                            ip
+                        };
+                        let ports: Vec<String> = svc.spec.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
+                        let sel: Vec<String> = svc.spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        println!(
+                            "{:<12} {:<12} {:<13} {:<15} {:<20} {}",
+                            svc.metadata.namespace,
+                            svc.metadata.name,
+                            svc.spec.type_.as_str(),
+                            ip,
+                            if ports.is_empty() { "<none>".into() } else { ports.join(",") },
+                            if sel.is_empty() { "<none>".into() } else { sel.join(",") }
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        "endpoints" | "ep" => {
+            let pods = pods(store)?;
+            let with_status: Vec<(Pod, Option<PodRunStatus>)> = pods.iter().map(|p| (p.clone(), status(store, p))).collect();
+            println!("{:<12} {:<12} ENDPOINTS", "NAMESPACE", "NAME");
+            for svc in services(store)?.into_iter().filter(|svc| namespace.is_none_or(|ns| svc.metadata.namespace == ns)) {
+                if svc.spec.type_ == ServiceType::ExternalName {
+                    continue;
+                }
+                let eps = compute_endpoints(&svc, &with_status);
+                let list: Vec<String> = eps
+                    .addresses
+                    .iter()
+                    .flat_map(|a| {
+                        if a.ports.is_empty() {
+                            vec![a.ip.to_string()]
+                        } else {
+                            a.ports.iter().map(|p| format!("{}:{}", a.ip, p.port)).collect()
+                        }
+                    })
+                    .collect();
+                let shown = if list.is_empty() { "<none>".to_owned() } else { list.join(",") };
+                let shown = if format == Format::Wide || list.len() <= 6 {
+                    shown
+                } else {
+                    format!("{} + {} more", list.get(..6).unwrap_or_default().join(","), list.len() - 6)
+                };
+                println!("{:<12} {:<12} {}", svc.metadata.namespace, svc.metadata.name, shown);
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown resource type {other:?}: use nodes, pods, services or endpoints")),
     }
 }
 

@@ -7,19 +7,33 @@
 //! the data plane or does network I/O.
 //!
 //! - [`net`]: IPv4 CIDR and MAC address types.
-//! - [`manifest`]: Kubernetes-shaped objects (Pod, Node) and YAML loading.
+//! - [`manifest`]: Kubernetes-shaped objects (Pod, Node, Service) and YAML
+//!   loading; [`service`] holds the Service type and its rules.
 //! - [`validate`]: Kubernetes naming rules and field errors.
 //! - [`store`]: the revisioned key-value store with watch, and its backends.
 //! - [`ipam`]: node subnet leases and pod IP allocation over the store.
+//! - [`cluster_ip`]: service virtual IP allocation over the store.
+//! - [`endpoints`]: a service's backends, computed from pods and status.
+//! - [`cache`]: a live decoded view of the cluster, published as snapshots.
 #![forbid(unsafe_code)]
 
+pub mod cache;
+pub mod cluster_ip;
+pub mod endpoints;
 pub mod ipam;
 pub mod manifest;
 pub mod net;
-pub mod store;
+pub mod service;
 pub mod status;
+pub mod store;
 pub mod validate;
 
+pub use cache::{ClusterCache, ClusterState};
+pub use cluster_ip::{
+    allocate_cluster_ip, list_cluster_ips, lookup_cluster_ip, release_cluster_ip, ServiceError,
+    CLUSTER_DNS_IP, DEFAULT_SERVICE_CIDR,
+};
+pub use endpoints::{compute_endpoints, EndpointAddress, EndpointPort, Endpoints};
 pub use ipam::{lease_node_subnet, IpamError, PodIpam};
 pub use manifest::{
     emit_json, emit_yaml, load_path, parse_manifests, Container, ContainerPort, EnvVar,
@@ -27,6 +41,10 @@ pub use manifest::{
     Protocol,
 };
 pub use net::{Ipv4Cidr, MacAddr};
+pub use service::{
+    ClusterIp, Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity, TargetPort,
+};
+pub use status::PodRunStatus;
 pub use store::{
     DirStore, DirStoreOptions, Entry, Event, MemStore, Revision, Store, StoreError, Watch,
 };

@@ -19,6 +19,9 @@
 //! [`emit_yaml`] output parses back into equal objects (`get -o yaml`), and
 //! [`Object::to_json`] / [`Object::from_json`] are the encoding the store keeps.
 //!
+//! Kinds: Pod and Node here; Service in [`crate::service`] (re-exported
+//! here), because its rules are a module's worth on their own.
+//!
 //! Deviation from Kubernetes: a Node's underlay address and VTEP MAC are the
 //! plain fields `status.underlayIP` and `status.vtepMAC` (Kubernetes keeps the
 //! first in `status.addresses[type=InternalIP]`, which is also read as a
@@ -32,10 +35,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::net::{Ipv4Cidr, MacAddr};
+pub use crate::service::{
+    service_key, ClusterIp, Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity,
+    TargetPort,
+};
 use crate::validate::{check_name, FieldError, NameRule, Problem};
 
 /// The kinds [`parse_manifests`] accepts, for error messages.
-pub const SUPPORTED_KINDS: &str = "Pod, Node";
+pub const SUPPORTED_KINDS: &str = "Pod, Node, Service";
 
 /// Where a document came from: file (or other source name) and 1-based index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +130,7 @@ fn default_namespace() -> String {
 
 /// Accepts an explicit YAML `null` (`labels:` with nothing after it) as the
 /// default value, as Kubernetes does.
-fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,
@@ -135,7 +142,7 @@ where
 /// "expected u16".
 /// The error is raised inside the visitor so the decoder reports it at the
 /// field's own path.
-fn port_number<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+pub(crate) fn port_number<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     struct PortVisitor;
     impl serde::de::Visitor<'_> for PortVisitor {
         type Value = u16;
@@ -473,14 +480,16 @@ impl Pod {
 pub enum Object {
     Pod(Pod),
     Node(Node),
+    Service(Service),
 }
 
 impl Object {
-    /// `Pod`, `Node`.
+    /// `Pod`, `Node`, `Service`.
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Pod(_) => "Pod",
             Object::Node(_) => "Node",
+            Object::Service(_) => "Service",
         }
     }
 
@@ -493,6 +502,7 @@ impl Object {
         match self {
             Object::Pod(p) => &p.metadata,
             Object::Node(n) => &n.metadata,
+            Object::Service(s) => &s.metadata,
         }
     }
 
@@ -505,11 +515,13 @@ impl Object {
         &self.metadata().namespace
     }
 
-    /// Store key: `pods/default/web-a`, `nodes/node1`.
+    /// Store key: `pods/default/web-a`, `nodes/node1`,
+    /// `services/kube-system/kube-dns`.
     pub fn key(&self) -> String {
         match self {
             Object::Pod(p) => p.key(),
             Object::Node(n) => n.key(),
+            Object::Service(s) => s.key(),
         }
     }
 
@@ -523,6 +535,7 @@ impl Object {
         match self {
             Object::Pod(p) => p.validate(),
             Object::Node(n) => n.validate(),
+            Object::Service(s) => s.validate(),
         }
     }
 
@@ -593,6 +606,12 @@ impl Serialize for Object {
                 inner: n,
             }
             .serialize(s),
+            Object::Service(svc) => Tagged {
+                api_version,
+                kind,
+                inner: svc,
+            }
+            .serialize(s),
         }
     }
 }
@@ -602,6 +621,7 @@ impl Serialize for Object {
 enum TaggedIn {
     Pod(Pod),
     Node(Node),
+    Service(Service),
 }
 
 impl<'de> Deserialize<'de> for Object {
@@ -609,6 +629,7 @@ impl<'de> Deserialize<'de> for Object {
         let mut obj = match TaggedIn::deserialize(d)? {
             TaggedIn::Pod(p) => Object::Pod(p),
             TaggedIn::Node(n) => Object::Node(n),
+            TaggedIn::Service(s) => Object::Service(s),
         };
         obj.normalize();
         obj.validate()
@@ -784,7 +805,7 @@ fn parse_document(doc: &Document<'_>, at: &Location) -> Result<Option<Object>, M
         }
     };
     let mut obj = match kind.as_str() {
-        "Pod" | "Node" if api_version != "v1" => {
+        "Pod" | "Node" | "Service" if api_version != "v1" => {
             return Err(ManifestError::UnsupportedApiVersion {
                 at: at.clone(),
                 kind,
@@ -794,6 +815,7 @@ fn parse_document(doc: &Document<'_>, at: &Location) -> Result<Option<Object>, M
         }
         "Pod" => Object::Pod(serde_yaml::from_str(doc.text).map_err(schema)?),
         "Node" => Object::Node(serde_yaml::from_str(doc.text).map_err(schema)?),
+        "Service" => Object::Service(serde_yaml::from_str(doc.text).map_err(schema)?),
         _ => {
             return Err(ManifestError::UnknownKind {
                 at: at.clone(),

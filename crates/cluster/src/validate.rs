@@ -8,6 +8,10 @@
 //! characters of `[a-z0-9-]`, starting and ending alphanumeric; subdomains are
 //! dot-separated labels, at most 253 characters; port names are IANA service
 //! names (RFC 6335: at most 15 characters, at least one letter, no `--`).
+//! Service names are RFC 1035 labels (a letter first, so that the name is a
+//! valid DNS label under `svc.cluster.local`); label keys are qualified names
+//! (`prefix/name`, the prefix a subdomain) and label values at most 63
+//! characters, as `IsQualifiedName` and `IsValidLabelValue` define them.
 
 use std::fmt;
 
@@ -16,6 +20,9 @@ use std::fmt;
 pub enum Problem {
     /// The field is missing or empty but must be set.
     Required,
+    /// The field must be set because of another field; `condition` says
+    /// which (`when a service has more than one port`).
+    RequiredWhen { condition: &'static str },
     /// A name that breaks the naming rule `rule`.
     InvalidName { value: String, rule: NameRule },
     /// A number outside `min..=max`.
@@ -39,6 +46,15 @@ pub enum NameRule {
     IanaServiceName,
     /// Environment variable name: printable, no `=`, not empty.
     EnvVarName,
+    /// RFC 1035 label: like an RFC 1123 label but starting with a letter
+    /// (Service names).
+    Dns1035Label,
+    /// Label key: an optional DNS-1123 subdomain prefix and `/`, then a
+    /// name of at most 63 alphanumerics, `-`, `_` or `.`.
+    LabelKey,
+    /// Label value: empty, or at most 63 alphanumerics, `-`, `_` or `.`,
+    /// starting and ending alphanumeric.
+    LabelValue,
 }
 
 impl fmt::Display for NameRule {
@@ -60,6 +76,19 @@ impl fmt::Display for NameRule {
             NameRule::EnvVarName => {
                 "an environment variable name must be non-empty and contain no '='"
             }
+            NameRule::Dns1035Label => {
+                "a DNS-1035 label must be at most 63 lowercase letters, digits or '-', \
+                 starting with a letter and ending with a letter or digit (e.g. `web`)"
+            }
+            NameRule::LabelKey => {
+                "a label key must be a name of at most 63 letters, digits, '-', '_' or '.', \
+                 starting and ending with a letter or digit, optionally prefixed by a \
+                 DNS subdomain and '/' (e.g. `app` or `app.kubernetes.io/name`)"
+            }
+            NameRule::LabelValue => {
+                "a label value must be empty or at most 63 letters, digits, '-', '_' or '.', \
+                 starting and ending with a letter or digit (e.g. `web`)"
+            }
         })
     }
 }
@@ -68,6 +97,7 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Required => f.write_str("is required"),
+            Problem::RequiredWhen { condition } => write!(f, "is required {condition}"),
             Problem::InvalidName { value, rule } => write!(f, "`{value}` is not valid: {rule}"),
             Problem::OutOfRange { value, min, max } => {
                 write!(f, "{value} is out of range; must be from {min} to {max}")
@@ -128,6 +158,66 @@ pub fn is_iana_svc_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
+/// Whether `s` is an RFC 1035 label (a letter first).
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+}
+
+/// The name part of a qualified name or a non-empty label value:
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63 characters.
+fn is_label_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    let edge_ok = |c: Option<&u8>| c.is_some_and(u8::is_ascii_alphanumeric);
+    !b.is_empty()
+        && b.len() <= 63
+        && edge_ok(b.first())
+        && edge_ok(b.last())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Whether `s` is a valid label (or selector) key: `[prefix/]name`.
+pub fn is_label_key(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((prefix, name)) => is_dns1123_subdomain(prefix) && is_label_name_part(name),
+        None => is_label_name_part(s),
+    }
+}
+
+/// Whether `s` is a valid label (or selector) value; empty is allowed.
+pub fn is_label_value(s: &str) -> bool {
+    s.is_empty() || is_label_name_part(s)
+}
+
+/// Checks every key and value of a label map (labels or a selector) at
+/// `field`: a bad key is reported at `field`, a bad value at `field[key]`.
+pub(crate) fn check_labels<'a>(
+    field: &str,
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), FieldError> {
+    for (k, v) in labels {
+        if !is_label_key(k) {
+            return Err(FieldError::new(
+                field,
+                Problem::InvalidName {
+                    value: k.clone(),
+                    rule: NameRule::LabelKey,
+                },
+            ));
+        }
+        if !is_label_value(v) {
+            return Err(FieldError::new(
+                format!("{field}[{k}]"),
+                Problem::InvalidName {
+                    value: v.clone(),
+                    rule: NameRule::LabelValue,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks `value` against `rule`, reporting `field` on failure.
 pub(crate) fn check_name(field: &str, value: &str, rule: NameRule) -> Result<(), FieldError> {
     if value.is_empty() {
@@ -138,6 +228,9 @@ pub(crate) fn check_name(field: &str, value: &str, rule: NameRule) -> Result<(),
         NameRule::Dns1123Subdomain => is_dns1123_subdomain(value),
         NameRule::IanaServiceName => is_iana_svc_name(value),
         NameRule::EnvVarName => !value.contains('=') && !value.chars().any(char::is_control),
+        NameRule::Dns1035Label => is_dns1035_label(value),
+        NameRule::LabelKey => is_label_key(value),
+        NameRule::LabelValue => is_label_value(value),
     };
     if ok {
         Ok(())
@@ -192,6 +285,62 @@ mod tests {
         ] {
             assert!(!is_iana_svc_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn dns1035_labels() {
+        assert!(is_dns1035_label("kube-dns"));
+        assert!(is_dns1035_label("a1"));
+        assert!(!is_dns1035_label("1a"));
+        assert!(!is_dns1035_label("a.b"));
+        assert!(!is_dns1035_label(""));
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        for ok in [
+            "app",
+            "App_Name.v2",
+            "app.kubernetes.io/name",
+            "example.com/x",
+            &"a".repeat(63),
+        ] {
+            assert!(is_label_key(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/app",
+            "Example.com/app",
+            "a/b/c",
+            "-app",
+            "app-",
+            "a b",
+            "example.com/",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_label_key(bad), "{bad}");
+        }
+        for ok in ["", "web", "v1.2_3-x", "A"] {
+            assert!(is_label_value(ok), "{ok}");
+        }
+        for bad in ["-web", "web.", "a/b", "a b", &"a".repeat(64)] {
+            assert!(!is_label_value(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_map_errors_name_key_or_value() {
+        let map =
+            |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_string(), v.to_string())]);
+        let e = check_labels("spec.selector", &map("bad key", "x")).unwrap_err();
+        assert_eq!(e.field, "spec.selector");
+        assert!(e
+            .to_string()
+            .contains("`bad key` is not valid: a label key"));
+        let e = check_labels("spec.selector", &map("app", "-x")).unwrap_err();
+        assert_eq!(e.field, "spec.selector[app]");
+        assert!(e.to_string().contains("a label value"), "{e}");
+        assert!(check_labels("spec.selector", &map("app", "")).is_ok());
     }
 
     #[test]

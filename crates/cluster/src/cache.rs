@@ -1,0 +1,406 @@
+//! A live, decoded view of the cluster for everything that reacts to it:
+//! the agent's service tables, cluster DNS, `tapestry get`.
+//!
+//! Why one cache: the load balancer, DNS and the router all need the same
+//! join of nodes, pods, pod status and services, and each decoding the store
+//! on its own would multiply the watches and disagree for a moment about
+//! what the cluster looks like. [`ClusterCache`] runs the informer pattern of
+//! Kubernetes' client-go once: one background thread lists the store, then
+//! watches it from the listed revision (so nothing between the two is lost),
+//! keeps decoded maps of `nodes/`, `pods/`, `podstatus/` and `services/`,
+//! and after every batch of events publishes a new immutable
+//! [`ClusterState`] (RCU through `arc-swap`, CONVENTIONS.md §6): readers call
+//! [`ClusterCache::snapshot`] and never wait on the writer. A watch that ends
+//! with an error (for example [`StoreError::Compacted`] after falling behind
+//! compaction) is answered by a fresh list and watch, and the rebuilt state
+//! is published whole, so a reader never sees half of a relist.
+//!
+//! Subscribers get a wakeup per publication through a `bounded(1)` channel
+//! filled with `try_send`: a slow subscriber is never queued up behind, and
+//! when it wakes, [`ClusterCache::snapshot`] is at least as new as the
+//! generation it received. Latency from a store change to a snapshot is the
+//! store's watch latency (inotify for the directory store: milliseconds).
+//!
+//! Values that do not decode are dropped from the maps and recorded in
+//! [`ClusterState::decode_errors`], so one bad object cannot hide the rest.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::endpoints::{compute_endpoints, Endpoints};
+use crate::manifest::{Node, Object, Pod};
+use crate::service::Service;
+use crate::status::PodRunStatus;
+use crate::store::{Entry, Event, Revision, Store, StoreError, Watch};
+
+/// The key prefixes the cache keeps.
+pub const CACHED_PREFIXES: [&str; 4] = ["nodes/", "pods/", "podstatus/", "services/"];
+
+/// First wait before retrying a failed list or a watch that keeps breaking;
+/// doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between list retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One immutable, decoded view of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    /// Bumped by one per publication; 0 is the empty state before the first
+    /// list.
+    pub generation: u64,
+    /// The store revision this state reflects (every change up to it).
+    pub revision: Revision,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// Pods by `NAMESPACE/NAME`.
+    pub pods: BTreeMap<String, Pod>,
+    /// Kubelet status by pod `NAMESPACE/NAME`.
+    pub pod_status: BTreeMap<String, PodRunStatus>,
+    /// Services by `NAMESPACE/NAME`.
+    pub services: BTreeMap<String, Service>,
+    /// Store keys whose values could not be decoded, with the reason.
+    pub decode_errors: BTreeMap<String, String>,
+    /// How often the watch broke (e.g. compacted) and the cache relisted.
+    pub relists: u64,
+}
+
+impl ClusterState {
+    /// The endpoints of the service `NAMESPACE/NAME`, if it exists.
+    pub fn endpoints(&self, svc_key: &str) -> Option<Endpoints> {
+        let svc = self.services.get(svc_key)?;
+        // Only the service's namespace can hold its backends.
+        let prefix = format!("{}/", svc.metadata.namespace);
+        let pods: Vec<_> = self
+            .pods
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, p)| (p.clone(), self.pod_status.get(k).cloned()))
+            .collect();
+        Some(compute_endpoints(svc, &pods))
+    }
+
+    /// The endpoints of every service, by `NAMESPACE/NAME`.
+    pub fn all_endpoints(&self) -> BTreeMap<String, Endpoints> {
+        let pods = self.pods_with_status();
+        self.services
+            .iter()
+            .map(|(k, svc)| (k.clone(), compute_endpoints(svc, &pods)))
+            .collect()
+    }
+
+    /// Every pod with its kubelet status, if reported, in key order.
+    pub fn pods_with_status(&self) -> Vec<(Pod, Option<PodRunStatus>)> {
+        self.pods
+            .iter()
+            .map(|(k, p)| (p.clone(), self.pod_status.get(k).cloned()))
+            .collect()
+    }
+
+    /// Applies one store change; `false` if the key is not one the cache
+    /// keeps.
+    fn apply(&mut self, event: Event) -> bool {
+        match event {
+            Event::Put(entry) => {
+                self.revision = self.revision.max(entry.revision);
+                self.put(entry)
+            }
+            Event::Delete { key, revision } => {
+                self.revision = self.revision.max(revision);
+                self.remove(&key)
+            }
+        }
+    }
+
+    fn put(&mut self, entry: Entry) -> bool {
+        let Entry { key, value, .. } = entry;
+        let decoded = if let Some(name) = key.strip_prefix("nodes/") {
+            decode_object(&value, &key).and_then(|o| match o {
+                Object::Node(n) => {
+                    self.nodes.insert(name.to_string(), n);
+                    Ok(())
+                }
+                other => Err(wrong_kind(&other, "Node")),
+            })
+        } else if let Some(name) = key.strip_prefix("pods/") {
+            decode_object(&value, &key).and_then(|o| match o {
+                Object::Pod(p) => {
+                    self.pods.insert(name.to_string(), p);
+                    Ok(())
+                }
+                other => Err(wrong_kind(&other, "Pod")),
+            })
+        } else if let Some(name) = key.strip_prefix("podstatus/") {
+            serde_json::from_slice::<PodRunStatus>(&value)
+                .map(|s| {
+                    self.pod_status.insert(name.to_string(), s);
+                })
+                .map_err(|e| e.to_string())
+        } else if let Some(name) = key.strip_prefix("services/") {
+            decode_object(&value, &key).and_then(|o| match o {
+                Object::Service(s) => {
+                    self.services.insert(name.to_string(), s);
+                    Ok(())
+                }
+                other => Err(wrong_kind(&other, "Service")),
+            })
+        } else {
+            return false;
+        };
+        match decoded {
+            Ok(()) => {
+                self.decode_errors.remove(&key);
+            }
+            Err(message) => {
+                // The new value replaced the old one in the store: do not
+                // keep serving the old one.
+                self.remove(&key);
+                self.decode_errors.insert(key, message);
+            }
+        }
+        true
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        self.decode_errors.remove(key);
+        if let Some(name) = key.strip_prefix("nodes/") {
+            self.nodes.remove(name);
+        } else if let Some(name) = key.strip_prefix("pods/") {
+            self.pods.remove(name);
+        } else if let Some(name) = key.strip_prefix("podstatus/") {
+            self.pod_status.remove(name);
+        } else if let Some(name) = key.strip_prefix("services/") {
+            self.services.remove(name);
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
+fn decode_object(value: &[u8], key: &str) -> Result<Object, String> {
+    Object::from_json(value, key).map_err(|e| e.to_string())
+}
+
+fn wrong_kind(obj: &Object, expected: &str) -> String {
+    format!("holds a {}, expected a {expected}", obj.kind())
+}
+
+fn is_cached(key: &str) -> bool {
+    CACHED_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// What the publisher and the readers share.
+struct Shared {
+    state: ArcSwap<ClusterState>,
+    /// Control path only (a subscribe or a publication), never the packet
+    /// path: a `parking_lot` lock is the simple correct choice here.
+    subscribers: parking_lot::Mutex<Vec<Sender<u64>>>,
+}
+
+impl Shared {
+    /// Swaps `state` in as the next generation and wakes subscribers.
+    fn publish(&self, mut state: ClusterState) {
+        let generation = self.state.load().generation + 1;
+        state.generation = generation;
+        self.state.store(Arc::new(state));
+        self.subscribers
+            .lock()
+            .retain(|tx| !matches!(tx.try_send(generation), Err(TrySendError::Disconnected(_))));
+    }
+}
+
+/// The background list-and-watch of the cluster; see the module docs.
+/// Dropping it stops the thread.
+pub struct ClusterCache {
+    shared: Arc<Shared>,
+    /// Dropped to stop the thread (its receiver then disconnects).
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ClusterCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCache")
+            .field("generation", &self.shared.state.load().generation)
+            .finish()
+    }
+}
+
+impl ClusterCache {
+    /// Lists the store, publishes the first snapshot (generation 1) and
+    /// starts the watch thread. Fails only if that first list or watch
+    /// fails; later failures are retried in the background.
+    pub fn start(store: Arc<dyn Store>) -> Result<ClusterCache, StoreError> {
+        let (state, watch) = list_and_watch(&*store)?;
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(ClusterState::default()),
+            subscribers: parking_lot::Mutex::new(Vec::new()),
+        });
+        shared.publish(state.clone());
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let worker = Worker {
+            store,
+            shared: Arc::clone(&shared),
+            stop: stop_rx,
+            state,
+        };
+        let thread = std::thread::Builder::new()
+            .name("cluster-cache".into())
+            .spawn(move || worker.run(watch))
+            .map_err(|source| StoreError::Io {
+                op: "spawn the cluster cache thread for",
+                path: "cluster cache".into(),
+                source,
+            })?;
+        Ok(ClusterCache {
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The newest published state. Cheap (an `Arc` clone); never blocks on
+    /// the writer.
+    pub fn snapshot(&self) -> Arc<ClusterState> {
+        self.shared.state.load_full()
+    }
+
+    /// A channel that receives a generation number after each publication
+    /// from now on. It holds at most one: a subscriber that falls behind
+    /// wakes once and reads [`ClusterCache::snapshot`], which is at least
+    /// that generation. Dropping the receiver unsubscribes.
+    pub fn subscribe(&self) -> Receiver<u64> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.shared.subscribers.lock().push(tx);
+        rx
+    }
+}
+
+impl Drop for ClusterCache {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            // A panicked worker has nothing left to clean up.
+            let _ = t.join();
+        }
+    }
+}
+
+/// One consistent list of everything cached, and a watch from its revision.
+fn list_and_watch(store: &dyn Store) -> Result<(ClusterState, Watch), StoreError> {
+    // One list of the whole store, not one per prefix, so the first state
+    // is a single point in time (the other keys are few and small).
+    let (entries, revision) = store.list("")?;
+    let mut state = ClusterState {
+        revision,
+        ..ClusterState::default()
+    };
+    for entry in entries.into_iter().filter(|e| is_cached(&e.key)) {
+        state.put(entry);
+    }
+    let watch = store.watch("", revision)?;
+    Ok((state, watch))
+}
+
+/// The background thread's own state.
+struct Worker {
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    stop: Receiver<()>,
+    /// The working copy; clones of it are published.
+    state: ClusterState,
+}
+
+impl Worker {
+    fn run(mut self, mut watch: Watch) {
+        // Watches that broke in a row without delivering anything: the
+        // first relist is immediate (a compacted watch should catch up at
+        // once), repeated ones back off so a failing store is not spun on.
+        let mut barren_breaks = 0u32;
+        loop {
+            let first = crossbeam_channel::select! {
+                recv(self.stop) -> _ => return,
+                recv(watch.receiver()) -> item => item.ok(),
+            };
+            let mut changed = false;
+            let mut broken = false;
+            // `None`: the store side closed the watch; treat like an error.
+            let mut next = Some(first);
+            while let Some(item) = next {
+                match item {
+                    Some(Ok(event)) => {
+                        changed |= self.state.apply(event);
+                        barren_breaks = 0;
+                    }
+                    Some(Err(_)) | None => {
+                        broken = true;
+                        break;
+                    }
+                }
+                // Take what has already arrived, so a burst is one snapshot.
+                next = watch.try_recv().map(Some);
+            }
+            if broken {
+                drop(watch);
+                if barren_breaks > 0 && !self.pause(backoff(barren_breaks)) {
+                    return;
+                }
+                barren_breaks = barren_breaks.saturating_add(1);
+                match self.relist() {
+                    Some((mut state, w)) => {
+                        state.relists = self.state.relists + 1;
+                        self.state = state;
+                        watch = w;
+                        changed = true;
+                    }
+                    None => return,
+                }
+            }
+            if changed {
+                self.shared.publish(self.state.clone());
+            }
+        }
+    }
+
+    /// Waits `d`, but returns `false` at once when the cache is dropped.
+    fn pause(&self, d: Duration) -> bool {
+        matches!(
+            self.stop.recv_timeout(d),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        )
+    }
+
+    /// Lists and watches again, retrying with backoff; `None` if told to
+    /// stop meanwhile.
+    fn relist(&self) -> Option<(ClusterState, Watch)> {
+        let mut attempt = 0u32;
+        loop {
+            match list_and_watch(&*self.store) {
+                Ok(done) => return Some(done),
+                Err(_) => {
+                    attempt = attempt.saturating_add(1);
+                    if !self.pause(backoff(attempt)) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The wait before retry number `n` (1-based): doubling from
+/// [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`].
+fn backoff(n: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;
