@@ -128,6 +128,21 @@ pub struct NodeStatus {
     /// Tunnel datagrams the kernel refused to send.
     #[serde(default)]
     pub tunnel_tx_errors: u64,
+    /// The service load balancer's tracked flows (client -> ClusterIP -> backend).
+    #[serde(default)]
+    pub flows: Vec<FlowEntry>,
+}
+
+/// One tracked flow of the service load balancer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowEntry {
+    pub proto: String,
+    pub client: String,
+    pub service: String,
+    pub backend: String,
+    pub state: String,
+    pub age_ms: u64,
+    pub expires_in_ms: u64,
 }
 
 /// One route of the router's table.

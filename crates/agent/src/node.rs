@@ -27,7 +27,7 @@ use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
 use crate::api::{
     AttachResult, Attachment, Interface, IpConfig, MacEntry, NodeStatus, PortStatus, Route,
-    RouteEntry,
+    FlowEntry, RouteEntry,
 };
 use crate::netconf::{self, mac_for, mac_string};
 
@@ -492,6 +492,22 @@ impl Node {
             vtep_mac: mac_string(p.vtep_mac),
         }));
         let tunnel_tx_errors = self.worker.lock().tunnel_tx_errors();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.worker.lock().send(Command::Flows { done: tx }).map_err(err("data plane"))?;
+        let flows = rx
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .map_err(err("data plane did not answer"))?
+            .into_iter()
+            .map(|f| FlowEntry {
+                proto: format!("{:?}", f.proto).to_lowercase(),
+                client: f.client.to_string(),
+                service: f.vip.to_string(),
+                backend: format!("{}:{}", f.backend.ip, f.backend.port),
+                state: format!("{:?}", f.state),
+                age_ms: f.age / 1_000_000,
+                expires_in_ms: f.expires_in / 1_000_000,
+            })
+            .collect();
         Ok(NodeStatus {
             node: self.cfg.name.clone(),
             subnet: self.cfg.subnet.to_string(),
@@ -533,6 +549,7 @@ impl Node {
                 .collect(),
             routes,
             tunnel_tx_errors,
+            flows,
         })
     }
 

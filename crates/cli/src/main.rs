@@ -277,6 +277,16 @@ fn print_status(s: &NodeStatus) {
         println!("  {}  port {:<3} age {} ms", m.mac, m.port, m.age_ms);
     }
     println!();
+    if !s.flows.is_empty() {
+        println!("Service flows ({})", s.flows.len());
+        for f in s.flows.iter().take(20) {
+            println!(
+                "  {:<4} {:<21} -> {:<21} -> {:<21} {:<12} age {} ms, expires in {} ms",
+                f.proto, f.client, f.service, f.backend, f.state, f.age_ms, f.expires_in_ms
+            );
+        }
+        println!();
+    }
     let mut counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
     counters.push(format!("tunnel_tx_errors={}", s.tunnel_tx_errors));
     println!("counters: {}", counters.join(" "));

@@ -90,6 +90,22 @@ pub enum DropReason {
     /// the gateway) because it names the tunnel's inner payload, the one place we
     /// check L4 checksums; see `crate::tunnel::settle_l4_checksum`.
     BadInnerChecksum,
+    /// To a ClusterIP on a port or protocol no service of that IP serves (TCP/UDP to an
+    /// unknown port, ICMP such as ping, anything else), and no ICMP unreachable was
+    /// sent (rate limit). Nothing listens on a ClusterIP itself.
+    NoServicePort,
+    /// To an address in the service CIDR that is no service's ClusterIP, and no ICMP
+    /// host unreachable was sent.
+    NotAService,
+    /// To a service with no ready backend, and no TCP reset or ICMP port unreachable
+    /// was sent (rate limit, or a reset is never answered with a reset).
+    LbNoEndpoint,
+    /// An IPv4 fragment to a ClusterIP: the load balancer does not reassemble, and
+    /// without ports a fragment cannot be matched to a flow.
+    ServiceFragment,
+    /// No source port left for the NAT of a new flow: every candidate port gives a
+    /// reply 5-tuple another live flow already uses.
+    NatPortsExhausted,
 }
 
 impl DropReason {
@@ -121,6 +137,11 @@ impl DropReason {
         DropReason::HostMacUnknown,
         DropReason::TunnelNotConfigured,
         DropReason::BadInnerChecksum,
+        DropReason::NoServicePort,
+        DropReason::NotAService,
+        DropReason::LbNoEndpoint,
+        DropReason::ServiceFragment,
+        DropReason::NatPortsExhausted,
     ];
 
     /// Number of reasons.
@@ -155,6 +176,11 @@ impl DropReason {
             DropReason::HostMacUnknown => "host_mac_unknown",
             DropReason::TunnelNotConfigured => "tunnel_not_configured",
             DropReason::BadInnerChecksum => "bad_inner_checksum",
+            DropReason::NoServicePort => "no_service_port",
+            DropReason::NotAService => "not_a_service",
+            DropReason::LbNoEndpoint => "lb_no_endpoint",
+            DropReason::ServiceFragment => "service_fragment",
+            DropReason::NatPortsExhausted => "nat_ports_exhausted",
         }
     }
 
@@ -189,6 +215,13 @@ pub struct Counters {
     icmp_errors_sent: AtomicU64,
     icmp_errors_suppressed: AtomicU64,
     inner_checksums_completed: AtomicU64,
+    lb_new_flows: AtomicU64,
+    lb_established: AtomicU64,
+    lb_replies: AtomicU64,
+    lb_no_endpoint: AtomicU64,
+    conntrack_evicted: AtomicU64,
+    conntrack_expired: AtomicU64,
+    conntrack_flushed: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -211,6 +244,13 @@ pub(crate) enum Counter {
     IcmpErrorsSent,
     IcmpErrorsSuppressed,
     InnerChecksumsCompleted,
+    LbNewFlows,
+    LbEstablished,
+    LbReplies,
+    LbNoEndpoint,
+    ConntrackEvicted,
+    ConntrackExpired,
+    ConntrackFlushed,
 }
 
 /// Single-writer increment: see the module docs for why this is not `fetch_add`.
@@ -244,6 +284,13 @@ impl Counters {
             Counter::IcmpErrorsSent => &self.icmp_errors_sent,
             Counter::IcmpErrorsSuppressed => &self.icmp_errors_suppressed,
             Counter::InnerChecksumsCompleted => &self.inner_checksums_completed,
+            Counter::LbNewFlows => &self.lb_new_flows,
+            Counter::LbEstablished => &self.lb_established,
+            Counter::LbReplies => &self.lb_replies,
+            Counter::LbNoEndpoint => &self.lb_no_endpoint,
+            Counter::ConntrackEvicted => &self.conntrack_evicted,
+            Counter::ConntrackExpired => &self.conntrack_expired,
+            Counter::ConntrackFlushed => &self.conntrack_flushed,
         };
         add(c, n);
     }
@@ -286,6 +333,13 @@ impl Counters {
             icmp_errors_sent: self.icmp_errors_sent.load(Relaxed),
             icmp_errors_suppressed: self.icmp_errors_suppressed.load(Relaxed),
             inner_checksums_completed: self.inner_checksums_completed.load(Relaxed),
+            lb_new_flows: self.lb_new_flows.load(Relaxed),
+            lb_established: self.lb_established.load(Relaxed),
+            lb_replies: self.lb_replies.load(Relaxed),
+            lb_no_endpoint: self.lb_no_endpoint.load(Relaxed),
+            conntrack_evicted: self.conntrack_evicted.load(Relaxed),
+            conntrack_expired: self.conntrack_expired.load(Relaxed),
+            conntrack_flushed: self.conntrack_flushed.load(Relaxed),
             dropped: drops.iter().map(|(_, n)| n).sum(),
             drops,
         }
@@ -332,6 +386,23 @@ pub struct CountersSnapshot {
     /// sender's `CHECKSUM_PARTIAL`, never completed on a veth underlay) and was
     /// completed before local delivery. Counts along the way, like `routed`.
     pub inner_checksums_completed: u64,
+    /// Flows to a service the load balancer started: a backend picked by Maglev, the
+    /// flow tracked, the packet DNATed. Counts along the way, like `routed`.
+    pub lb_new_flows: u64,
+    /// Packets of tracked service flows, client to backend (after the first).
+    pub lb_established: u64,
+    /// Replies from a backend rewritten back to the ClusterIP (bridged, routed or
+    /// from the tunnel).
+    pub lb_replies: u64,
+    /// Packets to a service without a ready backend (answered with a TCP reset or
+    /// ICMP port unreachable, or dropped as `lb_no_endpoint`).
+    pub lb_no_endpoint: u64,
+    /// Live flows evicted because the connection table was full.
+    pub conntrack_evicted: u64,
+    /// Flows removed after their timeout (on lookup, eviction or `maintain`).
+    pub conntrack_expired: u64,
+    /// Flows removed because their backend left the service (or the service went).
+    pub conntrack_flushed: u64,
     /// Sum of all drops.
     pub dropped: u64,
     /// `(DropReason::name, count)` for each reason with a nonzero count.

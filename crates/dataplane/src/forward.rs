@@ -85,16 +85,22 @@ const ICMP_ERROR_TOS: u8 = 0xc0;
 
 /// Where a packet came from.
 #[derive(Clone, Copy, Debug)]
-enum Ingress {
-    /// A port; `mac` is the frame's source MAC (where replies go).
-    Port { port: PortId, mac: MacAddr },
+pub(super) enum Ingress {
+    /// A port; `mac` is the frame's source MAC (where replies go). `hairpin`: the
+    /// service load balancer rewrote the packet, so it may go back out of its ingress
+    /// port (a pod reaching itself through a ClusterIP).
+    Port {
+        port: PortId,
+        mac: MacAddr,
+        hairpin: bool,
+    },
     /// The tunnel.
     Tunnel,
 }
 
 /// Where a packet the router originates (echo reply, ICMP error) goes.
 #[derive(Clone, Copy, Debug)]
-enum Egress {
+pub(super) enum Egress {
     /// Back out of the ingress port to this MAC.
     Reply(MacAddr),
     /// To a local port and MAC.
@@ -105,11 +111,18 @@ enum Egress {
 
 /// The ICMP error a packet earns.
 #[derive(Clone, Copy, Debug)]
-enum IcmpError {
+pub(super) enum IcmpError {
     TimeExceeded,
     NetUnreachable,
     HostUnreachable,
     FragNeeded(u16),
+    /// Destination unreachable with `code`, from `from` (the service load balancer's
+    /// rejections); `reason` when not sent.
+    Unreachable {
+        from: Ipv4Addr,
+        code: u8,
+        reason: DropReason,
+    },
 }
 
 impl IcmpError {
@@ -120,6 +133,7 @@ impl IcmpError {
             IcmpError::NetUnreachable => DropReason::NoRoute,
             IcmpError::HostUnreachable => DropReason::HostUnreachable,
             IcmpError::FragNeeded(_) => DropReason::PacketTooBig,
+            IcmpError::Unreachable { reason, .. } => reason,
         }
     }
 
@@ -141,6 +155,11 @@ impl IcmpError {
             IcmpError::FragNeeded(mtu) => Icmpv4Repr::DstUnreachable {
                 code: ICMP_UNREACH_NEEDFRAG,
                 next_hop_mtu: mtu,
+                quoted,
+            },
+            IcmpError::Unreachable { code, .. } => Icmpv4Repr::DstUnreachable {
+                code,
+                next_hop_mtu: 0,
                 quoted,
             },
         }
@@ -170,11 +189,13 @@ fn routed(v: Verdict, counters: &crate::drops::Counters) -> Verdict {
 impl Pipeline {
     /// Routes an IPv4 frame sent to the gateway MAC from a port for another address.
     /// `pkt` is the whole input (virtio-net header + frame), rewritten in place when
-    /// forwarded.
+    /// forwarded. `hairpin`: see [`Ingress::Port`].
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn route_from_port(
         &mut self,
         port: PortId,
         mac: MacAddr,
+        hairpin: bool,
         vnet: VnetHdrRepr,
         pkt: &mut [u8],
         now: Nanos,
@@ -184,7 +205,8 @@ impl Pipeline {
             return DropReason::Truncated.into();
         };
         let routes = self.routes.load();
-        self.route(&routes, Ingress::Port { port, mac }, vnet, frame, now, out)
+        let from = Ingress::Port { port, mac, hairpin };
+        self.route(&routes, from, vnet, frame, now, out)
     }
 
     /// Checks and decapsulates one VXLAN datagram from `src`, then routes it.
@@ -223,6 +245,9 @@ impl Pipeline {
         if ethertype != EtherType::Ipv4 {
             return DropReason::UnsupportedProtocol.into();
         }
+        if let Err(r) = self.unnat_from_tunnel(frame, now) {
+            return r.into();
+        }
         self.route(
             &routes,
             Ingress::Tunnel,
@@ -235,7 +260,7 @@ impl Pipeline {
 
     /// The forwarding decision for an IPv4 packet in the Ethernet frame `frame` (which
     /// may run past the IPv4 total length: padding). See the module docs.
-    fn route(
+    pub(super) fn route(
         &mut self,
         routes: &RouteSnapshot,
         from: Ingress,
@@ -295,7 +320,14 @@ impl Pipeline {
             return self.icmp_error(routes, from, frame, IcmpError::TimeExceeded, now, out);
         }
         let v = match (target, from) {
-            (Egress::Port(port, _), Ingress::Port { port: ingress, .. }) if port == ingress => {
+            (
+                Egress::Port(port, _),
+                Ingress::Port {
+                    port: ingress,
+                    hairpin: false,
+                    ..
+                },
+            ) if port == ingress => {
                 DropReason::HairpinSelf.into()
             }
             (Egress::Port(port, mac), Ingress::Port { .. }) => {
@@ -488,7 +520,7 @@ impl Pipeline {
     }
 
     /// Builds, rate-limits and routes an ICMP error about the packet in `frame`.
-    fn icmp_error(
+    pub(super) fn icmp_error(
         &mut self,
         routes: &RouteSnapshot,
         from: Ingress,
@@ -537,8 +569,12 @@ impl Pipeline {
         };
         let icmp = err.repr(quoted);
         self.icmp_ident = self.icmp_ident.wrapping_add(1);
+        let from_ip = match err {
+            IcmpError::Unreachable { from, .. } => from,
+            _ => self.cfg.gateway_ip,
+        };
         let hdr = Ipv4Repr {
-            src_addr: self.cfg.gateway_ip,
+            src_addr: from_ip,
             dst_addr: src,
             protocol: IpProtocol::Icmp,
             payload_len: icmp.buffer_len(),
@@ -567,7 +603,7 @@ impl Pipeline {
     /// Where a packet we originate for `dst` goes: a peer's subnet → the tunnel;
     /// otherwise back to the sending port, or (from the tunnel) to the local port of
     /// `dst`.
-    fn egress_for(&self, routes: &RouteSnapshot, from: Ingress, dst: Ipv4Addr) -> Option<Egress> {
+    pub(super) fn egress_for(&self, routes: &RouteSnapshot, from: Ingress, dst: Ipv4Addr) -> Option<Egress> {
         match (routes.lookup(dst), self.cfg.tunnel, from) {
             (Some(RouteTarget::Peer(i)), Some(_), _) => Some(Egress::Peer(i)),
             (_, _, Ingress::Port { mac, .. }) => Some(Egress::Reply(mac)),
@@ -580,7 +616,7 @@ impl Pipeline {
 
     /// Writes the framing for `egress` at the start of `out` and returns its length:
     /// zeroed virtio-net header + Ethernet (gateway → `mac`), or VXLAN + Ethernet.
-    fn write_prefix(
+    pub(super) fn write_prefix(
         &self,
         routes: Option<&RouteSnapshot>,
         out: &mut [u8],
@@ -616,7 +652,7 @@ impl Pipeline {
     }
 
     /// The verdict for a packet we originated, `len` bytes of `out` with its framing.
-    fn originated(
+    pub(super) fn originated(
         &self,
         routes: &RouteSnapshot,
         egress: Egress,

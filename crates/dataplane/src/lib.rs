@@ -20,15 +20,23 @@
 //! - [`router`]: the gateway port (ARP and ICMP echo for the gateway IP);
 //! - [`routes`]: the route table (longest-prefix match, immutable snapshots);
 //! - [`tunnel`]: VXLAN encapsulation, software TSO, fragmentation, flow hash;
+//! - [`lb`]: the service table (ClusterIP → ready backends), Kubernetes fact 4;
+//! - [`maglev`]: Maglev consistent hashing, the backend choice;
+//! - [`conntrack`]: connection tracking of service flows (fixed capacity, timeouts);
+//! - [`nat`]: in-place address/port rewriting with incremental checksums;
 //! - [`ratelimit`]: the ICMP error token bucket;
-//! - [`pipeline`]: ports, anti-spoofing, routing, and the decision that ties them
-//!   together;
+//! - [`pipeline`]: ports, anti-spoofing, the service load balancer, routing, and the
+//!   decision that ties them together;
 //! - [`drops`]: drop reasons and counters.
 
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod conntrack;
 pub mod drops;
+pub mod lb;
+pub mod maglev;
+pub mod nat;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod router;
@@ -36,9 +44,13 @@ pub mod routes;
 pub mod tunnel;
 pub mod wire;
 
+pub use conntrack::{ConntrackTimeouts, FlowInfo, FlowState, DEFAULT_CONNTRACK_CAPACITY};
 pub use drops::{Counters, CountersSnapshot, DropReason};
+pub use lb::{Affinity, Backend, L4Proto, LbError, ServiceEntry, ServiceTable};
+pub use maglev::{Maglev, MAGLEV_DEFAULT_SIZE};
 pub use pipeline::{
-    Action, Pipeline, PipelineConfig, PortId, PortRole, TunnelConfig, OUT_BUF_LEN, VXLAN_OVERHEAD,
+    Action, Pipeline, PipelineConfig, PortId, PortRole, TunnelConfig, DEFAULT_SERVICE_CIDR,
+    OUT_BUF_LEN, VXLAN_OVERHEAD,
 };
 pub use routes::{Peer, RouteError, RouteSnapshot, RouteTarget};
 pub use wire::{MacAddr, VNET_HDR_LEN};

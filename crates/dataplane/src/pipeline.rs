@@ -51,7 +51,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::bridge::MacTable;
+use crate::conntrack::{Conntrack, ConntrackTimeouts, DEFAULT_CONNTRACK_CAPACITY};
 use crate::drops::{Counter, Counters, DropReason};
+use crate::lb::ServiceTable;
 use crate::ratelimit::TokenBucket;
 use crate::router::{drop_for, Router};
 use crate::routes::RouteSnapshot;
@@ -63,6 +65,10 @@ use crate::Nanos;
 
 #[path = "forward.rs"]
 mod forward;
+#[path = "service_path.rs"]
+mod service_path;
+
+pub use service_path::MAINTAIN_BUDGET;
 
 /// The least `out` buffer the I/O layer must pass to [`Pipeline::process`] and
 /// [`Pipeline::process_tunnel`]: 256 KiB. The largest thing written there is the
@@ -158,7 +164,18 @@ pub struct PipelineConfig {
     /// port sends with `host_ip` as source (the host ARPs for the gateway before it
     /// routes anything through it); until then delivery to it is `HostMacUnknown`.
     pub host_mac: Option<MacAddr>,
+    /// The service CIDR (default 10.96.0.0/12): traffic for an address in it that is
+    /// no service's ClusterIP gets ICMP host unreachable instead of a route lookup.
+    /// `None`: only ClusterIPs of the current service table are intercepted.
+    pub service_cidr: Option<(Ipv4Addr, u8)>,
+    /// Most service flows tracked at once (default 262,144; allocated up front).
+    pub conntrack_capacity: usize,
+    /// How long tracked flows live without traffic.
+    pub conntrack_timeouts: ConntrackTimeouts,
 }
+
+/// Kubernetes' default service CIDR, 10.96.0.0/12.
+pub const DEFAULT_SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
 
 impl PipelineConfig {
     /// A configuration with the default aging time and table capacity.
@@ -179,6 +196,9 @@ impl PipelineConfig {
             icmp_errors_per_sec: DEFAULT_ICMP_ERRORS_PER_SEC,
             host_ip: None,
             host_mac: None,
+            service_cidr: Some(DEFAULT_SERVICE_CIDR),
+            conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
+            conntrack_timeouts: ConntrackTimeouts::default(),
         }
     }
 }
@@ -254,9 +274,13 @@ pub struct Pipeline {
     table: MacTable,
     routes: Arc<ArcSwap<RouteSnapshot>>,
     icmp_bucket: TokenBucket,
-    /// Identification of the next ICMP error we originate.
+    /// Identification of the next ICMP error (or reset) we originate.
     icmp_ident: u16,
     counters: Arc<Counters>,
+    services: Arc<ArcSwap<ServiceTable>>,
+    conntrack: Conntrack,
+    /// Generation of the service table `maintain` last reconciled every flow with.
+    ct_reconciled: u64,
 }
 
 impl Pipeline {
@@ -276,6 +300,9 @@ impl Pipeline {
             icmp_bucket: TokenBucket::new(cfg.icmp_errors_per_sec),
             icmp_ident: 0,
             counters: Arc::new(Counters::default()),
+            services: Arc::new(ArcSwap::from_pointee(ServiceTable::empty())),
+            conntrack: Conntrack::new(cfg.conntrack_capacity),
+            ct_reconciled: 0,
             cfg,
         }
     }
@@ -290,6 +317,12 @@ impl Pipeline {
     /// `RouteSnapshot::empty_for(subnet, prefix_len)`.
     pub fn routes(&self) -> &Arc<ArcSwap<RouteSnapshot>> {
         &self.routes
+    }
+
+    /// The handle the control thread stores new service tables into; the pipeline
+    /// `load()`s it per packet (no lock). Initially [`ServiceTable::empty`].
+    pub fn services(&self) -> &Arc<ArcSwap<ServiceTable>> {
+        &self.services
     }
 
     /// The host port's MAC, configured or learned.
@@ -526,14 +559,31 @@ impl Pipeline {
             && ipv4
                 .as_ref()
                 .is_some_and(|p| p.dst_addr() != self.cfg.gateway_ip);
+        let info = ipv4.as_ref().map(service_path::L4Info::of);
+        let has_ipv4 = ipv4.is_some();
+        // The service load balancer (module `service_path`): DNAT to a backend, or
+        // un-NAT a reply (routed, or bridged on with the frame rewritten in place).
+        if let Some(info) = info {
+            let v = self.service_stage(ingress, src, to_router, vnet, info, pkt, now, out);
+            if let Some(v) = v {
+                return v;
+            }
+        }
         if to_router && transit {
-            return self.route_from_port(ingress, src, vnet, pkt, now, out);
+            return self.route_from_port(ingress, src, false, vnet, pkt, now, out);
         }
         if to_router {
-            let result = match (&arp, &ipv4) {
+            let result = match (&arp, has_ipv4) {
                 (Some(a), _) => self.router.handle_arp(a, out),
-                (None, Some(p)) => self.router.handle_ipv4(&vnet, src, p, out),
-                (None, None) => Err(DropReason::UnsupportedProtocol),
+                (None, true) => {
+                    let ip = pkt.get(VNET_HDR_LEN + crate::wire::ETHERNET_HEADER_LEN..);
+                    match ip.map(Ipv4Packet::new_checked) {
+                        Some(Ok(p)) => self.router.handle_ipv4(&vnet, src, &p, out),
+                        Some(Err(e)) => Err(drop_for(e)),
+                        None => Err(DropReason::Truncated),
+                    }
+                }
+                (None, false) => Err(DropReason::UnsupportedProtocol),
             };
             return match result {
                 Ok(len) => Verdict::Reply(len),

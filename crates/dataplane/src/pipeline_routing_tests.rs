@@ -11,15 +11,15 @@ use crate::wire::{
 };
 
 const CLUSTER: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 0);
-const N1_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const N2_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const VTEP1: MacAddr = MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0x00, 0x01);
-const VTEP2: MacAddr = MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0x00, 0x02);
-const GW2_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 1);
-const GW2_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x01);
-const C: PortId = PortId(1);
-const C_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
-const C_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x02);
+pub(super) const N1_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub(super) const N2_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub(super) const VTEP1: MacAddr = MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0x00, 0x01);
+pub(super) const VTEP2: MacAddr = MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0x00, 0x02);
+pub(super) const GW2_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 1);
+pub(super) const GW2_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x01);
+pub(super) const C: PortId = PortId(1);
+pub(super) const C_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+pub(super) const C_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x02);
 const HOST2_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 254);
 const HOST2_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0xfe);
 const MTU: u16 = 1450;
@@ -46,12 +46,12 @@ fn node1_with(cfg: impl FnOnce(&mut PipelineConfig)) -> Pipeline {
     p
 }
 
-fn node1() -> Pipeline {
+pub(super) fn node1() -> Pipeline {
     node1_with(|_| {})
 }
 
 /// Node 2: pod C, a host port at 10.244.2.254; node 1 is its peer.
-fn node2() -> Pipeline {
+pub(super) fn node2() -> Pipeline {
     let mut c = PipelineConfig::new(GW2_IP, GW2_MAC, Ipv4Addr::new(10, 244, 2, 0), 24);
     c.tunnel = Some(TunnelConfig::new(N2_UNDERLAY, VTEP2, 1500));
     c.host_ip = Some(HOST2_IP);
@@ -102,7 +102,7 @@ fn from_a(ip: &[u8]) -> Vec<u8> {
 }
 
 /// A datagram fed to `p`'s tunnel socket from `src`:4789.
-fn tunnel_in(
+pub(super) fn tunnel_in(
     p: &mut Pipeline,
     src: Ipv4Addr,
     dgram: &[u8],
@@ -127,7 +127,7 @@ fn run_inplace(
     (o, buf)
 }
 
-fn datagrams_of(o: Result<Outcome, DropReason>, to: Ipv4Addr) -> Vec<Vec<u8>> {
+pub(super) fn datagrams_of(o: Result<Outcome, DropReason>, to: Ipv4Addr) -> Vec<Vec<u8>> {
     match o {
         Ok(Outcome::Tunnel {
             peer, datagrams, ..
@@ -140,7 +140,7 @@ fn datagrams_of(o: Result<Outcome, DropReason>, to: Ipv4Addr) -> Vec<Vec<u8>> {
 }
 
 /// The VXLAN + inner Ethernet header of a datagram from node `from` to node `to`.
-fn assert_vxlan(d: &[u8], src_vtep: MacAddr, dst_vtep: MacAddr) -> &[u8] {
+pub(super) fn assert_vxlan(d: &[u8], src_vtep: MacAddr, dst_vtep: MacAddr) -> &[u8] {
     assert_eq!(&d[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0], "flags I, VNI 1");
     assert_eq!(&d[8..14], &dst_vtep.0, "inner dst = peer VTEP");
     assert_eq!(&d[14..20], &src_vtep.0, "inner src = our VTEP");
@@ -165,7 +165,7 @@ fn assert_icmp_error<'b>(
     assert_ip_icmp_error(&r[24..], from, to, type_code, original)
 }
 
-fn assert_ip_icmp_error<'b>(
+pub(super) fn assert_ip_icmp_error<'b>(
     ip: &'b [u8],
     from: Ipv4Addr,
     to: Ipv4Addr,

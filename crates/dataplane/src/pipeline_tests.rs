@@ -883,3 +883,6 @@ proptest! {
 
 #[path = "pipeline_routing_tests.rs"]
 mod routing;
+
+#[path = "pipeline_lb_tests.rs"]
+mod lb;

@@ -36,6 +36,9 @@ const WAKER: Token = Token(usize::MAX);
 const TUNNEL: Token = Token(usize::MAX - 1);
 /// Tunnel receive batches per turn before the ports are served.
 const TUNNEL_BUDGET: usize = 4;
+/// How often flow-table upkeep runs: expiry, and the reconcile against the
+/// current service table that removes flows to backends that are gone.
+const MAINTAIN_EVERY: Nanos = 1_000_000_000;
 
 /// Per-port traffic counters, readable from any thread (relaxed atomics).
 #[derive(Debug, Default)]
@@ -66,6 +69,8 @@ pub enum Command {
     MacTable {
         done: Sender<Vec<(MacAddr, PortId, Nanos)>>,
     },
+    /// Report the service load balancer's flow table.
+    Flows { done: Sender<Vec<tapestry_dataplane::conntrack::FlowInfo>> },
     /// Stop the worker; TAPs are closed (persistent ones stay).
     Shutdown,
 }
@@ -125,6 +130,8 @@ struct Worker {
     tunnel_backlog: bool,
     /// Tunnel sends the kernel refused (socket buffer full, peer unreachable).
     tunnel_tx_errors: Arc<AtomicU64>,
+    /// When [`Pipeline::maintain`] runs next (flow expiry and reconcile).
+    next_maintain: Nanos,
     stop: bool,
 }
 
@@ -149,6 +156,7 @@ pub fn spawn(pipeline: Pipeline, tunnel: Option<TunnelSocket>) -> io::Result<Wor
         tunnel,
         tunnel_backlog: true,
         tunnel_tx_errors: Arc::clone(&tunnel_tx_errors),
+        next_maintain: 0,
         stop: false,
     };
     let thread = std::thread::Builder::new()
@@ -180,11 +188,19 @@ impl Worker {
         let mut out = vec![0u8; tapestry_dataplane::OUT_BUF_LEN];
         let mut ready: Vec<usize> = Vec::with_capacity(256);
         while !self.stop {
-            let timeout = if self.backlog.is_empty() {
-                None
+            let now = self.now();
+            if now >= self.next_maintain {
+                self.pipeline.maintain(now);
+                self.next_maintain = now.saturating_add(MAINTAIN_EVERY);
+            }
+            // Sleep until a frame arrives or the next upkeep is due; don't sleep
+            // while a port or the tunnel has frames left over from its budget.
+            let timeout = if self.backlog.is_empty() && !self.tunnel_backlog {
+                Duration::from_nanos(self.next_maintain.saturating_sub(now))
             } else {
-                Some(Duration::ZERO)
+                Duration::ZERO
             };
+            let timeout = Some(timeout);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -335,6 +351,10 @@ impl Worker {
                 Command::MacTable { done } => {
                     let now = self.now();
                     let _ = done.send(self.pipeline.mac_entries(now));
+                }
+                Command::Flows { done } => {
+                    let now = self.now();
+                    let _ = done.send(self.pipeline.flows(now));
                 }
                 Command::Shutdown => self.stop = true,
             }

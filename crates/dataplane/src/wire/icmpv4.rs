@@ -42,6 +42,8 @@ pub const ICMP_UNREACH_NET: u8 = 0;
 pub const ICMP_UNREACH_HOST: u8 = 1;
 /// Destination unreachable code 4: fragmentation needed and DF set.
 pub const ICMP_UNREACH_NEEDFRAG: u8 = 4;
+/// Destination unreachable code: port unreachable (RFC 792).
+pub const ICMP_UNREACH_PORT: u8 = 3;
 /// Time exceeded code 0: TTL exceeded in transit.
 pub const ICMP_TIMXCEED_INTRANS: u8 = 0;
 

@@ -29,10 +29,10 @@ pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddr, ETHERNET_HEADER_LEN};
 pub use icmpv4::{
     Icmpv4Message, Icmpv4Packet, Icmpv4Repr, ICMPV4_HEADER_LEN, ICMP_TIMXCEED_INTRANS,
-    ICMP_UNREACH_HOST, ICMP_UNREACH_NEEDFRAG, ICMP_UNREACH_NET,
+    ICMP_UNREACH_HOST, ICMP_UNREACH_NEEDFRAG, ICMP_UNREACH_NET, ICMP_UNREACH_PORT,
 };
 pub use ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr, IPV4_MIN_HEADER_LEN};
-pub use tcp::{TcpPacket, TCP_MIN_HEADER_LEN};
+pub use tcp::{TcpPacket, TcpRepr, TCP_MIN_HEADER_LEN};
 pub use udp::{UdpPacket, UDP_HEADER_LEN};
 pub use vnet::{
     GsoType, VnetHdr, VnetHdrRepr, VNET_HDR_F_DATA_VALID, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_ECN,

@@ -19,9 +19,12 @@ mod field {
     pub const SRC_PORT: usize = 0;
     pub const DST_PORT: usize = 2;
     pub const SEQ: usize = 4;
+    pub const ACK: usize = 8;
     pub const DATA_OFF: usize = 12;
     pub const FLAGS: usize = 13;
+    pub const WINDOW: usize = 14;
     pub const CHECKSUM: usize = 16;
+    pub const URGENT: usize = 18;
 }
 
 /// FIN flag.
@@ -91,6 +94,17 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         (u32::from(get_be16(b, field::SEQ)) << 16) | u32::from(get_be16(b, field::SEQ + 2))
     }
 
+    /// Acknowledgment number.
+    pub fn ack_number(&self) -> u32 {
+        let b = self.buffer.as_ref();
+        (u32::from(get_be16(b, field::ACK)) << 16) | u32::from(get_be16(b, field::ACK + 2))
+    }
+
+    /// Window.
+    pub fn window(&self) -> u16 {
+        get_be16(self.buffer.as_ref(), field::WINDOW)
+    }
+
     /// Header length in bytes (data offset × 4), options included.
     pub fn header_len(&self) -> usize {
         usize::from(get_u8(self.buffer.as_ref(), field::DATA_OFF) >> 4) * 4
@@ -126,6 +140,37 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    /// Sets the source port (the checksum is not updated).
+    pub fn set_src_port(&mut self, v: u16) {
+        put_bytes(self.buffer.as_mut(), field::SRC_PORT, &v.to_be_bytes());
+    }
+
+    /// Sets the destination port (the checksum is not updated).
+    pub fn set_dst_port(&mut self, v: u16) {
+        put_bytes(self.buffer.as_mut(), field::DST_PORT, &v.to_be_bytes());
+    }
+
+    /// Sets the acknowledgment number.
+    pub fn set_ack_number(&mut self, v: u32) {
+        put_bytes(self.buffer.as_mut(), field::ACK, &v.to_be_bytes());
+    }
+
+    /// Sets the data offset from a header length in bytes (a multiple of 4, 20..=60).
+    pub fn set_header_len(&mut self, len: usize) {
+        let off = u8::try_from(len / 4).unwrap_or(0x0f) & 0x0f;
+        put_u8(self.buffer.as_mut(), field::DATA_OFF, off << 4);
+    }
+
+    /// Sets the window.
+    pub fn set_window(&mut self, v: u16) {
+        put_bytes(self.buffer.as_mut(), field::WINDOW, &v.to_be_bytes());
+    }
+
+    /// Sets the urgent pointer.
+    pub fn set_urgent(&mut self, v: u16) {
+        put_bytes(self.buffer.as_mut(), field::URGENT, &v.to_be_bytes());
+    }
+
     /// Sets the sequence number.
     pub fn set_seq_number(&mut self, v: u32) {
         put_bytes(self.buffer.as_mut(), field::SEQ, &v.to_be_bytes());
@@ -139,6 +184,61 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     /// Stores `v` as the checksum.
     pub fn set_checksum(&mut self, v: u16) {
         put_bytes(self.buffer.as_mut(), field::CHECKSUM, &v.to_be_bytes());
+    }
+}
+
+/// A TCP header without options and without payload: what the router originates
+/// (the load balancer's resets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpRepr {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq_number: u32,
+    pub ack_number: u32,
+    /// `TCP_FIN` … `TCP_CWR`.
+    pub flags: u8,
+    pub window: u16,
+}
+
+impl TcpRepr {
+    /// Reads a checked view (options and payload ignored).
+    pub fn parse<T: AsRef<[u8]>>(p: &TcpPacket<T>) -> Result<Self, WireError> {
+        p.check_len()?;
+        Ok(TcpRepr {
+            src_port: p.src_port(),
+            dst_port: p.dst_port(),
+            seq_number: p.seq_number(),
+            ack_number: p.ack_number(),
+            flags: p.flags(),
+            window: p.window(),
+        })
+    }
+
+    /// Bytes [`TcpRepr::emit`] writes.
+    pub const fn buffer_len(&self) -> usize {
+        TCP_MIN_HEADER_LEN
+    }
+
+    /// Writes the 20-byte header with its checksum for a segment from `src` to `dst`.
+    /// The buffer must be exactly [`TcpRepr::buffer_len`] bytes.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        p: &mut TcpPacket<T>,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) {
+        p.set_src_port(self.src_port);
+        p.set_dst_port(self.dst_port);
+        p.set_seq_number(self.seq_number);
+        p.set_ack_number(self.ack_number);
+        p.set_header_len(TCP_MIN_HEADER_LEN);
+        p.set_flags(self.flags);
+        p.set_window(self.window);
+        p.set_checksum(0);
+        p.set_urgent(0);
+        let seg = p.buffer.as_ref();
+        let sum = checksum::accumulate(pseudo_header_sum(src, dst, 6, seg.len()), seg);
+        p.set_checksum(!checksum::fold(sum));
     }
 }
 
@@ -214,6 +314,34 @@ mod tests {
         assert_eq!(&b[4..8], &[0xa0, 0xb0, 0xc0, 0xd0]);
         assert_eq!(b[13], 0x11);
         assert_eq!(&b[16..18], &[0x12, 0x34]);
+    }
+
+    /// A bare RST|ACK from 10.244.1.2:40000 to 10.244.2.3:80: seq 0, ack 0x01020305,
+    /// window 0. Checksum by hand: pseudo-header 0af4 0102 0af4 0203 0006 0014, header
+    /// 9c40 0050 0000 0000 0102 0305 5014 0000 0000 0000 sums to 0x1_09b2 → 0x09b3,
+    /// complemented 0xf64c.
+    static RST_BYTES: [u8; 20] = [
+        0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 0, 0x01, 0x02, 0x03, 0x05, 0x50, 0x14, 0, 0, 0xf6,
+        0x4c, 0, 0,
+    ];
+
+    #[test]
+    fn repr_emit_and_parse() {
+        let repr = TcpRepr {
+            src_port: 40000,
+            dst_port: 80,
+            seq_number: 0,
+            ack_number: 0x0102_0305,
+            flags: TCP_RST | TCP_ACK,
+            window: 0,
+        };
+        let mut b = [0xaa_u8; 20];
+        repr.emit(&mut TcpPacket::new_unchecked(&mut b[..]), SRC, DST);
+        assert_eq!(b, RST_BYTES);
+        let p = TcpPacket::new_checked(&b[..]).unwrap();
+        assert!(p.verify_checksum(SRC, DST));
+        assert_eq!(TcpRepr::parse(&p).unwrap(), repr);
+        assert_eq!(repr.buffer_len(), 20);
     }
 
     #[test]

@@ -109,6 +109,16 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
+    /// Sets the source port (the checksum is not updated).
+    pub fn set_src_port(&mut self, v: u16) {
+        put_bytes(self.buffer.as_mut(), field::SRC_PORT, &v.to_be_bytes());
+    }
+
+    /// Sets the destination port (the checksum is not updated).
+    pub fn set_dst_port(&mut self, v: u16) {
+        put_bytes(self.buffer.as_mut(), field::DST_PORT, &v.to_be_bytes());
+    }
+
     /// Stores `v` as the checksum.
     pub fn set_checksum(&mut self, v: u16) {
         put_bytes(self.buffer.as_mut(), field::CHECKSUM, &v.to_be_bytes());

@@ -1,0 +1,664 @@
+//! Connection tracking for the service load balancer: which backend each flow to a
+//! ClusterIP went to, and how to rewrite its replies.
+//!
+//! A [`Flow`] is found under two keys, each the 5-tuple as packets carry it:
+//!
+//! - **forward** `(client ip:port → vip:port)`: what the client sends; rewritten to
+//!   `(nat source → backend)`;
+//! - **reply** `(backend ip:port → nat source)`: what the backend sends back;
+//!   rewritten to `(vip:port → client ip:port)`.
+//!
+//! The *nat source* is the client itself, except for hairpin flows (the client is the
+//! chosen backend), where it is the node's gateway IP, as kube-proxy masquerades
+//! hairpin traffic: otherwise the backend would answer itself directly and never see
+//! the ClusterIP again. The client port is kept when the reply key it gives is free;
+//! when it is taken (one UDP socket talking to two services that share a backend, or
+//! a second hairpin flow), another port is allocated and recorded.
+//!
+//! Life cycle (timeouts in [`ConntrackTimeouts`], Linux's `nf_conntrack_tcp_timeout_*`
+//! shortened): a TCP flow starts in `SynSent`; an ACK (the SYN-ACK) from the backend
+//! makes it `Established`; FIN from both sides, or an RST from either, makes it
+//! `Closing`. A flow first seen mid-connection (after an agent restart or an eviction)
+//! is taken as `Established`: Maglev sends it to the same backend as before, which is
+//! the point of consistent hashing. UDP flows have one timeout, refreshed by traffic
+//! either way. Expired flows are ignored by lookups (and removed then), reclaimed by
+//! [`crate::Pipeline::maintain`] or when their slot is needed.
+//!
+//! # Structure
+//!
+//! Fixed capacity, allocated once ([`Conntrack::new`]), nothing allocated per packet:
+//!
+//! - flows live densely in `flows[..len]` (a `Vec` whose capacity is never exceeded);
+//!   removal is swap-remove, so a sweep or flush walks only live flows;
+//! - an open-addressing index (linear probing, ≥ 4 slots per flow since each flow has
+//!   two keys, so the load stays ≤ 50 %, backward-shift deletion: no tombstones) maps
+//!   each key to its flow. A slot packs a 32-bit hash tag (which also gives the home
+//!   slot) and the flow index with the key's direction. The hash is keyed with a seed
+//!   drawn from `RandomState` when the table is made: pods choose their source ports,
+//!   and an unkeyed hash would let one craft a long probe chain.
+//!
+//! When the table is full, a new flow evicts one: of [`EVICTION_SAMPLE`] flows taken
+//! in turn from a rotating cursor, the first choice is one not established (a
+//! half-open SYN, a UDP exchange, a closing connection) over an established one,
+//! then the one closest to expiry — Linux's `early_drop` likewise spares `ASSURED`
+//! connections. Counted `conntrack_evicted` (or `conntrack_expired` if it had expired).
+//!
+//! Single writer: the pipeline's worker owns the table. So the Kubernetes "5-second DNS
+//! delay" cannot happen here: there a resolver's A and AAAA queries, sent back to back
+//! from one socket, raced to insert the same conntrack entry on two CPUs, one insert
+//! lost and its packet was dropped. Here the first packet inserts the flow before the
+//! second is even looked at, and the second finds it.
+
+use core::hash::BuildHasher;
+use core::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::hash_map::RandomState;
+
+use crate::drops::{Counter, Counters};
+use crate::lb::{Backend, L4Proto};
+use crate::maglev::fmix64;
+use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::Nanos;
+
+const SEC: Nanos = 1_000_000_000;
+
+/// Default number of flows.
+pub const DEFAULT_CONNTRACK_CAPACITY: usize = 262_144;
+
+/// Largest capacity accepted (larger requests are clamped): 2^22 flows.
+pub const MAX_CONNTRACK_CAPACITY: usize = 1 << 22;
+
+/// Flows looked at to choose one to evict.
+pub const EVICTION_SAMPLE: usize = 8;
+
+/// How long a flow lives without traffic, per state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackTimeouts {
+    /// After the client's SYN, until the backend answers (30 s; Linux: 120 s).
+    pub tcp_syn: Nanos,
+    /// Established (3,600 s; Linux: 5 days).
+    pub tcp_established: Nanos,
+    /// After FIN both ways or an RST (10 s; Linux: TIME_WAIT 120 s, CLOSE 10 s).
+    pub tcp_closing: Nanos,
+    /// UDP, refreshed by traffic either way (30 s, as Linux's `nf_conntrack_udp_timeout`).
+    pub udp: Nanos,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        ConntrackTimeouts {
+            tcp_syn: 30 * SEC,
+            tcp_established: 3_600 * SEC,
+            tcp_closing: 10 * SEC,
+            udp: 30 * SEC,
+        }
+    }
+}
+
+/// Where a flow is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowState {
+    /// TCP: the client's SYN went out, no answer yet.
+    SynSent,
+    /// TCP: the backend answered.
+    Established,
+    /// TCP: FIN both ways, or an RST.
+    Closing,
+    /// UDP.
+    Udp,
+}
+
+/// Direction of a packet within a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Client → service.
+    Forward = 0,
+    /// Backend → client.
+    Reply = 1,
+}
+
+/// A 5-tuple as a packet carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tuple {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub proto: L4Proto,
+}
+
+/// One tracked flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Flow {
+    pub client: (Ipv4Addr, u16),
+    pub vip: (Ipv4Addr, u16),
+    pub backend: Backend,
+    /// The source the backend sees (the client, or the gateway for hairpin).
+    pub nat: (Ipv4Addr, u16),
+    pub proto: L4Proto,
+    pub state: FlowState,
+    /// FIN seen: bit 0 from the client, bit 1 from the backend.
+    pub fins: u8,
+    pub created: Nanos,
+    pub expires: Nanos,
+    /// Service table generation at which the backend was last confirmed.
+    pub generation: u64,
+}
+
+impl Flow {
+    /// The key packets of direction `dir` carry.
+    #[inline]
+    pub(crate) fn key(&self, dir: Dir) -> Tuple {
+        match dir {
+            Dir::Forward => Tuple {
+                src: self.client.0,
+                sport: self.client.1,
+                dst: self.vip.0,
+                dport: self.vip.1,
+                proto: self.proto,
+            },
+            Dir::Reply => Tuple {
+                src: self.backend.ip,
+                sport: self.backend.port,
+                dst: self.nat.0,
+                dport: self.nat.1,
+                proto: self.proto,
+            },
+        }
+    }
+
+    /// A new flow's state from its first packet's TCP flags (ignored for UDP).
+    pub(crate) fn initial_state(proto: L4Proto, flags: u8) -> FlowState {
+        match proto {
+            L4Proto::Udp => FlowState::Udp,
+            L4Proto::Tcp if flags & TCP_RST != 0 => FlowState::Closing,
+            L4Proto::Tcp if flags & (TCP_SYN | TCP_ACK) == TCP_SYN => FlowState::SynSent,
+            L4Proto::Tcp => FlowState::Established,
+        }
+    }
+
+    /// Advances the state for a packet (`flags`: TCP flags, 0 for UDP) and refreshes
+    /// the timeout.
+    #[inline]
+    pub(crate) fn on_packet(&mut self, dir: Dir, flags: u8, now: Nanos, t: &ConntrackTimeouts) {
+        if self.proto == L4Proto::Tcp {
+            if flags & TCP_RST != 0 {
+                self.state = FlowState::Closing;
+            } else {
+                if flags & TCP_FIN != 0 {
+                    self.fins |= 1 << (dir as u8);
+                    if self.fins == 0b11 {
+                        self.state = FlowState::Closing;
+                    }
+                }
+                if self.state == FlowState::SynSent && dir == Dir::Reply && flags & TCP_ACK != 0
+                {
+                    self.state = FlowState::Established;
+                }
+            }
+        }
+        self.expires = now.saturating_add(timeout(self.state, t));
+    }
+
+    /// Status view.
+    pub(crate) fn info(&self, now: Nanos) -> FlowInfo {
+        FlowInfo {
+            client: SocketAddrV4::new(self.client.0, self.client.1),
+            vip: SocketAddrV4::new(self.vip.0, self.vip.1),
+            backend: self.backend,
+            nat_source: SocketAddrV4::new(self.nat.0, self.nat.1),
+            proto: self.proto,
+            state: self.state,
+            age: now.saturating_sub(self.created),
+            expires_in: self.expires.saturating_sub(now),
+        }
+    }
+}
+
+/// The timeout of a state.
+pub(crate) const fn timeout(state: FlowState, t: &ConntrackTimeouts) -> Nanos {
+    match state {
+        FlowState::SynSent => t.tcp_syn,
+        FlowState::Established => t.tcp_established,
+        FlowState::Closing => t.tcp_closing,
+        FlowState::Udp => t.udp,
+    }
+}
+
+/// A tracked flow, for status output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub client: SocketAddrV4,
+    /// ClusterIP and port.
+    pub vip: SocketAddrV4,
+    pub backend: Backend,
+    /// The source address the backend sees: the client, or the gateway for hairpin.
+    pub nat_source: SocketAddrV4,
+    pub proto: L4Proto,
+    pub state: FlowState,
+    /// Since the first packet.
+    pub age: Nanos,
+    /// Until it expires without more traffic.
+    pub expires_in: Nanos,
+}
+
+/// The fixed-capacity flow table. See the module docs.
+pub struct Conntrack {
+    flows: Vec<Flow>,
+    /// 0 = empty; else `tag << 32 | ((flow << 1 | dir) + 1)`.
+    index: Box<[u64]>,
+    mask: usize,
+    capacity: usize,
+    seed: u64,
+    evict_cursor: usize,
+    sweep_cursor: usize,
+}
+
+impl core::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("len", &self.flows.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Conntrack {
+    /// Allocates room for `capacity` flows (clamped to 1..=[`MAX_CONNTRACK_CAPACITY`])
+    /// and the index.
+    pub fn new(capacity: usize) -> Conntrack {
+        let capacity = capacity.clamp(1, MAX_CONNTRACK_CAPACITY);
+        let slots = (capacity * 4).next_power_of_two();
+        Conntrack {
+            flows: Vec::with_capacity(capacity),
+            // All zeros: the allocator hands out untouched pages until flows arrive.
+            index: vec![0u64; slots].into_boxed_slice(),
+            mask: slots - 1,
+            capacity,
+            seed: RandomState::new().hash_one(0x636f_6e6e_7472_6163_u64),
+            evict_cursor: 0,
+            sweep_cursor: 0,
+        }
+    }
+
+    /// Flows stored (expired ones not yet reclaimed included).
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// `true` when no flow is stored.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Most flows at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    #[inline]
+    fn hash(&self, t: &Tuple) -> u64 {
+        let a = (u64::from(t.src.to_bits()) << 32) | u64::from(t.dst.to_bits());
+        let b = (u64::from(t.sport) << 32) | (u64::from(t.dport) << 8) | u64::from(t.proto.number());
+        fmix64(fmix64(a ^ self.seed) ^ b)
+    }
+
+    /// The index slot holding `(flow, dir)` for key `t`.
+    fn slot_of(&self, t: &Tuple, value_low: u64) -> Option<usize> {
+        let tag = self.hash(t) >> 32;
+        let mut i = (tag as usize) & self.mask;
+        for _ in 0..=self.mask {
+            let v = *self.index.get(i)?;
+            if v == 0 {
+                return None;
+            }
+            if v >> 32 == tag && v & 0xffff_ffff == value_low {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// The flow whose `dir` key is `t`. An expired one is removed (counted) and not
+    /// returned.
+    #[inline]
+    pub(crate) fn find(
+        &mut self,
+        dir: Dir,
+        t: &Tuple,
+        now: Nanos,
+        counters: &Counters,
+    ) -> Option<usize> {
+        if self.flows.is_empty() {
+            return None;
+        }
+        let tag = self.hash(t) >> 32;
+        let mut i = (tag as usize) & self.mask;
+        for _ in 0..=self.mask {
+            let v = *self.index.get(i)?;
+            if v == 0 {
+                return None;
+            }
+            let low = (v & 0xffff_ffff).wrapping_sub(1);
+            if v >> 32 == tag && low & 1 == dir as u64 {
+                let f = (low >> 1) as usize;
+                if let Some(flow) = self.flows.get(f) {
+                    if flow.key(dir) == *t {
+                        if flow.expires <= now {
+                            self.remove(f);
+                            counters.bump(Counter::ConntrackExpired);
+                            return None;
+                        }
+                        return Some(f);
+                    }
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, f: usize) -> Option<&Flow> {
+        self.flows.get(f)
+    }
+
+    pub(crate) fn get_mut(&mut self, f: usize) -> Option<&mut Flow> {
+        self.flows.get_mut(f)
+    }
+
+    fn link(&mut self, t: &Tuple, f: usize, dir: Dir) {
+        let tag = self.hash(t) >> 32;
+        let low = (((f as u64) << 1) | dir as u64) + 1;
+        let mut i = (tag as usize) & self.mask;
+        for _ in 0..=self.mask {
+            match self.index.get_mut(i) {
+                Some(v) if *v == 0 => {
+                    *v = (tag << 32) | low;
+                    return;
+                }
+                Some(_) => i = (i + 1) & self.mask,
+                None => return,
+            }
+        }
+    }
+
+    /// Empties index slot `slot` by backward shift (no tombstones).
+    fn unlink_slot(&mut self, slot: usize) {
+        let mask = self.mask;
+        let mut hole = slot;
+        let mut j = slot;
+        loop {
+            j = (j + 1) & mask;
+            let v = self.index.get(j).copied().unwrap_or(0);
+            if v == 0 || j == slot {
+                break;
+            }
+            let home = ((v >> 32) as usize) & mask;
+            // `v` may fill the hole if the hole lies on its probe path home..=j.
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                if let Some(h) = self.index.get_mut(hole) {
+                    *h = v;
+                }
+                hole = j;
+            }
+        }
+        if let Some(h) = self.index.get_mut(hole) {
+            *h = 0;
+        }
+    }
+
+    /// Inserts a flow whose keys are both absent (the caller looked them up). Evicts
+    /// one when full. Returns its index.
+    pub(crate) fn insert(&mut self, flow: Flow, now: Nanos, counters: &Counters) -> usize {
+        if self.flows.len() >= self.capacity {
+            self.evict(now, counters);
+        }
+        let f = self.flows.len();
+        self.flows.push(flow);
+        self.link(&flow.key(Dir::Forward), f, Dir::Forward);
+        self.link(&flow.key(Dir::Reply), f, Dir::Reply);
+        f
+    }
+
+    /// Removes flow `f` from the index and the dense array.
+    pub(crate) fn remove(&mut self, f: usize) {
+        let Some(flow) = self.flows.get(f).copied() else {
+            return;
+        };
+        for dir in [Dir::Forward, Dir::Reply] {
+            let low = (((f as u64) << 1) | dir as u64) + 1;
+            if let Some(s) = self.slot_of(&flow.key(dir), low) {
+                self.unlink_slot(s);
+            }
+        }
+        let last = self.flows.len() - 1;
+        if f != last {
+            if let Some(moved) = self.flows.get(last).copied() {
+                for dir in [Dir::Forward, Dir::Reply] {
+                    let old = (((last as u64) << 1) | dir as u64) + 1;
+                    let new = (((f as u64) << 1) | dir as u64) + 1;
+                    if let Some(s) = self.slot_of(&moved.key(dir), old) {
+                        if let Some(v) = self.index.get_mut(s) {
+                            *v = (*v & !0xffff_ffff) | new;
+                        }
+                    }
+                }
+            }
+        }
+        self.flows.swap_remove(f);
+    }
+
+    /// Frees one flow: see the module docs.
+    fn evict(&mut self, now: Nanos, counters: &Counters) {
+        let len = self.flows.len();
+        if len == 0 {
+            return;
+        }
+        let start = self.evict_cursor % len;
+        let mut victim = start;
+        let mut best = (true, Nanos::MAX);
+        for k in 0..EVICTION_SAMPLE.min(len) {
+            let i = (start + k) % len;
+            if let Some(fl) = self.flows.get(i) {
+                let rank = (fl.state == FlowState::Established, fl.expires);
+                if rank < best {
+                    best = rank;
+                    victim = i;
+                }
+            }
+        }
+        self.evict_cursor = start + EVICTION_SAMPLE;
+        let expired = self.flows.get(victim).is_some_and(|f| f.expires <= now);
+        self.remove(victim);
+        counters.bump(if expired {
+            Counter::ConntrackExpired
+        } else {
+            Counter::ConntrackEvicted
+        });
+    }
+
+    /// Visits up to `budget` flows from a rotating cursor, removing expired ones
+    /// (counted `conntrack_expired`) and those `keep` rejects (counted
+    /// `conntrack_flushed`). `full`: start from the first flow, so that a budget of
+    /// `len` visits every flow exactly once. Returns how many were removed.
+    pub(crate) fn sweep(
+        &mut self,
+        now: Nanos,
+        budget: usize,
+        full: bool,
+        counters: &Counters,
+        mut keep: impl FnMut(&mut Flow) -> bool,
+    ) -> usize {
+        let mut removed = 0;
+        let mut i = if !full && self.sweep_cursor < self.flows.len() {
+            self.sweep_cursor
+        } else {
+            0
+        };
+        let mut visited = 0;
+        while visited < budget && !self.flows.is_empty() {
+            if i >= self.flows.len() {
+                i = 0;
+            }
+            visited += 1;
+            let verdict = match self.flows.get_mut(i) {
+                Some(f) if f.expires <= now => Some(Counter::ConntrackExpired),
+                Some(f) => (!keep(f)).then_some(Counter::ConntrackFlushed),
+                None => None,
+            };
+            match verdict {
+                Some(c) => {
+                    // The last flow moves into `i`: look at `i` again.
+                    self.remove(i);
+                    counters.bump(c);
+                    removed += 1;
+                }
+                None => i += 1,
+            }
+        }
+        self.sweep_cursor = i;
+        removed
+    }
+
+    /// Live flows for status (allocates).
+    pub(crate) fn infos(&self, now: Nanos) -> Vec<FlowInfo> {
+        self.flows
+            .iter()
+            .filter(|f| f.expires > now)
+            .map(|f| f.info(now))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation)]
+mod tests {
+    use super::*;
+
+    fn flow(i: u32, now: Nanos) -> Flow {
+        let c = Ipv4Addr::from_bits(0x0af4_0100 + i);
+        Flow {
+            client: (c, 40_000 + (i % 1000) as u16),
+            vip: (Ipv4Addr::new(10, 96, 0, 10), 53),
+            backend: Backend {
+                ip: Ipv4Addr::new(10, 244, 2, 2),
+                port: 53,
+            },
+            nat: (c, 40_000 + (i % 1000) as u16),
+            proto: L4Proto::Udp,
+            state: FlowState::Udp,
+            fins: 0,
+            created: now,
+            expires: now + 30 * SEC,
+            generation: 0,
+        }
+    }
+
+    fn check_all_findable(ct: &mut Conntrack, c: &Counters) {
+        for f in 0..ct.len() {
+            let fl = *ct.get(f).unwrap();
+            assert_eq!(ct.find(Dir::Forward, &fl.key(Dir::Forward), 0, c), Some(f));
+            assert_eq!(ct.find(Dir::Reply, &fl.key(Dir::Reply), 0, c), Some(f));
+        }
+    }
+
+    #[test]
+    fn insert_find_remove_keep_the_index_consistent() {
+        let c = Counters::default();
+        let mut ct = Conntrack::new(64);
+        for i in 0..64 {
+            ct.insert(flow(i, 0), 0, &c);
+        }
+        assert_eq!(ct.len(), 64);
+        check_all_findable(&mut ct, &c);
+        // Remove every third flow: swap-remove moves others, the index follows.
+        for i in (0..64).step_by(3) {
+            let key = flow(i, 0).key(Dir::Forward);
+            let f = ct.find(Dir::Forward, &key, 0, &c).unwrap();
+            ct.remove(f);
+            assert_eq!(ct.find(Dir::Forward, &key, 0, &c), None);
+        }
+        assert_eq!(ct.len(), 64 - 22);
+        check_all_findable(&mut ct, &c);
+        // The reply key is not found as a forward key.
+        let fl = *ct.get(0).unwrap();
+        assert_eq!(ct.find(Dir::Forward, &fl.key(Dir::Reply), 0, &c), None);
+    }
+
+    #[test]
+    fn full_table_evicts_unestablished_first() {
+        let c = Counters::default();
+        let mut ct = Conntrack::new(8);
+        for i in 0..8 {
+            let mut f = flow(i, 0);
+            f.proto = L4Proto::Tcp;
+            f.state = if i == 5 {
+                FlowState::SynSent
+            } else {
+                FlowState::Established
+            };
+            f.expires = 100 * SEC + Nanos::from(i);
+            ct.insert(f, 0, &c);
+        }
+        ct.insert(flow(100, 0), SEC, &c);
+        assert_eq!(ct.len(), 8);
+        assert_eq!(c.snapshot().conntrack_evicted, 1);
+        let k5 = flow(5, 0).key(Dir::Forward);
+        let mut k5t = k5;
+        k5t.proto = L4Proto::Tcp;
+        assert_eq!(ct.find(Dir::Forward, &k5t, SEC, &c), None, "the SYN went");
+        check_all_findable(&mut ct, &c);
+    }
+
+    #[test]
+    fn expired_flows_vanish_on_lookup_and_sweep() {
+        let c = Counters::default();
+        let mut ct = Conntrack::new(16);
+        for i in 0..10 {
+            ct.insert(flow(i, 0), 0, &c);
+        }
+        let k = flow(3, 0).key(Dir::Reply);
+        assert!(ct.find(Dir::Reply, &k, 30 * SEC - 1, &c).is_some());
+        assert_eq!(ct.find(Dir::Reply, &k, 30 * SEC, &c), None);
+        assert_eq!(ct.len(), 9);
+        assert_eq!(c.snapshot().conntrack_expired, 1);
+        // A sweep with a budget removes what it visits.
+        assert_eq!(ct.sweep(30 * SEC, 4, false, &c, |_| true), 4);
+        assert_eq!(ct.sweep(30 * SEC, 100, false, &c, |_| true), 5);
+        assert!(ct.is_empty());
+        for i in 0..4 {
+            ct.insert(flow(i, 0), 0, &c);
+        }
+        assert_eq!(ct.sweep(0, 100, true, &c, |f| f.client.0 != flow(2, 0).client.0), 1);
+        assert_eq!(c.snapshot().conntrack_flushed, 1);
+        assert_eq!(ct.infos(0).len(), 3);
+    }
+
+    #[test]
+    fn tcp_states() {
+        let t = ConntrackTimeouts::default();
+        let mut f = flow(1, 0);
+        f.proto = L4Proto::Tcp;
+        f.state = Flow::initial_state(L4Proto::Tcp, TCP_SYN);
+        assert_eq!(f.state, FlowState::SynSent);
+        f.on_packet(Dir::Forward, TCP_ACK, SEC, &t);
+        assert_eq!(f.state, FlowState::SynSent, "a client ACK is not an answer");
+        assert_eq!(f.expires, SEC + t.tcp_syn);
+        f.on_packet(Dir::Reply, TCP_SYN | TCP_ACK, 2 * SEC, &t);
+        assert_eq!(f.state, FlowState::Established);
+        assert_eq!(f.expires, 2 * SEC + t.tcp_established);
+        f.on_packet(Dir::Forward, TCP_FIN | TCP_ACK, 3 * SEC, &t);
+        assert_eq!(f.state, FlowState::Established);
+        f.on_packet(Dir::Reply, TCP_FIN | TCP_ACK, 4 * SEC, &t);
+        assert_eq!(f.state, FlowState::Closing);
+        assert_eq!(f.expires, 4 * SEC + t.tcp_closing);
+        assert_eq!(Flow::initial_state(L4Proto::Tcp, TCP_ACK), FlowState::Established);
+        assert_eq!(Flow::initial_state(L4Proto::Tcp, TCP_RST), FlowState::Closing);
+        let mut g = flow(2, 0);
+        g.proto = L4Proto::Tcp;
+        g.state = FlowState::Established;
+        g.on_packet(Dir::Reply, TCP_RST, 5 * SEC, &t);
+        assert_eq!(g.state, FlowState::Closing);
+    }
+}

@@ -1,0 +1,523 @@
+//! Service load balancer tests: DNAT, replies on every path (bridged, routed, tunnel,
+//! hairpin), connection tracking with a stepped clock, rejections, checksums full and
+//! partial — every header checked from the bytes.
+
+use super::routing::{
+    assert_ip_icmp_error, assert_vxlan, datagrams_of, node1, node2, tunnel_in, C, C_IP, C_MAC,
+    GW2_MAC, N1_UNDERLAY, N2_UNDERLAY, VTEP1, VTEP2,
+};
+use super::*;
+use crate::lb::{Affinity, Backend, L4Proto, ServiceEntry, ServiceTable};
+use crate::tunnel::complete_partial_checksum;
+use crate::wire::tcp::{pseudo_header_partial, pseudo_header_sum, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::wire::{TcpPacket, UdpPacket, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_TCPV4};
+use crate::FlowState;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const D: PortId = PortId(3);
+const D_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
+const D_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x04);
+
+fn be(ip: Ipv4Addr, port: u16) -> Backend {
+    Backend { ip, port }
+}
+
+fn svc(vip: Ipv4Addr, port: u16, proto: L4Proto, backends: Vec<Backend>) -> ServiceEntry {
+    ServiceEntry {
+        name: format!("default/s:{port}"),
+        vip,
+        port,
+        proto,
+        backends,
+        affinity: Affinity::None,
+    }
+}
+
+fn install(p: &Pipeline, entries: Vec<ServiceEntry>) {
+    p.services()
+        .store(Arc::new(ServiceTable::build(entries).unwrap()));
+}
+
+/// Pods A, B, D and the host; services: VIP:53/UDP → B:5353, VIP:80/TCP → B:8080,
+/// VIP:8080/TCP → A:80 (hairpin for A), EMPTY_VIP:80/TCP and :53/UDP → nobody.
+fn lb_node_with(cfg: impl FnOnce(&mut PipelineConfig)) -> Pipeline {
+    let mut c = config();
+    cfg(&mut c);
+    let mut p = pipeline_with(c);
+    p.add_port(D, PortRole::Pod { mac: D_MAC, ip: D_IP });
+    install(
+        &p,
+        vec![
+            svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 5353)]),
+            svc(VIP, 80, L4Proto::Tcp, vec![be(B_IP, 8080)]),
+            svc(VIP, 8080, L4Proto::Tcp, vec![be(A_IP, 80)]),
+            svc(EMPTY_VIP, 80, L4Proto::Tcp, vec![]),
+            svc(EMPTY_VIP, 53, L4Proto::Udp, vec![]),
+        ],
+    );
+    p
+}
+
+fn lb_node() -> Pipeline {
+    lb_node_with(|_| {})
+}
+
+/// An IPv4/TCP packet with full checksums (20-byte TCP header, no options).
+#[allow(clippy::too_many_arguments)]
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+    let mut t = sport.to_be_bytes().to_vec();
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(data);
+    let sum = !checksum::fold(checksum::accumulate(pseudo_header_sum(src, dst, 6, t.len()), &t));
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    ipv4(src, dst, 6, &t)
+}
+
+/// An IPv4/UDP packet with a full checksum.
+fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, data: &[u8]) -> Vec<u8> {
+    let mut u = sport.to_be_bytes().to_vec();
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(data);
+    let sum = !checksum::fold(checksum::accumulate(pseudo_header_sum(src, dst, 17, u.len()), &u));
+    u[6..8].copy_from_slice(&sum.to_be_bytes());
+    ipv4(src, dst, 17, &u)
+}
+
+fn to_gw(src_mac: MacAddr, ip: &[u8]) -> Vec<u8> {
+    frame(GW_MAC, src_mac, 0x0800, ip)
+}
+
+/// Runs a frame; returns the outcome and the (possibly rewritten) input.
+fn go(p: &mut Pipeline, port: PortId, pkt: &[u8], now: Nanos) -> (Result<Outcome, DropReason>, Vec<u8>) {
+    let mut buf = pkt.to_vec();
+    let mut out = vec![0u8; OUT_BUF_LEN];
+    let o = Outcome::of(p.process(port, &mut buf, now, &mut out));
+    (o, buf)
+}
+
+/// Checks the IPv4 header and the TCP/UDP checksum of `ip`, returns
+/// `(src, sport, dst, dport)`.
+fn endpoints(ip: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let p = Ipv4Packet::new_checked(ip).unwrap();
+    assert!(p.verify_checksum(), "IPv4 checksum");
+    let (s, d) = (p.src_addr(), p.dst_addr());
+    let l4 = p.payload();
+    let ok = match p.protocol() {
+        crate::wire::IpProtocol::Tcp => TcpPacket::new_checked(l4).unwrap().verify_checksum(s, d),
+        _ => UdpPacket::new_checked(l4).unwrap().verify_checksum(s, d),
+    };
+    assert!(ok, "L4 checksum");
+    let ports = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    (s, ports(0), d, ports(2))
+}
+
+/// The IPv4 packet of a virtio-net + Ethernet frame, after checking its MACs.
+fn ip_of(f: &[u8], dst: MacAddr, src: MacAddr) -> &[u8] {
+    assert_eq!(&f[10..16], &dst.0, "destination MAC");
+    assert_eq!(&f[16..22], &src.0, "source MAC");
+    &f[24..]
+}
+
+// ---------------------------------------------------------------- same node
+
+#[test]
+fn udp_dnat_to_a_local_backend_and_bridged_reply() {
+    let mut p = lb_node();
+    let q = to_gw(A_MAC, &udp(A_IP, 40000, VIP, 53, b"query"));
+    let (o, buf) = go(&mut p, A, &q, SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    let ip = ip_of(&buf, B_MAC, GW_MAC);
+    assert_eq!(endpoints(ip), (A_IP, 40000, B_IP, 5353));
+    assert_eq!(ip[8], 63, "routed: TTL − 1");
+    // B answers A's MAC directly: bridged, un-NATed in place, TTL untouched.
+    let r = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 40000, b"answer"));
+    let (o, buf) = go(&mut p, B, &r, 2 * SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    let ip = ip_of(&buf, A_MAC, B_MAC);
+    assert_eq!(endpoints(ip), (VIP, 53, A_IP, 40000));
+    assert_eq!(ip[8], 64);
+    let s = p.counters().snapshot();
+    assert_eq!((s.lb_new_flows, s.lb_established, s.lb_replies), (1, 0, 1));
+    let flows = p.flows(3 * SEC);
+    assert_eq!(flows.len(), 1);
+    let f = flows[0];
+    assert_eq!(f.client, SocketAddrV4::new(A_IP, 40000));
+    assert_eq!(f.vip, SocketAddrV4::new(VIP, 53));
+    assert_eq!(f.backend, be(B_IP, 5353));
+    assert_eq!((f.proto, f.state, f.age), (L4Proto::Udp, FlowState::Udp, 2 * SEC));
+    assert_eq!(f.expires_in, 29 * SEC, "refreshed by the reply");
+    // Unrelated bridged traffic is left alone.
+    let other = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 40001, b"x"));
+    let (_, buf) = go(&mut p, B, &other, 3 * SEC);
+    assert_eq!(&buf[10..], &other[10..]);
+    assert_counters_balance(&p);
+}
+
+/// A resolver's A and AAAA queries from one socket, back to back: both reach one
+/// backend and both replies are un-NATed. (The Kubernetes 5-second DNS delay is a
+/// conntrack insert race between CPUs; one worker owns this table, see `conntrack`.)
+#[test]
+fn two_udp_queries_back_to_back_share_one_flow() {
+    let mut p = lb_node();
+    install(&p, vec![svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 53), be(D_IP, 53)])]);
+    let mut backends = std::collections::BTreeSet::new();
+    for sport in [33000u16, 33001, 33002, 33003] {
+        let chosen = p.services().load().pick(VIP, 53, L4Proto::Udp, (A_IP, sport)).unwrap();
+        backends.insert(chosen.ip);
+        let (port, mac) = if chosen.ip == B_IP { (B, B_MAC) } else { (D, D_MAC) };
+        for q in [&b"A?"[..], b"AAAA?"] {
+            let (o, buf) = go(&mut p, A, &to_gw(A_MAC, &udp(A_IP, sport, VIP, 53, q)), SEC);
+            assert_eq!(o, Ok(Forward(port)));
+            assert_eq!(endpoints(ip_of(&buf, mac, GW_MAC)), (A_IP, sport, chosen.ip, 53));
+        }
+        for a in [&b"A!"[..], b"AAAA!"] {
+            let r = frame(A_MAC, mac, 0x0800, &udp(chosen.ip, 53, A_IP, sport, a));
+            let (o, buf) = go(&mut p, port, &r, SEC);
+            assert_eq!(o, Ok(Forward(A)));
+            assert_eq!(endpoints(ip_of(&buf, A_MAC, mac)), (VIP, 53, A_IP, sport));
+        }
+    }
+    assert_eq!(backends.len(), 2, "both backends used over four sockets");
+    let s = p.counters().snapshot();
+    assert_eq!((s.lb_new_flows, s.lb_established, s.lb_replies), (4, 4, 8));
+    assert_eq!(p.conntrack_len(), 4);
+}
+
+#[test]
+fn hairpin_is_masqueraded_to_the_gateway() {
+    let mut p = lb_node();
+    let syn = to_gw(A_MAC, &tcp(A_IP, 50000, VIP, 8080, 7, 0, TCP_SYN, b""));
+    let (o, buf) = go(&mut p, A, &syn, SEC);
+    assert_eq!(o, Ok(Forward(A)), "back out of its own port");
+    assert_eq!(endpoints(ip_of(&buf, A_MAC, GW_MAC)), (GW_IP, 50000, A_IP, 80));
+    // A (as the backend) answers the gateway IP: un-NATed before the gateway's own
+    // handling, then routed back to A.
+    let synack = to_gw(A_MAC, &tcp(A_IP, 80, GW_IP, 50000, 99, 8, TCP_SYN | TCP_ACK, b""));
+    let (o, buf) = go(&mut p, A, &synack, SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    assert_eq!(endpoints(ip_of(&buf, A_MAC, GW_MAC)), (VIP, 8080, A_IP, 50000));
+    assert_eq!(p.flows(SEC)[0].state, FlowState::Established);
+    assert_eq!(p.flows(SEC)[0].nat_source, SocketAddrV4::new(GW_IP, 50000));
+    // Without a flow, TCP to the gateway IP is still the gateway's to refuse.
+    let stray = to_gw(A_MAC, &tcp(A_IP, 80, GW_IP, 50001, 1, 0, TCP_ACK, b""));
+    assert_eq!(go(&mut p, A, &stray, SEC).0, Err(DropReason::UnsupportedProtocol));
+}
+
+/// One UDP socket talking to two services that share a backend port: the second
+/// flow's reply key would collide with the first's, so its source port is remapped.
+#[test]
+fn colliding_reply_keys_get_another_source_port() {
+    let mut p = lb_node();
+    let other_vip = Ipv4Addr::new(10, 96, 0, 11);
+    install(
+        &p,
+        vec![
+            svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 5353)]),
+            svc(other_vip, 53, L4Proto::Udp, vec![be(B_IP, 5353)]),
+        ],
+    );
+    let (_, one) = go(&mut p, A, &to_gw(A_MAC, &udp(A_IP, 4000, VIP, 53, b"1")), SEC);
+    let (_, two) = go(&mut p, A, &to_gw(A_MAC, &udp(A_IP, 4000, other_vip, 53, b"2")), SEC);
+    assert_eq!(endpoints(&one[24..]).1, 4000);
+    let remapped = endpoints(&two[24..]).1;
+    assert_ne!(remapped, 4000);
+    for (port, vip) in [(4000, VIP), (remapped, other_vip)] {
+        let r = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, port, b"r"));
+        let (_, buf) = go(&mut p, B, &r, SEC);
+        assert_eq!(endpoints(&buf[24..]), (vip, 53, A_IP, 4000));
+    }
+}
+
+// ---------------------------------------------------------------- conntrack life cycle
+
+#[test]
+fn tcp_life_cycle_with_stepped_time() {
+    let mut p = lb_node();
+    let t = p.config().conntrack_timeouts;
+    let c = |seq, ack, flags| to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, seq, ack, flags, b""));
+    let s = |seq, ack, flags| frame(A_MAC, B_MAC, 0x0800, &tcp(B_IP, 8080, A_IP, 40000, seq, ack, flags, b""));
+    assert_eq!(go(&mut p, A, &c(1, 0, TCP_SYN), 0).0, Ok(Forward(B)));
+    assert_eq!(p.flows(0)[0].state, FlowState::SynSent);
+    assert_eq!(p.flows(0)[0].expires_in, t.tcp_syn);
+    assert!(go(&mut p, B, &s(100, 2, TCP_SYN | TCP_ACK), SEC).0.is_ok());
+    assert_eq!(p.flows(SEC)[0].state, FlowState::Established);
+    assert!(go(&mut p, A, &c(2, 101, TCP_FIN | TCP_ACK), 2 * SEC).0.is_ok());
+    assert_eq!(p.flows(2 * SEC)[0].state, FlowState::Established, "one FIN");
+    assert!(go(&mut p, B, &s(101, 3, TCP_FIN | TCP_ACK), 3 * SEC).0.is_ok());
+    assert_eq!(p.flows(3 * SEC)[0].state, FlowState::Closing);
+    assert!(go(&mut p, A, &c(3, 102, TCP_ACK), 4 * SEC).0.is_ok());
+    let end = 4 * SEC + t.tcp_closing;
+    assert_eq!(p.maintain(end - 1), 0);
+    assert_eq!(p.maintain(end), 1);
+    assert_eq!(p.conntrack_len(), 0);
+    assert_eq!(p.counters().snapshot().conntrack_expired, 1);
+
+    // RST from the backend closes at once; a new SYN on the same 5-tuple starts over.
+    assert!(go(&mut p, A, &c(1, 0, TCP_SYN), 10 * SEC).0.is_ok());
+    assert!(go(&mut p, B, &s(100, 2, TCP_SYN | TCP_ACK), 10 * SEC).0.is_ok());
+    assert!(go(&mut p, B, &s(101, 0, TCP_RST), 11 * SEC).0.is_ok());
+    assert_eq!(p.flows(11 * SEC)[0].state, FlowState::Closing);
+    assert!(go(&mut p, A, &c(5000, 0, TCP_SYN), 12 * SEC).0.is_ok());
+    assert_eq!(p.flows(12 * SEC)[0].state, FlowState::SynSent);
+    assert_eq!(p.flows(12 * SEC)[0].age, 0, "a fresh flow");
+
+    // A SYN nobody answers expires after tcp_syn; expired flows are ignored on lookup.
+    assert_eq!(p.maintain(12 * SEC + t.tcp_syn), 1);
+    // A flow first seen mid-connection is taken as established.
+    assert!(go(&mut p, A, &c(9, 9, TCP_ACK), 100 * SEC).0.is_ok());
+    assert_eq!(p.flows(100 * SEC)[0].state, FlowState::Established);
+}
+
+#[test]
+fn udp_flows_time_out_and_replies_refresh_them() {
+    let mut p = lb_node();
+    let q = to_gw(A_MAC, &udp(A_IP, 40000, VIP, 53, b"q"));
+    let r = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 40000, b"r"));
+    assert!(go(&mut p, A, &q, 0).0.is_ok());
+    assert!(go(&mut p, B, &r, 20 * SEC).0.is_ok());
+    assert_eq!(p.maintain(49 * SEC), 0, "refreshed at 20 s");
+    // Expired: the late reply is not un-NATed (the flow is gone) ...
+    let (_, buf) = go(&mut p, B, &r, 50 * SEC);
+    assert_eq!(endpoints(&buf[24..]).0, B_IP);
+    assert_eq!(p.conntrack_len(), 0);
+    // ... and a new query is a new flow.
+    assert!(go(&mut p, A, &q, 51 * SEC).0.is_ok());
+    let s = p.counters().snapshot();
+    assert_eq!((s.lb_new_flows, s.conntrack_expired), (2, 1));
+}
+
+#[test]
+fn full_table_evicts_and_counts() {
+    let mut p = lb_node_with(|c| c.conntrack_capacity = 4);
+    for sport in 0..10u16 {
+        let q = to_gw(A_MAC, &udp(A_IP, 1000 + sport, VIP, 53, b"q"));
+        assert_eq!(go(&mut p, A, &q, SEC + Nanos::from(sport)).0, Ok(Forward(B)));
+    }
+    assert_eq!(p.conntrack_len(), 4);
+    assert_eq!(p.counters().snapshot().conntrack_evicted, 6);
+    // Stored flows are intact.
+    for f in p.flows(2 * SEC) {
+        let r = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, f.client.port(), b"r"));
+        let (_, buf) = go(&mut p, B, &r, 2 * SEC);
+        assert_eq!(endpoints(&buf[24..]).0, VIP);
+    }
+}
+
+/// A backend leaves: the next packet of its flows goes to a live backend (never to
+/// the removed one), and `maintain` flushes flows no packet touched.
+#[test]
+fn removed_backend_flows_are_flushed_on_a_new_table() {
+    let mut p = lb_node();
+    install(&p, vec![svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 53), be(D_IP, 53)])]);
+    let on = |p: &Pipeline, ip| {
+        (1000..2000u16)
+            .find(|s| p.services().load().pick(VIP, 53, L4Proto::Udp, (A_IP, *s)).unwrap().ip == ip)
+            .unwrap()
+    };
+    let (to_b, to_d) = (on(&p, B_IP), on(&p, D_IP));
+    let q = |s| to_gw(A_MAC, &udp(A_IP, s, VIP, 53, b"q"));
+    assert_eq!(go(&mut p, A, &q(to_b), SEC).0, Ok(Forward(B)));
+    assert_eq!(go(&mut p, A, &q(to_d), SEC).0, Ok(Forward(D)));
+    // Another B flow that sees no packet after the change.
+    let idle = (to_b + 1..3000).find(|s| p.services().load().pick(VIP, 53, L4Proto::Udp, (A_IP, *s)).unwrap().ip == B_IP).unwrap();
+    assert!(go(&mut p, A, &q(idle), SEC).0.is_ok());
+    assert_eq!(p.conntrack_len(), 3);
+    // B is no longer ready.
+    install(&p, vec![svc(VIP, 53, L4Proto::Udp, vec![be(D_IP, 53)])]);
+    assert_eq!(go(&mut p, A, &q(to_b), 2 * SEC).0, Ok(Forward(D)));
+    assert_eq!(go(&mut p, A, &q(to_d), 2 * SEC).0, Ok(Forward(D)), "kept");
+    assert_eq!(p.counters().snapshot().conntrack_flushed, 1);
+    assert_eq!(p.maintain(2 * SEC), 1, "the idle flow");
+    assert_eq!(p.conntrack_len(), 2);
+    assert!(p.flows(2 * SEC).iter().all(|f| f.backend.ip == D_IP));
+    // Service gone: its flows go too.
+    install(&p, vec![]);
+    assert_eq!(p.maintain(3 * SEC), 2);
+    assert_eq!(p.counters().snapshot().conntrack_flushed, 4);
+}
+
+// ---------------------------------------------------------------- rejections
+
+#[test]
+fn no_endpoint_tcp_gets_a_reset() {
+    let mut p = lb_node();
+    let syn = to_gw(A_MAC, &tcp(A_IP, 40000, EMPTY_VIP, 80, 0x1000, 0, TCP_SYN, b""));
+    let Ok(Reply(r)) = go(&mut p, A, &syn, SEC).0 else { panic!() };
+    let ip = ip_of(&r, A_MAC, GW_MAC);
+    assert_eq!(endpoints(ip), (EMPTY_VIP, 80, A_IP, 40000));
+    let t = TcpPacket::new_checked(&ip[20..]).unwrap();
+    assert_eq!((t.seq_number(), t.ack_number(), t.flags()), (0, 0x1001, TCP_RST | TCP_ACK));
+    // A segment with ACK: the reset takes its sequence number from that ACK.
+    let ack = to_gw(A_MAC, &tcp(A_IP, 40000, EMPTY_VIP, 80, 5, 0xabcd, TCP_ACK, b"data"));
+    let Ok(Reply(r)) = go(&mut p, A, &ack, SEC).0 else { panic!() };
+    let t = TcpPacket::new_checked(&r[44..]).unwrap();
+    assert_eq!((t.seq_number(), t.flags()), (0xabcd, TCP_RST));
+    // Never a reset for a reset.
+    let rst = to_gw(A_MAC, &tcp(A_IP, 40000, EMPTY_VIP, 80, 5, 0, TCP_RST, b""));
+    assert_eq!(go(&mut p, A, &rst, SEC).0, Err(DropReason::LbNoEndpoint));
+    assert_eq!(p.counters().snapshot().lb_no_endpoint, 3);
+    assert_eq!(p.conntrack_len(), 0);
+}
+
+#[test]
+fn no_endpoint_udp_unknown_port_ping_and_unused_service_ips() {
+    let mut p = lb_node();
+    let cases: [(Vec<u8>, Ipv4Addr, [u8; 2], DropReason); 4] = [
+        (udp(A_IP, 4000, EMPTY_VIP, 53, b"q"), EMPTY_VIP, [3, 3], DropReason::LbNoEndpoint),
+        (udp(A_IP, 4000, VIP, 54, b"q"), VIP, [3, 3], DropReason::NoServicePort),
+        (ipv4(A_IP, VIP, 1, &echo_request(1, 1, b"ping")), GW_IP, [3, 1], DropReason::NoServicePort),
+        (udp(A_IP, 4000, Ipv4Addr::new(10, 100, 0, 1), 53, b"q"), GW_IP, [3, 1], DropReason::NotAService),
+    ];
+    for (pkt, from, code, _) in &cases {
+        let Ok(Reply(r)) = go(&mut p, A, &to_gw(A_MAC, pkt), SEC).0 else { panic!("{code:?}") };
+        assert_ip_icmp_error(ip_of(&r, A_MAC, GW_MAC), *from, A_IP, *code, pkt);
+    }
+    assert_eq!(p.counters().snapshot().lb_no_endpoint, 1);
+    // With the ICMP budget spent, the reasons are counted instead.
+    let mut quiet = lb_node_with(|c| c.icmp_errors_per_sec = 0);
+    for (pkt, _, _, reason) in &cases {
+        assert_eq!(go(&mut quiet, A, &to_gw(A_MAC, pkt), SEC).0, Err(*reason));
+    }
+    // Fragments to a ClusterIP are not balanced.
+    let mut frag = udp(A_IP, 4000, VIP, 53, b"q");
+    frag[6] = 0x20; // MF
+    frag[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum::checksum(&frag[..20]);
+    frag[10..12].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(go(&mut p, A, &to_gw(A_MAC, &frag), SEC).0, Err(DropReason::ServiceFragment));
+    // Without a service CIDR, an unused service IP is routed like any other address.
+    let mut open = lb_node_with(|c| c.service_cidr = None);
+    let stray = to_gw(A_MAC, &udp(A_IP, 4000, Ipv4Addr::new(10, 100, 0, 1), 53, b"q"));
+    assert_eq!(go(&mut open, A, &stray, SEC).0, Err(DropReason::NoRoute));
+    assert_counters_balance(&p);
+}
+
+// ---------------------------------------------------------------- checksums
+
+/// A TSO frame (virtio GSO TCPv4, partial checksum): DNATed as one frame, virtio-net
+/// header kept, the partial field moved by the address change only.
+#[test]
+fn gso_frame_with_partial_checksum_is_dnated_whole() {
+    let mut p = lb_node();
+    let data = vec![0x5a; 3000];
+    let mut ip = tcp(A_IP, 40000, VIP, 80, 1, 1, TCP_ACK, &data);
+    let l4_len = ip.len() - 20;
+    let partial = pseudo_header_partial(A_IP, VIP, 6, l4_len);
+    ip[36..38].copy_from_slice(&partial.to_be_bytes());
+    let mut f = to_gw(A_MAC, &ip);
+    let vnet = [VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_TCPV4, 54, 0, 0x78, 0x05, 34, 0, 16, 0];
+    f[..10].copy_from_slice(&vnet);
+    let (o, mut buf) = go(&mut p, A, &f, SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    assert_eq!(&buf[..10], &vnet, "virtio-net header kept");
+    let want = pseudo_header_partial(A_IP, B_IP, 6, l4_len);
+    assert_eq!(&buf[10 + 14 + 36..10 + 14 + 38], &want.to_be_bytes());
+    let end = buf.len();
+    complete_partial_checksum(&mut buf[10..], 34, 16, end - 10).unwrap();
+    assert_eq!(endpoints(&buf[24..]), (A_IP, 40000, B_IP, 8080));
+    // The partial form of a non-GSO frame too, and a full checksum next to it.
+    let mut small = tcp(A_IP, 40001, VIP, 80, 1, 1, TCP_SYN, b"");
+    small[36..38].copy_from_slice(&pseudo_header_partial(A_IP, VIP, 6, 20).to_be_bytes());
+    let mut f = to_gw(A_MAC, &small);
+    f[..10].copy_from_slice(&[VNET_HDR_F_NEEDS_CSUM, 0, 0, 0, 0, 0, 34, 0, 16, 0]);
+    let (_, buf) = go(&mut p, A, &f, SEC);
+    let want = pseudo_header_partial(A_IP, B_IP, 6, 20);
+    assert_eq!(&buf[60..62], &want.to_be_bytes());
+}
+
+// ---------------------------------------------------------------- across nodes
+
+/// Client A on node 1, backend C on node 2: DNAT at node 1, tunnel, delivery at node
+/// 2; C's reply is routed into the tunnel at node 2 and un-NATed at node 1.
+#[test]
+fn cross_node_flow_through_the_tunnel() {
+    let mut n1 = node1();
+    let mut n2 = node2();
+    install(&n1, vec![svc(VIP, 80, L4Proto::Tcp, vec![be(C_IP, 8080)])]);
+    let syn = to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, 1, 0, TCP_SYN, b"hello"));
+    let (o, _) = go(&mut n1, A, &syn, SEC);
+    let d = datagrams_of(o, N2_UNDERLAY);
+    assert_eq!(d.len(), 1);
+    assert_eq!(endpoints(assert_vxlan(&d[0], VTEP1, VTEP2)), (A_IP, 40000, C_IP, 8080));
+    let Ok(Outcome::ToPort(port, f)) = tunnel_in(&mut n2, N1_UNDERLAY, &d[0], SEC) else { panic!() };
+    assert_eq!(port, C);
+    let ip = ip_of(&f, C_MAC, GW2_MAC);
+    assert_eq!(endpoints(ip), (A_IP, 40000, C_IP, 8080));
+    assert_eq!(ip[8], 62, "two routers");
+    assert_eq!(n2.conntrack_len(), 0, "node 2 tracks nothing");
+
+    // C answers A (another subnet): to its gateway, into the tunnel, un-NATed at node 1.
+    let synack = frame(GW2_MAC, C_MAC, 0x0800, &tcp(C_IP, 8080, A_IP, 40000, 9, 7, TCP_SYN | TCP_ACK, b""));
+    let (o, _) = go(&mut n2, C, &synack, SEC);
+    let d = datagrams_of(o, N1_UNDERLAY);
+    let Ok(Outcome::ToPort(port, f)) = tunnel_in(&mut n1, N2_UNDERLAY, &d[0], SEC) else { panic!() };
+    assert_eq!(port, A);
+    assert_eq!(endpoints(ip_of(&f, A_MAC, GW_MAC)), (VIP, 80, A_IP, 40000));
+    assert_eq!(n1.flows(SEC)[0].state, FlowState::Established);
+
+    // A kernel VXLAN sender may leave the inner checksum partial: settled first.
+    let mut dgram = d[0].clone();
+    let inner = 8 + 14;
+    let l4_len = dgram.len() - inner - 20;
+    let partial = pseudo_header_partial(C_IP, A_IP, 6, l4_len);
+    dgram[inner + 36..inner + 38].copy_from_slice(&partial.to_be_bytes());
+    let Ok(Outcome::ToPort(_, f)) = tunnel_in(&mut n1, N2_UNDERLAY, &dgram, 2 * SEC) else { panic!() };
+    assert_eq!(endpoints(&f[24..]), (VIP, 80, A_IP, 40000));
+    assert_eq!(n1.counters().snapshot().lb_replies, 2);
+    assert_counters_balance(&n1);
+    assert_counters_balance(&n2);
+}
+
+// ---------------------------------------------------------------- properties
+
+fn lb_frame() -> impl Strategy<Value = Vec<u8>> {
+    let base = prop::sample::select(vec![
+        to_gw(A_MAC, &udp(A_IP, 40000, VIP, 53, b"q")),
+        to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, 1, 0, TCP_SYN, b"")),
+        to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 8080, 1, 0, TCP_SYN, b"")),
+        to_gw(A_MAC, &tcp(A_IP, 40000, EMPTY_VIP, 80, 1, 0, TCP_SYN, b"")),
+        to_gw(A_MAC, &tcp(A_IP, 80, GW_IP, 40000, 1, 0, TCP_ACK, b"")),
+        frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 40000, b"r")),
+        frame(A_MAC, B_MAC, 0x0800, &tcp(B_IP, 8080, A_IP, 40000, 1, 2, TCP_ACK, b"r")),
+    ]);
+    (base, prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)).prop_map(
+        |(mut f, flips)| {
+            for (i, v) in flips {
+                let at = i.index(f.len());
+                f[at] = v;
+            }
+            f
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    #[test]
+    fn never_panics_with_services_loaded(
+        inputs in prop::collection::vec(
+            (0u16..4, prop_oneof![lb_frame(), any_frame()], 0u64..100 * SEC), 1..30)
+    ) {
+        let mut p = lb_node_with(|c| c.conntrack_capacity = 8);
+        let mut out = vec![0u8; OUT_BUF_LEN];
+        for (port, mut pkt, now) in inputs {
+            match p.process(PortId(port), &mut pkt, now, &mut out) {
+                Action::Drop(reason) => prop_assert!(DropReason::ALL.contains(&reason)),
+                Action::Forward(to) => prop_assert!(p.port_role(to).is_some()),
+                _ => {}
+            }
+            if now % 7 == 0 {
+                p.maintain(now);
+            }
+        }
+        prop_assert!(p.conntrack_len() <= 8);
+        assert_counters_balance(&p);
+    }
+}
