@@ -197,6 +197,101 @@ echo "      late pod removed after ${GONE:-never} ms"
 check "a deleted pod is removed within a second" test -n "$GONE" -a "${GONE:-99999}" -le 1000
 check "the deleted pod no longer answers" bash -c "! ip netns exec $LAB-default-client ping -c 1 -W 1 $LATE_IP >/dev/null 2>&1"
 
+# --- services and DNS -------------------------------------------------------
+svc_ip() { "$BIN/tapestry" get services -A | awk -v n="$1" '$2 == n { print $4 }'; }
+dig_c() { in_pod client dig +short "$@" 2>&1 | tr '\n' ' ' | sed 's/ $//'; }
+VIP=$(svc_ip web)
+check "web has a ClusterIP from 10.96.0.0/12 ($VIP)" bash -c "[[ '$VIP' == 10.9[6-9].* || '$VIP' == 10.10[0-9].* || '$VIP' == 10.11[01].* ]]"
+check "kube-dns is at 10.96.0.10" test "$(svc_ip kube-dns)" = "10.96.0.10"
+EPS=$("$BIN/tapestry" get endpoints | awk '$2 == "web" { print $3 }')
+check "web's endpoints are its three ready replicas ($EPS)" test "$(echo "$EPS" | tr ',' '\n' | grep -c ':80$')" -eq 3
+BACKENDS=""
+LB_FAIL=0
+for pod in client "$(web_on node2)" "$(web_on node3)"; do
+    for _ in 1 2 3 4 5 6; do
+        OUT=$(in_pod "$pod" curl -s --max-time 3 "http://$VIP/")
+        if [[ "$OUT" == pod=web-* ]]; then BACKENDS="$BACKENDS ${OUT%% *}"; else LB_FAIL=$((LB_FAIL + 1)); fi
+    done
+done
+check "18 requests to the ClusterIP from a pod on every node all answered" test "$LB_FAIL" -eq 0
+check "answers came from more than one backend" test "$(echo "$BACKENDS" | tr ' ' '\n' | sort -u | grep -c .)" -ge 2
+check "curl http://web from a pod (search path)" bash -c "ip netns exec $LAB-default-client curl -s --max-time 5 http://web/ | grep -q '^pod=web-'"
+check "curl http://web.default.svc.cluster.local" bash -c "ip netns exec $LAB-default-client curl -s --max-time 5 http://web.default.svc.cluster.local/ | grep -q '^pod=web-'"
+check "dig: A of the short name via search is the ClusterIP" test "$(dig_c +search web)" = "$VIP"
+check "dig: names are case-insensitive" test "$(dig_c WEB.Default.SVC.Cluster.Local)" = "$VIP"
+check "dig: SRV of the named port" test "$(dig_c SRV _http._tcp.web.default.svc.cluster.local)" = "0 100 80 web.default.svc.cluster.local."
+check "dig: PTR of the ClusterIP" test "$(dig_c -x "$VIP")" = "web.default.svc.cluster.local."
+READY=$("$BIN/tapestry" get endpoints | awk '$2 == "web-pods" { print $3 }' | tr ',' '\n' | cut -d: -f1 | sort | tr '\n' ' ' | sed 's/ $//')
+check "dig: the headless service answers the ready pods ($READY)" test "$(in_pod client dig +short web-pods.default.svc.cluster.local | sort | tr '\n' ' ' | sed 's/ $//')" = "$READY"
+IP_A=$(pod_ip web-a)
+check "dig: a headless per-pod name (hostname.subdomain)" test "$(dig_c web-a.web-pods.default.svc.cluster.local)" = "$IP_A"
+check "dig: PTR of that pod names it" test "$(dig_c -x "$IP_A")" = "web-a.web-pods.default.svc.cluster.local."
+check "dig: a pod A record a-b-c-d.ns.pod" test "$(dig_c "${IP_A//./-}.default.pod.cluster.local")" = "$IP_A"
+check "dig: no pod A record for an address no pod has" bash -c "ip netns exec $LAB-default-client dig 10-244-9-9.default.pod.cluster.local | grep -q 'status: NXDOMAIN'"
+check "dig: ExternalName is a CNAME" test "$(dig_c docs.default.svc.cluster.local)" = "docs.example.org."
+check "dig: dns-version TXT" test "$(dig_c TXT dns-version.cluster.local)" = '"1.1.0"'
+check "dig: SRV of kube-dns's UDP port" test "$(dig_c SRV _dns._udp.kube-dns.kube-system.svc.cluster.local)" = "0 100 53 kube-dns.kube-system.svc.cluster.local."
+check "dig: a name that does not exist is NXDOMAIN with the zone's SOA" \
+    bash -c "ip netns exec $LAB-default-client dig nope.default.svc.cluster.local | grep -q 'status: NXDOMAIN' && ip netns exec $LAB-default-client dig nope.default.svc.cluster.local | grep -q 'IN.SOA.ns.dns.cluster.local'"
+check "dig: names outside the cluster are refused (no upstream in the lab)" \
+    bash -c "ip netns exec $LAB-default-client dig +tries=1 example.org | grep -q 'status: REFUSED'"
+check "dig +tcp: DNS over TCP through the ClusterIP" test "$(dig_c +tcp web.default.svc.cluster.local)" = "$VIP"
+for dnspod in tapestry-dns-1 tapestry-dns-2; do
+    DIP=$("$BIN/tapestry" get pods -n kube-system | awk -v p="$dnspod" '$2 == p { print $5 }')
+    check "both DNS pods answer: $dnspod ($DIP)" test "$(dig_c @"$DIP" web.default.svc.cluster.local)" = "$VIP"
+done
+T0=$(now_ms)
+in_pod client getent ahosts web.default.svc.cluster.local >/dev/null
+T1=$(now_ms)
+echo "      getent ahosts (A and AAAA in parallel from one socket) took $((T1 - T0)) ms"
+check "parallel A/AAAA lookups from one socket don't hit the 5 s conntrack race" test $((T1 - T0)) -lt 4000
+
+cat >"$TMP/empty.yaml" <<'YAML'
+apiVersion: v1
+kind: Service
+metadata:
+  name: empty
+spec:
+  selector:
+    app: nothing
+  ports:
+    - name: http
+      port: 80
+    - name: dns
+      port: 53
+      protocol: UDP
+YAML
+"$BIN/tapestry" apply -f "$TMP/empty.yaml" >/dev/null
+EIP=$(svc_ip empty)
+for _ in $(seq 1 50); do # until node1 has the new service (bounded): RST is "Couldn't connect"
+    OUT=$(in_pod client curl -sS --max-time 1 "http://$EIP/" 2>&1)
+    [[ "$OUT" == *"Couldn't connect"* ]] && break
+done
+echo "      curl http://$EIP/: $OUT"
+check "a service with no endpoint refuses TCP at once (RST), not silence" grep -q "Couldn't connect\|refused" <<<"$OUT"
+OUT=$(in_pod client dig +tries=1 +timeout=2 @"$EIP" web.default.svc.cluster.local 2>&1)
+check "a service with no endpoint refuses UDP (ICMP port unreachable)" grep -q "connection refused" <<<"$OUT"
+"$BIN/tapestry" delete svc empty >/dev/null
+
+# Deleting a web pod takes it out of DNS and the load balancer within a second,
+# and no request fails after that.
+GONE_POD=$(web_on node2)
+GONE_IP=$(pod_ip "$GONE_POD")
+T0=$(now_ms)
+"$BIN/tapestry" delete pod "$GONE_POD" >/dev/null
+OUT_OF_DNS=""
+while [ $(($(now_ms) - T0)) -lt 5000 ]; do
+    if ! in_pod client dig +short web-pods.default.svc.cluster.local | grep -qx "$GONE_IP"; then OUT_OF_DNS=$(($(now_ms) - T0)); break; fi
+done
+echo "      $GONE_POD ($GONE_IP) out of DNS after ${OUT_OF_DNS:-never} ms"
+check "a deleted web pod leaves DNS within a second" test -n "$OUT_OF_DNS" -a "${OUT_OF_DNS:-99999}" -le 1000
+BAD=0
+for _ in $(seq 1 30); do
+    OUT=$(in_pod client curl -s --max-time 2 "http://$VIP/")
+    if [[ "$OUT" != pod=web-* ]] || [[ "$OUT" == "pod=$GONE_POD "* ]]; then BAD=$((BAD + 1)); fi
+done
+check "after that, 30 requests to the ClusterIP: none failed, none reached $GONE_POD" test "$BAD" -eq 0
+
 # --- agents ----------------------------------------------------------------
 check "a second agent on the same state dir refuses to start" bash -c \
     "! ip netns exec $LAB-node1 '$BIN/tapestryd' --node node1 --pod-cidr 10.244.1.0/24 --state-dir /run/tapestry/$LAB/nodes/node1 2>$TMP/second.err && grep -q 'already' $TMP/second.err"

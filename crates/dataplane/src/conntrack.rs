@@ -1,7 +1,7 @@
 //! Connection tracking for the service load balancer: which backend each flow to a
 //! ClusterIP went to, and how to rewrite its replies.
 //!
-//! A [`Flow`] is found under two keys, each the 5-tuple as packets carry it:
+//! A flow is found under two keys, each the 5-tuple as packets carry it:
 //!
 //! - **forward** `(client ip:port → vip:port)`: what the client sends; rewritten to
 //!   `(nat source → backend)`;
@@ -190,8 +190,7 @@ impl Flow {
                         self.state = FlowState::Closing;
                     }
                 }
-                if self.state == FlowState::SynSent && dir == Dir::Reply && flags & TCP_ACK != 0
-                {
+                if self.state == FlowState::SynSent && dir == Dir::Reply && flags & TCP_ACK != 0 {
                     self.state = FlowState::Established;
                 }
             }
@@ -298,7 +297,8 @@ impl Conntrack {
     #[inline]
     fn hash(&self, t: &Tuple) -> u64 {
         let a = (u64::from(t.src.to_bits()) << 32) | u64::from(t.dst.to_bits());
-        let b = (u64::from(t.sport) << 32) | (u64::from(t.dport) << 8) | u64::from(t.proto.number());
+        let b =
+            (u64::from(t.sport) << 32) | (u64::from(t.dport) << 8) | u64::from(t.proto.number());
         fmix64(fmix64(a ^ self.seed) ^ b)
     }
 
@@ -532,7 +532,11 @@ impl Conntrack {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
 mod tests {
     use super::*;
 
@@ -630,7 +634,10 @@ mod tests {
         for i in 0..4 {
             ct.insert(flow(i, 0), 0, &c);
         }
-        assert_eq!(ct.sweep(0, 100, true, &c, |f| f.client.0 != flow(2, 0).client.0), 1);
+        assert_eq!(
+            ct.sweep(0, 100, true, &c, |f| f.client.0 != flow(2, 0).client.0),
+            1
+        );
         assert_eq!(c.snapshot().conntrack_flushed, 1);
         assert_eq!(ct.infos(0).len(), 3);
     }
@@ -653,8 +660,14 @@ mod tests {
         f.on_packet(Dir::Reply, TCP_FIN | TCP_ACK, 4 * SEC, &t);
         assert_eq!(f.state, FlowState::Closing);
         assert_eq!(f.expires, 4 * SEC + t.tcp_closing);
-        assert_eq!(Flow::initial_state(L4Proto::Tcp, TCP_ACK), FlowState::Established);
-        assert_eq!(Flow::initial_state(L4Proto::Tcp, TCP_RST), FlowState::Closing);
+        assert_eq!(
+            Flow::initial_state(L4Proto::Tcp, TCP_ACK),
+            FlowState::Established
+        );
+        assert_eq!(
+            Flow::initial_state(L4Proto::Tcp, TCP_RST),
+            FlowState::Closing
+        );
         let mut g = flow(2, 0);
         g.proto = L4Proto::Tcp;
         g.state = FlowState::Established;

@@ -28,6 +28,11 @@
 //!    RFC 1191) for large DF packets, and a partial checksum completed first — so
 //!    whatever we put into the tunnel carries complete checksums.
 //!
+//! Service flows (`service_path.rs`): a frame DNATed by the load balancer is routed
+//! here like any other, except that it may leave through its ingress port (hairpin:
+//! a pod reaching itself through a ClusterIP); a decapsulated reply of a tracked flow
+//! is un-NATed before the route lookup.
+//!
 //! Checksums of decapsulated TCP/UDP (`crate::tunnel::settle_l4_checksum`). A Linux
 //! VXLAN sender (flannel's `flannel.1`) on a veth underlay sends inner TCP/UDP whose
 //! checksum is only partial: veth "offloads" checksums, so the skb stays
@@ -327,9 +332,7 @@ impl Pipeline {
                     hairpin: false,
                     ..
                 },
-            ) if port == ingress => {
-                DropReason::HairpinSelf.into()
-            }
+            ) if port == ingress => DropReason::HairpinSelf.into(),
             (Egress::Port(port, mac), Ingress::Port { .. }) => {
                 self.rewrite_for_port(frame, mac);
                 Verdict::Forward(port)
@@ -603,7 +606,12 @@ impl Pipeline {
     /// Where a packet we originate for `dst` goes: a peer's subnet → the tunnel;
     /// otherwise back to the sending port, or (from the tunnel) to the local port of
     /// `dst`.
-    pub(super) fn egress_for(&self, routes: &RouteSnapshot, from: Ingress, dst: Ipv4Addr) -> Option<Egress> {
+    pub(super) fn egress_for(
+        &self,
+        routes: &RouteSnapshot,
+        from: Ingress,
+        dst: Ipv4Addr,
+    ) -> Option<Egress> {
         match (routes.lookup(dst), self.cfg.tunnel, from) {
             (Some(RouteTarget::Peer(i)), Some(_), _) => Some(Egress::Peer(i)),
             (_, _, Ingress::Port { mac, .. }) => Some(Egress::Reply(mac)),

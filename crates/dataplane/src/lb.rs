@@ -369,7 +369,12 @@ mod tests {
     #[test]
     fn build_lookup_and_pick() {
         let t = ServiceTable::build(vec![
-            entry("kube-system/kube-dns:53", 53, L4Proto::Udp, vec![be(3, 53), be(2, 53)]),
+            entry(
+                "kube-system/kube-dns:53",
+                53,
+                L4Proto::Udp,
+                vec![be(3, 53), be(2, 53)],
+            ),
             entry("kube-system/kube-dns:53", 53, L4Proto::Tcp, vec![be(2, 53)]),
             entry("default/empty:80", 80, L4Proto::Tcp, vec![]),
         ])
@@ -403,7 +408,12 @@ mod tests {
 
     #[test]
     fn client_ip_affinity_ignores_the_port() {
-        let mut e = entry("default/web:80", 80, L4Proto::Tcp, (2..12).map(|i| be(i, 80)).collect());
+        let mut e = entry(
+            "default/web:80",
+            80,
+            L4Proto::Tcp,
+            (2..12).map(|i| be(i, 80)).collect(),
+        );
         e.affinity = Affinity::ClientIp;
         let t = ServiceTable::build(vec![e]).unwrap();
         for c in 1..50u8 {

@@ -63,7 +63,13 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
             return Err(DropReason::UnsupportedProtocol);
         }
         let total = usize::from(p.total_len());
-        (p.header_len(), total, p.protocol(), p.src_addr(), p.dst_addr())
+        (
+            p.header_len(),
+            total,
+            p.protocol(),
+            p.src_addr(),
+            p.dst_addr(),
+        )
     };
     let ip = ip.get_mut(..total).ok_or(DropReason::Truncated)?;
     let addrs = addr_delta(old_src, src.0) + addr_delta(old_dst, dst.0);
@@ -135,17 +141,17 @@ mod tests {
     /// 40000 → 53, seq 1, ack 0, data offset 5, flags SYN, window 0xffff; payload
     /// "query!". Checksums are zero here and filled by `fill`.
     static TCP_BYTES: [u8; 46] = [
-        0x45, 0x00, 0x00, 0x2e, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 0x0a, 0xf4,
-        0x01, 0x02, 0x0a, 0x60, 0x00, 0x0a, // IPv4
-        0x9c, 0x40, 0x00, 0x35, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x50, 0x02,
-        0xff, 0xff, 0x00, 0x00, 0x00, 0x00, // TCP
+        0x45, 0x00, 0x00, 0x2e, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 0x0a, 0xf4, 0x01,
+        0x02, 0x0a, 0x60, 0x00, 0x0a, // IPv4
+        0x9c, 0x40, 0x00, 0x35, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x50, 0x02, 0xff,
+        0xff, 0x00, 0x00, 0x00, 0x00, // TCP
         b'q', b'u', b'e', b'r', b'y', b'!',
     ];
 
     /// The same addresses with UDP 40000 → 53, length 14, payload "query!".
     static UDP_BYTES: [u8; 34] = [
-        0x45, 0x00, 0x00, 0x22, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0x0a, 0xf4,
-        0x01, 0x02, 0x0a, 0x60, 0x00, 0x0a, // IPv4
+        0x45, 0x00, 0x00, 0x22, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0x0a, 0xf4, 0x01,
+        0x02, 0x0a, 0x60, 0x00, 0x0a, // IPv4
         0x9c, 0x40, 0x00, 0x35, 0x00, 0x0e, 0x00, 0x00, // UDP
         b'q', b'u', b'e', b'r', b'y', b'!',
     ];
@@ -186,7 +192,9 @@ mod tests {
         assert_eq!(&b[20..22], &40000u16.to_be_bytes());
         assert!(Ipv4Packet::new_checked(&b[..]).unwrap().verify_checksum());
         let (s, d) = addrs(&b);
-        assert!(TcpPacket::new_checked(&b[20..]).unwrap().verify_checksum(s, d));
+        assert!(TcpPacket::new_checked(&b[20..])
+            .unwrap()
+            .verify_checksum(s, d));
         // Exactly what a full recomputation gives.
         assert_eq!(b, fill(b.clone(), 36, 6, false));
         // Reverse: back to the original bytes.
@@ -201,7 +209,9 @@ mod tests {
         rewrite(&mut b, BACKEND, CLIENT, L4Sum::Full).unwrap();
         let (s, d) = addrs(&b);
         assert_eq!((s, d), (BACKEND.0, CLIENT.0));
-        assert!(UdpPacket::new_checked(&b[20..]).unwrap().verify_checksum(s, d));
+        assert!(UdpPacket::new_checked(&b[20..])
+            .unwrap()
+            .verify_checksum(s, d));
         assert!(Ipv4Packet::new_checked(&b[..]).unwrap().verify_checksum());
         // No checksum stays no checksum.
         let mut z = UDP_BYTES.to_vec();

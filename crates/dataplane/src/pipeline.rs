@@ -18,7 +18,12 @@
 //!    EtherTypes (IPv6, VLAN) are bridged unchecked beyond the source MAC: the cluster
 //!    is IPv4-only;
 //! 6. learn the source MAC on the ingress port;
-//! 7. to the gateway MAC → router: ARP and IPv4 for the gateway IP are answered,
+//! 7. the service load balancer (`service_path.rs`, Kubernetes fact 4): IPv4 TCP/UDP
+//!    from a pod that is a tracked service flow's reply is un-NATed (bridged on, or
+//!    routed when sent to the gateway MAC — hairpin replies to the gateway IP
+//!    included); IPv4 to the gateway MAC for a ClusterIP (or the service CIDR) is
+//!    DNATed to a backend and routed, or rejected;
+//! 8. to the gateway MAC → router: ARP and IPv4 for the gateway IP are answered,
 //!    other IPv4 is *routed* (below); a broadcast ARP request for
 //!    the gateway IP → router (answered, never flooded); other multicast/broadcast →
 //!    `Flood`; known unicast → `Forward`, or `HairpinSelf` if it was learned on the

@@ -9,7 +9,9 @@ use super::routing::{
 use super::*;
 use crate::lb::{Affinity, Backend, L4Proto, ServiceEntry, ServiceTable};
 use crate::tunnel::complete_partial_checksum;
-use crate::wire::tcp::{pseudo_header_partial, pseudo_header_sum, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::wire::tcp::{
+    pseudo_header_partial, pseudo_header_sum, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 use crate::wire::{TcpPacket, UdpPacket, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_TCPV4};
 use crate::FlowState;
 
@@ -45,7 +47,13 @@ fn lb_node_with(cfg: impl FnOnce(&mut PipelineConfig)) -> Pipeline {
     let mut c = config();
     cfg(&mut c);
     let mut p = pipeline_with(c);
-    p.add_port(D, PortRole::Pod { mac: D_MAC, ip: D_IP });
+    p.add_port(
+        D,
+        PortRole::Pod {
+            mac: D_MAC,
+            ip: D_IP,
+        },
+    );
     install(
         &p,
         vec![
@@ -65,14 +73,26 @@ fn lb_node() -> Pipeline {
 
 /// An IPv4/TCP packet with full checksums (20-byte TCP header, no options).
 #[allow(clippy::too_many_arguments)]
-fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+fn tcp(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
     let mut t = sport.to_be_bytes().to_vec();
     t.extend_from_slice(&dport.to_be_bytes());
     t.extend_from_slice(&seq.to_be_bytes());
     t.extend_from_slice(&ack.to_be_bytes());
     t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     t.extend_from_slice(data);
-    let sum = !checksum::fold(checksum::accumulate(pseudo_header_sum(src, dst, 6, t.len()), &t));
+    let sum = !checksum::fold(checksum::accumulate(
+        pseudo_header_sum(src, dst, 6, t.len()),
+        &t,
+    ));
     t[16..18].copy_from_slice(&sum.to_be_bytes());
     ipv4(src, dst, 6, &t)
 }
@@ -84,7 +104,10 @@ fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, data: &[u8]) -> Vec
     u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
     u.extend_from_slice(&[0, 0]);
     u.extend_from_slice(data);
-    let sum = !checksum::fold(checksum::accumulate(pseudo_header_sum(src, dst, 17, u.len()), &u));
+    let sum = !checksum::fold(checksum::accumulate(
+        pseudo_header_sum(src, dst, 17, u.len()),
+        &u,
+    ));
     u[6..8].copy_from_slice(&sum.to_be_bytes());
     ipv4(src, dst, 17, &u)
 }
@@ -94,7 +117,12 @@ fn to_gw(src_mac: MacAddr, ip: &[u8]) -> Vec<u8> {
 }
 
 /// Runs a frame; returns the outcome and the (possibly rewritten) input.
-fn go(p: &mut Pipeline, port: PortId, pkt: &[u8], now: Nanos) -> (Result<Outcome, DropReason>, Vec<u8>) {
+fn go(
+    p: &mut Pipeline,
+    port: PortId,
+    pkt: &[u8],
+    now: Nanos,
+) -> (Result<Outcome, DropReason>, Vec<u8>) {
     let mut buf = pkt.to_vec();
     let mut out = vec![0u8; OUT_BUF_LEN];
     let o = Outcome::of(p.process(port, &mut buf, now, &mut out));
@@ -136,7 +164,12 @@ fn udp_dnat_to_a_local_backend_and_bridged_reply() {
     assert_eq!(endpoints(ip), (A_IP, 40000, B_IP, 5353));
     assert_eq!(ip[8], 63, "routed: TTL − 1");
     // B answers A's MAC directly: bridged, un-NATed in place, TTL untouched.
-    let r = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 40000, b"answer"));
+    let r = frame(
+        A_MAC,
+        B_MAC,
+        0x0800,
+        &udp(B_IP, 5353, A_IP, 40000, b"answer"),
+    );
     let (o, buf) = go(&mut p, B, &r, 2 * SEC);
     assert_eq!(o, Ok(Forward(A)));
     let ip = ip_of(&buf, A_MAC, B_MAC);
@@ -150,7 +183,10 @@ fn udp_dnat_to_a_local_backend_and_bridged_reply() {
     assert_eq!(f.client, SocketAddrV4::new(A_IP, 40000));
     assert_eq!(f.vip, SocketAddrV4::new(VIP, 53));
     assert_eq!(f.backend, be(B_IP, 5353));
-    assert_eq!((f.proto, f.state, f.age), (L4Proto::Udp, FlowState::Udp, 2 * SEC));
+    assert_eq!(
+        (f.proto, f.state, f.age),
+        (L4Proto::Udp, FlowState::Udp, 2 * SEC)
+    );
     assert_eq!(f.expires_in, 29 * SEC, "refreshed by the reply");
     // Unrelated bridged traffic is left alone.
     let other = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 40001, b"x"));
@@ -165,16 +201,30 @@ fn udp_dnat_to_a_local_backend_and_bridged_reply() {
 #[test]
 fn two_udp_queries_back_to_back_share_one_flow() {
     let mut p = lb_node();
-    install(&p, vec![svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 53), be(D_IP, 53)])]);
+    install(
+        &p,
+        vec![svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 53), be(D_IP, 53)])],
+    );
     let mut backends = std::collections::BTreeSet::new();
     for sport in [33000u16, 33001, 33002, 33003] {
-        let chosen = p.services().load().pick(VIP, 53, L4Proto::Udp, (A_IP, sport)).unwrap();
+        let chosen = p
+            .services()
+            .load()
+            .pick(VIP, 53, L4Proto::Udp, (A_IP, sport))
+            .unwrap();
         backends.insert(chosen.ip);
-        let (port, mac) = if chosen.ip == B_IP { (B, B_MAC) } else { (D, D_MAC) };
+        let (port, mac) = if chosen.ip == B_IP {
+            (B, B_MAC)
+        } else {
+            (D, D_MAC)
+        };
         for q in [&b"A?"[..], b"AAAA?"] {
             let (o, buf) = go(&mut p, A, &to_gw(A_MAC, &udp(A_IP, sport, VIP, 53, q)), SEC);
             assert_eq!(o, Ok(Forward(port)));
-            assert_eq!(endpoints(ip_of(&buf, mac, GW_MAC)), (A_IP, sport, chosen.ip, 53));
+            assert_eq!(
+                endpoints(ip_of(&buf, mac, GW_MAC)),
+                (A_IP, sport, chosen.ip, 53)
+            );
         }
         for a in [&b"A!"[..], b"AAAA!"] {
             let r = frame(A_MAC, mac, 0x0800, &udp(chosen.ip, 53, A_IP, sport, a));
@@ -195,18 +245,30 @@ fn hairpin_is_masqueraded_to_the_gateway() {
     let syn = to_gw(A_MAC, &tcp(A_IP, 50000, VIP, 8080, 7, 0, TCP_SYN, b""));
     let (o, buf) = go(&mut p, A, &syn, SEC);
     assert_eq!(o, Ok(Forward(A)), "back out of its own port");
-    assert_eq!(endpoints(ip_of(&buf, A_MAC, GW_MAC)), (GW_IP, 50000, A_IP, 80));
+    assert_eq!(
+        endpoints(ip_of(&buf, A_MAC, GW_MAC)),
+        (GW_IP, 50000, A_IP, 80)
+    );
     // A (as the backend) answers the gateway IP: un-NATed before the gateway's own
     // handling, then routed back to A.
-    let synack = to_gw(A_MAC, &tcp(A_IP, 80, GW_IP, 50000, 99, 8, TCP_SYN | TCP_ACK, b""));
+    let synack = to_gw(
+        A_MAC,
+        &tcp(A_IP, 80, GW_IP, 50000, 99, 8, TCP_SYN | TCP_ACK, b""),
+    );
     let (o, buf) = go(&mut p, A, &synack, SEC);
     assert_eq!(o, Ok(Forward(A)));
-    assert_eq!(endpoints(ip_of(&buf, A_MAC, GW_MAC)), (VIP, 8080, A_IP, 50000));
+    assert_eq!(
+        endpoints(ip_of(&buf, A_MAC, GW_MAC)),
+        (VIP, 8080, A_IP, 50000)
+    );
     assert_eq!(p.flows(SEC)[0].state, FlowState::Established);
     assert_eq!(p.flows(SEC)[0].nat_source, SocketAddrV4::new(GW_IP, 50000));
     // Without a flow, TCP to the gateway IP is still the gateway's to refuse.
     let stray = to_gw(A_MAC, &tcp(A_IP, 80, GW_IP, 50001, 1, 0, TCP_ACK, b""));
-    assert_eq!(go(&mut p, A, &stray, SEC).0, Err(DropReason::UnsupportedProtocol));
+    assert_eq!(
+        go(&mut p, A, &stray, SEC).0,
+        Err(DropReason::UnsupportedProtocol)
+    );
 }
 
 /// One UDP socket talking to two services that share a backend port: the second
@@ -222,8 +284,18 @@ fn colliding_reply_keys_get_another_source_port() {
             svc(other_vip, 53, L4Proto::Udp, vec![be(B_IP, 5353)]),
         ],
     );
-    let (_, one) = go(&mut p, A, &to_gw(A_MAC, &udp(A_IP, 4000, VIP, 53, b"1")), SEC);
-    let (_, two) = go(&mut p, A, &to_gw(A_MAC, &udp(A_IP, 4000, other_vip, 53, b"2")), SEC);
+    let (_, one) = go(
+        &mut p,
+        A,
+        &to_gw(A_MAC, &udp(A_IP, 4000, VIP, 53, b"1")),
+        SEC,
+    );
+    let (_, two) = go(
+        &mut p,
+        A,
+        &to_gw(A_MAC, &udp(A_IP, 4000, other_vip, 53, b"2")),
+        SEC,
+    );
     assert_eq!(endpoints(&one[24..]).1, 4000);
     let remapped = endpoints(&two[24..]).1;
     assert_ne!(remapped, 4000);
@@ -241,15 +313,26 @@ fn tcp_life_cycle_with_stepped_time() {
     let mut p = lb_node();
     let t = p.config().conntrack_timeouts;
     let c = |seq, ack, flags| to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, seq, ack, flags, b""));
-    let s = |seq, ack, flags| frame(A_MAC, B_MAC, 0x0800, &tcp(B_IP, 8080, A_IP, 40000, seq, ack, flags, b""));
+    let s = |seq, ack, flags| {
+        frame(
+            A_MAC,
+            B_MAC,
+            0x0800,
+            &tcp(B_IP, 8080, A_IP, 40000, seq, ack, flags, b""),
+        )
+    };
     assert_eq!(go(&mut p, A, &c(1, 0, TCP_SYN), 0).0, Ok(Forward(B)));
     assert_eq!(p.flows(0)[0].state, FlowState::SynSent);
     assert_eq!(p.flows(0)[0].expires_in, t.tcp_syn);
     assert!(go(&mut p, B, &s(100, 2, TCP_SYN | TCP_ACK), SEC).0.is_ok());
     assert_eq!(p.flows(SEC)[0].state, FlowState::Established);
-    assert!(go(&mut p, A, &c(2, 101, TCP_FIN | TCP_ACK), 2 * SEC).0.is_ok());
+    assert!(go(&mut p, A, &c(2, 101, TCP_FIN | TCP_ACK), 2 * SEC)
+        .0
+        .is_ok());
     assert_eq!(p.flows(2 * SEC)[0].state, FlowState::Established, "one FIN");
-    assert!(go(&mut p, B, &s(101, 3, TCP_FIN | TCP_ACK), 3 * SEC).0.is_ok());
+    assert!(go(&mut p, B, &s(101, 3, TCP_FIN | TCP_ACK), 3 * SEC)
+        .0
+        .is_ok());
     assert_eq!(p.flows(3 * SEC)[0].state, FlowState::Closing);
     assert!(go(&mut p, A, &c(3, 102, TCP_ACK), 4 * SEC).0.is_ok());
     let end = 4 * SEC + t.tcp_closing;
@@ -260,7 +343,9 @@ fn tcp_life_cycle_with_stepped_time() {
 
     // RST from the backend closes at once; a new SYN on the same 5-tuple starts over.
     assert!(go(&mut p, A, &c(1, 0, TCP_SYN), 10 * SEC).0.is_ok());
-    assert!(go(&mut p, B, &s(100, 2, TCP_SYN | TCP_ACK), 10 * SEC).0.is_ok());
+    assert!(go(&mut p, B, &s(100, 2, TCP_SYN | TCP_ACK), 10 * SEC)
+        .0
+        .is_ok());
     assert!(go(&mut p, B, &s(101, 0, TCP_RST), 11 * SEC).0.is_ok());
     assert_eq!(p.flows(11 * SEC)[0].state, FlowState::Closing);
     assert!(go(&mut p, A, &c(5000, 0, TCP_SYN), 12 * SEC).0.is_ok());
@@ -297,13 +382,21 @@ fn full_table_evicts_and_counts() {
     let mut p = lb_node_with(|c| c.conntrack_capacity = 4);
     for sport in 0..10u16 {
         let q = to_gw(A_MAC, &udp(A_IP, 1000 + sport, VIP, 53, b"q"));
-        assert_eq!(go(&mut p, A, &q, SEC + Nanos::from(sport)).0, Ok(Forward(B)));
+        assert_eq!(
+            go(&mut p, A, &q, SEC + Nanos::from(sport)).0,
+            Ok(Forward(B))
+        );
     }
     assert_eq!(p.conntrack_len(), 4);
     assert_eq!(p.counters().snapshot().conntrack_evicted, 6);
     // Stored flows are intact.
     for f in p.flows(2 * SEC) {
-        let r = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, f.client.port(), b"r"));
+        let r = frame(
+            A_MAC,
+            B_MAC,
+            0x0800,
+            &udp(B_IP, 5353, A_IP, f.client.port(), b"r"),
+        );
         let (_, buf) = go(&mut p, B, &r, 2 * SEC);
         assert_eq!(endpoints(&buf[24..]).0, VIP);
     }
@@ -314,10 +407,20 @@ fn full_table_evicts_and_counts() {
 #[test]
 fn removed_backend_flows_are_flushed_on_a_new_table() {
     let mut p = lb_node();
-    install(&p, vec![svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 53), be(D_IP, 53)])]);
+    install(
+        &p,
+        vec![svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 53), be(D_IP, 53)])],
+    );
     let on = |p: &Pipeline, ip| {
         (1000..2000u16)
-            .find(|s| p.services().load().pick(VIP, 53, L4Proto::Udp, (A_IP, *s)).unwrap().ip == ip)
+            .find(|s| {
+                p.services()
+                    .load()
+                    .pick(VIP, 53, L4Proto::Udp, (A_IP, *s))
+                    .unwrap()
+                    .ip
+                    == ip
+            })
             .unwrap()
     };
     let (to_b, to_d) = (on(&p, B_IP), on(&p, D_IP));
@@ -325,7 +428,16 @@ fn removed_backend_flows_are_flushed_on_a_new_table() {
     assert_eq!(go(&mut p, A, &q(to_b), SEC).0, Ok(Forward(B)));
     assert_eq!(go(&mut p, A, &q(to_d), SEC).0, Ok(Forward(D)));
     // Another B flow that sees no packet after the change.
-    let idle = (to_b + 1..3000).find(|s| p.services().load().pick(VIP, 53, L4Proto::Udp, (A_IP, *s)).unwrap().ip == B_IP).unwrap();
+    let idle = (to_b + 1..3000)
+        .find(|s| {
+            p.services()
+                .load()
+                .pick(VIP, 53, L4Proto::Udp, (A_IP, *s))
+                .unwrap()
+                .ip
+                == B_IP
+        })
+        .unwrap();
     assert!(go(&mut p, A, &q(idle), SEC).0.is_ok());
     assert_eq!(p.conntrack_len(), 3);
     // B is no longer ready.
@@ -347,15 +459,28 @@ fn removed_backend_flows_are_flushed_on_a_new_table() {
 #[test]
 fn no_endpoint_tcp_gets_a_reset() {
     let mut p = lb_node();
-    let syn = to_gw(A_MAC, &tcp(A_IP, 40000, EMPTY_VIP, 80, 0x1000, 0, TCP_SYN, b""));
-    let Ok(Reply(r)) = go(&mut p, A, &syn, SEC).0 else { panic!() };
+    let syn = to_gw(
+        A_MAC,
+        &tcp(A_IP, 40000, EMPTY_VIP, 80, 0x1000, 0, TCP_SYN, b""),
+    );
+    let Ok(Reply(r)) = go(&mut p, A, &syn, SEC).0 else {
+        panic!()
+    };
     let ip = ip_of(&r, A_MAC, GW_MAC);
     assert_eq!(endpoints(ip), (EMPTY_VIP, 80, A_IP, 40000));
     let t = TcpPacket::new_checked(&ip[20..]).unwrap();
-    assert_eq!((t.seq_number(), t.ack_number(), t.flags()), (0, 0x1001, TCP_RST | TCP_ACK));
+    assert_eq!(
+        (t.seq_number(), t.ack_number(), t.flags()),
+        (0, 0x1001, TCP_RST | TCP_ACK)
+    );
     // A segment with ACK: the reset takes its sequence number from that ACK.
-    let ack = to_gw(A_MAC, &tcp(A_IP, 40000, EMPTY_VIP, 80, 5, 0xabcd, TCP_ACK, b"data"));
-    let Ok(Reply(r)) = go(&mut p, A, &ack, SEC).0 else { panic!() };
+    let ack = to_gw(
+        A_MAC,
+        &tcp(A_IP, 40000, EMPTY_VIP, 80, 5, 0xabcd, TCP_ACK, b"data"),
+    );
+    let Ok(Reply(r)) = go(&mut p, A, &ack, SEC).0 else {
+        panic!()
+    };
     let t = TcpPacket::new_checked(&r[44..]).unwrap();
     assert_eq!((t.seq_number(), t.flags()), (0xabcd, TCP_RST));
     // Never a reset for a reset.
@@ -369,13 +494,35 @@ fn no_endpoint_tcp_gets_a_reset() {
 fn no_endpoint_udp_unknown_port_ping_and_unused_service_ips() {
     let mut p = lb_node();
     let cases: [(Vec<u8>, Ipv4Addr, [u8; 2], DropReason); 4] = [
-        (udp(A_IP, 4000, EMPTY_VIP, 53, b"q"), EMPTY_VIP, [3, 3], DropReason::LbNoEndpoint),
-        (udp(A_IP, 4000, VIP, 54, b"q"), VIP, [3, 3], DropReason::NoServicePort),
-        (ipv4(A_IP, VIP, 1, &echo_request(1, 1, b"ping")), GW_IP, [3, 1], DropReason::NoServicePort),
-        (udp(A_IP, 4000, Ipv4Addr::new(10, 100, 0, 1), 53, b"q"), GW_IP, [3, 1], DropReason::NotAService),
+        (
+            udp(A_IP, 4000, EMPTY_VIP, 53, b"q"),
+            EMPTY_VIP,
+            [3, 3],
+            DropReason::LbNoEndpoint,
+        ),
+        (
+            udp(A_IP, 4000, VIP, 54, b"q"),
+            VIP,
+            [3, 3],
+            DropReason::NoServicePort,
+        ),
+        (
+            ipv4(A_IP, VIP, 1, &echo_request(1, 1, b"ping")),
+            GW_IP,
+            [3, 1],
+            DropReason::NoServicePort,
+        ),
+        (
+            udp(A_IP, 4000, Ipv4Addr::new(10, 100, 0, 1), 53, b"q"),
+            GW_IP,
+            [3, 1],
+            DropReason::NotAService,
+        ),
     ];
     for (pkt, from, code, _) in &cases {
-        let Ok(Reply(r)) = go(&mut p, A, &to_gw(A_MAC, pkt), SEC).0 else { panic!("{code:?}") };
+        let Ok(Reply(r)) = go(&mut p, A, &to_gw(A_MAC, pkt), SEC).0 else {
+            panic!("{code:?}")
+        };
         assert_ip_icmp_error(ip_of(&r, A_MAC, GW_MAC), *from, A_IP, *code, pkt);
     }
     assert_eq!(p.counters().snapshot().lb_no_endpoint, 1);
@@ -390,10 +537,16 @@ fn no_endpoint_udp_unknown_port_ping_and_unused_service_ips() {
     frag[10..12].copy_from_slice(&[0, 0]);
     let sum = checksum::checksum(&frag[..20]);
     frag[10..12].copy_from_slice(&sum.to_be_bytes());
-    assert_eq!(go(&mut p, A, &to_gw(A_MAC, &frag), SEC).0, Err(DropReason::ServiceFragment));
+    assert_eq!(
+        go(&mut p, A, &to_gw(A_MAC, &frag), SEC).0,
+        Err(DropReason::ServiceFragment)
+    );
     // Without a service CIDR, an unused service IP is routed like any other address.
     let mut open = lb_node_with(|c| c.service_cidr = None);
-    let stray = to_gw(A_MAC, &udp(A_IP, 4000, Ipv4Addr::new(10, 100, 0, 1), 53, b"q"));
+    let stray = to_gw(
+        A_MAC,
+        &udp(A_IP, 4000, Ipv4Addr::new(10, 100, 0, 1), 53, b"q"),
+    );
     assert_eq!(go(&mut open, A, &stray, SEC).0, Err(DropReason::NoRoute));
     assert_counters_balance(&p);
 }
@@ -411,7 +564,18 @@ fn gso_frame_with_partial_checksum_is_dnated_whole() {
     let partial = pseudo_header_partial(A_IP, VIP, 6, l4_len);
     ip[36..38].copy_from_slice(&partial.to_be_bytes());
     let mut f = to_gw(A_MAC, &ip);
-    let vnet = [VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_TCPV4, 54, 0, 0x78, 0x05, 34, 0, 16, 0];
+    let vnet = [
+        VNET_HDR_F_NEEDS_CSUM,
+        VNET_HDR_GSO_TCPV4,
+        54,
+        0,
+        0x78,
+        0x05,
+        34,
+        0,
+        16,
+        0,
+    ];
     f[..10].copy_from_slice(&vnet);
     let (o, mut buf) = go(&mut p, A, &f, SEC);
     assert_eq!(o, Ok(Forward(B)));
@@ -444,8 +608,13 @@ fn cross_node_flow_through_the_tunnel() {
     let (o, _) = go(&mut n1, A, &syn, SEC);
     let d = datagrams_of(o, N2_UNDERLAY);
     assert_eq!(d.len(), 1);
-    assert_eq!(endpoints(assert_vxlan(&d[0], VTEP1, VTEP2)), (A_IP, 40000, C_IP, 8080));
-    let Ok(Outcome::ToPort(port, f)) = tunnel_in(&mut n2, N1_UNDERLAY, &d[0], SEC) else { panic!() };
+    assert_eq!(
+        endpoints(assert_vxlan(&d[0], VTEP1, VTEP2)),
+        (A_IP, 40000, C_IP, 8080)
+    );
+    let Ok(Outcome::ToPort(port, f)) = tunnel_in(&mut n2, N1_UNDERLAY, &d[0], SEC) else {
+        panic!()
+    };
     assert_eq!(port, C);
     let ip = ip_of(&f, C_MAC, GW2_MAC);
     assert_eq!(endpoints(ip), (A_IP, 40000, C_IP, 8080));
@@ -453,10 +622,17 @@ fn cross_node_flow_through_the_tunnel() {
     assert_eq!(n2.conntrack_len(), 0, "node 2 tracks nothing");
 
     // C answers A (another subnet): to its gateway, into the tunnel, un-NATed at node 1.
-    let synack = frame(GW2_MAC, C_MAC, 0x0800, &tcp(C_IP, 8080, A_IP, 40000, 9, 7, TCP_SYN | TCP_ACK, b""));
+    let synack = frame(
+        GW2_MAC,
+        C_MAC,
+        0x0800,
+        &tcp(C_IP, 8080, A_IP, 40000, 9, 7, TCP_SYN | TCP_ACK, b""),
+    );
     let (o, _) = go(&mut n2, C, &synack, SEC);
     let d = datagrams_of(o, N1_UNDERLAY);
-    let Ok(Outcome::ToPort(port, f)) = tunnel_in(&mut n1, N2_UNDERLAY, &d[0], SEC) else { panic!() };
+    let Ok(Outcome::ToPort(port, f)) = tunnel_in(&mut n1, N2_UNDERLAY, &d[0], SEC) else {
+        panic!()
+    };
     assert_eq!(port, A);
     assert_eq!(endpoints(ip_of(&f, A_MAC, GW_MAC)), (VIP, 80, A_IP, 40000));
     assert_eq!(n1.flows(SEC)[0].state, FlowState::Established);
@@ -467,7 +643,9 @@ fn cross_node_flow_through_the_tunnel() {
     let l4_len = dgram.len() - inner - 20;
     let partial = pseudo_header_partial(C_IP, A_IP, 6, l4_len);
     dgram[inner + 36..inner + 38].copy_from_slice(&partial.to_be_bytes());
-    let Ok(Outcome::ToPort(_, f)) = tunnel_in(&mut n1, N2_UNDERLAY, &dgram, 2 * SEC) else { panic!() };
+    let Ok(Outcome::ToPort(_, f)) = tunnel_in(&mut n1, N2_UNDERLAY, &dgram, 2 * SEC) else {
+        panic!()
+    };
     assert_eq!(endpoints(&f[24..]), (VIP, 80, A_IP, 40000));
     assert_eq!(n1.counters().snapshot().lb_replies, 2);
     assert_counters_balance(&n1);
@@ -484,17 +662,24 @@ fn lb_frame() -> impl Strategy<Value = Vec<u8>> {
         to_gw(A_MAC, &tcp(A_IP, 40000, EMPTY_VIP, 80, 1, 0, TCP_SYN, b"")),
         to_gw(A_MAC, &tcp(A_IP, 80, GW_IP, 40000, 1, 0, TCP_ACK, b"")),
         frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 40000, b"r")),
-        frame(A_MAC, B_MAC, 0x0800, &tcp(B_IP, 8080, A_IP, 40000, 1, 2, TCP_ACK, b"r")),
+        frame(
+            A_MAC,
+            B_MAC,
+            0x0800,
+            &tcp(B_IP, 8080, A_IP, 40000, 1, 2, TCP_ACK, b"r"),
+        ),
     ]);
-    (base, prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)).prop_map(
-        |(mut f, flips)| {
+    (
+        base,
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    )
+        .prop_map(|(mut f, flips)| {
             for (i, v) in flips {
                 let at = i.index(f.len());
                 f[at] = v;
             }
             f
-        },
-    )
+        })
 }
 
 proptest! {

@@ -67,9 +67,9 @@ use crate::routes::prefix_mask;
 use crate::tunnel::settle_l4_checksum;
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::wire::{
-    IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, TcpPacket, TcpRepr, VnetHdrRepr,
+    IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, TcpPacket, TcpRepr, UdpPacket, VnetHdrRepr,
     ETHERNET_HEADER_LEN, ICMP_UNREACH_HOST, ICMP_UNREACH_PORT, IPV4_MIN_HEADER_LEN,
-    TCP_MIN_HEADER_LEN, UDP_HEADER_LEN, VNET_HDR_LEN, UdpPacket,
+    TCP_MIN_HEADER_LEN, UDP_HEADER_LEN, VNET_HDR_LEN,
 };
 use crate::Nanos;
 
@@ -182,10 +182,9 @@ impl Pipeline {
         if !to_router {
             return None;
         }
-        let in_cidr = self
-            .cfg
-            .service_cidr
-            .is_some_and(|(net, len)| info.dst.to_bits() & prefix_mask(len) == net.to_bits() & prefix_mask(len));
+        let in_cidr = self.cfg.service_cidr.is_some_and(|(net, len)| {
+            info.dst.to_bits() & prefix_mask(len) == net.to_bits() & prefix_mask(len)
+        });
         let svc = self.services.load();
         let is_vip = svc.is_vip(info.dst);
         if !is_vip && !in_cidr {
@@ -383,9 +382,7 @@ impl Pipeline {
     /// §3.10.7.1), back out of the ingress port to `mac`. Never for a reset; limited
     /// by the ICMP error budget.
     fn tcp_reset(&mut self, mac: MacAddr, pkt: &[u8], now: Nanos, out: &mut [u8]) -> Verdict {
-        let ip_bytes = pkt
-            .get(VNET_HDR_LEN + ETHERNET_HEADER_LEN..)
-            .unwrap_or(&[]);
+        let ip_bytes = pkt.get(VNET_HDR_LEN + ETHERNET_HEADER_LEN..).unwrap_or(&[]);
         let Ok(ip) = Ipv4Packet::new_checked(ip_bytes) else {
             return DropReason::Truncated.into();
         };
