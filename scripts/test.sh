@@ -9,7 +9,8 @@ cd "$REPO"
 
 ensure_packages() {
     local missing=() pair
-    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps shellcheck:shellcheck; do
+    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps shellcheck:shellcheck \
+        traceroute:traceroute nsenter:util-linux dig:dnsutils tshark:tshark; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     if [ ${#missing[@]} -gt 0 ]; then

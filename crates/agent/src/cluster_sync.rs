@@ -16,6 +16,9 @@ use tapestry_cluster::store::{Event, Store, StoreError};
 use tapestry_cluster::{Ipv4Cidr, MacAddr, Node, NodeSpec, NodeStatus, Object, ObjectMeta};
 use tapestry_dataplane::routes::{Peer, RouteSnapshot};
 
+/// The label an agent puts on its Node: pods may be scheduled there.
+pub const KUBELET_LABEL: &str = "node.tapestry.io/kubelet";
+
 /// Writes (or updates) `nodes/NAME` with this node's subnet and tunnel endpoint.
 pub fn register(store: &dyn Store, name: &str, subnet: Ipv4Cidr, underlay_ip: Ipv4Addr, vtep_mac: MacAddr) -> Result<(), String> {
     let key = format!("nodes/{name}");
@@ -29,6 +32,9 @@ pub fn register(store: &dyn Store, name: &str, subnet: Ipv4Cidr, underlay_ip: Ip
             None => (blank(name), 0),
         };
         node.spec.pod_cidr = Some(subnet);
+        // This node runs a kubelet: `tapestry apply` may schedule pods here (a
+        // Node registered by hand, e.g. a kernel VXLAN peer, has no such label).
+        node.metadata.labels.insert(KUBELET_LABEL.to_owned(), "true".to_owned());
         node.status.underlay_ip = Some(underlay_ip);
         node.status.vtep_mac = Some(vtep_mac);
         let bytes = Object::Node(node).to_json().map_err(|e| e.to_string())?;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tapestry_agent::cluster_sync::KUBELET_LABEL;
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::{
     allocate_cluster_ip, compute_endpoints, load_path, release_cluster_ip, ClusterIp, Node, Object, Pod, Service,
@@ -65,11 +66,16 @@ fn status(store: &dyn Store, pod: &Pod) -> Option<PodRunStatus> {
 /// `tapestry apply -f PATH`.
 pub fn apply(store: &dyn Store, path: &Path) -> Result<(), String> {
     let objects = load_path(path).map_err(|e| e.to_string())?;
-    let node_names: Vec<String> = nodes(store)?.into_iter().map(|n| n.metadata.name).collect();
+    // Only nodes with a kubelet can run pods.
+    let node_names: Vec<String> = nodes(store)?
+        .into_iter()
+        .filter(|n| n.metadata.labels.get(KUBELET_LABEL).is_some_and(|v| v == "true"))
+        .map(|n| n.metadata.name)
+        .collect();
     let mut load: BTreeMap<String, usize> = node_names.iter().map(|n| (n.clone(), 0)).collect();
     for p in pods(store)? {
-        if let Some(n) = p.spec.node_name {
-            *load.entry(n).or_default() += 1;
+        if let Some(count) = p.spec.node_name.and_then(|n| load.get_mut(&n)) {
+            *count += 1;
         }
     }
     // Pods of this batch already placed by their manifest count too.
@@ -77,7 +83,9 @@ pub fn apply(store: &dyn Store, path: &Path) -> Result<(), String> {
         if let Object::Pod(p) = obj {
             if let Some(n) = &p.spec.node_name {
                 if store.get(&obj.key()).map_err(|e| e.to_string())?.is_none() {
-                    *load.entry(n.clone()).or_default() += 1;
+                    if let Some(count) = load.get_mut(n) {
+                        *count += 1;
+                    }
                 }
             }
         }
@@ -97,11 +105,13 @@ pub fn apply(store: &dyn Store, path: &Path) -> Result<(), String> {
                         let (n, _) = load
                             .iter()
                             .min_by_key(|(name, count)| (**count, (*name).clone()))
-                            .ok_or("no node has registered yet: start the node agents first")?;
+                            .ok_or("no node with a kubelet has registered yet: start the node agents first")?;
                         n.clone()
                     }
                 };
-                *load.entry(chosen.clone()).or_default() += 1;
+                if let Some(count) = load.get_mut(&chosen) {
+                    *count += 1;
+                }
                 pod.spec.node_name = Some(chosen);
                 Object::Pod(pod)
             }
