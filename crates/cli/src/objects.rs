@@ -13,7 +13,7 @@ use tapestry_agent::cluster_sync::KUBELET_LABEL;
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::{
     allocate_cluster_ip, compute_endpoints, load_path, release_cluster_ip, ClusterIp, Node, Object, Pod, Service,
-    ServiceType, Store, DEFAULT_SERVICE_CIDR,
+    ServiceType, Store, DEFAULT_SERVICE_CIDR, Protocol,
 };
 
 /// Output formats of `get`.
@@ -239,7 +239,7 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                 Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&services.into_iter().map(Object::Service).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
                 Format::Json => println!("{}", tapestry_cluster::emit_json(&services.into_iter().map(Object::Service).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
                 Format::Table | Format::Wide => {
-                    println!("{:<12} {:<12} {:<13} {:<15} {:<20} SELECTOR", "NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)");
+                    println!("{:<12} {:<12} {:<13} {:<17} {:<20} SELECTOR", "NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)");
                     for svc in services {
                         let ip = match svc.spec.cluster_ip {
                             ClusterIp::Ip(ip) => ip.to_string(),
@@ -254,7 +254,7 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                         let ports: Vec<String> = svc.spec.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
                         let sel: Vec<String> = svc.spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         println!(
-                            "{:<12} {:<12} {:<13} {:<15} {:<20} {}",
+                            "{:<12} {:<12} {:<13} {:<17} {:<20} {}",
                             svc.metadata.namespace,
                             svc.metadata.name,
                             svc.spec.type_.as_str(),
@@ -283,7 +283,13 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                         if a.ports.is_empty() {
                             vec![a.ip.to_string()]
                         } else {
-                            a.ports.iter().map(|p| format!("{}:{}", a.ip, p.port)).collect()
+                            a.ports
+                                .iter()
+                                .map(|p| {
+                                    let proto = if p.protocol == Protocol::Udp { "/UDP" } else { "" };
+                                    format!("{}:{}{proto}", a.ip, p.port)
+                                })
+                                .collect()
                         }
                     })
                     .collect();
