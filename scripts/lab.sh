@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Tapestry lab: a simulated Kubernetes cluster built from Linux network namespaces.
 #
-#   scripts/lab.sh [--name LAB] [--nodes N] up       build, start N nodes (default 2), apply the pods in lab/pods
+#   scripts/lab.sh [--name LAB] [--nodes N] up       build, start N nodes (default 2), apply lab/pods and lab/services
 #   scripts/lab.sh [--name LAB] down                 remove everything `up` made
 #   scripts/lab.sh [--name LAB] status               nodes and pods, with IPs and MACs
 #   scripts/lab.sh [--name LAB] exec POD -- CMD...   run CMD inside POD's network namespace
 #   scripts/lab.sh [--name LAB] demo                 show the Kubernetes networking facts, PASS or FAIL each
+#   scripts/lab.sh bench                             Tapestry beside the kernel's data plane (scripts/bench.sh)
+#   up --manifests DIR applies DIR instead of lab/pods and lab/services.
 #
 # Needs root. Everything it makes is named after LAB (default: tapestry) and
 # recorded under /run/tapestry/LAB; nothing outside the lab's namespaces is touched.
@@ -25,7 +27,7 @@ MANIFESTS="$REPO/lab/pods"
 SERVICES="$REPO/lab/services"
 
 usage() {
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
@@ -129,9 +131,9 @@ cmd_up() {
     for i in $(seq 1 "$NODES"); do
         start_node "$i"
     done
-    say "applying ${MANIFESTS#"$REPO"/} and ${SERVICES#"$REPO"/}"
+    say "applying ${MANIFESTS#"$REPO"/} ${SERVICES#"$REPO"/}"
     tapestry apply --store "$(store)" -f "$MANIFESTS"
-    tapestry apply --store "$(store)" -f "$SERVICES"
+    if [ -n "$SERVICES" ]; then tapestry apply --store "$(store)" -f "$SERVICES"; fi
     say "waiting for every pod to answer"
     tapestry wait --store "$(store)" --timeout 60
     cmd_status
@@ -226,6 +228,7 @@ main() {
         case "$1" in
             --name) LAB=${2:?--name needs a value}; shift 2 ;;
             --nodes) NODES=${2:?--nodes needs a value}; shift 2 ;;
+            --manifests) MANIFESTS=$(cd "${2:?--manifests needs a directory}" && pwd); SERVICES=""; shift 2 ;;
             -h|--help|help) usage; exit 0 ;;
             *) break ;;
         esac
@@ -243,6 +246,7 @@ main() {
         status) cmd_status "$@" ;;
         exec) cmd_exec "$@" ;;
         demo) cmd_demo "$@" ;;
+        bench) exec bash "$REPO/scripts/bench.sh" "$@" ;;
         *) usage >&2; die "unknown command '$cmd'" ;;
     esac
 }

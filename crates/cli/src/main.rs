@@ -116,7 +116,10 @@ impl StoreArg {
             .or_else(|| std::env::var_os("TAPESTRY_STORE").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/run/tapestry/tapestry/store"));
         if !dir.exists() {
-            return Err(format!("no cluster store at {} (is the lab up? give --store or set TAPESTRY_STORE)", dir.display()));
+            return Err(format!(
+                "no cluster store at {} (is the lab up? give --store or set TAPESTRY_STORE)",
+                dir.display()
+            ));
         }
         DirStore::open(&dir).map_err(|e| format!("cannot open store {}: {e}", dir.display()))
     }
@@ -214,11 +217,26 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Apply { store, file } => objects::apply(&store.open()?, &file),
-        Cmd::Get { store, kind, namespace, all_namespaces, output } => {
-            let ns = if all_namespaces { None } else { Some(namespace.unwrap_or_else(|| "default".into())) };
+        Cmd::Get {
+            store,
+            kind,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            let ns = if all_namespaces {
+                None
+            } else {
+                Some(namespace.unwrap_or_else(|| "default".into()))
+            };
             objects::get(&store.open()?, &kind, ns.as_deref(), output)
         }
-        Cmd::Delete { store, file, namespace, args } => {
+        Cmd::Delete {
+            store,
+            file,
+            namespace,
+            args,
+        } => {
             let keys = match (file, args.as_slice()) {
                 (Some(f), []) => objects::keys_of(&f)?,
                 (None, [kind, names @ ..]) if !names.is_empty() => {
@@ -226,20 +244,29 @@ fn run(cli: Cli) -> Result<(), String> {
                         "pod" | "pods" | "po" => format!("pods/{namespace}/"),
                         "node" | "nodes" | "no" => "nodes/".to_owned(),
                         "service" | "services" | "svc" => format!("services/{namespace}/"),
-                        other => return Err(format!("unknown resource type {other:?}: use pod, service or node")),
+                        other => {
+                            return Err(format!(
+                                "unknown resource type {other:?}: use pod, service or node"
+                            ))
+                        }
                     };
                     let shown = match prefix.split('/').next() {
                         Some("pods") => "Pod",
                         Some("services") => "Service",
                         _ => "Node",
                     };
-                    names.iter().map(|n| (format!("{prefix}{n}"), format!("{shown} {n}"))).collect()
+                    names
+                        .iter()
+                        .map(|n| (format!("{prefix}{n}"), format!("{shown} {n}")))
+                        .collect()
                 }
                 _ => return Err("give -f FILE, or KIND NAME… (e.g. `delete pod web-a`)".into()),
             };
             objects::delete(&store.open()?, keys)
         }
-        Cmd::Wait { store, timeout } => objects::wait_ready(&store.open()?, Duration::from_secs(timeout)),
+        Cmd::Wait { store, timeout } => {
+            objects::wait_ready(&store.open()?, Duration::from_secs(timeout))
+        }
         Cmd::Probe { addr } => TcpStream::connect_timeout(&addr, Duration::from_secs(1))
             .map(|_| ())
             .map_err(|e| format!("{addr}: {e}")),
@@ -263,9 +290,15 @@ fn print_status(s: &NodeStatus) {
         );
     }
     println!();
-    println!("{:<18} {:<14} {:<15} VTEP-MAC", "ROUTE", "VIA", "UNDERLAY-IP");
+    println!(
+        "{:<18} {:<14} {:<15} VTEP-MAC",
+        "ROUTE", "VIA", "UNDERLAY-IP"
+    );
     for r in &s.routes {
-        println!("{:<18} {:<14} {:<15} {}", r.subnet, r.via, r.underlay_ip, r.vtep_mac);
+        println!(
+            "{:<18} {:<14} {:<15} {}",
+            r.subnet, r.via, r.underlay_ip, r.vtep_mac
+        );
     }
     println!();
     println!(

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tapestry_agent::cluster_sync::KUBELET_LABEL;
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::{
-    allocate_cluster_ip, compute_endpoints, load_path, release_cluster_ip, ClusterIp, Node, Object, Pod, Service,
-    ServiceType, Store, DEFAULT_SERVICE_CIDR, Protocol,
+    allocate_cluster_ip, compute_endpoints, load_path, release_cluster_ip, ClusterIp, Node, Object,
+    Pod, Protocol, Service, ServiceType, Store, DEFAULT_SERVICE_CIDR,
 };
 
 /// Output formats of `get`.
@@ -59,7 +59,9 @@ fn services(store: &dyn Store) -> Result<Vec<Service>, String> {
 }
 
 fn status(store: &dyn Store, pod: &Pod) -> Option<PodRunStatus> {
-    let e = store.get(&status_key(&pod.metadata.namespace, &pod.metadata.name)).ok()??;
+    let e = store
+        .get(&status_key(&pod.metadata.namespace, &pod.metadata.name))
+        .ok()??;
     serde_json::from_slice(&e.value).ok()
 }
 
@@ -69,7 +71,12 @@ pub fn apply(store: &dyn Store, path: &Path) -> Result<(), String> {
     // Only nodes with a kubelet can run pods.
     let node_names: Vec<String> = nodes(store)?
         .into_iter()
-        .filter(|n| n.metadata.labels.get(KUBELET_LABEL).is_some_and(|v| v == "true"))
+        .filter(|n| {
+            n.metadata
+                .labels
+                .get(KUBELET_LABEL)
+                .is_some_and(|v| v == "true")
+        })
         .map(|n| n.metadata.name)
         .collect();
     let mut load: BTreeMap<String, usize> = node_names.iter().map(|n| (n.clone(), 0)).collect();
@@ -95,10 +102,12 @@ pub fn apply(store: &dyn Store, path: &Path) -> Result<(), String> {
         let current = store.get(&key).map_err(|e| e.to_string())?;
         let obj = match (obj, &current) {
             (Object::Pod(mut pod), cur) if pod.spec.node_name.is_none() => {
-                let stored = cur.as_ref().and_then(|e| match Object::from_json(&e.value, &key) {
-                    Ok(Object::Pod(p)) => p.spec.node_name,
-                    _ => None,
-                });
+                let stored = cur
+                    .as_ref()
+                    .and_then(|e| match Object::from_json(&e.value, &key) {
+                        Ok(Object::Pod(p)) => p.spec.node_name,
+                        _ => None,
+                    });
                 let chosen = match stored {
                     Some(n) => n,
                     None => {
@@ -115,11 +124,18 @@ pub fn apply(store: &dyn Store, path: &Path) -> Result<(), String> {
                 pod.spec.node_name = Some(chosen);
                 Object::Pod(pod)
             }
-            (Object::Service(mut svc), _) if svc.spec.type_ == ServiceType::ClusterIp && !svc.is_headless() => {
+            (Object::Service(mut svc), _)
+                if svc.spec.type_ == ServiceType::ClusterIp && !svc.is_headless() =>
+            {
                 // As the API server does: allocate (or confirm) the ClusterIP and
                 // record it in the stored object.
-                let ip = allocate_cluster_ip(store, &svc.key(), svc.spec.cluster_ip.ip(), DEFAULT_SERVICE_CIDR)
-                    .map_err(|e| e.to_string())?;
+                let ip = allocate_cluster_ip(
+                    store,
+                    &svc.key(),
+                    svc.spec.cluster_ip.ip(),
+                    DEFAULT_SERVICE_CIDR,
+                )
+                .map_err(|e| e.to_string())?;
                 svc.spec.cluster_ip = ClusterIp::Ip(ip);
                 Object::Service(svc)
             }
@@ -164,26 +180,57 @@ pub fn delete(store: &dyn Store, keys: Vec<(String, String)>) -> Result<(), Stri
 /// Store keys of the objects in a manifest file or directory.
 pub fn keys_of(path: &Path) -> Result<Vec<(String, String)>, String> {
     let objects = load_path(path).map_err(|e| e.to_string())?;
-    Ok(objects.iter().map(|o| (o.key(), o.display_name())).collect())
+    Ok(objects
+        .iter()
+        .map(|o| (o.key(), o.display_name()))
+        .collect())
 }
 
 /// `tapestry get nodes|pods`.
-pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Format) -> Result<(), String> {
+pub fn get(
+    store: &dyn Store,
+    kind: &str,
+    namespace: Option<&str>,
+    format: Format,
+) -> Result<(), String> {
     match kind {
         "nodes" | "node" | "no" => {
             let nodes = nodes(store)?;
             match format {
-                Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&nodes.into_iter().map(Object::Node).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
-                Format::Json => println!("{}", tapestry_cluster::emit_json(&nodes.into_iter().map(Object::Node).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Yaml => print!(
+                    "{}",
+                    tapestry_cluster::emit_yaml(
+                        &nodes.into_iter().map(Object::Node).collect::<Vec<_>>()
+                    )
+                    .map_err(|e| e.to_string())?
+                ),
+                Format::Json => println!(
+                    "{}",
+                    tapestry_cluster::emit_json(
+                        &nodes.into_iter().map(Object::Node).collect::<Vec<_>>()
+                    )
+                    .map_err(|e| e.to_string())?
+                ),
                 Format::Table | Format::Wide => {
-                    println!("{:<14} {:<16} {:<15} VTEP-MAC", "NAME", "POD-CIDR", "UNDERLAY-IP");
+                    println!(
+                        "{:<14} {:<16} {:<15} VTEP-MAC",
+                        "NAME", "POD-CIDR", "UNDERLAY-IP"
+                    );
                     for n in nodes {
                         println!(
                             "{:<14} {:<16} {:<15} {}",
                             n.metadata.name,
-                            n.spec.pod_cidr.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                            n.underlay_ip().map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-                            n.status.vtep_mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
+                            n.spec
+                                .pod_cidr
+                                .map(|c| c.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            n.underlay_ip()
+                                .map(|i| i.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            n.status
+                                .vtep_mac
+                                .map(|m| m.to_string())
+                                .unwrap_or_else(|| "-".into())
                         );
                     }
                 }
@@ -201,27 +248,52 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                 }
             }
             match format {
-                Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&pods.into_iter().map(Object::Pod).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
-                Format::Json => println!("{}", tapestry_cluster::emit_json(&pods.into_iter().map(Object::Pod).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Yaml => print!(
+                    "{}",
+                    tapestry_cluster::emit_yaml(
+                        &pods.into_iter().map(Object::Pod).collect::<Vec<_>>()
+                    )
+                    .map_err(|e| e.to_string())?
+                ),
+                Format::Json => println!(
+                    "{}",
+                    tapestry_cluster::emit_json(
+                        &pods.into_iter().map(Object::Pod).collect::<Vec<_>>()
+                    )
+                    .map_err(|e| e.to_string())?
+                ),
                 Format::Table | Format::Wide => {
                     let wide = format == Format::Wide;
-                    print!("{:<12} {:<16} {:<6} {:<8} {:<15} {:<8}", "NAMESPACE", "NAME", "READY", "STATUS", "IP", "NODE");
+                    print!(
+                        "{:<12} {:<16} {:<6} {:<8} {:<15} {:<8}",
+                        "NAMESPACE", "NAME", "READY", "STATUS", "IP", "NODE"
+                    );
                     println!("{}", if wide { " CONTAINERS" } else { "" });
                     for p in &pods {
                         let st = status(store, p);
-                        let ready = if st.as_ref().is_some_and(|s| s.ready) { "1/1" } else { "0/1" };
-                        let phase = st.as_ref().map_or("Pending".to_owned(), |s| s.phase.clone());
+                        let ready = if st.as_ref().is_some_and(|s| s.ready) {
+                            "1/1"
+                        } else {
+                            "0/1"
+                        };
+                        let phase = st
+                            .as_ref()
+                            .map_or("Pending".to_owned(), |s| s.phase.clone());
                         print!(
                             "{:<12} {:<16} {:<6} {:<8} {:<15} {:<8}",
                             p.metadata.namespace,
                             p.metadata.name,
                             ready,
                             phase,
-                            st.as_ref().and_then(|s| s.pod_ip).map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                            st.as_ref()
+                                .and_then(|s| s.pod_ip)
+                                .map(|i| i.to_string())
+                                .unwrap_or_else(|| "-".into()),
                             p.spec.node_name.as_deref().unwrap_or("-")
                         );
                         if wide {
-                            let cs: Vec<&str> = p.spec.containers.iter().map(|c| c.name.as_str()).collect();
+                            let cs: Vec<&str> =
+                                p.spec.containers.iter().map(|c| c.name.as_str()).collect();
                             print!(" {}", cs.join(","));
                         }
                         println!();
@@ -236,10 +308,31 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                 .filter(|svc| namespace.is_none_or(|ns| svc.metadata.namespace == ns))
                 .collect();
             match format {
-                Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&services.into_iter().map(Object::Service).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
-                Format::Json => println!("{}", tapestry_cluster::emit_json(&services.into_iter().map(Object::Service).collect::<Vec<_>>()).map_err(|e| e.to_string())?),
+                Format::Yaml => print!(
+                    "{}",
+                    tapestry_cluster::emit_yaml(
+                        &services
+                            .into_iter()
+                            .map(Object::Service)
+                            .collect::<Vec<_>>()
+                    )
+                    .map_err(|e| e.to_string())?
+                ),
+                Format::Json => println!(
+                    "{}",
+                    tapestry_cluster::emit_json(
+                        &services
+                            .into_iter()
+                            .map(Object::Service)
+                            .collect::<Vec<_>>()
+                    )
+                    .map_err(|e| e.to_string())?
+                ),
                 Format::Table | Format::Wide => {
-                    println!("{:<12} {:<12} {:<13} {:<17} {:<20} SELECTOR", "NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)");
+                    println!(
+                        "{:<12} {:<12} {:<13} {:<17} {:<20} SELECTOR",
+                        "NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)"
+                    );
                     for svc in services {
                         let ip = match svc.spec.cluster_ip {
                             ClusterIp::Ip(ip) => ip.to_string(),
@@ -251,16 +344,34 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                         } else {
                             ip
                         };
-                        let ports: Vec<String> = svc.spec.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
-                        let sel: Vec<String> = svc.spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let ports: Vec<String> = svc
+                            .spec
+                            .ports
+                            .iter()
+                            .map(|p| format!("{}/{}", p.port, p.protocol))
+                            .collect();
+                        let sel: Vec<String> = svc
+                            .spec
+                            .selector
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
                         println!(
                             "{:<12} {:<12} {:<13} {:<17} {:<20} {}",
                             svc.metadata.namespace,
                             svc.metadata.name,
                             svc.spec.type_.as_str(),
                             ip,
-                            if ports.is_empty() { "<none>".into() } else { ports.join(",") },
-                            if sel.is_empty() { "<none>".into() } else { sel.join(",") }
+                            if ports.is_empty() {
+                                "<none>".into()
+                            } else {
+                                ports.join(",")
+                            },
+                            if sel.is_empty() {
+                                "<none>".into()
+                            } else {
+                                sel.join(",")
+                            }
                         );
                     }
                 }
@@ -269,9 +380,13 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
         }
         "endpoints" | "ep" => {
             let pods = pods(store)?;
-            let with_status: Vec<(Pod, Option<PodRunStatus>)> = pods.iter().map(|p| (p.clone(), status(store, p))).collect();
+            let with_status: Vec<(Pod, Option<PodRunStatus>)> =
+                pods.iter().map(|p| (p.clone(), status(store, p))).collect();
             println!("{:<12} {:<12} ENDPOINTS", "NAMESPACE", "NAME");
-            for svc in services(store)?.into_iter().filter(|svc| namespace.is_none_or(|ns| svc.metadata.namespace == ns)) {
+            for svc in services(store)?
+                .into_iter()
+                .filter(|svc| namespace.is_none_or(|ns| svc.metadata.namespace == ns))
+            {
                 if svc.spec.type_ == ServiceType::ExternalName {
                     continue;
                 }
@@ -286,24 +401,41 @@ pub fn get(store: &dyn Store, kind: &str, namespace: Option<&str>, format: Forma
                             a.ports
                                 .iter()
                                 .map(|p| {
-                                    let proto = if p.protocol == Protocol::Udp { "/UDP" } else { "" };
+                                    let proto = if p.protocol == Protocol::Udp {
+                                        "/UDP"
+                                    } else {
+                                        ""
+                                    };
                                     format!("{}:{}{proto}", a.ip, p.port)
                                 })
                                 .collect()
                         }
                     })
                     .collect();
-                let shown = if list.is_empty() { "<none>".to_owned() } else { list.join(",") };
+                let shown = if list.is_empty() {
+                    "<none>".to_owned()
+                } else {
+                    list.join(",")
+                };
                 let shown = if format == Format::Wide || list.len() <= 6 {
                     shown
                 } else {
-                    format!("{} + {} more", list.get(..6).unwrap_or_default().join(","), list.len() - 6)
+                    format!(
+                        "{} + {} more",
+                        list.get(..6).unwrap_or_default().join(","),
+                        list.len() - 6
+                    )
                 };
-                println!("{:<12} {:<12} {}", svc.metadata.namespace, svc.metadata.name, shown);
+                println!(
+                    "{:<12} {:<12} {}",
+                    svc.metadata.namespace, svc.metadata.name, shown
+                );
             }
             Ok(())
         }
-        other => Err(format!("unknown resource type {other:?}: use nodes, pods, services or endpoints")),
+        other => Err(format!(
+            "unknown resource type {other:?}: use nodes, pods, services or endpoints"
+        )),
     }
 }
 
@@ -323,7 +455,11 @@ pub fn wait_ready(store: &dyn Store, timeout: Duration) -> Result<(), String> {
             return Ok(());
         }
         if started.elapsed() > timeout {
-            return Err(format!("not ready after {}s: {}", timeout.as_secs(), waiting.join(", ")));
+            return Err(format!(
+                "not ready after {}s: {}",
+                timeout.as_secs(),
+                waiting.join(", ")
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

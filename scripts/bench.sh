@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Tapestry beside the Linux kernel's own data plane, measured in one run.
+#
+#   scripts/bench.sh [--reps N] [--seconds S] [--out DIR]     (also: scripts/lab.sh bench)
+#
+# Builds two clusters of the same shape, as root:
+#   - Tapestry: a two-node lab (lab/bench: client bench-a and server bench-b on
+#     node1, server bench-c on node2, Service `bench` in front of bench-c);
+#   - the kernel reference: pods on veth into a Linux bridge per node, kernel
+#     VXLAN between the nodes (flannel's layout), an iptables DNAT rule standing
+#     in for the ClusterIP.
+# Then measures both with iperf3 and ping, interleaved rep by rep so drift hits
+# both: TCP throughput (same node, across nodes, through the ClusterIP), 64-byte
+# UDP packet rate (same node, across nodes), round-trip latency (median, p99) and
+# the CPU the data plane spent per gigabyte. Writes the raw samples, then the
+# table (stdout), JSON, Markdown and an SVG chart through tapestry-benchreport;
+# docs/benchmarks.md gets the new table. Everything it makes is removed on exit.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN="$REPO/target/release"
+REPS=3
+SECONDS_PER_TEST=3
+OUT="$REPO/target/bench"
+LAB=tpbench
+K=kbench # prefix of the kernel reference's namespaces
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --reps) REPS=${2:?}; shift 2 ;;
+        --seconds) SECONDS_PER_TEST=${2:?}; shift 2 ;;
+        --out) OUT=${2:?}; shift 2 ;;
+        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "bench.sh: must run as root" >&2; exit 1; }
+
+RAW="$OUT/raw.jsonl"
+STEP=0
+TOTAL=$((REPS * 2 * 7))
+progress() { STEP=$((STEP + 1)); printf '==> [%3d/%d] %s\n' "$STEP" "$TOTAL" "$*"; }
+
+ensure_packages() {
+    local missing=() pair
+    for pair in iperf3:iperf3 jq:jq ping:iputils-ping iptables:iptables; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+cleanup() {
+    "$REPO/scripts/lab.sh" --name "$LAB" down >/dev/null 2>&1 || true
+    kernel_down
+}
+trap cleanup EXIT INT TERM
+
+# --- the kernel reference ----------------------------------------------------
+kernel_down() {
+    local pidf ns
+    for pidf in "$OUT"/kref-*.pid; do
+        if [ -f "$pidf" ]; then kill "$(cat "$pidf")" 2>/dev/null || true; fi
+        rm -f "$pidf"
+    done
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$K-" || true); do
+        ip netns del "$ns"
+    done
+}
+
+# kernel_pod NAME NODE_INDEX HOST_INDEX: a pod namespace on veth into the node's cni0.
+kernel_pod() {
+    local pod=$1 i=$2 h=$3
+    ip netns add "$K-$pod"
+    ip -n "$K-$pod" link set lo up
+    ip link add name eth0 netns "$K-$pod" type veth peer name "v$pod" netns "$K-node$i"
+    ip -n "$K-node$i" link set "v$pod" master cni0 mtu 1450 up
+    ip -n "$K-$pod" link set eth0 mtu 1450 up
+    ip -n "$K-$pod" addr add "10.245.$i.$h/24" dev eth0
+    ip -n "$K-$pod" route add default via "10.245.$i.1"
+}
+
+kernel_up() {
+    local i j mac
+    ip netns add "$K-underlay"
+    ip -n "$K-underlay" link add br0 type bridge
+    ip -n "$K-underlay" link set br0 up
+    for i in 1 2; do
+        ip netns add "$K-node$i"
+        ip -n "$K-node$i" link set lo up
+        ip netns exec "$K-node$i" sysctl -qw net.ipv4.ip_forward=1
+        ip link add name "u$i" netns "$K-underlay" type veth peer name eth0 netns "$K-node$i"
+        ip -n "$K-underlay" link set "u$i" master br0 up
+        ip -n "$K-node$i" addr add "198.19.0.$i/24" dev eth0
+        ip -n "$K-node$i" link set eth0 up
+        ip -n "$K-node$i" link add cni0 type bridge
+        ip -n "$K-node$i" addr add "10.245.$i.1/24" dev cni0
+        ip -n "$K-node$i" link set cni0 mtu 1450 up
+        # flannel's vxlan backend: flannel.1, no learning, static neighbours.
+        ip -n "$K-node$i" link add flannel.1 type vxlan id 1 local "198.19.0.$i" dstport 4789 nolearning dev eth0
+        ip -n "$K-node$i" link set flannel.1 address "0e:00:00:00:00:0$i" mtu 1450 up
+        ip -n "$K-node$i" addr add "10.245.$i.0/32" dev flannel.1
+    done
+    for i in 1 2; do
+        j=$((3 - i))
+        mac="0e:00:00:00:00:0$j"
+        ip -n "$K-node$i" route add "10.245.$j.0/24" via "10.245.$j.0" dev flannel.1 onlink
+        ip -n "$K-node$i" neigh add "10.245.$j.0" lladdr "$mac" dev flannel.1 nud permanent
+        ip netns exec "$K-node$i" bridge fdb append "$mac" dev flannel.1 dst "198.19.0.$j"
+    done
+    kernel_pod a 1 2
+    kernel_pod b 1 3
+    kernel_pod c 2 2
+    # The ClusterIP: kube-proxy's iptables mode, one DNAT rule to the one backend.
+    ip netns exec "$K-node1" iptables -t nat -A PREROUTING -d 10.97.0.1/32 -p tcp --dport 5201 \
+        -j DNAT --to-destination 10.245.2.2:5201
+    ip netns exec "$K-b" iperf3 -s -D -p 5201 --pidfile "$OUT/kref-b.pid"
+    ip netns exec "$K-c" iperf3 -s -D -p 5201 --pidfile "$OUT/kref-c.pid"
+}
+
+# --- measurements --------------------------------------------------------------
+record() { # record SYSTEM METRIC UNIT VALUE REP
+    printf '{"system":"%s","metric":"%s","unit":"%s","value":%s,"rep":%s}\n' "$1" "$2" "$3" "$4" "$5" >>"$RAW"
+}
+
+busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
+# Polls (bounded) until an iperf3 server answers at $2:5201 from namespace $1.
+wait_server() {
+    local i
+    for i in $(seq 1 50); do
+        ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/5201" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench.sh: no iperf3 server at $2:5201" >&2
+    return 1
+}
+
+# tcp SYSTEM CLIENT_NS DST METRIC REP [CPU_METRIC]
+tcp() {
+    local sys=$1 ns=$2 dst=$3 metric=$4 rep=$5 cpu_metric=${6:-} before after json gbps bytes iperf_cpu dp_cpu
+    progress "rep $rep/$REPS $sys: $metric"
+    before=$(busy_jiffies)
+    json=$(ip netns exec "$ns" iperf3 -c "$dst" -p 5201 -t "$SECONDS_PER_TEST" -J)
+    after=$(busy_jiffies)
+    gbps=$(jq '.end.sum_received.bits_per_second / 1e9' <<<"$json")
+    record "$sys" "$metric" "Gbit/s" "$gbps" "$rep"
+    if [ -n "$cpu_metric" ]; then
+        bytes=$(jq '.end.sum_received.bytes' <<<"$json")
+        # iperf3's own CPU (client and server), in seconds, is not data plane.
+        iperf_cpu=$(jq '(.end.cpu_utilization_percent.host_total + .end.cpu_utilization_percent.remote_total) / 100 * .end.sum_received.seconds' <<<"$json")
+        dp_cpu=$(awk -v a="$after" -v b="$before" -v i="$iperf_cpu" -v g="$bytes" \
+            'BEGIN { c = (a - b) / 100 - i; if (c < 0) c = 0; printf "%.4f", c / (g / 1e9) }')
+        record "$sys" "$cpu_metric" "CPU s/GB" "$dp_cpu" "$rep"
+    fi
+}
+
+# udp SYSTEM CLIENT_NS DST METRIC REP: 64-byte datagrams as fast as iperf3 sends
+udp() {
+    local sys=$1 ns=$2 dst=$3 metric=$4 rep=$5 json pps
+    progress "rep $rep/$REPS $sys: $metric"
+    json=$(ip netns exec "$ns" iperf3 -c "$dst" -p 5201 -u -l 64 -b 0 -t "$SECONDS_PER_TEST" -J)
+    pps=$(jq '(.end.sum.packets - .end.sum.lost_packets) / .end.sum.seconds' <<<"$json")
+    record "$sys" "$metric" "packets/s" "$pps" "$rep"
+}
+
+# latency SYSTEM CLIENT_NS DST WHERE REP: 300 pings 2 ms apart; median and p99 RTT
+latency() {
+    local sys=$1 ns=$2 dst=$3 where=$4 rep=$5 rtts p50 p99
+    progress "rep $rep/$REPS $sys: latency_$where"
+    rtts=$(ip netns exec "$ns" ping -c 300 -i 0.002 -W 1 "$dst" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' | sort -n)
+    p50=$(awk '{ v[NR] = $1 } END { i = int(NR * 0.50 + 0.5); if (i < 1) i = 1; printf "%.1f", v[i] * 1000 }' <<<"$rtts")
+    p99=$(awk '{ v[NR] = $1 } END { i = int(NR * 0.99 + 0.5); if (i < 1) i = 1; printf "%.1f", v[i] * 1000 }' <<<"$rtts")
+    record "$sys" "latency_p50_$where" "us" "$p50" "$rep"
+    record "$sys" "latency_p99_$where" "us" "$p99" "$rep"
+}
+
+pod_ip() { "$BIN/tapestry" get pods | awk -v p="$1" '$2 == p { print $5 }'; }
+
+run_system() { # run_system SYSTEM REP
+    local sys=$1 rep=$2 a b c vip
+    if [ "$sys" = tapestry ]; then
+        a="$LAB-default-bench-a"; b=$(pod_ip bench-b); c=$(pod_ip bench-c)
+        vip=$("$BIN/tapestry" get services | awk '$2 == "bench" { print $4 }')
+    else
+        a="$K-a"; b=10.245.1.3; c=10.245.2.2; vip=10.97.0.1
+    fi
+    tcp "$sys" "$a" "$b" tcp_same_node "$rep" cpu_s_per_gb_tcp_same_node
+    tcp "$sys" "$a" "$c" tcp_cross_node "$rep" cpu_s_per_gb_tcp_cross_node
+    tcp "$sys" "$a" "$vip" tcp_cluster_ip "$rep"
+    udp "$sys" "$a" "$b" udp64_pps_same_node "$rep"
+    udp "$sys" "$a" "$c" udp64_pps_cross_node "$rep"
+    latency "$sys" "$a" "$b" same_node "$rep"
+    latency "$sys" "$a" "$c" cross_node "$rep"
+}
+
+machine() {
+    local cpu
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    echo "$(nproc) cores (${cpu:-unknown CPU}), $(free -g | awk '/^Mem:/ { print $2 }') GiB, Linux $(uname -r)"
+}
+
+main() {
+    local started rep sys
+    started=$(date +%s)
+    ensure_packages
+    mkdir -p "$OUT"
+    : >"$RAW"
+    kernel_down
+    (cd "$REPO" && cargo build --release --quiet --bin tapestry-benchreport)
+    echo "==> building Tapestry's lab ($LAB, 2 nodes) and the kernel reference ($K-*)"
+    export TAPESTRY_STORE="/run/tapestry/$LAB/store"
+    "$REPO/scripts/lab.sh" --name "$LAB" down >/dev/null 2>&1 || true
+    "$REPO/scripts/lab.sh" --name "$LAB" --nodes 2 --manifests "$REPO/lab/bench" up >"$OUT/lab-up.log" 2>&1 ||
+        { tail -n 30 "$OUT/lab-up.log" >&2; exit 1; }
+    kernel_up
+    wait_server "$K-a" 10.245.1.3
+    wait_server "$K-a" 10.245.2.2
+    wait_server "$LAB-default-bench-a" "$(pod_ip bench-b)"
+    wait_server "$LAB-default-bench-a" "$(pod_ip bench-c)"
+    for rep in $(seq 1 "$REPS"); do
+        # Alternate which system goes first, so neither always runs on a warmer machine.
+        if [ $((rep % 2)) -eq 1 ]; then sys="tapestry kernel"; else sys="kernel tapestry"; fi
+        for s in $sys; do run_system "$s" "$rep"; done
+    done
+    echo "==> report ($(($(date +%s) - started)) s so far)"
+    "$BIN/tapestry-benchreport" --raw "$RAW" --out-dir "$OUT" \
+        --title "Tapestry vs the Linux kernel data plane" --machine "$(machine)"
+    cp "$OUT/benchmarks.json" "$OUT/benchmarks.svg" "$REPO/docs/"
+    update_doc
+    echo "==> done in $(($(date +%s) - started)) s: $OUT/{raw.jsonl,benchmarks.json,benchmarks-table.md,benchmarks.svg}, docs/benchmarks.md"
+}
+
+# Replaces the table between the markers in docs/benchmarks.md.
+update_doc() {
+    local doc="$REPO/docs/benchmarks.md"
+    [ -f "$doc" ] || return 0
+    awk -v table="$OUT/benchmarks-table.md" '
+        /<!-- table:start -->/ { print; while ((getline line < table) > 0) print line; skip = 1; next }
+        /<!-- table:end -->/ { skip = 0 }
+        !skip { print }' "$doc" >"$doc.new"
+    mv "$doc.new" "$doc"
+}
+
+main
