@@ -20,6 +20,8 @@
 //! - [`router`]: the gateway port (ARP and ICMP echo for the gateway IP);
 //! - [`routes`]: the route table (longest-prefix match, immutable snapshots);
 //! - [`tunnel`]: VXLAN encapsulation, software TSO, fragmentation, flow hash;
+//! - [`gro`]: software GRO, merging a receive batch's TCP segments per flow before
+//!   they are written to a pod's TAP;
 //! - [`lb`]: the service table (ClusterIP → ready backends), Kubernetes fact 4;
 //! - [`maglev`]: Maglev consistent hashing, the backend choice;
 //! - [`conntrack`]: connection tracking of service flows (fixed capacity, timeouts);
@@ -34,6 +36,7 @@
 pub mod bridge;
 pub mod conntrack;
 pub mod drops;
+pub mod gro;
 pub mod lb;
 pub mod maglev;
 pub mod nat;
@@ -46,6 +49,7 @@ pub mod wire;
 
 pub use conntrack::{ConntrackTimeouts, FlowInfo, FlowState, DEFAULT_CONNTRACK_CAPACITY};
 pub use drops::{Counters, CountersSnapshot, DropReason};
+pub use gro::{Coalescer, GRO_MAX};
 pub use lb::{Affinity, Backend, L4Proto, LbError, ServiceEntry, ServiceTable};
 pub use maglev::{Maglev, MAGLEV_DEFAULT_SIZE};
 pub use pipeline::{

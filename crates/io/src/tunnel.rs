@@ -18,8 +18,9 @@ use crate::sys::{self, MmsgBatch};
 pub const VXLAN_PORT: u16 = 4789;
 /// Datagrams received per `recvmmsg`.
 pub const RX_BATCH: usize = 32;
-/// Largest datagram we receive: an underlay MTU of up to 9,000 plus slack.
-pub const RX_DATAGRAM_LEN: usize = 9_216;
+/// Receive buffer per message: with UDP GRO the kernel hands over up to 64 KiB
+/// of coalesced datagrams in one.
+pub const RX_DATAGRAM_LEN: usize = 65_536;
 /// Sockets in the send pool: distinct outer source ports.
 pub const TX_POOL: usize = 8;
 
@@ -33,6 +34,10 @@ pub struct TunnelSocket {
     pub(crate) bufs: Vec<Vec<u8>>,
     pub(crate) lens: Vec<usize>,
     pub(crate) from: Vec<SocketAddrV4>,
+    /// UDP GRO segment size per received message (0: a single datagram).
+    pub(crate) segs: Vec<usize>,
+    /// UDP GSO works here; cleared (for good) the first time the kernel refuses it.
+    gso: bool,
 }
 
 impl TunnelSocket {
@@ -46,6 +51,9 @@ impl TunnelSocket {
             )
         })?;
         rx.set_nonblocking(true)?;
+        if let Err(e) = sys::enable_udp_gro(rx.as_fd()) {
+            tracing::warn!(error = %e, "no UDP GRO on the tunnel socket; receiving datagram by datagram");
+        }
         if let Err(e) = sys::set_recv_buffer(rx.as_fd(), 8 << 20) {
             tracing::warn!(error = %e, "cannot enlarge the tunnel receive buffer");
         }
@@ -67,6 +75,8 @@ impl TunnelSocket {
             bufs: (0..RX_BATCH).map(|_| vec![0u8; RX_DATAGRAM_LEN]).collect(),
             lens: vec![0; RX_BATCH],
             from: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); RX_BATCH],
+            segs: vec![0; RX_BATCH],
+            gso: true,
         })
     }
 
@@ -78,28 +88,39 @@ impl TunnelSocket {
     /// Receives one batch into `bufs` (normally this socket's own, moved out
     /// for the batch); lengths and sources land in `self.lens` / `self.from`.
     pub(crate) fn recv_into(&mut self, bufs: &mut [Vec<u8>]) -> io::Result<usize> {
-        let TunnelSocket { rx, rx_batch, lens, from, .. } = self;
-        rx_batch.recv(rx.as_fd(), bufs, lens, from)
+        let TunnelSocket { rx, rx_batch, lens, from, segs, .. } = self;
+        rx_batch.recv(rx.as_fd(), bufs, lens, from, segs)
     }
 
     /// Sends back-to-back datagrams of `segment_len` bytes to `peer`, from the
-    /// pool socket `flow_hash` picks. Returns how many were sent.
-    pub fn send(
-        &mut self,
-        peer: Ipv4Addr,
-        flow_hash: u32,
-        datagrams: &[u8],
-        segment_len: usize,
-    ) -> io::Result<usize> {
+    /// pool socket `flow_hash` picks: with UDP GSO, one `sendmsg` per up to 64
+    /// datagrams (64 KiB); where the kernel refuses GSO, with `sendmmsg`.
+    /// Returns how many datagrams were sent.
+    pub fn send(&mut self, peer: Ipv4Addr, flow_hash: u32, datagrams: &[u8], segment_len: usize) -> io::Result<usize> {
         let idx = usize::try_from(flow_hash).unwrap_or(0) % self.tx.len().max(1);
-        let Some(sock) = self.tx.get(idx) else {
+        let Some(sock) = self.tx.get(idx) else { return Ok(0) };
+        let dst = SocketAddrV4::new(peer, self.port);
+        if segment_len == 0 || datagrams.is_empty() {
             return Ok(0);
-        };
-        self.tx_batch.send_segments(
-            sock.as_fd(),
-            datagrams,
-            segment_len,
-            SocketAddrV4::new(peer, self.port),
-        )
+        }
+        let count = datagrams.len().div_ceil(segment_len);
+        if self.gso && count > 1 {
+            let per_call = (sys::UDP_GSO_MAX_BYTES / segment_len).clamp(1, sys::UDP_GSO_MAX_SEGMENTS);
+            let mut sent = 0;
+            for chunk in datagrams.chunks(per_call * segment_len) {
+                match sys::send_gso(sock.as_fd(), chunk, segment_len, dst) {
+                    Ok(_) => sent += chunk.len().div_ceil(segment_len),
+                    Err(e) if sent == 0 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
+                        tracing::warn!(error = %e, "UDP GSO refused; falling back to sendmmsg");
+                        self.gso = false;
+                        return self.tx_batch.send_segments(sock.as_fd(), datagrams, segment_len, dst);
+                    }
+                    Err(e) if sent == 0 => return Err(e),
+                    Err(_) => return Ok(sent),
+                }
+            }
+            return Ok(sent);
+        }
+        self.tx_batch.send_segments(sock.as_fd(), datagrams, segment_len, dst)
     }
 }

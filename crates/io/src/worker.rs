@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tapestry_dataplane::{Action, MacAddr, Nanos, Pipeline, PortId, PortRole};
+use tapestry_dataplane::{Action, Coalescer, MacAddr, Nanos, Pipeline, PortId, PortRole};
 
 use crate::tap::Tap;
 use crate::tunnel::TunnelSocket;
@@ -36,6 +36,8 @@ const WAKER: Token = Token(usize::MAX);
 const TUNNEL: Token = Token(usize::MAX - 1);
 /// Tunnel receive batches per turn before the ports are served.
 const TUNNEL_BUDGET: usize = 4;
+/// Flows the tunnel's software GRO holds at once.
+const GRO_FLOWS: usize = 8;
 /// How often flow-table upkeep runs: expiry, and the reconcile against the
 /// current service table that removes flows to backends that are gone.
 const MAINTAIN_EVERY: Nanos = 1_000_000_000;
@@ -126,6 +128,9 @@ struct Worker {
     /// Ports that used up their budget and still have frames queued.
     backlog: Vec<usize>,
     tunnel: Option<TunnelSocket>,
+    /// Software GRO for frames decapsulated from the tunnel: consecutive TCP
+    /// segments of one flow go to the pod as one large frame, once per batch.
+    gro: Coalescer,
     /// The tunnel socket used up its budget and may have more.
     tunnel_backlog: bool,
     /// Tunnel sends the kernel refused (socket buffer full, peer unreachable).
@@ -154,6 +159,7 @@ pub fn spawn(pipeline: Pipeline, tunnel: Option<TunnelSocket>) -> io::Result<Wor
         epoch: clock_epoch(),
         backlog: Vec::with_capacity(64),
         tunnel,
+        gro: Coalescer::new(GRO_FLOWS),
         tunnel_backlog: true,
         tunnel_tx_errors: Arc::clone(&tunnel_tx_errors),
         next_maintain: 0,
@@ -255,12 +261,22 @@ impl Worker {
             };
             for i in 0..n {
                 let (Some(tunnel), Some(buf)) = (self.tunnel.as_ref(), bufs.get_mut(i)) else { break };
-                let (Some(&len), Some(&from)) = (tunnel.lens.get(i), tunnel.from.get(i)) else { break };
-                let Some(pkt) = buf.get_mut(..len) else { continue };
+                let (Some(&len), Some(&from), Some(&seg)) = (tunnel.lens.get(i), tunnel.from.get(i), tunnel.segs.get(i))
+                else {
+                    break;
+                };
+                let Some(msg) = buf.get_mut(..len) else { continue };
+                // With UDP GRO one message holds several datagrams of `seg` bytes.
+                let seg = if seg == 0 { len.max(1) } else { seg };
                 let now = self.now();
-                let action = self.pipeline.process_tunnel(from, pkt, now, out);
-                self.act(usize::MAX, pkt, action);
+                for pkt in msg.chunks_mut(seg) {
+                    let action = self.pipeline.process_tunnel(from, pkt, now, out);
+                    self.act(usize::MAX, pkt, action);
+                }
             }
+            // The batch is done: whatever GRO holds goes out before the next wait.
+            let ports = &self.ports;
+            self.gro.flush(&mut |to, bytes| send_to(ports, usize::from(to.0), bytes));
         }
         if let Some(tunnel) = self.tunnel.as_mut() {
             tunnel.bufs = bufs;
@@ -283,6 +299,10 @@ impl Worker {
                 }
             }
             Action::Reply(bytes) => send_to(&self.ports, ingress, bytes),
+            Action::ToPort(to, bytes) if ingress == usize::MAX => {
+                let ports = &self.ports;
+                self.gro.push(to, bytes, &mut |to, bytes| send_to(ports, usize::from(to.0), bytes));
+            }
             Action::ToPort(to, bytes) => send_to(&self.ports, usize::from(to.0), bytes),
             Action::Tunnel { peer, flow_hash, datagrams, segment_len } => {
                 let Some(tunnel) = self.tunnel.as_mut() else { return };
