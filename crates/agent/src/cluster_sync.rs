@@ -20,7 +20,13 @@ use tapestry_dataplane::routes::{Peer, RouteSnapshot};
 pub const KUBELET_LABEL: &str = "node.tapestry.io/kubelet";
 
 /// Writes (or updates) `nodes/NAME` with this node's subnet and tunnel endpoint.
-pub fn register(store: &dyn Store, name: &str, subnet: Ipv4Cidr, underlay_ip: Ipv4Addr, vtep_mac: MacAddr) -> Result<(), String> {
+pub fn register(
+    store: &dyn Store,
+    name: &str,
+    subnet: Ipv4Cidr,
+    underlay_ip: Ipv4Addr,
+    vtep_mac: MacAddr,
+) -> Result<(), String> {
     let key = format!("nodes/{name}");
     for _ in 0..20 {
         let current = store.get(&key).map_err(|e| e.to_string())?;
@@ -34,7 +40,9 @@ pub fn register(store: &dyn Store, name: &str, subnet: Ipv4Cidr, underlay_ip: Ip
         node.spec.pod_cidr = Some(subnet);
         // This node runs a kubelet: `tapestry apply` may schedule pods here (a
         // Node registered by hand, e.g. a kernel VXLAN peer, has no such label).
-        node.metadata.labels.insert(KUBELET_LABEL.to_owned(), "true".to_owned());
+        node.metadata
+            .labels
+            .insert(KUBELET_LABEL.to_owned(), "true".to_owned());
         node.status.underlay_ip = Some(underlay_ip);
         node.status.vtep_mac = Some(vtep_mac);
         let bytes = Object::Node(node).to_json().map_err(|e| e.to_string())?;
@@ -44,11 +52,17 @@ pub fn register(store: &dyn Store, name: &str, subnet: Ipv4Cidr, underlay_ip: Ip
             Err(e) => return Err(e.to_string()),
         }
     }
-    Err(format!("cannot register {key}: too many concurrent writers"))
+    Err(format!(
+        "cannot register {key}: too many concurrent writers"
+    ))
 }
 
 fn blank(name: &str) -> Node {
-    Node { metadata: ObjectMeta::named(name), spec: NodeSpec::default(), status: NodeStatus::default() }
+    Node {
+        metadata: ObjectMeta::named(name),
+        spec: NodeSpec::default(),
+        status: NodeStatus::default(),
+    }
 }
 
 /// The peers among `nodes`: every other node with a subnet, an underlay IP and a
@@ -103,7 +117,9 @@ fn watch_once(
     publish(me, local, cluster, &nodes, routes);
     let watch = store.watch("nodes/", rev).map_err(|e| e.to_string())?;
     loop {
-        let Some(ev) = watch.recv() else { return Err("watch closed".into()) };
+        let Some(ev) = watch.recv() else {
+            return Err("watch closed".into());
+        };
         let mut apply = |ev: Event| match ev {
             Event::Put(e) => {
                 if let Ok(Object::Node(n)) = Object::from_json(&e.value, &e.key) {
@@ -122,14 +138,31 @@ fn watch_once(
     }
 }
 
-fn publish(me: &str, local: Ipv4Cidr, cluster: Ipv4Cidr, nodes: &BTreeMap<String, Node>, routes: &ArcSwap<RouteSnapshot>) {
+fn publish(
+    me: &str,
+    local: Ipv4Cidr,
+    cluster: Ipv4Cidr,
+    nodes: &BTreeMap<String, Node>,
+    routes: &ArcSwap<RouteSnapshot>,
+) {
     let peers = peers(me, nodes);
-    let names: Vec<String> = peers.iter().map(|p| format!("{}={}/{}@{}", p.name, p.subnet, p.prefix_len, p.underlay_ip)).collect();
-    match RouteSnapshot::build(local.network(), local.prefix_len(), cluster.network(), cluster.prefix_len(), peers) {
+    let names: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{}={}/{}@{}", p.name, p.subnet, p.prefix_len, p.underlay_ip))
+        .collect();
+    match RouteSnapshot::build(
+        local.network(),
+        local.prefix_len(),
+        cluster.network(),
+        cluster.prefix_len(),
+        peers,
+    ) {
         Ok(snap) => {
             routes.store(Arc::new(snap));
             tracing::info!(peers = ?names, "routes updated");
         }
-        Err(e) => tracing::error!(error = %e, peers = ?names, "route table rejected; keeping the previous one"),
+        Err(e) => {
+            tracing::error!(error = %e, peers = ?names, "route table rejected; keeping the previous one")
+        }
     }
 }

@@ -23,8 +23,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tapestry_cluster::store::{Event, Store};
 use tapestry_cluster::status::{status_key, PodRunStatus};
+use tapestry_cluster::store::{Event, Store};
 use tapestry_cluster::{Object, Pod, Protocol};
 
 use crate::api::Attachment;
@@ -62,7 +62,10 @@ impl ClusterDns {
     /// The resolv.conf kubelet gives a pod in `namespace` (dnsPolicy ClusterFirst).
     pub fn resolv_conf(&self, namespace: &str) -> String {
         let d = &self.domain;
-        format!("nameserver {}\nsearch {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n", self.server)
+        format!(
+            "nameserver {}\nsearch {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n",
+            self.server
+        )
     }
 }
 
@@ -114,7 +117,9 @@ impl Kubelet {
                         pods.insert(e.key.clone(), p);
                     }
                     Ok(_) => {}
-                    Err(err) => tracing::warn!(key = %e.key, error = %err, "unreadable pod in the store"),
+                    Err(err) => {
+                        tracing::warn!(key = %e.key, error = %err, "unreadable pod in the store")
+                    }
                 },
                 Some(Ok(Event::Delete { key, .. })) => {
                     pods.remove(&key);
@@ -142,9 +147,14 @@ impl Kubelet {
 
     /// Makes the pods running here match the pods assigned here.
     fn reconcile(self: &Arc<Self>, pods: &BTreeMap<String, Pod>) {
-        let mine: Vec<&Pod> = pods.values().filter(|p| p.spec.node_name.as_deref() == Some(self.node_name.as_str())).collect();
-        let wanted: BTreeSet<(String, String)> =
-            mine.iter().map(|p| (p.metadata.namespace.clone(), p.metadata.name.clone())).collect();
+        let mine: Vec<&Pod> = pods
+            .values()
+            .filter(|p| p.spec.node_name.as_deref() == Some(self.node_name.as_str()))
+            .collect();
+        let wanted: BTreeSet<(String, String)> = mine
+            .iter()
+            .map(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()))
+            .collect();
         for (ns, name) in self.running() {
             if !wanted.contains(&(ns.clone(), name.clone())) {
                 self.stop(&ns, &name);
@@ -153,7 +163,14 @@ impl Kubelet {
         for pod in mine {
             if let Err(e) = self.ensure(pod) {
                 tracing::warn!(pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name), error = %e, "cannot start pod");
-                self.publish(&pod.metadata.namespace, &pod.metadata.name, None, "Failed", false, &e);
+                self.publish(
+                    &pod.metadata.namespace,
+                    &pod.metadata.name,
+                    None,
+                    "Failed",
+                    false,
+                    &e,
+                );
             }
         }
     }
@@ -165,14 +182,25 @@ impl Kubelet {
             .flatten()
             .filter_map(|e| e.ok())
             .filter_map(|e| {
-                e.file_name().to_str().and_then(|s| s.split_once('_')).map(|(a, b)| (a.to_owned(), b.to_owned()))
+                e.file_name()
+                    .to_str()
+                    .and_then(|s| s.split_once('_'))
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
             })
             .collect();
         out.sort();
         out
     }
 
-    fn publish(&self, ns: &str, name: &str, ip: Option<Ipv4Addr>, phase: &str, ready: bool, message: &str) {
+    fn publish(
+        &self,
+        ns: &str,
+        name: &str,
+        ip: Option<Ipv4Addr>,
+        phase: &str,
+        ready: bool,
+        message: &str,
+    ) {
         let status = PodRunStatus {
             node: self.node_name.clone(),
             pod_ip: ip,
@@ -181,7 +209,9 @@ impl Kubelet {
             message: message.into(),
         };
         let key = status_key(ns, name);
-        let Ok(bytes) = serde_json::to_vec(&status) else { return };
+        let Ok(bytes) = serde_json::to_vec(&status) else {
+            return;
+        };
         if let Ok(Some(cur)) = self.store.get(&key) {
             if cur.value == bytes {
                 return;
@@ -207,7 +237,8 @@ impl Kubelet {
         if let Some(dns) = &self.dns {
             // `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
             let etc = Path::new("/etc/netns").join(&netns);
-            fs::create_dir_all(&etc).map_err(|e| format!("cannot create {}: {e}", etc.display()))?;
+            fs::create_dir_all(&etc)
+                .map_err(|e| format!("cannot create {}: {e}", etc.display()))?;
             let conf = dns.resolv_conf(ns);
             if fs::read_to_string(etc.join("resolv.conf")).ok().as_deref() != Some(conf.as_str()) {
                 fs::write(etc.join("resolv.conf"), conf).map_err(|e| e.to_string())?;
@@ -238,9 +269,15 @@ impl Kubelet {
             let mut argv: Vec<String> = c.command.clone();
             argv.extend(c.args.iter().cloned());
             if argv.is_empty() {
-                return Err(format!("container {} has no command (the lab runs commands, not images)", c.name));
+                return Err(format!(
+                    "container {} has no command (the lab runs commands, not images)",
+                    c.name
+                ));
             }
-            let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+            let mut env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect();
             env.extend(c.env.iter().map(|e| (e.name.clone(), e.value.clone())));
             self.spawn(&netns, &dir, &c.name, &argv, &env)?;
             started = true;
@@ -258,22 +295,39 @@ impl Kubelet {
                 .collect();
             let me = Arc::clone(self);
             let (ns, name) = (ns.to_owned(), name.to_owned());
-            let _ = std::thread::Builder::new().name("readiness".into()).spawn(move || {
-                let ready = wait_ready(ip, &ports, READY_TIMEOUT);
-                // Publish only if the pod is still ours (it may have been deleted meanwhile).
-                if me.pod_dir(&ns, &name).exists() {
-                    let msg = if ready { String::new() } else { format!("no answer within {}s", READY_TIMEOUT.as_secs()) };
-                    me.publish(&ns, &name, Some(ip), "Running", ready, &msg);
-                }
-            });
+            let _ = std::thread::Builder::new()
+                .name("readiness".into())
+                .spawn(move || {
+                    let ready = wait_ready(ip, &ports, READY_TIMEOUT);
+                    // Publish only if the pod is still ours (it may have been deleted meanwhile).
+                    if me.pod_dir(&ns, &name).exists() {
+                        let msg = if ready {
+                            String::new()
+                        } else {
+                            format!("no answer within {}s", READY_TIMEOUT.as_secs())
+                        };
+                        me.publish(&ns, &name, Some(ip), "Running", ready, &msg);
+                    }
+                });
         }
         Ok(())
     }
 
-    fn spawn(&self, netns: &str, dir: &Path, what: &str, argv: &[String], env: &[(String, String)]) -> Result<(), String> {
+    fn spawn(
+        &self,
+        netns: &str,
+        dir: &Path,
+        what: &str,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), String> {
         let log = fs::File::create(dir.join(format!("{what}.log"))).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let path = format!("{}:{}", self.bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            self.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let child = Command::new("ip")
             .args(["netns", "exec", netns])
             .args(argv)
@@ -285,12 +339,15 @@ impl Kubelet {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {what} in {netns}: {e}"))?;
-        fs::write(dir.join(format!("{what}.pid")), child.id().to_string()).map_err(|e| e.to_string())?;
+        fs::write(dir.join(format!("{what}.pid")), child.id().to_string())
+            .map_err(|e| e.to_string())?;
         // Reap it when it exits, so a dead container is seen as dead (not a zombie).
-        let _ = std::thread::Builder::new().name("reaper".into()).spawn(move || {
-            let mut child = child;
-            let _ = child.wait();
-        });
+        let _ = std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || {
+                let mut child = child;
+                let _ = child.wait();
+            });
         Ok(())
     }
 
@@ -301,7 +358,9 @@ impl Kubelet {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let p = e.path();
-                if p.extension().is_some_and(|x| x == "pid") && p.file_stem().is_some_and(|s| s != "pause") {
+                if p.extension().is_some_and(|x| x == "pid")
+                    && p.file_stem().is_some_and(|s| s != "pause")
+                {
                     stop(&p);
                 }
             }
@@ -334,7 +393,10 @@ fn wait_ready(ip: Ipv4Addr, ports: &[u16], timeout: Duration) -> bool {
             .status()
             .is_ok_and(|s| s.success());
         if pinged
-            && ports.iter().all(|p| TcpStream::connect_timeout(&SocketAddr::from((ip, *p)), Duration::from_millis(500)).is_ok())
+            && ports.iter().all(|p| {
+                TcpStream::connect_timeout(&SocketAddr::from((ip, *p)), Duration::from_millis(500))
+                    .is_ok()
+            })
         {
             return true;
         }
@@ -347,7 +409,9 @@ fn wait_ready(ip: Ipv4Addr, ports: &[u16], timeout: Duration) -> bool {
 pub fn alive(pidfile: &Path) -> Option<u32> {
     let pid: u32 = fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
     (state != Some('Z')).then_some(pid)
 }
 
@@ -355,24 +419,37 @@ pub fn alive(pidfile: &Path) -> Option<u32> {
 pub fn stop(pidfile: &Path) {
     if let Some(pid) = alive(pidfile) {
         let pid_s = pid.to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid_s]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid_s])
+            .stderr(Stdio::null())
+            .status();
         let started = Instant::now();
         while alive(pidfile).is_some() && started.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(20));
         }
         if alive(pidfile).is_some() {
-            let _ = Command::new("kill").args(["-KILL", &pid_s]).stderr(Stdio::null()).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid_s])
+                .stderr(Stdio::null())
+                .status();
         }
     }
     let _ = fs::remove_file(pidfile);
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd).args(args).output().map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("`{cmd} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "`{cmd} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -382,7 +459,10 @@ mod tests {
 
     #[test]
     fn resolv_conf_has_the_cluster_search_path() {
-        let dns = ClusterDns { server: Ipv4Addr::new(10, 96, 0, 10), domain: "cluster.local".into() };
+        let dns = ClusterDns {
+            server: Ipv4Addr::new(10, 96, 0, 10),
+            domain: "cluster.local".into(),
+        };
         assert_eq!(
             dns.resolv_conf("shop"),
             "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
@@ -391,7 +471,8 @@ mod tests {
 
     #[test]
     fn alive_rejects_missing_and_garbage_pid_files() {
-        let dir = std::env::temp_dir().join(format!("tapestry-kubelet-test-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tapestry-kubelet-test-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("temp dir");
         assert_eq!(alive(&dir.join("none.pid")), None);
         fs::write(dir.join("junk.pid"), "not a pid").expect("write");

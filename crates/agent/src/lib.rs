@@ -9,8 +9,8 @@
 
 pub mod api;
 pub mod cluster_sync;
-pub mod kubelet;
 pub mod control;
+pub mod kubelet;
 pub mod netconf;
 pub mod node;
 pub mod service_sync;

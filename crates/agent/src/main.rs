@@ -83,7 +83,8 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TAPESTRY_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TAPESTRY_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -100,7 +101,8 @@ fn main() -> ExitCode {
 /// Takes the state directory's lock for the life of the process: one agent per
 /// state directory.
 fn lock_state_dir(dir: &std::path::Path) -> Result<File, String> {
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
     let lock_path = dir.join("tapestryd.lock");
     let mut lock = File::options()
         .create(true)
@@ -124,27 +126,45 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<File, String> {
 
 fn run(args: Args) -> Result<(), String> {
     if args.underlay_mtu < 576 + VXLAN_OVERHEAD || args.underlay_mtu > 65_535 {
-        return Err(format!("--underlay-mtu {} is out of range ({} to 65535)", args.underlay_mtu, 576 + VXLAN_OVERHEAD));
+        return Err(format!(
+            "--underlay-mtu {} is out of range ({} to 65535)",
+            args.underlay_mtu,
+            576 + VXLAN_OVERHEAD
+        ));
     }
     let lock = lock_state_dir(&args.state_dir)?;
-    let socket = args.socket.clone().unwrap_or_else(|| args.state_dir.join("tapestryd.sock"));
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("tapestryd.sock"));
     let listener = control::bind(&socket)?;
 
     let store: Option<Arc<dyn Store>> = match &args.store {
-        Some(dir) => Some(Arc::new(
-            DirStore::open(dir).map_err(|e| format!("cannot open store {}: {e}", dir.display()))?,
-        )),
+        Some(dir) => {
+            Some(Arc::new(DirStore::open(dir).map_err(|e| {
+                format!("cannot open store {}: {e}", dir.display())
+            })?))
+        }
         None => None,
     };
     let (subnet, tunnel) = match &store {
         Some(store) => {
-            let underlay_ip = args.underlay_ip.ok_or("--store needs --underlay-ip (this node's tunnel address)")?;
+            let underlay_ip = args
+                .underlay_ip
+                .ok_or("--store needs --underlay-ip (this node's tunnel address)")?;
             if let Some(want) = args.pod_cidr {
                 // Record the wish in the Node object; the lease claims exactly that block.
-                cluster_sync::register(&**store, &args.node, want, underlay_ip, vtep_mac(underlay_ip))?;
+                cluster_sync::register(
+                    &**store,
+                    &args.node,
+                    want,
+                    underlay_ip,
+                    vtep_mac(underlay_ip),
+                )?;
             }
-            let subnet = ipam::lease_node_subnet(&**store, &args.node, args.cluster_cidr, args.node_prefix)
-                .map_err(|e| format!("cannot lease a pod subnet: {e}"))?;
+            let subnet =
+                ipam::lease_node_subnet(&**store, &args.node, args.cluster_cidr, args.node_prefix)
+                    .map_err(|e| format!("cannot lease a pod subnet: {e}"))?;
             let tunnel = TunnelSetup {
                 underlay_ip,
                 vtep_mac: tapestry_dataplane::MacAddr(vtep_mac(underlay_ip).0),
@@ -155,18 +175,31 @@ fn run(args: Args) -> Result<(), String> {
             };
             (subnet, Some(tunnel))
         }
-        None => (args.pod_cidr.ok_or("give --pod-cidr (standalone) or --store (cluster)")?, None),
+        None => (
+            args.pod_cidr
+                .ok_or("give --pod-cidr (standalone) or --store (cluster)")?,
+            None,
+        ),
     };
-    let mtu = args.mtu.unwrap_or(if tunnel.is_some() { args.underlay_mtu - VXLAN_OVERHEAD } else { 1500 });
+    let mtu = args.mtu.unwrap_or(if tunnel.is_some() {
+        args.underlay_mtu - VXLAN_OVERHEAD
+    } else {
+        1500
+    });
     if !(576..=65_535).contains(&mtu) {
         return Err(format!("--mtu {mtu} is out of range (576 to 65535)"));
     }
     if let Some(t) = &tunnel {
         if mtu > t.inner_mtu {
-            return Err(format!("--mtu {mtu} is larger than the tunnel allows ({})", t.inner_mtu));
+            return Err(format!(
+                "--mtu {mtu} is larger than the tunnel allows ({})",
+                t.inner_mtu
+            ));
         }
     }
-    let ipam = store.as_ref().map(|s| PodIpam::new(Arc::clone(s), &args.node, subnet));
+    let ipam = store
+        .as_ref()
+        .map(|s| PodIpam::new(Arc::clone(s), &args.node, subnet));
     let node = Arc::new(Node::start(NodeConfig {
         name: args.node.clone(),
         subnet,
@@ -178,14 +211,28 @@ fn run(args: Args) -> Result<(), String> {
     })?);
 
     if let (Some(store), Some(t)) = (&store, &tunnel) {
-        cluster_sync::register(&**store, &args.node, subnet, t.underlay_ip, vtep_mac(t.underlay_ip))?;
+        cluster_sync::register(
+            &**store,
+            &args.node,
+            subnet,
+            t.underlay_ip,
+            vtep_mac(t.underlay_ip),
+        )?;
         tracing::info!(node = %args.node, %subnet, underlay = %t.underlay_ip, "registered in the cluster store");
-        let (store2, me, routes, cluster) = (Arc::clone(store), args.node.clone(), node.routes(), args.cluster_cidr);
+        let (store2, me, routes, cluster) = (
+            Arc::clone(store),
+            args.node.clone(),
+            node.routes(),
+            args.cluster_cidr,
+        );
         std::thread::Builder::new()
             .name("routes".into())
             .spawn(move || cluster_sync::watch_routes(store2, me, subnet, cluster, routes))
             .map_err(|e| e.to_string())?;
-        let cache = Arc::new(ClusterCache::start(Arc::clone(store)).map_err(|e| format!("cannot watch the cluster store: {e}"))?);
+        let cache = Arc::new(
+            ClusterCache::start(Arc::clone(store))
+                .map_err(|e| format!("cannot watch the cluster store: {e}"))?,
+        );
         let services = node.services();
         std::thread::Builder::new()
             .name("services".into())
@@ -198,13 +245,19 @@ fn run(args: Args) -> Result<(), String> {
             netns_prefix: args.netns_prefix.clone(),
             run_dir: args.state_dir.join("pods"),
             store_dir: args.store.clone().unwrap_or_default(),
-            dns: args.cluster_dns.map(|server| ClusterDns { server, domain: args.cluster_domain.clone() }),
+            dns: args.cluster_dns.map(|server| ClusterDns {
+                server,
+                domain: args.cluster_domain.clone(),
+            }),
             bin_dir: std::env::current_exe()
                 .ok()
                 .and_then(|p| p.parent().map(PathBuf::from))
                 .unwrap_or_default(),
         });
-        std::thread::Builder::new().name("kubelet".into()).spawn(move || kubelet.run()).map_err(|e| e.to_string())?;
+        std::thread::Builder::new()
+            .name("kubelet".into())
+            .spawn(move || kubelet.run())
+            .map_err(|e| e.to_string())?;
     }
     tracing::info!(socket = %socket.display(), "control socket ready");
     control::serve(listener, node);

@@ -11,23 +11,23 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tapestry_dataplane::{
-    Counters, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
-};
 use tapestry_cluster::ipam::PodIpam;
 use tapestry_cluster::Ipv4Cidr;
-use arc_swap::ArcSwap;
 use tapestry_dataplane::pipeline::TunnelConfig;
 use tapestry_dataplane::routes::RouteSnapshot;
 use tapestry_dataplane::ServiceTable;
+use tapestry_dataplane::{
+    Counters, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
+};
 use tapestry_io::tunnel::TunnelSocket;
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
 use crate::api::{
-    AttachResult, Attachment, Interface, IpConfig, MacEntry, NodeStatus, PortStatus, Route,
-    FlowEntry, RouteEntry,
+    AttachResult, Attachment, FlowEntry, Interface, IpConfig, MacEntry, NodeStatus, PortStatus,
+    Route, RouteEntry,
 };
 use crate::netconf::{self, mac_for, mac_string};
 
@@ -104,9 +104,15 @@ impl Node {
     /// the pods remembered in the state directory.
     pub fn start(cfg: NodeConfig) -> Result<Node, String> {
         let gateway = PodIpam::gateway(&cfg.subnet).ok_or("subnet has no gateway address")?;
-        let host_ip = PodIpam::host_port_ip(&cfg.subnet).ok_or("subnet has no host port address")?;
+        let host_ip =
+            PodIpam::host_port_ip(&cfg.subnet).ok_or("subnet has no host port address")?;
         let gateway_mac = mac_for(gateway);
-        let mut pcfg = PipelineConfig::new(gateway, gateway_mac, cfg.subnet.network(), cfg.subnet.prefix_len());
+        let mut pcfg = PipelineConfig::new(
+            gateway,
+            gateway_mac,
+            cfg.subnet.network(),
+            cfg.subnet.prefix_len(),
+        );
         pcfg.host_ip = Some(host_ip);
         pcfg.host_mac = Some(mac_for(host_ip));
         let mut socket = None;
@@ -125,7 +131,8 @@ impl Node {
         let counters = Arc::clone(pipeline.counters());
         let routes = Arc::clone(pipeline.routes());
         let services = Arc::clone(pipeline.services());
-        let worker = tapestry_io::spawn(pipeline, socket).map_err(err("cannot start the data-plane worker"))?;
+        let worker = tapestry_io::spawn(pipeline, socket)
+            .map_err(err("cannot start the data-plane worker"))?;
 
         let host_tap = Tap::open(&cfg.host_port, true)
             .map_err(|e| format!("cannot open host port TAP {}: {e}", cfg.host_port))?;
@@ -140,7 +147,15 @@ impl Node {
         let host_counters = add_port(&worker, HOST_PORT, PortRole::Host, host_tap)?;
         if let Some(t) = &cfg.tunnel {
             // The node itself reaches other nodes' pods through its gateway, as pods do.
-            netconf::ip(&["route", "replace", &t.cluster.to_string(), "via", &gateway.to_string(), "dev", &cfg.host_port])?;
+            netconf::ip(&[
+                "route",
+                "replace",
+                &t.cluster.to_string(),
+                "via",
+                &gateway.to_string(),
+                "dev",
+                &cfg.host_port,
+            ])?;
         }
         tracing::info!(node = %cfg.name, subnet = %cfg.subnet, %gateway, host_port = %cfg.host_port, %host_ip, "node up");
 
@@ -278,7 +293,9 @@ impl Node {
             ));
         }
         let ip = match &self.cfg.ipam {
-            Some(ipam) => ipam.allocate(&a.container_id).map_err(|e| format!("pod IP: {e}"))?,
+            Some(ipam) => ipam
+                .allocate(&a.container_id)
+                .map_err(|e| format!("pod IP: {e}"))?,
             None => self.free_ip(&st)?,
         };
         let port = (1..=u16::MAX)
@@ -417,7 +434,12 @@ impl Node {
         (2..hosts)
             .filter_map(|n| self.cfg.subnet.nth(n))
             .find(|ip| *ip != self.host_ip && *ip != self.gateway && !used.contains(ip))
-            .ok_or_else(|| format!("subnet {} is exhausted: every pod address is in use", self.cfg.subnet))
+            .ok_or_else(|| {
+                format!(
+                    "subnet {} is exhausted: every pod address is in use",
+                    self.cfg.subnet
+                )
+            })
     }
 
     /// Everything `tapestry status` shows.
@@ -493,7 +515,10 @@ impl Node {
         }));
         let tunnel_tx_errors = self.worker.lock().tunnel_tx_errors();
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.worker.lock().send(Command::Flows { done: tx }).map_err(err("data plane"))?;
+        self.worker
+            .lock()
+            .send(Command::Flows { done: tx })
+            .map_err(err("data plane"))?;
         let flows = rx
             .recv_timeout(std::time::Duration::from_secs(2))
             .map_err(err("data plane did not answer"))?
@@ -540,7 +565,10 @@ impl Node {
                 ("tunneled_in".into(), snap.tunneled_in),
                 ("icmp_errors_sent".into(), snap.icmp_errors_sent),
                 ("icmp_errors_suppressed".into(), snap.icmp_errors_suppressed),
-                ("inner_checksums_completed".into(), snap.inner_checksums_completed),
+                (
+                    "inner_checksums_completed".into(),
+                    snap.inner_checksums_completed,
+                ),
                 ("dropped".into(), snap.dropped),
             ],
             drops: DropReason::ALL

@@ -19,7 +19,9 @@ use tapestry_dataplane::{Affinity, Backend, L4Proto, ServiceEntry, ServiceTable}
 pub fn entries(state: &ClusterState) -> Vec<ServiceEntry> {
     let mut out = Vec::new();
     for (key, svc) in &state.services {
-        let ClusterIp::Ip(vip) = svc.spec.cluster_ip else { continue };
+        let ClusterIp::Ip(vip) = svc.spec.cluster_ip else {
+            continue;
+        };
         if svc.spec.type_ != ServiceType::ClusterIp {
             continue;
         }
@@ -32,11 +34,17 @@ pub fn entries(state: &ClusterState) -> Vec<ServiceEntry> {
                     a.ports
                         .iter()
                         .find(|p| p.name == sp.name && p.protocol == sp.protocol)
-                        .map(|p| Backend { ip: a.ip, port: p.port })
+                        .map(|p| Backend {
+                            ip: a.ip,
+                            port: p.port,
+                        })
                 })
                 .collect();
             out.push(ServiceEntry {
-                name: format!("{key}:{}", sp.name.clone().unwrap_or_else(|| sp.port.to_string())),
+                name: format!(
+                    "{key}:{}",
+                    sp.name.clone().unwrap_or_else(|| sp.port.to_string())
+                ),
                 vip,
                 port: sp.port,
                 proto: match sp.protocol {
@@ -73,7 +81,9 @@ pub fn run(cache: Arc<ClusterCache>, table: Arc<ArcSwap<ServiceTable>>) {
                     last = summary;
                 }
             }
-            Err(e) => tracing::error!(error = %e, "service table rejected; keeping the previous one"),
+            Err(e) => {
+                tracing::error!(error = %e, "service table rejected; keeping the previous one")
+            }
         }
         if changes.recv().is_err() {
             return;

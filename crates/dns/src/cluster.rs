@@ -35,7 +35,11 @@ pub fn dns_data(state: &ClusterState) -> DnsData {
                         ports: a
                             .ports
                             .iter()
-                            .map(|p| PortRecord { name: p.name.clone(), protocol: proto(p.protocol), port: p.port })
+                            .map(|p| PortRecord {
+                                name: p.name.clone(),
+                                protocol: proto(p.protocol),
+                                port: p.port,
+                            })
                             .collect(),
                     })
                     .collect()
@@ -49,7 +53,11 @@ pub fn dns_data(state: &ClusterState) -> DnsData {
                 .spec
                 .ports
                 .iter()
-                .map(|p| PortRecord { name: p.name.clone(), protocol: proto(p.protocol), port: p.port })
+                .map(|p| PortRecord {
+                    name: p.name.clone(),
+                    protocol: proto(p.protocol),
+                    port: p.port,
+                })
                 .collect(),
             endpoints,
         });
@@ -59,13 +67,18 @@ pub fn dns_data(state: &ClusterState) -> DnsData {
         .iter()
         .filter_map(|(key, pod)| {
             let ip = state.pod_status.get(key).and_then(|s| s.pod_ip)?;
-            Some(PodRecord { name: pod.metadata.name.clone(), namespace: pod.metadata.namespace.clone(), ip })
+            Some(PodRecord {
+                name: pod.metadata.name.clone(),
+                namespace: pod.metadata.namespace.clone(),
+                ip,
+            })
         })
         .collect();
     DnsData { services, pods }
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
@@ -120,12 +133,22 @@ spec:
                 }
                 Object::Pod(p) => {
                     let key = format!("{}/{}", p.metadata.namespace, p.metadata.name);
-                    let ip = if p.metadata.name == "web-a" { Ipv4Addr::new(10, 244, 1, 3) } else { Ipv4Addr::new(10, 244, 2, 2) };
+                    let ip = if p.metadata.name == "web-a" {
+                        Ipv4Addr::new(10, 244, 1, 3)
+                    } else {
+                        Ipv4Addr::new(10, 244, 2, 2)
+                    };
                     // web-b is up but not ready: it is a pod (A record) but no endpoint.
                     let ready = p.metadata.name == "web-a";
                     state.pod_status.insert(
                         key.clone(),
-                        PodRunStatus { node: "node1".into(), pod_ip: Some(ip), phase: "Running".into(), ready, message: String::new() },
+                        PodRunStatus {
+                            node: "node1".into(),
+                            pod_ip: Some(ip),
+                            phase: "Running".into(),
+                            ready,
+                            message: String::new(),
+                        },
                     );
                     state.pods.insert(key, p);
                 }
@@ -133,14 +156,25 @@ spec:
             }
         }
         let data = dns_data(&state);
-        assert_eq!(data.services.len(), 2, "the unallocated service is left out");
+        assert_eq!(
+            data.services.len(),
+            2,
+            "the unallocated service is left out"
+        );
         let web = data.services.iter().find(|s| s.name == "web").expect("web");
-        assert_eq!(web.kind, ServiceKind::ClusterIp(Ipv4Addr::new(10, 96, 1, 5)));
+        assert_eq!(
+            web.kind,
+            ServiceKind::ClusterIp(Ipv4Addr::new(10, 96, 1, 5))
+        );
         assert_eq!(web.endpoints.len(), 1);
         let ep = &web.endpoints[0];
         assert_eq!(ep.ip, Ipv4Addr::new(10, 244, 1, 3));
         assert_eq!(ep.ports[0].port, 8080, "the named target port is resolved");
-        let headless = data.services.iter().find(|s| s.name == "web-pods").expect("headless");
+        let headless = data
+            .services
+            .iter()
+            .find(|s| s.name == "web-pods")
+            .expect("headless");
         assert_eq!(headless.kind, ServiceKind::Headless);
         assert_eq!(headless.endpoints[0].hostname.as_deref(), Some("web-a"));
         assert_eq!(data.pods.len(), 2);

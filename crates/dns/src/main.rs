@@ -78,7 +78,11 @@ impl StoreSource {
         let store = DirStore::open(dir).map_err(|e| e.to_string())?;
         let cache = ClusterCache::start(Arc::new(store)).map_err(|e| e.to_string())?;
         let changes = cache.subscribe();
-        Ok(StoreSource { cache, changes, seen: 0 })
+        Ok(StoreSource {
+            cache,
+            changes,
+            seen: 0,
+        })
     }
 
     fn data(&self) -> DnsData {
@@ -154,10 +158,16 @@ fn main() -> ExitCode {
         eprintln!("tapestry-dns: {error}");
         return ExitCode::FAILURE;
     }
-    let store_dir = args.store.clone().or_else(|| std::env::var_os("TAPESTRY_STORE").map(PathBuf::from));
+    let store_dir = args
+        .store
+        .clone()
+        .or_else(|| std::env::var_os("TAPESTRY_STORE").map(PathBuf::from));
     let (first, mut source): (DnsData, Box<dyn Source>) = match (&args.data, store_dir) {
         (Some(path), _) => {
-            let mut source = FileSource { path: path.clone(), seen: None };
+            let mut source = FileSource {
+                path: path.clone(),
+                seen: None,
+            };
             match source.poll() {
                 Some(Ok(data)) => (data, Box::new(source)),
                 Some(Err(error)) => {

@@ -233,16 +233,28 @@ impl MmsgBatch {
         from: &mut [std::net::SocketAddrV4],
         segs: &mut [usize],
     ) -> io::Result<usize> {
-        let n = bufs.len().min(self.hdrs.len()).min(lens.len()).min(from.len()).min(segs.len());
+        let n = bufs
+            .len()
+            .min(self.hdrs.len())
+            .min(lens.len())
+            .min(from.len())
+            .min(segs.len());
         for (i, buf) in bufs.iter_mut().take(n).enumerate() {
-            let (Some(iov), Some(addr), Some(hdr), Some(ctrl)) =
-                (self.iovs.get_mut(i), self.addrs.get_mut(i), self.hdrs.get_mut(i), self.ctrl.get_mut(i))
-            else {
+            let (Some(iov), Some(addr), Some(hdr), Some(ctrl)) = (
+                self.iovs.get_mut(i),
+                self.addrs.get_mut(i),
+                self.hdrs.get_mut(i),
+                self.ctrl.get_mut(i),
+            ) else {
                 break;
             };
-            *iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+            *iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
             hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
-            hdr.msg_hdr.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+            hdr.msg_hdr.msg_namelen =
+                libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
             hdr.msg_hdr.msg_iov = iov;
             hdr.msg_hdr.msg_iovlen = 1;
             hdr.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
@@ -256,13 +268,23 @@ impl MmsgBatch {
         // at `n` control buffers of the stated length; all outlive the call. The
         // kernel writes at most iov_len / msg_controllen bytes into them.
         let got = cvt(unsafe {
-            libc::recvmmsg(fd.as_raw_fd(), self.hdrs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                vlen,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         })?;
         let got = usize::try_from(got).unwrap_or(0).min(n);
         for i in 0..got {
-            if let (Some(h), Some(a), Some(l), Some(f), Some(g)) =
-                (self.hdrs.get(i), self.addrs.get(i), lens.get_mut(i), from.get_mut(i), segs.get_mut(i))
-            {
+            if let (Some(h), Some(a), Some(l), Some(f), Some(g)) = (
+                self.hdrs.get(i),
+                self.addrs.get(i),
+                lens.get_mut(i),
+                from.get_mut(i),
+                segs.get_mut(i),
+            ) {
                 *l = usize::try_from(h.msg_len).unwrap_or(0);
                 *f = sockaddr_to(a);
                 *g = gro_segment_size(&h.msg_hdr);
@@ -412,7 +434,15 @@ pub fn enable_udp_gro(fd: BorrowedFd<'_>) -> io::Result<()> {
     let one: libc::c_int = 1;
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
     // SAFETY: `one` is a live c_int of size `len`; the kernel only reads it.
-    cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, (&one as *const libc::c_int).cast(), len) })?;
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&one as *const libc::c_int).cast(),
+            len,
+        )
+    })?;
     Ok(())
 }
 
@@ -426,15 +456,25 @@ pub const UDP_GSO_MAX_SEGMENTS: usize = 64;
 /// shorter) with one `sendmsg` carrying a `UDP_SEGMENT` control message (UDP GSO,
 /// Linux 4.18): one trip through the stack for the whole run. `bytes` must hold
 /// at most [`UDP_GSO_MAX_SEGMENTS`] segments and [`UDP_GSO_MAX_BYTES`] bytes.
-pub fn send_gso(fd: BorrowedFd<'_>, bytes: &[u8], segment_len: usize, dst: std::net::SocketAddrV4) -> io::Result<usize> {
-    let seg = u16::try_from(segment_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+pub fn send_gso(
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    segment_len: usize,
+    dst: std::net::SocketAddrV4,
+) -> io::Result<usize> {
+    let seg =
+        u16::try_from(segment_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut addr = sockaddr_from(dst);
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
     let mut ctrl = [0u64; CTRL_WORDS];
     // SAFETY: msghdr is a plain C struct; all-zero is a valid empty value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+    msg.msg_namelen =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = ctrl.as_mut_ptr().cast();
@@ -447,11 +487,16 @@ pub fn send_gso(fd: BorrowedFd<'_>, bytes: &[u8], segment_len: usize, dst: std::
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         if cmsg.is_null() {
-            return Err(io::Error::other("no room for the UDP_SEGMENT control message"));
+            return Err(io::Error::other(
+                "no room for the UDP_SEGMENT control message",
+            ));
         }
         (*cmsg).cmsg_level = libc::SOL_UDP;
         (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-        (*cmsg).cmsg_len = usize::try_from(libc::CMSG_LEN(u32::try_from(std::mem::size_of::<u16>()).unwrap_or(2))).unwrap_or(0);
+        (*cmsg).cmsg_len = usize::try_from(libc::CMSG_LEN(
+            u32::try_from(std::mem::size_of::<u16>()).unwrap_or(2),
+        ))
+        .unwrap_or(0);
         libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(seg);
     }
     // SAFETY: every pointer in `msg` refers to locals (`addr`, `iov` over

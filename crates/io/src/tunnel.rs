@@ -88,7 +88,14 @@ impl TunnelSocket {
     /// Receives one batch into `bufs` (normally this socket's own, moved out
     /// for the batch); lengths and sources land in `self.lens` / `self.from`.
     pub(crate) fn recv_into(&mut self, bufs: &mut [Vec<u8>]) -> io::Result<usize> {
-        let TunnelSocket { rx, rx_batch, lens, from, segs, .. } = self;
+        let TunnelSocket {
+            rx,
+            rx_batch,
+            lens,
+            from,
+            segs,
+            ..
+        } = self;
         rx_batch.recv(rx.as_fd(), bufs, lens, from, segs)
     }
 
@@ -96,24 +103,46 @@ impl TunnelSocket {
     /// pool socket `flow_hash` picks: with UDP GSO, one `sendmsg` per up to 64
     /// datagrams (64 KiB); where the kernel refuses GSO, with `sendmmsg`.
     /// Returns how many datagrams were sent.
-    pub fn send(&mut self, peer: Ipv4Addr, flow_hash: u32, datagrams: &[u8], segment_len: usize) -> io::Result<usize> {
+    pub fn send(
+        &mut self,
+        peer: Ipv4Addr,
+        flow_hash: u32,
+        datagrams: &[u8],
+        segment_len: usize,
+    ) -> io::Result<usize> {
         let idx = usize::try_from(flow_hash).unwrap_or(0) % self.tx.len().max(1);
-        let Some(sock) = self.tx.get(idx) else { return Ok(0) };
+        let Some(sock) = self.tx.get(idx) else {
+            return Ok(0);
+        };
         let dst = SocketAddrV4::new(peer, self.port);
         if segment_len == 0 || datagrams.is_empty() {
             return Ok(0);
         }
         let count = datagrams.len().div_ceil(segment_len);
         if self.gso && count > 1 {
-            let per_call = (sys::UDP_GSO_MAX_BYTES / segment_len).clamp(1, sys::UDP_GSO_MAX_SEGMENTS);
+            let per_call =
+                (sys::UDP_GSO_MAX_BYTES / segment_len).clamp(1, sys::UDP_GSO_MAX_SEGMENTS);
             let mut sent = 0;
             for chunk in datagrams.chunks(per_call * segment_len) {
                 match sys::send_gso(sock.as_fd(), chunk, segment_len, dst) {
                     Ok(_) => sent += chunk.len().div_ceil(segment_len),
-                    Err(e) if sent == 0 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
+                    Err(e)
+                        if sent == 0
+                            && matches!(
+                                e.raw_os_error(),
+                                Some(
+                                    libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP
+                                )
+                            ) =>
+                    {
                         tracing::warn!(error = %e, "UDP GSO refused; falling back to sendmmsg");
                         self.gso = false;
-                        return self.tx_batch.send_segments(sock.as_fd(), datagrams, segment_len, dst);
+                        return self.tx_batch.send_segments(
+                            sock.as_fd(),
+                            datagrams,
+                            segment_len,
+                            dst,
+                        );
                     }
                     Err(e) if sent == 0 => return Err(e),
                     Err(_) => return Ok(sent),
@@ -121,6 +150,7 @@ impl TunnelSocket {
             }
             return Ok(sent);
         }
-        self.tx_batch.send_segments(sock.as_fd(), datagrams, segment_len, dst)
+        self.tx_batch
+            .send_segments(sock.as_fd(), datagrams, segment_len, dst)
     }
 }

@@ -72,7 +72,9 @@ pub enum Command {
         done: Sender<Vec<(MacAddr, PortId, Nanos)>>,
     },
     /// Report the service load balancer's flow table.
-    Flows { done: Sender<Vec<tapestry_dataplane::conntrack::FlowInfo>> },
+    Flows {
+        done: Sender<Vec<tapestry_dataplane::conntrack::FlowInfo>>,
+    },
     /// Stop the worker; TAPs are closed (persistent ones stay).
     Shutdown,
 }
@@ -147,7 +149,8 @@ pub fn spawn(pipeline: Pipeline, tunnel: Option<TunnelSocket>) -> io::Result<Wor
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     if let Some(t) = &tunnel {
         let fd = t.rx_socket().as_raw_fd();
-        poll.registry().register(&mut SourceFd(&fd), TUNNEL, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&fd), TUNNEL, Interest::READABLE)?;
     }
     let tunnel_tx_errors = Arc::new(AtomicU64::new(0));
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -240,12 +243,16 @@ impl Worker {
     /// Receives up to [`TUNNEL_BUDGET`] batches from the tunnel socket; true if
     /// it may have more.
     fn serve_tunnel(&mut self, out: &mut [u8]) -> bool {
-        let Some(tunnel) = self.tunnel.as_mut() else { return false };
+        let Some(tunnel) = self.tunnel.as_mut() else {
+            return false;
+        };
         // Moved out for the batch (no allocation) so sends can borrow the socket.
         let mut bufs = std::mem::take(&mut tunnel.bufs);
         let mut more = true;
         for _ in 0..TUNNEL_BUDGET {
-            let Some(tunnel) = self.tunnel.as_mut() else { break };
+            let Some(tunnel) = self.tunnel.as_mut() else {
+                break;
+            };
             let n = match tunnel.recv_into(&mut bufs) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -260,12 +267,17 @@ impl Worker {
                 }
             };
             for i in 0..n {
-                let (Some(tunnel), Some(buf)) = (self.tunnel.as_ref(), bufs.get_mut(i)) else { break };
-                let (Some(&len), Some(&from), Some(&seg)) = (tunnel.lens.get(i), tunnel.from.get(i), tunnel.segs.get(i))
+                let (Some(tunnel), Some(buf)) = (self.tunnel.as_ref(), bufs.get_mut(i)) else {
+                    break;
+                };
+                let (Some(&len), Some(&from), Some(&seg)) =
+                    (tunnel.lens.get(i), tunnel.from.get(i), tunnel.segs.get(i))
                 else {
                     break;
                 };
-                let Some(msg) = buf.get_mut(..len) else { continue };
+                let Some(msg) = buf.get_mut(..len) else {
+                    continue;
+                };
                 // With UDP GRO one message holds several datagrams of `seg` bytes.
                 let seg = if seg == 0 { len.max(1) } else { seg };
                 let now = self.now();
@@ -276,7 +288,8 @@ impl Worker {
             }
             // The batch is done: whatever GRO holds goes out before the next wait.
             let ports = &self.ports;
-            self.gro.flush(&mut |to, bytes| send_to(ports, usize::from(to.0), bytes));
+            self.gro
+                .flush(&mut |to, bytes| send_to(ports, usize::from(to.0), bytes));
         }
         if let Some(tunnel) = self.tunnel.as_mut() {
             tunnel.bufs = bufs;
@@ -301,19 +314,30 @@ impl Worker {
             Action::Reply(bytes) => send_to(&self.ports, ingress, bytes),
             Action::ToPort(to, bytes) if ingress == usize::MAX => {
                 let ports = &self.ports;
-                self.gro.push(to, bytes, &mut |to, bytes| send_to(ports, usize::from(to.0), bytes));
+                self.gro.push(to, bytes, &mut |to, bytes| {
+                    send_to(ports, usize::from(to.0), bytes)
+                });
             }
             Action::ToPort(to, bytes) => send_to(&self.ports, usize::from(to.0), bytes),
-            Action::Tunnel { peer, flow_hash, datagrams, segment_len } => {
-                let Some(tunnel) = self.tunnel.as_mut() else { return };
+            Action::Tunnel {
+                peer,
+                flow_hash,
+                datagrams,
+                segment_len,
+            } => {
+                let Some(tunnel) = self.tunnel.as_mut() else {
+                    return;
+                };
                 let want = datagrams.len().div_ceil(segment_len.max(1));
                 match tunnel.send(peer, flow_hash, datagrams, segment_len) {
                     Ok(sent) if sent == want => {}
                     Ok(sent) => {
-                        self.tunnel_tx_errors.fetch_add((want - sent) as u64, Ordering::Relaxed);
+                        self.tunnel_tx_errors
+                            .fetch_add((want - sent) as u64, Ordering::Relaxed);
                     }
                     Err(_) => {
-                        self.tunnel_tx_errors.fetch_add(want as u64, Ordering::Relaxed);
+                        self.tunnel_tx_errors
+                            .fetch_add(want as u64, Ordering::Relaxed);
                     }
                 }
             }
