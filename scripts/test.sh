@@ -23,6 +23,9 @@ ensure_packages() {
 ensure_packages
 echo "==> shellcheck"
 shellcheck scripts/*.sh .ci/run
+echo "==> cargo fmt --check, cargo clippy (warnings are errors)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test --workspace"
 cargo test --workspace --quiet 2>&1 | tail -n 40
 echo "==> end-to-end lab checks"
