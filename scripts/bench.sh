@@ -19,6 +19,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$REPO/target/release"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$REPO/scripts/lib.sh"
 REPS=3
 SECONDS_PER_TEST=3
 OUT="$REPO/target/bench"
@@ -42,15 +44,7 @@ TOTAL=$((REPS * 2 * 7))
 progress() { STEP=$((STEP + 1)); printf '==> [%3d/%d] %s\n' "$STEP" "$TOTAL" "$*"; }
 
 ensure_packages() {
-    local missing=() pair
-    for pair in iperf3:iperf3 jq:jq ping:iputils-ping iptables:iptables; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "==> installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    ensure_commands iperf3:iperf3 jq:jq ping:iputils-ping iptables:iptables
 }
 
 cleanup() {

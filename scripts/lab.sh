@@ -19,6 +19,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export REPO
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$REPO/scripts/lib.sh"
 LAB=${TAPESTRY_LAB:-tapestry}
 NODES=2
 BIN="$REPO/target/release"
@@ -42,16 +44,8 @@ need_root() {
 
 # Debian packages the lab uses, by the command that needs them.
 ensure_packages() {
-    local missing=() cmd pkg
-    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps traceroute:traceroute nsenter:util-linux dig:dnsutils; do
-        cmd=${pair%%:*}; pkg=${pair#*:}
-        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        say "installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    ensure_commands ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps \
+        traceroute:traceroute nsenter:util-linux dig:dnsutils
 }
 
 build() {

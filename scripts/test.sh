@@ -6,18 +6,12 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$REPO/scripts/lib.sh"
 
 ensure_packages() {
-    local missing=() pair
-    for pair in ip:iproute2 ping:iputils-ping curl:curl kill:procps shellcheck:shellcheck \
-        traceroute:traceroute nsenter:util-linux dig:dnsutils tshark:tshark; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "==> installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    ensure_commands ip:iproute2 ping:iputils-ping curl:curl kill:procps shellcheck:shellcheck \
+        traceroute:traceroute nsenter:util-linux dig:dnsutils tshark:tshark
 }
 
 ensure_packages

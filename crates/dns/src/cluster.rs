@@ -6,8 +6,12 @@ use tapestry_cluster::{ClusterIp, ClusterState, Protocol, ServiceType};
 
 use crate::model::{DnsData, EndpointRecord, PodRecord, PortRecord, ServiceKind, ServiceRecord};
 
-fn proto(p: Protocol) -> String {
-    p.to_string()
+fn port_record(name: &Option<String>, protocol: Protocol, port: u16) -> PortRecord {
+    PortRecord {
+        name: name.clone(),
+        protocol: protocol.to_string(),
+        port,
+    }
 }
 
 /// The DNS view of `state`.
@@ -35,11 +39,7 @@ pub fn dns_data(state: &ClusterState) -> DnsData {
                         ports: a
                             .ports
                             .iter()
-                            .map(|p| PortRecord {
-                                name: p.name.clone(),
-                                protocol: proto(p.protocol),
-                                port: p.port,
-                            })
+                            .map(|p| port_record(&p.name, p.protocol, p.port))
                             .collect(),
                     })
                     .collect()
@@ -53,11 +53,7 @@ pub fn dns_data(state: &ClusterState) -> DnsData {
                 .spec
                 .ports
                 .iter()
-                .map(|p| PortRecord {
-                    name: p.name.clone(),
-                    protocol: proto(p.protocol),
-                    port: p.port,
-                })
+                .map(|p| port_record(&p.name, p.protocol, p.port))
                 .collect(),
             endpoints,
         });

@@ -368,31 +368,19 @@ impl MmsgBatch {
 /// Sets a socket's receive buffer, past `rmem_max` if we may (`SO_RCVBUFFORCE`
 /// needs CAP_NET_ADMIN, which the agent has), else as far as allowed.
 pub fn set_recv_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
-    let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: `val` is a live c_int and `len` its size; the kernel only reads it.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&val as *const libc::c_int).cast(),
-                len,
-            )
-        };
-        if r == 0 {
-            return Ok(());
-        }
-    }
-    Err(io::Error::last_os_error())
+    set_buffer(fd, [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF], bytes)
 }
 
 /// Sets a socket's send buffer (`SO_SNDBUFFORCE`, else `SO_SNDBUF`).
 pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    set_buffer(fd, [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF], bytes)
+}
+
+/// Tries each `SOL_SOCKET` option in turn with `bytes`; the first that works wins.
+fn set_buffer(fd: BorrowedFd<'_>, options: [libc::c_int; 2], bytes: usize) -> io::Result<()> {
     let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+    for opt in options {
         // SAFETY: `val` is a live c_int and `len` its size; the kernel only reads it.
         let r = unsafe {
             libc::setsockopt(
