@@ -292,6 +292,33 @@ for _ in $(seq 1 30); do
 done
 check "after that, 30 requests to the ClusterIP: none failed, none reached $GONE_POD" test "$BAD" -eq 0
 
+# --- the CNI plugin, as a container runtime would call it ---------------------
+CNI_NS="$LAB-cnitest"
+ip netns add "$CNI_NS"
+NETCONF="{\"cniVersion\":\"1.0.0\",\"name\":\"tapestry\",\"type\":\"tapestry-cni\",\"socket\":\"/run/tapestry/$LAB/nodes/node1/tapestryd.sock\"}"
+cni() { # cni COMMAND: runs the plugin with CNI's environment and the config on stdin
+    CNI_COMMAND=$1 CNI_CONTAINERID=cnitest-1 CNI_NETNS="/run/netns/$CNI_NS" CNI_IFNAME=eth0 \
+        CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnitest" CNI_PATH="$BIN" "$BIN/tapestry-cni" <<<"$NETCONF"
+}
+OUT=$(cni ADD)
+echo "      CNI ADD: $OUT"
+CNI_IP=$(sed -n 's/.*"address":"\([0-9.]*\)\/24".*/\1/p' <<<"$OUT")
+check "tapestry-cni ADD returns a CNI result with an address" test -n "$CNI_IP"
+check "the CNI-attached namespace reaches its gateway and another pod" \
+    bash -c "ip netns exec $CNI_NS ping -c 1 -W 2 10.244.1.1 >/dev/null && ip netns exec $CNI_NS ping -c 1 -W 2 $IP3 >/dev/null"
+OUT=$(cni ADD)
+check "tapestry-cni ADD again returns the same address" grep -q "\"$CNI_IP/24\"" <<<"$OUT"
+check "tapestry-cni CHECK succeeds" cni CHECK
+cni DEL
+check "tapestry-cni DEL removes eth0" bash -c "! ip -n $CNI_NS link show eth0 >/dev/null 2>&1"
+check "tapestry-cni DEL of what is gone succeeds" cni DEL
+OUT=$(cni CHECK)
+RC=$?
+echo "      CNI CHECK after DEL: exit $RC, $OUT"
+check "tapestry-cni CHECK of what is gone fails with a CNI error" bash -c "[ $RC -ne 0 ] && grep -q '\"code\":100' <<<'$OUT'"
+check "tapestry-cni VERSION lists 1.0.0" bash -c "CNI_COMMAND=VERSION '$BIN/tapestry-cni' </dev/null | grep -q '\"1.0.0\"'"
+ip netns del "$CNI_NS"
+
 # --- agents ----------------------------------------------------------------
 check "a second agent on the same state dir refuses to start" bash -c \
     "! ip netns exec $LAB-node1 '$BIN/tapestryd' --node node1 --pod-cidr 10.244.1.0/24 --state-dir /run/tapestry/$LAB/nodes/node1 2>$TMP/second.err && grep -q 'already' $TMP/second.err"

@@ -50,7 +50,7 @@ ensure_packages() {
 
 build() {
     say "building release binaries"
-    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-pause --bin tapestry-dns)
+    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-pause --bin tapestry-dns --bin tapestry-cni)
 }
 
 tapestry() { "$BIN/tapestry" "$@"; }
