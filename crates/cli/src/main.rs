@@ -115,7 +115,9 @@ impl StoreArg {
             .clone()
             .or_else(|| std::env::var_os("TAPESTRY_STORE").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/run/tapestry/tapestry/store"));
-        if !dir.exists() {
+        // Only an existing store: the CLI never turns another directory into one (node
+        // agents create the store when they first open it).
+        if !dir.join("state").is_file() || !dir.join("keys").is_dir() {
             return Err(format!(
                 "no cluster store at {} (is the lab up? give --store or set TAPESTRY_STORE)",
                 dir.display()
