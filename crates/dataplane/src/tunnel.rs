@@ -160,16 +160,11 @@ pub fn fragment(
     for k in 0..count {
         let piece = pieces.next().unwrap_or(&[]);
         let len = ENCAP_PREFIX_LEN + hlen + piece.len();
-        let dgram = out.get_mut(at..at + len).ok_or(DropReason::ReplyTooLarge)?;
-        enc.write_prefix(dgram)?;
-        let inner = dgram
-            .get_mut(ENCAP_PREFIX_LEN..)
-            .ok_or(DropReason::ReplyTooLarge)?;
-        let (hdr, body) = inner.split_at_mut(hlen);
-        hdr.copy_from_slice(header);
-        body.copy_from_slice(piece);
+        let inner = carve(enc, out, at, header, piece)?;
         if k > 0 {
-            nop_uncopied_options(hdr);
+            if let Some(hdr) = inner.get_mut(..hlen) {
+                nop_uncopied_options(hdr);
+            }
         }
         let offset = u16::try_from(base_offset + k * chunk).map_err(|_| DropReason::BadHeader)?;
         let total_len = u16::try_from(hlen + piece.len()).map_err(|_| DropReason::BadHeader)?;
@@ -185,6 +180,29 @@ pub fn fragment(
         segment_len,
         count,
     })
+}
+
+/// Writes one datagram at `out[at..]` — the encapsulation prefix, then `header`,
+/// then `piece` — and returns the part after the prefix (the inner IPv4 packet).
+/// Shared by fragmentation and software TSO, which differ only in how they
+/// adjust the copied headers.
+fn carve<'o>(
+    enc: &Encap,
+    out: &'o mut [u8],
+    at: usize,
+    header: &[u8],
+    piece: &[u8],
+) -> Result<&'o mut [u8], DropReason> {
+    let len = ENCAP_PREFIX_LEN + header.len() + piece.len();
+    let dgram = out.get_mut(at..at + len).ok_or(DropReason::ReplyTooLarge)?;
+    enc.write_prefix(dgram)?;
+    let inner = dgram
+        .get_mut(ENCAP_PREFIX_LEN..)
+        .ok_or(DropReason::ReplyTooLarge)?;
+    let (hdr, body) = inner.split_at_mut(header.len());
+    hdr.copy_from_slice(header);
+    body.copy_from_slice(piece);
+    Ok(inner)
 }
 
 /// Overwrites, in an IPv4 header, every option whose "copied" bit (0x80) is clear with
@@ -239,8 +257,9 @@ pub fn segment_tcp(
     let tcp = TcpPacket::new_checked(pkt.payload()).map_err(drop_for)?;
     let mss = mss.max(1);
     let ip_hdr = pkt.header();
-    let tcp_hdr = tcp.header();
-    let hdrs = ip_hdr.len() + tcp_hdr.len();
+    let hdrs = ip_hdr.len() + tcp.header().len();
+    // The IPv4 and TCP headers lie back to back at the start of the packet.
+    let headers = ip.get(..hdrs).ok_or(DropReason::Truncated)?;
     let payload = tcp.payload();
     let count = payload.len().div_ceil(mss).max(1);
     let segment_len = ENCAP_PREFIX_LEN + hdrs + mss.min(payload.len());
@@ -255,16 +274,8 @@ pub fn segment_tcp(
     for k in 0..count {
         let piece = pieces.next().unwrap_or(&[]);
         let len = ENCAP_PREFIX_LEN + hdrs + piece.len();
-        let dgram = out.get_mut(at..at + len).ok_or(DropReason::ReplyTooLarge)?;
-        enc.write_prefix(dgram)?;
-        let inner = dgram
-            .get_mut(ENCAP_PREFIX_LEN..)
-            .ok_or(DropReason::ReplyTooLarge)?;
-        let (iph, seg) = inner.split_at_mut(ip_hdr.len());
-        iph.copy_from_slice(ip_hdr);
-        let (th, body) = seg.split_at_mut(tcp_hdr.len());
-        th.copy_from_slice(tcp_hdr);
-        body.copy_from_slice(piece);
+        let inner = carve(enc, out, at, headers, piece)?;
+        let (_, seg) = inner.split_at_mut(ip_hdr.len());
 
         let last = k + 1 == count;
         let mut f = flags;
