@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tapestry_cluster::store::{Event, Store, StoreError};
+use tapestry_cluster::store::{Store, StoreError};
+use tapestry_cluster::ClusterCache;
 use tapestry_cluster::{Ipv4Cidr, MacAddr, Node, NodeSpec, NodeStatus, Object, ObjectMeta};
 use tapestry_dataplane::routes::{Peer, RouteSnapshot};
 
@@ -84,57 +84,26 @@ pub fn peers(me: &str, nodes: &BTreeMap<String, Node>) -> Vec<Peer> {
         .collect()
 }
 
-/// Watches `nodes/` forever, publishing a new route snapshot on every change.
+/// Publishes a new route snapshot whenever the cluster's Nodes change, forever:
+/// the agent's one [`ClusterCache`] does the listing and watching.
 pub fn watch_routes(
-    store: Arc<dyn Store>,
+    cache: Arc<ClusterCache>,
     me: String,
     local: Ipv4Cidr,
     cluster: Ipv4Cidr,
     routes: Arc<ArcSwap<RouteSnapshot>>,
 ) {
+    let changes = cache.subscribe();
+    let mut last: Option<BTreeMap<String, Node>> = None;
     loop {
-        if let Err(e) = watch_once(&*store, &me, local, cluster, &routes) {
-            tracing::warn!(error = %e, "node watch ended; relisting");
-            std::thread::sleep(Duration::from_millis(200));
+        let state = cache.snapshot();
+        if last.as_ref() != Some(&state.nodes) {
+            publish(&me, local, cluster, &state.nodes, &routes);
+            last = Some(state.nodes.clone());
         }
-    }
-}
-
-fn watch_once(
-    store: &dyn Store,
-    me: &str,
-    local: Ipv4Cidr,
-    cluster: Ipv4Cidr,
-    routes: &ArcSwap<RouteSnapshot>,
-) -> Result<(), String> {
-    let (entries, rev) = store.list("nodes/").map_err(|e| e.to_string())?;
-    let mut nodes = BTreeMap::new();
-    for e in entries {
-        if let Ok(Object::Node(n)) = Object::from_json(&e.value, &e.key) {
-            nodes.insert(e.key, n);
+        if changes.recv().is_err() {
+            return;
         }
-    }
-    publish(me, local, cluster, &nodes, routes);
-    let watch = store.watch("nodes/", rev).map_err(|e| e.to_string())?;
-    loop {
-        let Some(ev) = watch.recv() else {
-            return Err("watch closed".into());
-        };
-        let mut apply = |ev: Event| match ev {
-            Event::Put(e) => {
-                if let Ok(Object::Node(n)) = Object::from_json(&e.value, &e.key) {
-                    nodes.insert(e.key, n);
-                }
-            }
-            Event::Delete { key, .. } => {
-                nodes.remove(&key);
-            }
-        };
-        apply(ev.map_err(|e| e.to_string())?);
-        while let Some(ev) = watch.try_recv() {
-            apply(ev.map_err(|e| e.to_string())?);
-        }
-        publish(me, local, cluster, &nodes, routes);
     }
 }
 

@@ -23,9 +23,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::RecvTimeoutError;
 use tapestry_cluster::status::{status_key, PodRunStatus};
-use tapestry_cluster::store::{Event, Store};
-use tapestry_cluster::{Object, Pod, Protocol};
+use tapestry_cluster::store::Store;
+use tapestry_cluster::ClusterCache;
+use tapestry_cluster::{Pod, Protocol};
 
 use crate::api::Attachment;
 use crate::node::Node;
@@ -89,59 +91,16 @@ impl Kubelet {
         }
     }
 
-    /// Runs forever: list, then watch, reconciling on every event and every
-    /// [`RESYNC`].
-    pub fn run(self: Arc<Self>) {
+    /// Runs forever: reconciles on every change of the cluster (through the
+    /// agent's one [`ClusterCache`]) and at least every [`RESYNC`].
+    pub fn run(self: Arc<Self>, cache: Arc<ClusterCache>) {
+        let changes = cache.subscribe();
         loop {
-            if let Err(e) = self.watch_loop() {
-                tracing::warn!(error = %e, "pod watch ended; relisting");
-                std::thread::sleep(Duration::from_millis(200));
+            self.reconcile(&cache.snapshot().pods);
+            match changes.recv_timeout(RESYNC) {
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-        }
-    }
-
-    fn watch_loop(self: &Arc<Self>) -> Result<(), String> {
-        let (entries, rev) = self.store.list("pods/").map_err(|e| e.to_string())?;
-        let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
-        for e in entries {
-            if let Ok(Object::Pod(p)) = Object::from_json(&e.value, &e.key) {
-                pods.insert(e.key, p);
-            }
-        }
-        self.reconcile(&pods);
-        let watch = self.store.watch("pods/", rev).map_err(|e| e.to_string())?;
-        loop {
-            match watch.recv_timeout(RESYNC) {
-                Some(Ok(Event::Put(e))) => match Object::from_json(&e.value, &e.key) {
-                    Ok(Object::Pod(p)) => {
-                        pods.insert(e.key.clone(), p);
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        tracing::warn!(key = %e.key, error = %err, "unreadable pod in the store")
-                    }
-                },
-                Some(Ok(Event::Delete { key, .. })) => {
-                    pods.remove(&key);
-                }
-                Some(Err(e)) => return Err(e.to_string()),
-                None => {}
-            }
-            // Apply what arrived together, then reconcile.
-            while let Some(ev) = watch.try_recv() {
-                match ev {
-                    Ok(Event::Put(e)) => {
-                        if let Ok(Object::Pod(p)) = Object::from_json(&e.value, &e.key) {
-                            pods.insert(e.key.clone(), p);
-                        }
-                    }
-                    Ok(Event::Delete { key, .. }) => {
-                        pods.remove(&key);
-                    }
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            self.reconcile(&pods);
         }
     }
 

@@ -219,24 +219,28 @@ fn run(args: Args) -> Result<(), String> {
             vtep_mac(t.underlay_ip),
         )?;
         tracing::info!(node = %args.node, %subnet, underlay = %t.underlay_ip, "registered in the cluster store");
-        let (store2, me, routes, cluster) = (
-            Arc::clone(store),
+        // One list-and-watch of the store feeds routes, services and the kubelet.
+        let cache = Arc::new(
+            ClusterCache::start(Arc::clone(store))
+                .map_err(|e| format!("cannot watch the cluster store: {e}"))?,
+        );
+        let (cache2, me, routes, cluster) = (
+            Arc::clone(&cache),
             args.node.clone(),
             node.routes(),
             args.cluster_cidr,
         );
         std::thread::Builder::new()
             .name("routes".into())
-            .spawn(move || cluster_sync::watch_routes(store2, me, subnet, cluster, routes))
+            .spawn(move || cluster_sync::watch_routes(cache2, me, subnet, cluster, routes))
             .map_err(|e| e.to_string())?;
-        let cache = Arc::new(
-            ClusterCache::start(Arc::clone(store))
-                .map_err(|e| format!("cannot watch the cluster store: {e}"))?,
-        );
         let services = node.services();
         std::thread::Builder::new()
             .name("services".into())
-            .spawn(move || service_sync::run(cache, services))
+            .spawn({
+                let cache = Arc::clone(&cache);
+                move || service_sync::run(cache, services)
+            })
             .map_err(|e| e.to_string())?;
         let kubelet = Arc::new(Kubelet {
             node: Arc::clone(&node),
@@ -256,7 +260,7 @@ fn run(args: Args) -> Result<(), String> {
         });
         std::thread::Builder::new()
             .name("kubelet".into())
-            .spawn(move || kubelet.run())
+            .spawn(move || kubelet.run(cache))
             .map_err(|e| e.to_string())?;
     }
     tracing::info!(socket = %socket.display(), "control socket ready");
