@@ -1,6 +1,7 @@
 //! The agent's kubelet: it runs the pods the cluster store assigns to this node.
 //!
-//! It lists and then watches `pods/` in the store. For each Pod whose
+//! It follows the Pods of the agent's `ClusterCache` (one list-and-watch of the
+//! store, shared with route and service sync). For each Pod whose
 //! `spec.nodeName` is this node it creates the pod's network namespace
 //! (`PREFIX-NAMESPACE-NAME`), starts the pause process that holds it, attaches
 //! the pod (the same code path as CNI ADD on the control socket), starts each
