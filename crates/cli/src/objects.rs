@@ -25,37 +25,47 @@ pub enum Format {
     Json,
 }
 
-fn nodes(store: &dyn Store) -> Result<Vec<Node>, String> {
-    let (entries, _) = store.list("nodes/").map_err(|e| e.to_string())?;
+/// The objects stored under `prefix` that `pick` keeps (undecodable ones skipped).
+fn list<T>(
+    store: &dyn Store,
+    prefix: &str,
+    pick: fn(Object) -> Option<T>,
+) -> Result<Vec<T>, String> {
+    let (entries, _) = store.list(prefix).map_err(|e| e.to_string())?;
     Ok(entries
         .iter()
-        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
-            Ok(Object::Node(n)) => Some(n),
-            _ => None,
-        })
+        .filter_map(|e| Object::from_json(&e.value, &e.key).ok().and_then(pick))
         .collect())
+}
+
+fn nodes(store: &dyn Store) -> Result<Vec<Node>, String> {
+    list(store, "nodes/", |o| {
+        if let Object::Node(n) = o {
+            Some(n)
+        } else {
+            None
+        }
+    })
 }
 
 fn pods(store: &dyn Store) -> Result<Vec<Pod>, String> {
-    let (entries, _) = store.list("pods/").map_err(|e| e.to_string())?;
-    Ok(entries
-        .iter()
-        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
-            Ok(Object::Pod(p)) => Some(p),
-            _ => None,
-        })
-        .collect())
+    list(store, "pods/", |o| {
+        if let Object::Pod(p) = o {
+            Some(p)
+        } else {
+            None
+        }
+    })
 }
 
 fn services(store: &dyn Store) -> Result<Vec<Service>, String> {
-    let (entries, _) = store.list("services/").map_err(|e| e.to_string())?;
-    Ok(entries
-        .iter()
-        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
-            Ok(Object::Service(s)) => Some(s),
-            _ => None,
-        })
-        .collect())
+    list(store, "services/", |o| {
+        if let Object::Service(s) = o {
+            Some(s)
+        } else {
+            None
+        }
+    })
 }
 
 fn status(store: &dyn Store, pod: &Pod) -> Option<PodRunStatus> {
