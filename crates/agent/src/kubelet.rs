@@ -189,7 +189,9 @@ impl Kubelet {
         let netns = self.netns_name(ns, name);
         let fresh = !dir.exists();
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        fs::write(dir.join("netns"), &netns).map_err(|e| e.to_string())?;
+        if !dir.join("netns").exists() {
+            fs::write(dir.join("netns"), &netns).map_err(|e| e.to_string())?;
+        }
         if !Path::new("/run/netns").join(&netns).exists() {
             run("ip", &["netns", "add", &netns])?;
             run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
