@@ -182,12 +182,22 @@ const KNOWN: &[KnownMetric] = &[
     },
     KnownMetric {
         name: "udp64_pps_same_node",
-        label: "UDP 64-byte packet rate, same node",
+        label: "UDP 64-byte packet rate under flood, same node",
+        kind: Kind::PacketRate,
+    },
+    KnownMetric {
+        name: "udp64_lossfree_same_node",
+        label: "UDP 64-byte packet rate at ≤ 1% loss, same node",
         kind: Kind::PacketRate,
     },
     KnownMetric {
         name: "udp64_pps_cross_node",
-        label: "UDP 64-byte packet rate, cross node",
+        label: "UDP 64-byte packet rate under flood, cross node",
+        kind: Kind::PacketRate,
+    },
+    KnownMetric {
+        name: "udp64_lossfree_cross_node",
+        label: "UDP 64-byte packet rate at ≤ 1% loss, cross node",
         kind: Kind::PacketRate,
     },
     KnownMetric {
@@ -1237,13 +1247,13 @@ mod tests {
     fn text_table_of_fixture() {
         let table = text_table(&fixture());
         let expected = "\
-Metric                                          Tapestry  Kernel  Ratio  Target  Verdict
-----------------------------------------------  --------  ------  -----  ------  -------
-TCP throughput, pod to pod, same node (Gbit/s)      9.71   11.20   0.87  ≥ 1.00  misses
-UDP 64-byte packet rate, same node (pkt/s)         412 k   380 k   1.09  ≥ 1.00  meets
-Round-trip latency p50, cross node (us)               85      80   1.06  ≤ 1.20  meets
-CPU per GB, TCP same node (CPU s/GB)                0.42    0.35   1.20  —       —
-zz_custom (ops)                                     3.00    2.00   1.50  —       —
+Metric                                                  Tapestry  Kernel  Ratio  Target  Verdict
+------------------------------------------------------  --------  ------  -----  ------  -------
+TCP throughput, pod to pod, same node (Gbit/s)              9.71   11.20   0.87  ≥ 1.00  misses
+UDP 64-byte packet rate under flood, same node (pkt/s)     412 k   380 k   1.09  ≥ 1.00  meets
+Round-trip latency p50, cross node (us)                       85      80   1.06  ≤ 1.20  meets
+CPU per GB, TCP same node (CPU s/GB)                        0.42    0.35   1.20  —       —
+zz_custom (ops)                                             3.00    2.00   1.50  —       —
 ";
         assert_eq!(table, expected);
     }
