@@ -2,8 +2,9 @@
 //! 1,400-byte packet (`Pipeline::process` → `Action::Tunnel`), decapsulation plus
 //! local delivery (`Pipeline::process_tunnel` → `Action::ToPort`, which verifies the
 //! inner UDP checksum, or completes it when a Linux VXLAN sender left it partial),
-//! and software TSO of
-//! a 64 KiB GSO TCP frame into 47 VXLAN datagrams (in packets and in bytes per second).
+//! software TSO of a 64 KiB GSO TCP frame into 47 VXLAN datagrams (in packets and in
+//! bytes per second), and the staging of single 64-byte-payload datagrams into one
+//! UDP GSO send (`tapestry_io::txbatch`: 64 datagrams staged per send, then cleared).
 //! Routing rewrites the input in place (TTL), so each timed run gets a fresh copy of
 //! the frame, made outside the timing by `iter_batched_ref`.
 
@@ -240,5 +241,25 @@ fn bench_tso(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_encap, bench_decap, bench_tso);
+/// 64 datagrams of one flow (a 64-byte UDP payload each, encapsulated: 114 bytes)
+/// staged for one GSO send, then the stage is cleared as after the send.
+fn bench_stage(c: &mut Criterion) {
+    use tapestry_io::txbatch::{Push, TxBatch};
+    let mut g = configure(c, "tunnel_stage", Throughput::Elements(64));
+    let mut batch = TxBatch::new();
+    let datagram = [0x5au8; 114];
+    g.bench_function("64_datagrams_114B", |b| {
+        b.iter(|| {
+            for _ in 0..64 {
+                let r = batch.push(UNDERLAY2, 7, black_box(&datagram));
+                debug_assert_eq!(r, Push::Staged);
+            }
+            black_box(batch.staged().map(|(run, _)| run.count));
+            batch.clear();
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_encap, bench_decap, bench_tso, bench_stage);
 criterion_main!(benches);
