@@ -1,28 +1,69 @@
 //! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 //!
-//! Used by the IPv4 header and ICMP; the same helpers will serve TCP/UDP pseudo-header
-//! sums and NAT rewrites. The one's-complement sum is accumulated 32 bits at a time in a
-//! `u64` and folded at the end: the fold is exact because 2^16 ≡ 1 (mod 2^16 − 1), so
-//! summing wider big-endian words gives the same result as 16-bit words (RFC 1071 §2(B)).
+//! Used by the IPv4 header and ICMP, TCP/UDP pseudo-header sums and NAT rewrites.
+//!
+//! The sum over a buffer ([`accumulate`]) is the hot part: software TSO sums every
+//! segment it writes and the tunnel's receive path verifies every segment it
+//! delivers. It adds the data as native-endian 64-bit words on two independent
+//! add-with-carry chains (16 bytes a step), counts the carries, and folds to 16 bits
+//! at the end. Both shortcuts are exact (RFC 1071 §2): wider words give the same
+//! one's-complement sum because 2^16 ≡ 1 (mod 2^16 − 1), so each 2^64 carry counts
+//! as 1; and a sum over byte-swapped words is the byte-swapped sum, so on a
+//! little-endian machine the folded result is swapped once to big-endian. Measured
+//! on this project's 2-core VM: about 2.5× the speed of summing big-endian 32-bit
+//! words into a `u64` (≈ 6 GB/s → ≈ 15 GB/s on a 1,448-byte segment).
 
 /// Adds the bytes of `data`, as big-endian 16-bit words (odd tail padded with zero),
-/// to the running one's-complement accumulator `acc`. Fold with [`fold`].
+/// to the running one's-complement accumulator `acc`. Fold with [`fold`]. Each call
+/// treats `data` as starting on a word boundary.
 #[inline]
-pub fn accumulate(mut acc: u64, data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        if let Ok(w) = <[u8; 4]>::try_from(w) {
-            acc += u64::from(u32::from_be_bytes(w));
+pub fn accumulate(acc: u64, data: &[u8]) -> u64 {
+    acc + u64::from(sum16(data))
+}
+
+/// One 64-bit word of `bytes` (8 of them), native-endian.
+#[inline(always)]
+fn word(bytes: &[u8]) -> u64 {
+    u64::from_ne_bytes(<[u8; 8]>::try_from(bytes).unwrap_or([0; 8]))
+}
+
+/// The one's-complement sum of `data` as big-endian 16-bit words, folded to 16 bits.
+#[inline]
+fn sum16(data: &[u8]) -> u16 {
+    let (mut s0, mut s1, mut carries) = (0u64, 0u64, 0u64);
+    let mut add = |s0: &mut u64, s1: &mut u64, block: &[u8]| {
+        let (a, b) = block.split_at(8);
+        let (x, o0) = s0.overflowing_add(word(a));
+        let (y, o1) = s1.overflowing_add(word(b));
+        *s0 = x;
+        *s1 = y;
+        carries += u64::from(o0) + u64::from(o1);
+    };
+    let mut blocks = data.chunks_exact(16);
+    for block in &mut blocks {
+        add(&mut s0, &mut s1, block);
+    }
+    let rest = blocks.remainder();
+    if !rest.is_empty() {
+        let mut tail = [0u8; 16];
+        if let Some(t) = tail.get_mut(..rest.len()) {
+            t.copy_from_slice(rest);
         }
+        add(&mut s0, &mut s1, &tail);
     }
-    match *words.remainder() {
-        [a, b, c] => acc += u64::from(u32::from_be_bytes([a, b, c, 0])),
-        [a, b] => acc += u64::from(u32::from_be_bytes([a, b, 0, 0])),
-        [a] => acc += u64::from(u32::from_be_bytes([a, 0, 0, 0])),
-        _ => {}
+    // Each carry out of 64 bits is worth 2^64 ≡ 1.
+    let wide = u128::from(s0) + u128::from(s1) + u128::from(carries);
+    let low = u64::try_from(wide & u128::from(u64::MAX)).unwrap_or(0);
+    let high = u64::try_from(wide >> 64).unwrap_or(0);
+    // low + high < 2^64 + 2: at most one more carry.
+    let (s, o) = low.overflowing_add(high);
+    let s = (s & 0xffff_ffff) + (s >> 32) + u64::from(o);
+    let folded = fold(s);
+    if cfg!(target_endian = "little") {
+        folded.swap_bytes()
+    } else {
+        folded
     }
-    // Each word is < 2^32, so the u64 cannot overflow before 2^32 words (16 GiB).
-    acc
 }
 
 /// Folds a wide one's-complement accumulator down to 16 bits (not inverted).
@@ -84,9 +125,11 @@ mod tests {
         fold(acc)
     }
 
-    /// (A 64-bit add-with-carry variant of `accumulate` was measured 20-30 %
-    /// slower in `cargo bench --bench tunnel`: the 32-bit widening sum
-    /// vectorizes, the carry chain does not.)
+    /// Every length from 0 to 2,999 (all tail sizes of the 16-byte blocks), all
+    /// ones (the carry path), and a running accumulator split at word boundaries.
+    /// (An earlier single-chain 64-bit variant measured slower than the 32-bit
+    /// widening sum; two independent chains with counted carries measure faster:
+    /// `tunnel_decap` 258 → 149 ns, `tunnel_tso` 10.0 → 8.1–8.8 µs, same run.)
     #[test]
     fn accumulate_matches_the_16_bit_sum_at_every_length() {
         let data: Vec<u8> = (0..3000u32)
@@ -101,8 +144,8 @@ mod tests {
         }
         let ones = vec![0xffu8; 4099];
         assert_eq!(fold(accumulate(0, &ones)), reference(&ones));
-        // A running accumulator keeps working: sums split at a multiple of 4 add up.
-        for split in [0usize, 4, 996, 1000, 1004] {
+        // A running accumulator keeps working: sums split at an even offset add up.
+        for split in [0usize, 2, 4, 14, 996, 1000, 1004, 1998] {
             let whole = fold(accumulate(0, &data[..2000]));
             let parts = fold(accumulate(
                 accumulate(0, &data[..split]),
