@@ -827,16 +827,23 @@ fn axis(reports: &[MetricReport]) -> (f64, f64) {
 /// One bar per metric: the ratio tapestry / kernel, coloured by verdict, with the
 /// kernel's 1.0 drawn as a vertical reference line and the target as a dashed tick.
 fn svg_chart(meta: &Meta, reports: &[MetricReport]) -> String {
-    const WIDTH: f64 = 980.0;
-    const LABEL_RIGHT: f64 = 370.0;
-    const X0: f64 = 385.0;
-    const X1: f64 = 900.0;
+    // The label column is as wide as the longest label needs (about 7.4 px a
+    // character at 13 px in DejaVu Sans), at least 370 px; the plot follows it.
+    let longest = reports
+        .iter()
+        .map(|r| r.label_with_unit().chars().count())
+        .max()
+        .unwrap_or(0);
+    let label_right = (20.0 + 7.4 * longest as f64).max(370.0).round();
+    let x0 = label_right + 15.0;
+    let x1 = x0 + 515.0;
+    let width = x1 + 80.0;
     const TOP: f64 = 118.0;
     const ROW: f64 = 42.0;
     const BAR: f64 = 18.0;
 
     let (axis_max, step) = axis(reports);
-    let x = |ratio: f64| X0 + (X1 - X0) * (ratio / axis_max).clamp(0.0, 1.0);
+    let x = |ratio: f64| x0 + (x1 - x0) * (ratio / axis_max).clamp(0.0, 1.0);
     let bottom = TOP + ROW * reports.len() as f64;
     let height = bottom + 62.0;
 
@@ -845,11 +852,11 @@ fn svg_chart(meta: &Meta, reports: &[MetricReport]) -> String {
     let _ = writeln!(s, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
     );
     let _ = writeln!(
         s,
-        r#"<rect class="background" x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>"#
+        r#"<rect class="background" x="0" y="0" width="{width}" height="{height}" fill="white"/>"#
     );
     let _ = writeln!(
         s,
@@ -912,8 +919,8 @@ fn svg_chart(meta: &Meta, reports: &[MetricReport]) -> String {
     }
     let _ = writeln!(
         s,
-        r##"<line x1="{X0}" y1="{bottom}" x2="{X1}" y2="{bottom}" stroke="#888"/><text x="{}" y="{}" font-size="13" fill="#333" text-anchor="middle">tapestry / kernel</text>"##,
-        (X0 + X1) / 2.0,
+        r##"<line x1="{x0}" y1="{bottom}" x2="{x1}" y2="{bottom}" stroke="#888"/><text x="{}" y="{}" font-size="13" fill="#333" text-anchor="middle">tapestry / kernel</text>"##,
+        (x0 + x1) / 2.0,
         bottom + 40.0
     );
 
@@ -932,7 +939,7 @@ fn svg_chart(meta: &Meta, reports: &[MetricReport]) -> String {
         };
         let _ = writeln!(
             s,
-            r##"<text x="{LABEL_RIGHT}" y="{}" font-size="13" fill="#222" text-anchor="end">{}</text><text x="{LABEL_RIGHT}" y="{}" font-size="11" fill="#777" text-anchor="end">{}</text>"##,
+            r##"<text x="{label_right}" y="{}" font-size="13" fill="#222" text-anchor="end">{}</text><text x="{label_right}" y="{}" font-size="11" fill="#777" text-anchor="end">{}</text>"##,
             y + 18.0,
             xml_escape(&r.label_with_unit()),
             y + 33.0,
@@ -951,8 +958,8 @@ fn svg_chart(meta: &Meta, reports: &[MetricReport]) -> String {
                 );
                 let _ = writeln!(
                     s,
-                    r##"<rect class="bar" x="{X0}" y="{bar_y}" width="{:.1}" height="{BAR}" fill="{}"><title>{}</title></rect>"##,
-                    end - X0,
+                    r##"<rect class="bar" x="{x0}" y="{bar_y}" width="{:.1}" height="{BAR}" fill="{}"><title>{}</title></rect>"##,
+                    end - x0,
                     verdict_color(r.verdict),
                     xml_escape(&tip),
                 );
@@ -974,8 +981,8 @@ fn svg_chart(meta: &Meta, reports: &[MetricReport]) -> String {
                 let _ = writeln!(
                     values,
                     r##"<rect class="label-backing" x="{}" y="{bar_y}" width="160" height="{BAR}" fill="white" fill-opacity="0.85"/><text x="{}" y="{}" font-size="12" fill="#777">n/a (kernel median is 0)</text>"##,
-                    X0 + 3.0,
-                    X0 + 5.0,
+                    x0 + 3.0,
+                    x0 + 5.0,
                     bar_y + 13.5
                 );
             }
