@@ -273,6 +273,36 @@ OUT=$(in_pod client dig +tries=1 +timeout=2 @"$EIP" web.default.svc.cluster.loca
 check "a service with no endpoint refuses UDP (ICMP port unreachable)" grep -q "connection refused" <<<"$OUT"
 "$BIN/tapestry" delete svc empty >/dev/null
 
+# A UDP service whose backends (the web pods) have no listener on the target port:
+# the backend's kernel answers with ICMP port unreachable quoting client ->
+# backend:9999, which the load balancer must rewrite to client -> ClusterIP:53 (as
+# conntrack does for RELATED errors), or the client's socket never hears of it.
+cat >"$TMP/noudp.yaml" <<'YAML'
+apiVersion: v1
+kind: Service
+metadata:
+  name: noudp
+spec:
+  selector:
+    app: web
+  ports:
+    - name: dns
+      port: 53
+      targetPort: 9999
+      protocol: UDP
+YAML
+"$BIN/tapestry" apply -f "$TMP/noudp.yaml" >/dev/null
+NIP=$(svc_ip noudp)
+for _ in $(seq 1 20); do # until node1 has the service with its backends (bounded)
+    OUT=$(in_pod client dig +tries=1 +timeout=1 @"$NIP" web.default.svc.cluster.local 2>&1)
+    FLOWS=$("$BIN/tapestry" status --socket "/run/tapestry/$LAB/nodes/node1/tapestryd.sock" | grep -c -- "-> $NIP:53 .*:9999 " || true)
+    [[ "$OUT" == *"connection refused"* ]] && [ "$FLOWS" -gt 0 ] && break
+done
+echo "      dig @$NIP: $(grep -m1 -o 'communications error.*\|timed out.*' <<<"$OUT"); flows to a backend: $FLOWS"
+check "UDP to a ClusterIP whose backend does not listen: the backend's port unreachable reaches the client (connection refused)" \
+    bash -c "grep -q 'connection refused' <<<\"\$1\" && [ \"\$2\" -gt 0 ]" _ "$OUT" "$FLOWS"
+"$BIN/tapestry" delete svc noudp >/dev/null
+
 # Deleting a web pod takes it out of DNS and the load balancer within a second,
 # and no request fails after that.
 GONE_POD=$(web_on node2)

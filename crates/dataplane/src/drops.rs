@@ -218,6 +218,7 @@ pub struct Counters {
     lb_new_flows: AtomicU64,
     lb_established: AtomicU64,
     lb_replies: AtomicU64,
+    lb_icmp_errors: AtomicU64,
     lb_no_endpoint: AtomicU64,
     conntrack_evicted: AtomicU64,
     conntrack_expired: AtomicU64,
@@ -247,6 +248,7 @@ pub(crate) enum Counter {
     LbNewFlows,
     LbEstablished,
     LbReplies,
+    LbIcmpErrors,
     LbNoEndpoint,
     ConntrackEvicted,
     ConntrackExpired,
@@ -287,6 +289,7 @@ impl Counters {
             Counter::LbNewFlows => &self.lb_new_flows,
             Counter::LbEstablished => &self.lb_established,
             Counter::LbReplies => &self.lb_replies,
+            Counter::LbIcmpErrors => &self.lb_icmp_errors,
             Counter::LbNoEndpoint => &self.lb_no_endpoint,
             Counter::ConntrackEvicted => &self.conntrack_evicted,
             Counter::ConntrackExpired => &self.conntrack_expired,
@@ -336,6 +339,7 @@ impl Counters {
             lb_new_flows: self.lb_new_flows.load(Relaxed),
             lb_established: self.lb_established.load(Relaxed),
             lb_replies: self.lb_replies.load(Relaxed),
+            lb_icmp_errors: self.lb_icmp_errors.load(Relaxed),
             lb_no_endpoint: self.lb_no_endpoint.load(Relaxed),
             conntrack_evicted: self.conntrack_evicted.load(Relaxed),
             conntrack_expired: self.conntrack_expired.load(Relaxed),
@@ -394,6 +398,9 @@ pub struct CountersSnapshot {
     /// Replies from a backend rewritten back to the ClusterIP (bridged, routed or
     /// from the tunnel).
     pub lb_replies: u64,
+    /// ICMP errors about a tracked flow rewritten for its client (the quoted
+    /// packet back to the ClusterIP, like Linux conntrack's `RELATED` errors).
+    pub lb_icmp_errors: u64,
     /// Packets to a service without a ready backend (answered with a TCP reset or
     /// ICMP port unreachable, or dropped as `lb_no_endpoint`).
     pub lb_no_endpoint: u64,

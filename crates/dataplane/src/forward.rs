@@ -594,11 +594,16 @@ impl Pipeline {
         let Some(buf) = out.get_mut(prefix..prefix + len) else {
             return DropReason::ReplyTooLarge.into();
         };
-        let mut p = Ipv4Packet::new_unchecked(buf);
+        let mut p = Ipv4Packet::new_unchecked(&mut *buf);
         if hdr.emit(&mut p).is_err() {
             return DropReason::ReplyTooLarge.into();
         }
         icmp.emit(&mut Icmpv4Packet::new_unchecked(p.payload_mut()));
+        // About a DNATed packet of a service flow: the client must see its own
+        // packet to the ClusterIP quoted (`service_path.rs`, ICMP errors).
+        if let Err(r) = self.unnat_icmp_error(buf, now) {
+            return r.into();
+        }
         self.counters.bump(Counter::IcmpErrorsSent);
         self.originated(routes, egress, prefix + len, out)
     }

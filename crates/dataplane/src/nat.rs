@@ -126,6 +126,71 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
     Ok(())
 }
 
+/// Rewrites the packet an ICMP error quotes (RFC 792: its IPv4 header and at least
+/// the first 8 bytes of its payload, here TCP or UDP) to source `src` and destination
+/// `dst`, as Linux's NAT does for an error related to a translated flow
+/// (`nf_nat_icmp_reply_translation`). The quote is usually cut short, so the IPv4
+/// total length is not trusted: the ports are rewritten, and the L4 checksum is
+/// updated only if the quote holds it (UDP: always, unless 0, "no checksum"; TCP:
+/// with 18 bytes of its header). The IPv4 header checksum is updated. Errors
+/// (`Truncated`, `BadHeader`, `UnsupportedProtocol`) change nothing.
+pub fn rewrite_quoted(quote: &mut [u8], src: Endpoint, dst: Endpoint) -> Result<(), DropReason> {
+    let (hlen, proto, old_src, old_dst) = {
+        let p = Ipv4Packet::new_unchecked(&*quote);
+        if quote.len() < crate::wire::IPV4_MIN_HEADER_LEN || p.version() != 4 {
+            return Err(DropReason::BadHeader);
+        }
+        let hlen = p.header_len();
+        if hlen < crate::wire::IPV4_MIN_HEADER_LEN || quote.len() < hlen + 8 {
+            return Err(DropReason::Truncated);
+        }
+        if p.frag_offset() != 0 {
+            return Err(DropReason::UnsupportedProtocol);
+        }
+        (hlen, p.protocol(), p.src_addr(), p.dst_addr())
+    };
+    let sum_at = match proto {
+        IpProtocol::Tcp => 16,
+        IpProtocol::Udp => 6,
+        _ => return Err(DropReason::UnsupportedProtocol),
+    };
+    let addrs = addr_delta(old_src, src.0) + addr_delta(old_dst, dst.0);
+    let (ip_hdr, l4) = quote.split_at_mut(hlen);
+    let field = |b: &[u8], at: usize| {
+        b.get(at..at + 2)
+            .and_then(|f| <[u8; 2]>::try_from(f).ok())
+            .map(u16::from_be_bytes)
+    };
+    let (Some(old_sport), Some(old_dport)) = (field(l4, 0), field(l4, 2)) else {
+        return Err(DropReason::Truncated);
+    };
+    if let Some(old) = field(l4, sum_at) {
+        if !(proto == IpProtocol::Udp && old == 0) {
+            let ports =
+                u64::from(!old_sport) + u64::from(src.1) + u64::from(!old_dport) + u64::from(dst.1);
+            let mut new = !checksum::fold(u64::from(!old) + addrs + ports);
+            if proto == IpProtocol::Udp && new == 0 {
+                new = 0xffff;
+            }
+            if let Some(f) = l4.get_mut(sum_at..sum_at + 2) {
+                f.copy_from_slice(&new.to_be_bytes());
+            }
+        }
+    }
+    if let Some(f) = l4.get_mut(0..2) {
+        f.copy_from_slice(&src.1.to_be_bytes());
+    }
+    if let Some(f) = l4.get_mut(2..4) {
+        f.copy_from_slice(&dst.1.to_be_bytes());
+    }
+    let mut p = Ipv4Packet::new_unchecked(ip_hdr);
+    let hsum = checksum::fold(u64::from(!p.checksum()) + addrs);
+    p.set_src_addr(src.0);
+    p.set_dst_addr(dst.0);
+    p.set_checksum(!hsum);
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {

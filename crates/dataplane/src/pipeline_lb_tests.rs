@@ -652,6 +652,154 @@ fn cross_node_flow_through_the_tunnel() {
     assert_counters_balance(&n2);
 }
 
+// ---------------------------------------------------------------- ICMP errors
+
+/// An ICMP error of `type_code` quoting `quote`, with a valid checksum.
+fn icmp_error(type_code: [u8; 2], quote: &[u8]) -> Vec<u8> {
+    let mut m = vec![type_code[0], type_code[1], 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(quote);
+    let sum = checksum::checksum(&m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// Checks an ICMP error's headers and checksums; returns its quote.
+fn icmp_quote(ip: &[u8], from: Ipv4Addr, to: Ipv4Addr, type_code: [u8; 2]) -> &[u8] {
+    let p = Ipv4Packet::new_checked(ip).unwrap();
+    assert!(p.verify_checksum(), "outer IPv4 checksum");
+    assert_eq!((p.src_addr(), p.dst_addr()), (from, to), "outer addresses");
+    let icmp = &ip[20..usize::from(p.total_len())];
+    assert_eq!(&icmp[..2], &type_code);
+    assert!(checksum::verify(icmp), "ICMP checksum");
+    let quote = &icmp[8..];
+    assert!(
+        Ipv4Packet::new_unchecked(quote).verify_checksum(),
+        "quoted IPv4 checksum"
+    );
+    quote
+}
+
+/// B has no one on UDP 5353: its kernel's port unreachable to A quotes A → B:5353.
+/// A must see its own datagram to VIP:53 quoted, from the VIP, or its socket never
+/// hears of it (a DNS client would wait for its timeout instead of failing at once).
+#[test]
+fn port_unreachable_from_a_local_backend_quotes_the_cluster_ip() {
+    let mut p = lb_node();
+    let q = to_gw(A_MAC, &udp(A_IP, 40000, VIP, 53, b"query"));
+    let (o, sent) = go(&mut p, A, &q, SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    let seen_by_b = ip_of(&sent, B_MAC, GW_MAC).to_vec();
+    let err = frame(
+        A_MAC,
+        B_MAC,
+        0x0800,
+        &ipv4(B_IP, A_IP, 1, &icmp_error([3, 3], &seen_by_b)),
+    );
+    let (o, buf) = go(&mut p, B, &err, SEC);
+    assert_eq!(o, Ok(Forward(A)), "bridged on, as the reply would be");
+    let quote = icmp_quote(ip_of(&buf, A_MAC, B_MAC), VIP, A_IP, [3, 3]);
+    assert_eq!(endpoints(quote), (A_IP, 40000, VIP, 53));
+    assert_eq!(&quote[28..], b"query");
+    let s = p.counters().snapshot();
+    assert_eq!((s.lb_icmp_errors, s.lb_replies), (1, 0));
+    assert_eq!(p.flows(SEC)[0].state, FlowState::Udp, "state untouched");
+
+    // A quote cut to the IPv4 header and 8 bytes: ports and UDP checksum still
+    // rewritten; the checksum of the whole quoted datagram verifies again.
+    let err = frame(
+        A_MAC,
+        B_MAC,
+        0x0800,
+        &ipv4(B_IP, A_IP, 1, &icmp_error([3, 3], &seen_by_b[..28])),
+    );
+    let (o, buf) = go(&mut p, B, &err, SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    let quote = icmp_quote(ip_of(&buf, A_MAC, B_MAC), VIP, A_IP, [3, 3]);
+    let mut whole = quote.to_vec();
+    whole.extend_from_slice(b"query");
+    assert_eq!(endpoints(&whole), (A_IP, 40000, VIP, 53));
+    assert_counters_balance(&p);
+}
+
+/// An error from a router on the way (not the backend) keeps its source; an error
+/// about a flow nobody tracks is left alone.
+#[test]
+fn icmp_errors_from_elsewhere_or_about_other_flows() {
+    let mut p = lb_node();
+    let syn = to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, 1, 0, TCP_SYN, b""));
+    let (o, sent) = go(&mut p, A, &syn, SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    let seen = ip_of(&sent, B_MAC, GW_MAC).to_vec();
+    let router = D_IP; // a pod that is not the backend (anti-spoofing: its own IP)
+    let err = frame(
+        A_MAC,
+        D_MAC,
+        0x0800,
+        &ipv4(router, A_IP, 1, &icmp_error([11, 0], &seen)),
+    );
+    let (o, buf) = go(&mut p, D, &err, SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    let quote = icmp_quote(ip_of(&buf, A_MAC, D_MAC), router, A_IP, [11, 0]);
+    assert_eq!(endpoints(quote), (A_IP, 40000, VIP, 80));
+
+    let other = tcp(A_IP, 40001, B_IP, 8080, 1, 0, TCP_SYN, b"");
+    let err_ip = ipv4(B_IP, A_IP, 1, &icmp_error([3, 3], &other));
+    let err = frame(A_MAC, B_MAC, 0x0800, &err_ip);
+    let (o, buf) = go(&mut p, B, &err, SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    assert_eq!(&buf[24..], &err_ip[..], "untouched");
+    assert_eq!(p.counters().snapshot().lb_icmp_errors, 1);
+}
+
+/// The router's own time exceeded about a DNATed packet (TTL 1) quotes the client's
+/// packet to the ClusterIP.
+#[test]
+fn our_own_time_exceeded_about_a_service_packet_quotes_the_cluster_ip() {
+    let mut p = lb_node();
+    let mut ip = udp(A_IP, 40000, VIP, 53, b"query");
+    ip[8] = 1;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let (o, _) = go(&mut p, A, &to_gw(A_MAC, &ip), SEC);
+    let Ok(Outcome::Reply(r)) = o else {
+        panic!("{o:?}")
+    };
+    let quote = icmp_quote(ip_of(&r, A_MAC, GW_MAC), GW_IP, A_IP, [11, 0]);
+    assert_eq!(endpoints(quote), (A_IP, 40000, VIP, 53));
+    assert_eq!(p.counters().snapshot().lb_icmp_errors, 1);
+}
+
+/// Backend C on node 2 sends port unreachable to A on node 1 through the tunnel.
+#[test]
+fn icmp_error_from_a_remote_backend_through_the_tunnel() {
+    let mut n1 = node1();
+    let mut n2 = node2();
+    install(&n1, vec![svc(VIP, 53, L4Proto::Udp, vec![be(C_IP, 5353)])]);
+    let q = to_gw(A_MAC, &udp(A_IP, 40000, VIP, 53, b"query"));
+    let (o, _) = go(&mut n1, A, &q, SEC);
+    let d = datagrams_of(o, N2_UNDERLAY);
+    let Ok(Outcome::ToPort(_, f)) = tunnel_in(&mut n2, N1_UNDERLAY, &d[0], SEC) else {
+        panic!()
+    };
+    let seen_by_c = ip_of(&f, C_MAC, GW2_MAC).to_vec();
+    let err = frame(
+        GW2_MAC,
+        C_MAC,
+        0x0800,
+        &ipv4(C_IP, A_IP, 1, &icmp_error([3, 3], &seen_by_c)),
+    );
+    let (o, _) = go(&mut n2, C, &err, SEC);
+    let d = datagrams_of(o, N1_UNDERLAY);
+    let Ok(Outcome::ToPort(port, f)) = tunnel_in(&mut n1, N2_UNDERLAY, &d[0], SEC) else {
+        panic!()
+    };
+    assert_eq!(port, A);
+    let quote = icmp_quote(ip_of(&f, A_MAC, GW_MAC), VIP, A_IP, [3, 3]);
+    assert_eq!(endpoints(quote), (A_IP, 40000, VIP, 53));
+    assert_eq!(n1.counters().snapshot().lb_icmp_errors, 1);
+}
+
 // ---------------------------------------------------------------- properties
 
 fn lb_frame() -> impl Strategy<Value = Vec<u8>> {

@@ -45,6 +45,17 @@
 //!   checksum partial (see `forward.rs`), so it is settled (verified or completed)
 //!   first, then updated as a full checksum.
 //!
+//! **ICMP errors** about a tracked flow, on their way back to the client — a
+//! backend's port unreachable for UDP, a router's time exceeded or fragmentation
+//! needed, including the errors our own router originates about a DNATed packet —
+//! quote the packet as the backend saw it (`client → backend:port`), which the
+//! client's kernel would match to no socket. As Linux's conntrack does for
+//! `RELATED` errors (`nf_nat_icmp_reply_translation`), the quote is rewritten to
+//! `client → vip:port`, the outer destination to the client (it differs for
+//! hairpin), the outer source to the VIP when the backend itself sent the error,
+//! and the checksums follow (`lb_icmp_errors`). They are found on the same three
+//! paths as replies. The flow's state is not advanced by them.
+//!
 //! **Table changes.** The pipeline loads the service table per packet. Each flow
 //! records the table generation at which its backend was last confirmed; when a
 //! lookup finds a flow of an older generation, the backend is checked against the
@@ -62,14 +73,14 @@ use crate::conntrack::{Dir, Flow, Tuple};
 use crate::drops::{Counter, DropReason};
 use crate::lb::{Backend, L4Proto, ServiceTable};
 use crate::maglev::fmix64;
-use crate::nat::{rewrite, L4Sum};
+use crate::nat::{rewrite, rewrite_quoted, L4Sum};
 use crate::routes::prefix_mask;
 use crate::tunnel::settle_l4_checksum;
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::wire::{
-    IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, TcpPacket, TcpRepr, UdpPacket, VnetHdrRepr,
-    ETHERNET_HEADER_LEN, ICMP_UNREACH_HOST, ICMP_UNREACH_PORT, IPV4_MIN_HEADER_LEN,
-    TCP_MIN_HEADER_LEN, UDP_HEADER_LEN, VNET_HDR_LEN,
+    Icmpv4Message, IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, TcpPacket, TcpRepr, UdpPacket,
+    VnetHdrRepr, ETHERNET_HEADER_LEN, ICMPV4_HEADER_LEN, ICMP_UNREACH_HOST, ICMP_UNREACH_PORT,
+    IPV4_MIN_HEADER_LEN, TCP_MIN_HEADER_LEN, UDP_HEADER_LEN, VNET_HDR_LEN,
 };
 use crate::Nanos;
 
@@ -164,6 +175,16 @@ impl Pipeline {
         out: &mut [u8],
     ) -> Option<Verdict> {
         if !self.conntrack.is_empty() {
+            if info.proto == IpProtocol::Icmp && !info.fragment {
+                match self.unnat_icmp_error(ip_of(pkt), now) {
+                    Ok(false) => {}
+                    Ok(true) if !to_router => return None,
+                    Ok(true) => {
+                        return Some(self.route_from_port(ingress, mac, true, vnet, pkt, now, out))
+                    }
+                    Err(r) => return Some(r.into()),
+                }
+            }
             if let Some(t) = info.tuple() {
                 let svc = self.services.load();
                 if let Some(flow) = self.track(&svc, Dir::Reply, &t, info.tcp_flags, now) {
@@ -457,6 +478,9 @@ impl Pipeline {
             Ok(p) => L4Info::of(&p),
             Err(_) => return Ok(()), // the router names it
         };
+        if info.proto == IpProtocol::Icmp && !info.fragment {
+            return self.unnat_icmp_error(ip, now).map(|_| ());
+        }
         let Some(t) = info.tuple() else {
             return Ok(());
         };
@@ -468,6 +492,98 @@ impl Pipeline {
         rewrite(ip, flow.vip, flow.client, L4Sum::Full)?;
         self.counters.bump(Counter::LbReplies);
         Ok(())
+    }
+
+    /// Rewrites, in place, an ICMP error (the IPv4 packet `ip`) about a tracked flow
+    /// for its client: see the module docs. `Ok(false)`: not an ICMP error, or not
+    /// about a tracked flow (untouched); `Ok(true)`: rewritten. An error whose quote
+    /// matches a flow but cannot be rewritten is dropped (`Truncated`, `BadHeader`).
+    pub(super) fn unnat_icmp_error(
+        &mut self,
+        ip: &mut [u8],
+        now: Nanos,
+    ) -> Result<bool, DropReason> {
+        if self.conntrack.is_empty() {
+            return Ok(false);
+        }
+        let (hlen, total, outer_src, outer_dst) = match Ipv4Packet::new_checked(&*ip) {
+            Ok(p) if p.protocol() == IpProtocol::Icmp && !p.is_fragment() => (
+                p.header_len(),
+                usize::from(p.total_len()),
+                p.src_addr(),
+                p.dst_addr(),
+            ),
+            _ => return Ok(false),
+        };
+        let Some(ip) = ip.get_mut(..total) else {
+            return Ok(false);
+        };
+        let (outer, icmp) = ip.split_at_mut(hlen.min(ip.len()));
+        if !icmp
+            .first()
+            .is_some_and(|t| Icmpv4Message::from(*t).is_error())
+        {
+            return Ok(false);
+        }
+        let Some(quote) = icmp.get_mut(ICMPV4_HEADER_LEN..) else {
+            return Ok(false);
+        };
+        // The quoted packet went client → backend; its reply key is the other way.
+        let t = {
+            let q = Ipv4Packet::new_unchecked(&*quote);
+            if quote.len() < IPV4_MIN_HEADER_LEN || q.version() != 4 || q.is_fragment() {
+                return Ok(false);
+            }
+            let port = |at: usize| {
+                quote
+                    .get(q.header_len() + at..q.header_len() + at + 2)
+                    .and_then(|f| <[u8; 2]>::try_from(f).ok())
+                    .map(u16::from_be_bytes)
+            };
+            let (Some(sport), Some(dport), Some(proto)) =
+                (port(0), port(2), L4Proto::from_ip(q.protocol()))
+            else {
+                return Ok(false);
+            };
+            Tuple {
+                src: q.dst_addr(),
+                sport: dport,
+                dst: q.src_addr(),
+                dport: sport,
+                proto,
+            }
+        };
+        let Some(f) = self.conntrack.find(Dir::Reply, &t, now, &self.counters) else {
+            return Ok(false);
+        };
+        let Some(flow) = self.conntrack.get_mut(f).map(|f| *f) else {
+            return Ok(false);
+        };
+        rewrite_quoted(quote, flow.client, flow.vip)?;
+        // The ICMP checksum covers the quote: recompute it (at most 576 bytes).
+        if let Some(sum) = icmp.get_mut(2..4) {
+            sum.fill(0);
+        }
+        let sum = crate::wire::checksum::checksum(icmp);
+        if let Some(field) = icmp.get_mut(2..4) {
+            field.copy_from_slice(&sum.to_be_bytes());
+        }
+        let new_src = if outer_src == flow.backend.ip {
+            flow.vip.0
+        } else {
+            outer_src
+        };
+        let new_dst = if outer_dst == flow.nat.0 {
+            flow.client.0
+        } else {
+            outer_dst
+        };
+        let mut o = Ipv4Packet::new_unchecked(outer);
+        o.set_src_addr(new_src);
+        o.set_dst_addr(new_dst);
+        o.fill_checksum();
+        self.counters.bump(Counter::LbIcmpErrors);
+        Ok(true)
     }
 
     /// Periodic upkeep (the worker calls it about once a second): after a new service
