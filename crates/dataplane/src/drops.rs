@@ -100,8 +100,9 @@ pub enum DropReason {
     /// To a service with no ready backend, and no TCP reset or ICMP port unreachable
     /// was sent (rate limit, or a reset is never answered with a reset).
     LbNoEndpoint,
-    /// An IPv4 fragment to a ClusterIP: the load balancer does not reassemble, and
-    /// without ports a fragment cannot be matched to a flow.
+    /// A later IPv4 fragment to a ClusterIP whose first fragment (the one with the
+    /// ports) was not seen, or was seen over 30 s ago: without ports it cannot be
+    /// matched to a flow, and the load balancer does not reassemble.
     ServiceFragment,
     /// No source port left for the NAT of a new flow: every candidate port gives a
     /// reply 5-tuple another live flow already uses.

@@ -36,6 +36,7 @@
 pub mod bridge;
 pub mod conntrack;
 pub mod drops;
+pub mod fragments;
 pub mod gro;
 pub mod lb;
 pub mod maglev;

@@ -126,6 +126,19 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
     Ok(())
 }
 
+/// Rewrites the addresses of the IPv4 packet at the start of `ip` and updates its
+/// header checksum, nothing else: for a fragment after the first, which holds no L4
+/// header (the L4 checksum was updated in the first fragment).
+pub fn rewrite_addresses(ip: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<(), DropReason> {
+    let mut p = Ipv4Packet::new_checked(&mut *ip).map_err(drop_for)?;
+    let delta = addr_delta(p.src_addr(), src) + addr_delta(p.dst_addr(), dst);
+    let hsum = checksum::fold(u64::from(!p.checksum()) + delta);
+    p.set_src_addr(src);
+    p.set_dst_addr(dst);
+    p.set_checksum(!hsum);
+    Ok(())
+}
+
 /// Rewrites the packet an ICMP error quotes (RFC 792: its IPv4 header and at least
 /// the first 8 bytes of its payload, here TCP or UDP) to source `src` and destination
 /// `dst`, as Linux's NAT does for an error related to a translated flow

@@ -284,6 +284,8 @@ pub struct Pipeline {
     counters: Arc<Counters>,
     services: Arc<ArcSwap<ServiceTable>>,
     conntrack: Conntrack,
+    /// Translations of fragmented datagrams of service flows (`fragments.rs`).
+    frags: crate::fragments::FragTable,
     /// Generation of the service table `maintain` last reconciled every flow with.
     ct_reconciled: u64,
 }
@@ -307,6 +309,7 @@ impl Pipeline {
             counters: Arc::new(Counters::default()),
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::empty())),
             conntrack: Conntrack::new(cfg.conntrack_capacity),
+            frags: crate::fragments::FragTable::new(),
             ct_reconciled: 0,
             cfg,
         }

@@ -531,9 +531,9 @@ fn no_endpoint_udp_unknown_port_ping_and_unused_service_ips() {
     for (pkt, _, _, reason) in &cases {
         assert_eq!(go(&mut quiet, A, &to_gw(A_MAC, pkt), SEC).0, Err(*reason));
     }
-    // Fragments to a ClusterIP are not balanced.
+    // A later fragment to a ClusterIP whose first fragment was never seen.
     let mut frag = udp(A_IP, 4000, VIP, 53, b"q");
-    frag[6] = 0x20; // MF
+    frag[6..8].copy_from_slice(&185u16.to_be_bytes()); // offset 1480, last fragment
     frag[10..12].copy_from_slice(&[0, 0]);
     let sum = checksum::checksum(&frag[..20]);
     frag[10..12].copy_from_slice(&sum.to_be_bytes());
@@ -798,6 +798,132 @@ fn icmp_error_from_a_remote_backend_through_the_tunnel() {
     let quote = icmp_quote(ip_of(&f, A_MAC, GW_MAC), VIP, A_IP, [3, 3]);
     assert_eq!(endpoints(quote), (A_IP, 40000, VIP, 53));
     assert_eq!(n1.counters().snapshot().lb_icmp_errors, 1);
+}
+
+// ---------------------------------------------------------------- fragments
+
+/// Cuts the IPv4 packet `ip` (20-byte header) into fragments of at most `max`
+/// payload bytes (a multiple of 8), each with a valid header checksum.
+fn fragments(ip: &[u8], max: usize) -> Vec<Vec<u8>> {
+    let payload = &ip[20..];
+    let mut out = Vec::new();
+    for (k, piece) in payload.chunks(max).enumerate() {
+        let mut h = ip[..20].to_vec();
+        let last = (k + 1) * max >= payload.len();
+        let off = (k * max / 8) as u16 | if last { 0 } else { 0x2000 };
+        h[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+        h[6..8].copy_from_slice(&off.to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum::checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        h.extend_from_slice(piece);
+        out.push(h);
+    }
+    out
+}
+
+/// Reassembles fragments (in order) into one packet, checking each header checksum.
+fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+    let mut ip = frags[0][..20].to_vec();
+    for f in frags {
+        assert!(
+            Ipv4Packet::new_unchecked(&f[..]).verify_checksum(),
+            "fragment header checksum"
+        );
+        assert_eq!(
+            &f[12..20],
+            &frags[0][12..20],
+            "every fragment has the same addresses"
+        );
+        ip.extend_from_slice(&f[20..]);
+    }
+    let total = ip.len() as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6..8].copy_from_slice(&[0x40, 0]);
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip
+}
+
+/// A 4,000-byte UDP datagram to VIP:53 in three fragments: the first picks the flow
+/// and is DNATed with ports and checksum, the others get the same addresses; B's
+/// fragmented answer comes back from VIP:53 in every fragment.
+#[test]
+fn fragmented_datagrams_to_and_from_a_service() {
+    let mut p = lb_node();
+    let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+    let query = udp(A_IP, 40000, VIP, 53, &data);
+    let mut seen_by_b = Vec::new();
+    for f in fragments(&query, 1480) {
+        let (o, buf) = go(&mut p, A, &to_gw(A_MAC, &f), SEC);
+        assert_eq!(o, Ok(Forward(B)));
+        seen_by_b.push(ip_of(&buf, B_MAC, GW_MAC).to_vec());
+    }
+    assert_eq!(seen_by_b.len(), 3);
+    let whole = reassemble(&seen_by_b);
+    assert_eq!(endpoints(&whole), (A_IP, 40000, B_IP, 5353));
+    assert_eq!(&whole[28..], &data[..]);
+    assert_eq!(p.counters().snapshot().lb_new_flows, 1);
+
+    // B answers with 3,000 bytes, fragmented, bridged to A's MAC.
+    let answer = udp(B_IP, 5353, A_IP, 40000, &data[..3000]);
+    let mut seen_by_a = Vec::new();
+    for f in fragments(&answer, 1480) {
+        let (o, buf) = go(&mut p, B, &frame(A_MAC, B_MAC, 0x0800, &f), 2 * SEC);
+        assert_eq!(o, Ok(Forward(A)));
+        seen_by_a.push(ip_of(&buf, A_MAC, B_MAC).to_vec());
+    }
+    let whole = reassemble(&seen_by_a);
+    assert_eq!(endpoints(&whole), (VIP, 53, A_IP, 40000));
+    assert_eq!(&whole[28..], &data[..3000]);
+
+    // The translation of a datagram is forgotten after 30 s: a stray later fragment
+    // with the same identification is dropped then.
+    let late = fragments(&query, 1480).pop().unwrap();
+    assert_eq!(
+        go(&mut p, A, &to_gw(A_MAC, &late), 40 * SEC).0,
+        Err(DropReason::ServiceFragment)
+    );
+    assert_counters_balance(&p);
+}
+
+/// The same across nodes: fragments DNATed on node 1 cross the tunnel; C's
+/// fragmented reply is un-NATed on node 1 as it comes out of the tunnel.
+#[test]
+fn fragmented_datagrams_through_the_tunnel() {
+    let mut n1 = node1();
+    let mut n2 = node2();
+    install(&n1, vec![svc(VIP, 53, L4Proto::Udp, vec![be(C_IP, 5353)])]);
+    let data: Vec<u8> = (0..2500u32).map(|i| (i * 13) as u8).collect();
+    let query = udp(A_IP, 40000, VIP, 53, &data);
+    let mut seen_by_c = Vec::new();
+    for f in fragments(&query, 1400) {
+        let (o, _) = go(&mut n1, A, &to_gw(A_MAC, &f), SEC);
+        let d = datagrams_of(o, N2_UNDERLAY);
+        let Ok(Outcome::ToPort(port, fr)) = tunnel_in(&mut n2, N1_UNDERLAY, &d[0], SEC) else {
+            panic!()
+        };
+        assert_eq!(port, C);
+        seen_by_c.push(ip_of(&fr, C_MAC, GW2_MAC).to_vec());
+    }
+    let whole = reassemble(&seen_by_c);
+    assert_eq!(endpoints(&whole), (A_IP, 40000, C_IP, 5353));
+
+    let answer = udp(C_IP, 5353, A_IP, 40000, &data);
+    let mut seen_by_a = Vec::new();
+    for f in fragments(&answer, 1400) {
+        let (o, _) = go(&mut n2, C, &frame(GW2_MAC, C_MAC, 0x0800, &f), SEC);
+        let d = datagrams_of(o, N1_UNDERLAY);
+        let Ok(Outcome::ToPort(port, fr)) = tunnel_in(&mut n1, N2_UNDERLAY, &d[0], SEC) else {
+            panic!()
+        };
+        assert_eq!(port, A);
+        seen_by_a.push(ip_of(&fr, A_MAC, GW_MAC).to_vec());
+    }
+    let whole = reassemble(&seen_by_a);
+    assert_eq!(endpoints(&whole), (VIP, 53, A_IP, 40000));
+    assert_eq!(&whole[28..], &data[..]);
 }
 
 // ---------------------------------------------------------------- properties

@@ -26,7 +26,12 @@
 //!   timing out, iptables mode) tells the user at once. Errors share the router's
 //!   ICMP rate limit, resets included; when not sent, the packet is dropped with the
 //!   reason (`NoServicePort`, `NotAService`, `LbNoEndpoint`);
-//! - a fragment to a ClusterIP is dropped (`ServiceFragment`): no reassembly here.
+//! - fragments (`crate::fragments`): the first fragment of a datagram carries the
+//!   ports, so it is balanced and DNATed like a whole packet, and the addresses it
+//!   got are recorded; the later fragments of the same datagram (source,
+//!   destination, protocol, identification) get the same addresses. Replies'
+//!   fragments are un-NATed the same way. A later fragment to a ClusterIP whose
+//!   first fragment was not seen is dropped (`ServiceFragment`): no reassembly here.
 //!
 //! **Replies.** A TCP/UDP packet from `backend:port` to `nat source:port` of a tracked
 //! flow is rewritten to `vip:port → client:port`. It can arrive three ways, all
@@ -71,9 +76,10 @@ use super::forward::{Egress, IcmpError, Ingress};
 use super::{Pipeline, PortId, Verdict};
 use crate::conntrack::{Dir, Flow, Tuple};
 use crate::drops::{Counter, DropReason};
+use crate::fragments::FragKey;
 use crate::lb::{Backend, L4Proto, ServiceTable};
 use crate::maglev::fmix64;
-use crate::nat::{rewrite, rewrite_quoted, L4Sum};
+use crate::nat::{rewrite, rewrite_addresses, rewrite_quoted, L4Sum};
 use crate::routes::prefix_mask;
 use crate::tunnel::settle_l4_checksum;
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -99,9 +105,15 @@ pub(super) struct L4Info {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub proto: IpProtocol,
-    /// Source and destination port: TCP/UDP, not a fragment, header present.
+    /// Source and destination port: TCP/UDP, header present, not a fragment after
+    /// the first.
     pub ports: Option<(u16, u16)>,
+    /// Any fragment, the first included.
     pub fragment: bool,
+    /// A fragment after the first (no L4 header).
+    pub later_fragment: bool,
+    /// IPv4 identification (what ties fragments together).
+    pub ident: u16,
     /// TCP flags (0 otherwise).
     pub tcp_flags: u8,
 }
@@ -109,9 +121,10 @@ pub(super) struct L4Info {
 impl L4Info {
     pub(super) fn of(ip: &Ipv4Packet<&[u8]>) -> L4Info {
         let fragment = ip.is_fragment();
+        let later_fragment = ip.frag_offset() != 0;
         let l4 = ip.payload();
         let (ports, tcp_flags) = match ip.protocol() {
-            _ if fragment => (None, 0),
+            _ if later_fragment => (None, 0),
             IpProtocol::Tcp => match TcpPacket::new_checked(l4) {
                 Ok(t) => (Some((t.src_port(), t.dst_port())), t.flags()),
                 Err(_) => (None, 0),
@@ -128,7 +141,19 @@ impl L4Info {
             proto: ip.protocol(),
             ports,
             fragment,
+            later_fragment,
+            ident: ip.ident(),
             tcp_flags,
+        }
+    }
+
+    /// What identifies this packet's datagram among fragments.
+    fn frag_key(&self) -> FragKey {
+        FragKey {
+            src: self.src,
+            dst: self.dst,
+            proto: u8::from(self.proto),
+            ident: self.ident,
         }
     }
 
@@ -174,6 +199,17 @@ impl Pipeline {
         now: Nanos,
         out: &mut [u8],
     ) -> Option<Verdict> {
+        if info.later_fragment && !self.frags.is_empty() {
+            if let Some((src, dst)) = self.frags.find(&info.frag_key(), now) {
+                if let Err(r) = rewrite_addresses(ip_of(pkt), src, dst) {
+                    return Some(r.into());
+                }
+                if !to_router {
+                    return None;
+                }
+                return Some(self.route_from_port(ingress, mac, true, vnet, pkt, now, out));
+            }
+        }
         if !self.conntrack.is_empty() {
             if info.proto == IpProtocol::Icmp && !info.fragment {
                 match self.unnat_icmp_error(ip_of(pkt), now) {
@@ -191,6 +227,10 @@ impl Pipeline {
                     let client = flow.client;
                     if let Err(r) = rewrite(ip_of(pkt), flow.vip, client, l4_sum(&vnet)) {
                         return Some(r.into());
+                    }
+                    if info.fragment {
+                        self.frags
+                            .insert(info.frag_key(), (flow.vip.0, client.0), now);
                     }
                     self.counters.bump(Counter::LbReplies);
                     if !to_router {
@@ -279,7 +319,8 @@ impl Pipeline {
             let err = unreachable(gw, ICMP_UNREACH_HOST, DropReason::NotAService);
             return self.reject(from, pkt, err, now, out);
         }
-        if info.fragment {
+        if info.later_fragment {
+            // Its first fragment was not seen (`service_stage` looked it up).
             return DropReason::ServiceFragment.into();
         }
         let Some(t) = info.tuple() else {
@@ -319,6 +360,10 @@ impl Pipeline {
         let dst = (flow.backend.ip, flow.backend.port);
         if let Err(r) = rewrite(ip_of(pkt), flow.nat, dst, l4_sum(&vnet)) {
             return r.into();
+        }
+        if info.fragment {
+            self.frags
+                .insert(info.frag_key(), (flow.nat.0, flow.backend.ip), now);
         }
         self.route_from_port(ingress, mac, true, vnet, pkt, now, out)
     }
@@ -478,6 +523,12 @@ impl Pipeline {
             Ok(p) => L4Info::of(&p),
             Err(_) => return Ok(()), // the router names it
         };
+        if info.later_fragment {
+            if let Some((src, dst)) = self.frags.find(&info.frag_key(), now) {
+                rewrite_addresses(ip, src, dst)?;
+            }
+            return Ok(());
+        }
         if info.proto == IpProtocol::Icmp && !info.fragment {
             return self.unnat_icmp_error(ip, now).map(|_| ());
         }
@@ -490,6 +541,10 @@ impl Pipeline {
         };
         settle_l4_checksum(ip)?;
         rewrite(ip, flow.vip, flow.client, L4Sum::Full)?;
+        if info.fragment {
+            self.frags
+                .insert(info.frag_key(), (flow.vip.0, flow.client.0), now);
+        }
         self.counters.bump(Counter::LbReplies);
         Ok(())
     }
