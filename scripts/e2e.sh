@@ -301,6 +301,10 @@ done
 echo "      dig @$NIP: $(grep -m1 -o 'communications error.*\|timed out.*' <<<"$OUT"); flows to a backend: $FLOWS"
 check "UDP to a ClusterIP whose backend does not listen: the backend's port unreachable reaches the client (connection refused)" \
     bash -c "grep -q 'connection refused' <<<\"\$1\" && [ \"\$2\" -gt 0 ]" _ "$OUT" "$FLOWS"
+# The same with 4,000 bytes: the client's kernel sends three IP fragments; the first
+# (with the ports) is balanced, the others must follow it to the same backend.
+OUT=$(ip netns exec "$LAB-default-client" bash -c "exec 3<>/dev/udp/$NIP/53; printf '%4000s' x >&3; read -r -t 3 -u 3 _" 2>&1 || true)
+check "a 4000-byte datagram to that ClusterIP crosses as IP fragments and is refused the same way" grep -q "Connection refused" <<<"$OUT"
 "$BIN/tapestry" delete svc noudp >/dev/null
 
 # Deleting a web pod takes it out of DNS and the load balancer within a second,
