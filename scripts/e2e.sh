@@ -293,10 +293,15 @@ spec:
 YAML
 "$BIN/tapestry" apply -f "$TMP/noudp.yaml" >/dev/null
 NIP=$(svc_ip noudp)
-for _ in $(seq 1 20); do # until node1 has the service with its backends (bounded)
+# Until node1 has the service with its backends (bounded: 10 s). The ClusterIP may
+# be the one `empty` just gave back, so until then node1 refuses it itself, with
+# no flow: the refusal counts only once a flow to a backend shows it was balanced.
+T0=$(now_ms)
+while [ $(($(now_ms) - T0)) -lt 10000 ]; do
     OUT=$(in_pod client dig +tries=1 +timeout=1 @"$NIP" web.default.svc.cluster.local 2>&1)
     FLOWS=$("$BIN/tapestry" status --socket "/run/tapestry/$LAB/nodes/node1/tapestryd.sock" | grep -c -- "-> $NIP:53 .*:9999 " || true)
     [[ "$OUT" == *"connection refused"* ]] && [ "$FLOWS" -gt 0 ] && break
+    sleep 0.1 # between polls of a bounded wait
 done
 echo "      dig @$NIP: $(grep -m1 -o 'communications error.*\|timed out.*' <<<"$OUT"); flows to a backend: $FLOWS"
 check "UDP to a ClusterIP whose backend does not listen: the backend's port unreachable reaches the client (connection refused)" \

@@ -51,6 +51,26 @@ fn addr_delta(old: Ipv4Addr, new: Ipv4Addr) -> u64 {
         + u64::from(u16::from_be_bytes([g, h]))
 }
 
+/// Stores `src` and `dst` in the IPv4 header `hdr` and updates its checksum by
+/// `delta`, the [`addr_delta`] of both addresses.
+fn set_addresses(hdr: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, delta: u64) {
+    let mut p = Ipv4Packet::new_unchecked(hdr);
+    let hsum = checksum::fold(u64::from(!p.checksum()) + delta);
+    p.set_src_addr(src);
+    p.set_dst_addr(dst);
+    p.set_checksum(!hsum);
+}
+
+/// A full L4 checksum `old` after the addresses changed by `addrs` ([`addr_delta`])
+/// and the ports from `old_ports` to `new_ports` (RFC 1624).
+fn full_sum(old: u16, addrs: u64, old_ports: (u16, u16), new_ports: (u16, u16)) -> u16 {
+    let ports = u64::from(!old_ports.0)
+        + u64::from(new_ports.0)
+        + u64::from(!old_ports.1)
+        + u64::from(new_ports.1);
+    !checksum::fold(u64::from(!old) + addrs + ports)
+}
+
 /// Rewrites the source to `src` and the destination to `dst` of the IPv4 TCP or UDP
 /// packet at the start of `ip` (which may run past the total length: padding),
 /// updating the IPv4 checksum and the L4 checksum as `sum` says. Errors: not an
@@ -80,13 +100,7 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
             let old = t.checksum();
             let new = match sum {
                 L4Sum::Partial => checksum::fold(u64::from(old) + addrs),
-                L4Sum::Full => {
-                    let ports = u64::from(!t.src_port())
-                        + u64::from(src.1)
-                        + u64::from(!t.dst_port())
-                        + u64::from(dst.1);
-                    !checksum::fold(u64::from(!old) + addrs + ports)
-                }
+                L4Sum::Full => full_sum(old, addrs, (t.src_port(), t.dst_port()), (src.1, dst.1)),
             };
             t.set_src_port(src.1);
             t.set_dst_port(dst.1);
@@ -102,11 +116,7 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
                 L4Sum::Partial => checksum::fold(u64::from(old) + addrs),
                 L4Sum::Full if old == 0 => 0,
                 L4Sum::Full => {
-                    let ports = u64::from(!u.src_port())
-                        + u64::from(src.1)
-                        + u64::from(!u.dst_port())
-                        + u64::from(dst.1);
-                    match !checksum::fold(u64::from(!old) + addrs + ports) {
+                    match full_sum(old, addrs, (u.src_port(), u.dst_port()), (src.1, dst.1)) {
                         0 => 0xffff,
                         s => s,
                     }
@@ -118,11 +128,7 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
         }
         _ => return Err(DropReason::UnsupportedProtocol),
     }
-    let mut p = Ipv4Packet::new_unchecked(ip_hdr);
-    let hsum = checksum::fold(u64::from(!p.checksum()) + addrs);
-    p.set_src_addr(src.0);
-    p.set_dst_addr(dst.0);
-    p.set_checksum(!hsum);
+    set_addresses(ip_hdr, src.0, dst.0, addrs);
     Ok(())
 }
 
@@ -130,12 +136,9 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
 /// header checksum, nothing else: for a fragment after the first, which holds no L4
 /// header (the L4 checksum was updated in the first fragment).
 pub fn rewrite_addresses(ip: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<(), DropReason> {
-    let mut p = Ipv4Packet::new_checked(&mut *ip).map_err(drop_for)?;
+    let p = Ipv4Packet::new_checked(&*ip).map_err(drop_for)?;
     let delta = addr_delta(p.src_addr(), src) + addr_delta(p.dst_addr(), dst);
-    let hsum = checksum::fold(u64::from(!p.checksum()) + delta);
-    p.set_src_addr(src);
-    p.set_dst_addr(dst);
-    p.set_checksum(!hsum);
+    set_addresses(ip, src, dst, delta);
     Ok(())
 }
 
@@ -179,9 +182,7 @@ pub fn rewrite_quoted(quote: &mut [u8], src: Endpoint, dst: Endpoint) -> Result<
     };
     if let Some(old) = field(l4, sum_at) {
         if !(proto == IpProtocol::Udp && old == 0) {
-            let ports =
-                u64::from(!old_sport) + u64::from(src.1) + u64::from(!old_dport) + u64::from(dst.1);
-            let mut new = !checksum::fold(u64::from(!old) + addrs + ports);
+            let mut new = full_sum(old, addrs, (old_sport, old_dport), (src.1, dst.1));
             if proto == IpProtocol::Udp && new == 0 {
                 new = 0xffff;
             }
@@ -196,11 +197,7 @@ pub fn rewrite_quoted(quote: &mut [u8], src: Endpoint, dst: Endpoint) -> Result<
     if let Some(f) = l4.get_mut(2..4) {
         f.copy_from_slice(&dst.1.to_be_bytes());
     }
-    let mut p = Ipv4Packet::new_unchecked(ip_hdr);
-    let hsum = checksum::fold(u64::from(!p.checksum()) + addrs);
-    p.set_src_addr(src.0);
-    p.set_dst_addr(dst.0);
-    p.set_checksum(!hsum);
+    set_addresses(ip_hdr, src.0, dst.0, addrs);
     Ok(())
 }
 
