@@ -348,34 +348,20 @@ impl Worker {
                 flow_hash,
                 datagrams,
                 segment_len,
-            } if datagrams.len() <= segment_len => {
-                // One datagram: staged, to leave with its flow's next ones.
-                loop {
-                    match self.tunnel_out.push(peer, flow_hash, datagrams) {
-                        Push::Staged => break,
-                        Push::SendFirst => self.flush_tunnel_out(),
-                        Push::Unstageable => {
-                            send_tunnel(
-                                &mut self.tunnel,
-                                &self.tunnel_tx_errors,
-                                peer,
-                                flow_hash,
-                                datagrams,
-                                segment_len,
-                            );
-                            break;
+            } => {
+                if datagrams.len() <= segment_len {
+                    // One datagram: staged, to leave with its flow's next ones.
+                    loop {
+                        match self.tunnel_out.push(peer, flow_hash, datagrams) {
+                            Push::Staged => return,
+                            Push::SendFirst => self.flush_tunnel_out(),
+                            Push::Unstageable => break,
                         }
                     }
                 }
-            }
-            Action::Tunnel {
-                peer,
-                flow_hash,
-                datagrams,
-                segment_len,
-            } => {
-                // A TSO run: already one GSO send. What is staged goes first,
-                // so that a flow's datagrams stay in order.
+                // A TSO run (already one GSO send), or a datagram that cannot be
+                // staged: what is staged goes first, so a flow's datagrams keep
+                // their order.
                 self.flush_tunnel_out();
                 send_tunnel(
                     &mut self.tunnel,
