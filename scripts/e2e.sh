@@ -293,23 +293,27 @@ spec:
 YAML
 "$BIN/tapestry" apply -f "$TMP/noudp.yaml" >/dev/null
 NIP=$(svc_ip noudp)
+N1SOCK="/run/tapestry/$LAB/nodes/node1/tapestryd.sock"
+ICMP0=$("$BIN/tapestry" status --socket "$N1SOCK" --counter lb_icmp_errors)
 # Until node1 has the service with its backends (bounded: 10 s). The ClusterIP may
-# be the one `empty` just gave back, so until then node1 refuses it itself, with
-# no flow: the refusal counts only once a flow to a backend shows it was balanced.
+# be the one `empty` just gave back, so until then node1 refuses it itself: the
+# refusal counts only once node1 has rewritten a backend's ICMP error.
 T0=$(now_ms)
 while [ $(($(now_ms) - T0)) -lt 10000 ]; do
     OUT=$(in_pod client dig +tries=1 +timeout=1 @"$NIP" web.default.svc.cluster.local 2>&1)
-    FLOWS=$("$BIN/tapestry" status --socket "/run/tapestry/$LAB/nodes/node1/tapestryd.sock" | grep -c -- "-> $NIP:53 .*:9999 " || true)
-    [[ "$OUT" == *"connection refused"* ]] && [ "$FLOWS" -gt 0 ] && break
+    ICMP1=$("$BIN/tapestry" status --socket "$N1SOCK" --counter lb_icmp_errors)
+    [[ "$OUT" == *"connection refused"* ]] && [ "$ICMP1" -gt "$ICMP0" ] && break
     sleep 0.1 # between polls of a bounded wait
 done
-echo "      dig @$NIP: $(grep -m1 -o 'communications error.*\|timed out.*' <<<"$OUT"); flows to a backend: $FLOWS"
-check "UDP to a ClusterIP whose backend does not listen: the backend's port unreachable reaches the client (connection refused)" \
-    bash -c "grep -q 'connection refused' <<<\"\$1\" && [ \"\$2\" -gt 0 ]" _ "$OUT" "$FLOWS"
+echo "      dig @$NIP: $(grep -m1 -o 'communications error.*\|timed out.*' <<<"$OUT"); lb_icmp_errors on node1: $ICMP0 -> $ICMP1"
+check "UDP to a ClusterIP whose backend does not listen: the backend's port unreachable reaches the client, rewritten (connection refused)" \
+    bash -c "grep -q 'connection refused' <<<\"\$1\" && [ \"\$3\" -gt \"\$2\" ]" _ "$OUT" "$ICMP0" "$ICMP1"
 # The same with 4,000 bytes: the client's kernel sends three IP fragments; the first
 # (with the ports) is balanced, the others must follow it to the same backend.
 OUT=$(ip netns exec "$LAB-default-client" bash -c "exec 3<>/dev/udp/$NIP/53; printf '%4000s' x >&3; read -r -t 3 -u 3 _" 2>&1 || true)
-check "a 4000-byte datagram to that ClusterIP crosses as IP fragments and is refused the same way" grep -q "Connection refused" <<<"$OUT"
+ICMP2=$("$BIN/tapestry" status --socket "$N1SOCK" --counter lb_icmp_errors)
+check "a 4000-byte datagram to that ClusterIP crosses as IP fragments and is refused the same way" \
+    bash -c "grep -q 'Connection refused' <<<\"\$1\" && [ \"\$3\" -gt \"\$2\" ]" _ "$OUT" "$ICMP1" "$ICMP2"
 "$BIN/tapestry" delete svc noudp >/dev/null
 
 # Deleting a web pod takes it out of DNS and the load balancer within a second,
