@@ -142,6 +142,55 @@ pub fn rewrite_addresses(ip: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<
     Ok(())
 }
 
+/// The big-endian 16-bit field at `at` of `b`, if `b` holds it.
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    b.get(at..at + 2)
+        .and_then(|f| <[u8; 2]>::try_from(f).ok())
+        .map(u16::from_be_bytes)
+}
+
+/// The TCP or UDP packet an ICMP error quotes (RFC 792: its IPv4 header and at least
+/// the first 8 bytes of its payload), as far as the quote shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub proto: IpProtocol,
+    /// Its IPv4 header length.
+    pub header_len: usize,
+    /// A fragment (necessarily the first: later ones have no ports to quote).
+    pub fragment: bool,
+}
+
+impl Quoted {
+    /// Reads the quote's addresses and ports. Errors: not IPv4 (`BadHeader`), too
+    /// short for its header and both ports (`Truncated`), a later fragment or neither
+    /// TCP nor UDP (`UnsupportedProtocol`).
+    pub fn parse(quote: &[u8]) -> Result<Quoted, DropReason> {
+        let p = Ipv4Packet::new_unchecked(quote);
+        if quote.len() < crate::wire::IPV4_MIN_HEADER_LEN || p.version() != 4 {
+            return Err(DropReason::BadHeader);
+        }
+        let hlen = p.header_len();
+        if hlen < crate::wire::IPV4_MIN_HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        if p.frag_offset() != 0 || !matches!(p.protocol(), IpProtocol::Tcp | IpProtocol::Udp) {
+            return Err(DropReason::UnsupportedProtocol);
+        }
+        let (Some(sport), Some(dport)) = (be16(quote, hlen), be16(quote, hlen + 2)) else {
+            return Err(DropReason::Truncated);
+        };
+        Ok(Quoted {
+            src: (p.src_addr(), sport),
+            dst: (p.dst_addr(), dport),
+            proto: p.protocol(),
+            header_len: hlen,
+            fragment: p.is_fragment(),
+        })
+    }
+}
+
 /// Rewrites the packet an ICMP error quotes (RFC 792: its IPv4 header and at least
 /// the first 8 bytes of its payload, here TCP or UDP) to source `src` and destination
 /// `dst`, as Linux's NAT does for an error related to a translated flow
@@ -151,38 +200,17 @@ pub fn rewrite_addresses(ip: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<
 /// with 18 bytes of its header). The IPv4 header checksum is updated. Errors
 /// (`Truncated`, `BadHeader`, `UnsupportedProtocol`) change nothing.
 pub fn rewrite_quoted(quote: &mut [u8], src: Endpoint, dst: Endpoint) -> Result<(), DropReason> {
-    let (hlen, proto, old_src, old_dst) = {
-        let p = Ipv4Packet::new_unchecked(&*quote);
-        if quote.len() < crate::wire::IPV4_MIN_HEADER_LEN || p.version() != 4 {
-            return Err(DropReason::BadHeader);
-        }
-        let hlen = p.header_len();
-        if hlen < crate::wire::IPV4_MIN_HEADER_LEN || quote.len() < hlen + 8 {
-            return Err(DropReason::Truncated);
-        }
-        if p.frag_offset() != 0 {
-            return Err(DropReason::UnsupportedProtocol);
-        }
-        (hlen, p.protocol(), p.src_addr(), p.dst_addr())
-    };
-    let sum_at = match proto {
-        IpProtocol::Tcp => 16,
-        IpProtocol::Udp => 6,
-        _ => return Err(DropReason::UnsupportedProtocol),
-    };
-    let addrs = addr_delta(old_src, src.0) + addr_delta(old_dst, dst.0);
-    let (ip_hdr, l4) = quote.split_at_mut(hlen);
-    let field = |b: &[u8], at: usize| {
-        b.get(at..at + 2)
-            .and_then(|f| <[u8; 2]>::try_from(f).ok())
-            .map(u16::from_be_bytes)
-    };
-    let (Some(old_sport), Some(old_dport)) = (field(l4, 0), field(l4, 2)) else {
+    let q = Quoted::parse(quote)?;
+    if quote.len() < q.header_len + 8 {
         return Err(DropReason::Truncated);
-    };
-    if let Some(old) = field(l4, sum_at) {
+    }
+    let proto = q.proto;
+    let sum_at = if q.proto == IpProtocol::Tcp { 16 } else { 6 };
+    let addrs = addr_delta(q.src.0, src.0) + addr_delta(q.dst.0, dst.0);
+    let (ip_hdr, l4) = quote.split_at_mut(q.header_len);
+    if let Some(old) = be16(l4, sum_at) {
         if !(proto == IpProtocol::Udp && old == 0) {
-            let mut new = full_sum(old, addrs, (old_sport, old_dport), (src.1, dst.1));
+            let mut new = full_sum(old, addrs, (q.src.1, q.dst.1), (src.1, dst.1));
             if proto == IpProtocol::Udp && new == 0 {
                 new = 0xffff;
             }

@@ -79,7 +79,7 @@ use crate::drops::{Counter, DropReason};
 use crate::fragments::FragKey;
 use crate::lb::{Backend, L4Proto, ServiceTable};
 use crate::maglev::fmix64;
-use crate::nat::{rewrite, rewrite_addresses, rewrite_quoted, L4Sum};
+use crate::nat::{rewrite, rewrite_addresses, rewrite_quoted, L4Sum, Quoted};
 use crate::routes::prefix_mask;
 use crate::tunnel::settle_l4_checksum;
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -584,29 +584,18 @@ impl Pipeline {
             return Ok(false);
         };
         // The quoted packet went client → backend; its reply key is the other way.
-        let t = {
-            let q = Ipv4Packet::new_unchecked(&*quote);
-            if quote.len() < IPV4_MIN_HEADER_LEN || q.version() != 4 || q.is_fragment() {
-                return Ok(false);
-            }
-            let port = |at: usize| {
-                quote
-                    .get(q.header_len() + at..q.header_len() + at + 2)
-                    .and_then(|f| <[u8; 2]>::try_from(f).ok())
-                    .map(u16::from_be_bytes)
-            };
-            let (Some(sport), Some(dport), Some(proto)) =
-                (port(0), port(2), L4Proto::from_ip(q.protocol()))
-            else {
-                return Ok(false);
-            };
-            Tuple {
-                src: q.dst_addr(),
-                sport: dport,
-                dst: q.src_addr(),
-                dport: sport,
-                proto,
-            }
+        let t = match Quoted::parse(quote) {
+            Ok(q) if !q.fragment => match L4Proto::from_ip(q.proto) {
+                Some(proto) => Tuple {
+                    src: q.dst.0,
+                    sport: q.dst.1,
+                    dst: q.src.0,
+                    dport: q.src.1,
+                    proto,
+                },
+                None => return Ok(false),
+            },
+            _ => return Ok(false),
         };
         let Some(f) = self.conntrack.find(Dir::Reply, &t, now, &self.counters) else {
             return Ok(false);
