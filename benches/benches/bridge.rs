@@ -184,7 +184,11 @@ fn bench_learn(c: &mut Criterion) {
             b.iter_custom(|iters| timed_learning(&mut p, &mut frames, &mut out, iters));
         });
         let s = p.counters().snapshot();
-        assert_eq!(s.table_full, 0, "learn bench must not hit a full table");
+        assert_eq!(
+            s.get(tapestry_dataplane::Counter::TableFull),
+            0,
+            "learn bench must not hit a full table"
+        );
     }
     let mut p = prefilled(16_384, 16_384);
     g.bench_function(BenchmarkId::new("table_full", 16_384), |b| {

@@ -159,7 +159,7 @@ fn bench_lb(c: &mut Criterion) {
             );
         });
         let s = p.counters().snapshot();
-        assert!(s.lb_new_flows > 1, "{s:?}");
+        assert!(s.get(tapestry_dataplane::Counter::LbNewFlows) > 1, "{s:?}");
         let mut p = node(n);
         let est = query(vip(n / 2), 40_000);
         assert!(forwarded(&p.process(
@@ -175,7 +175,12 @@ fn bench_lb(c: &mut Criterion) {
                 BatchSize::SmallInput,
             );
         });
-        assert_eq!(p.counters().snapshot().lb_new_flows, 1);
+        assert_eq!(
+            p.counters()
+                .snapshot()
+                .get(tapestry_dataplane::Counter::LbNewFlows),
+            1
+        );
     }
     g.finish();
 

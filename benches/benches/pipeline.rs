@@ -184,7 +184,12 @@ fn bench_same_node(c: &mut Criterion) {
         let _ = p.process(HOST, &mut fill, NOW, &mut out);
     }
     assert_eq!(p.mac_table_len(), MACS, "prefill");
-    assert_eq!(p.counters().snapshot().table_full, 0);
+    assert_eq!(
+        p.counters()
+            .snapshot()
+            .get(tapestry_dataplane::Counter::TableFull),
+        0
+    );
     g.bench_function(BenchmarkId::new("tcp_1400/macs", MACS), |b| {
         b.iter(|| {
             black_box(p.process(POD_A, black_box(&mut ab), NOW, &mut out));
@@ -278,7 +283,14 @@ fn bench_from_remote(c: &mut Criterion) {
             });
         });
         let s = p.counters().snapshot();
-        assert_eq!((s.dropped, s.inner_checksums_completed), (0, 0), "{s:?}");
+        assert_eq!(
+            (
+                s.dropped,
+                s.get(tapestry_dataplane::Counter::InnerChecksumsCompleted)
+            ),
+            (0, 0),
+            "{s:?}"
+        );
     }
     g.finish();
 }
@@ -353,7 +365,12 @@ fn bench_cluster_ip_established(c: &mut Criterion) {
             assert!(forwarded(&p.process(POD_A, &mut fr, NOW, &mut out)));
         }
         assert_eq!(p.conntrack_len(), flows);
-        assert_eq!(p.counters().snapshot().lb_new_flows, flows as u64);
+        assert_eq!(
+            p.counters()
+                .snapshot()
+                .get(tapestry_dataplane::Counter::LbNewFlows),
+            flows as u64
+        );
         let data = tcp_frame(
             GW_MAC,
             POD_A_MAC,
@@ -374,7 +391,8 @@ fn bench_cluster_ip_established(c: &mut Criterion) {
         });
         let s = p.counters().snapshot();
         assert_eq!(
-            s.lb_new_flows, flows as u64,
+            s.get(tapestry_dataplane::Counter::LbNewFlows),
+            flows as u64,
             "every timed packet hit a flow"
         );
         assert_eq!(s.dropped, 0, "{s:?}");
@@ -417,8 +435,15 @@ fn bench_cluster_ip_first_packet(c: &mut Criterion) {
         );
     });
     let s = p.counters().snapshot();
-    assert!(s.conntrack_evicted > 0, "{s:?}");
-    assert_eq!(s.lb_established, 0, "every timed packet was a new flow");
+    assert!(
+        s.get(tapestry_dataplane::Counter::ConntrackEvicted) > 0,
+        "{s:?}"
+    );
+    assert_eq!(
+        s.get(tapestry_dataplane::Counter::LbEstablished),
+        0,
+        "every timed packet was a new flow"
+    );
     assert_eq!(s.dropped, 0, "{s:?}");
     g.finish();
 }

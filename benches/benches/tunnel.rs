@@ -199,7 +199,12 @@ fn bench_decap(c: &mut Criterion) {
         n2.process_tunnel(src, &mut dgram, NOW, &mut out),
         Action::ToPort(POD, _)
     ));
-    assert_eq!(n2.counters().snapshot().inner_checksums_completed, 1);
+    assert_eq!(
+        n2.counters()
+            .snapshot()
+            .get(tapestry_dataplane::Counter::InnerChecksumsCompleted),
+        1
+    );
     g.bench_function("udp_1400_partial_csum_to_pod", |b| {
         b.iter(|| {
             black_box(n2.process_tunnel(src, black_box(&mut dgram), NOW, &mut out));

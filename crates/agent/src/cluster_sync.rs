@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use tapestry_cluster::store::{Store, StoreError};
 use tapestry_cluster::ClusterCache;
 use tapestry_cluster::{Ipv4Cidr, MacAddr, Node, NodeSpec, NodeStatus, Object, ObjectMeta};
-use tapestry_dataplane::routes::{Peer, RouteSnapshot};
+use tapestry_dataplane::{Peer, RouteSnapshot};
 
 /// The label an agent puts on its Node: pods may be scheduled there.
 pub const KUBELET_LABEL: &str = "node.tapestry.io/kubelet";

@@ -16,9 +16,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tapestry_cluster::ipam::PodIpam;
 use tapestry_cluster::Ipv4Cidr;
-use tapestry_dataplane::pipeline::TunnelConfig;
-use tapestry_dataplane::routes::RouteSnapshot;
+use tapestry_dataplane::RouteSnapshot;
 use tapestry_dataplane::ServiceTable;
+use tapestry_dataplane::TunnelConfig;
 use tapestry_dataplane::{
     Counters, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
 };
@@ -308,7 +308,7 @@ impl Node {
             self.gateway,
             a.ifname.clone(),
         );
-        let tap = tapestry_io::sys::in_netns(&a.netns, move || {
+        let tap = tapestry_io::in_netns(&a.netns, move || {
             let tap = Tap::open(&ifname, true)?;
             let setup = netconf::ip(&["link", "set", "dev", "lo", "up"]).and_then(|_| {
                 netconf::configure_interface(&ifname, mac, mtu, ip, prefix, Some(gw))
@@ -397,7 +397,7 @@ impl Node {
         let want_mac = mac_string(mac_for(rec.ip));
         let want_addr = format!("{}/{}", rec.ip, self.cfg.subnet.prefix_len());
         let (mtu, ifname, gw) = (self.cfg.mtu, rec.attachment.ifname.clone(), self.gateway);
-        tapestry_io::sys::in_netns(&rec.attachment.netns, move || {
+        tapestry_io::in_netns(&rec.attachment.netns, move || {
             let check = || -> Result<(), String> {
                 let (mac, got_mtu, addrs, up) = netconf::inspect_interface(&ifname)?;
                 if mac != want_mac {
@@ -549,36 +549,7 @@ impl Node {
                 })
                 .collect(),
             mac_table_capacity: self.mac_capacity,
-            counters: vec![
-                ("rx_frames".into(), snap.rx_frames),
-                ("forwarded".into(), snap.forwarded),
-                ("flooded".into(), snap.flooded),
-                ("replies".into(), snap.replies),
-                ("learned".into(), snap.learned),
-                ("moved".into(), snap.moved),
-                ("table_full".into(), snap.table_full),
-                ("aged_out".into(), snap.aged_out),
-                ("routed".into(), snap.routed),
-                ("delivered".into(), snap.delivered),
-                ("tunneled_out".into(), snap.tunneled_out),
-                ("tunnel_datagrams_out".into(), snap.tunnel_datagrams_out),
-                ("tunneled_in".into(), snap.tunneled_in),
-                ("icmp_errors_sent".into(), snap.icmp_errors_sent),
-                ("icmp_errors_suppressed".into(), snap.icmp_errors_suppressed),
-                (
-                    "inner_checksums_completed".into(),
-                    snap.inner_checksums_completed,
-                ),
-                ("lb_new_flows".into(), snap.lb_new_flows),
-                ("lb_established".into(), snap.lb_established),
-                ("lb_replies".into(), snap.lb_replies),
-                ("lb_icmp_errors".into(), snap.lb_icmp_errors),
-                ("lb_no_endpoint".into(), snap.lb_no_endpoint),
-                ("conntrack_evicted".into(), snap.conntrack_evicted),
-                ("conntrack_expired".into(), snap.conntrack_expired),
-                ("conntrack_flushed".into(), snap.conntrack_flushed),
-                ("dropped".into(), snap.dropped),
-            ],
+            counters: snap.iter().map(|(name, n)| (name.to_owned(), n)).collect(),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name().to_owned(), self.counters.drop_count(*r)))
@@ -638,10 +609,7 @@ fn validate(a: &Attachment) -> Result<(), String> {
             a.netns.display()
         ));
     }
-    if a.ifname.is_empty()
-        || a.ifname.len() > tapestry_io::sys::IFNAME_MAX
-        || a.ifname.contains('/')
-    {
+    if a.ifname.is_empty() || a.ifname.len() > tapestry_io::IFNAME_MAX || a.ifname.contains('/') {
         return Err(format!(
             "ifname {:?} is not a valid interface name",
             a.ifname

@@ -18,6 +18,17 @@
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::wire::WireError;
+
+/// Maps a parse error to the drop reason it stands for.
+pub(crate) fn drop_for(err: WireError) -> DropReason {
+    match err {
+        WireError::Truncated { .. } => DropReason::Truncated,
+        WireError::Malformed { .. } => DropReason::BadHeader,
+        WireError::Unsupported { .. } => DropReason::UnsupportedProtocol,
+    }
+}
+
 /// Why the pipeline dropped a frame. Also the metric label, see [`DropReason::name`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
@@ -88,7 +99,7 @@ pub enum DropReason {
     /// checksum is wrong and is not a sender's partial (offloaded) checksum either: a
     /// packet corrupted on the way. Kept apart from `BadChecksum` (IPv4 header, ICMP to
     /// the gateway) because it names the tunnel's inner payload, the one place we
-    /// check L4 checksums; see `crate::tunnel::settle_l4_checksum`.
+    /// check L4 checksums; see `crate::codec::vxlan::settle_l4_checksum`.
     BadInnerChecksum,
     /// To a ClusterIP on a port or protocol no service of that IP serves (TCP/UDP to an
     /// unknown port, ICMP such as ping, anything else), and no ICMP unreachable was
@@ -197,63 +208,111 @@ impl core::fmt::Display for DropReason {
     }
 }
 
+/// Declares [`Counter`] once: each variant with its metric name and meaning, in the
+/// order status output lists them.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])+ $variant:ident => $name:literal,)+) => {
+        /// A pipeline counter (besides the per-reason drops). The name is the metric
+        /// label and the status line; [`Counter::ALL`] lists them in output order.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Counter {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl Counter {
+            /// Every counter, in output order (the index of each is its discriminant).
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)+];
+
+            /// The metric name, e.g. `rx_frames`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Frames (and tunnel datagrams) handed to the pipeline.
+    RxFrames => "rx_frames",
+    /// Unicast frames sent to the one port their destination was learned on.
+    Forwarded => "forwarded",
+    /// Broadcast, multicast and unknown-unicast frames sent to every other port.
+    Flooded => "flooded",
+    /// Frames the gateway answered back out of the ingress port (ARP, ICMP echo, ICMP
+    /// errors to a local sender).
+    Replies => "replies",
+    /// New MAC table entries (including re-learning an entry that had aged out).
+    Learned => "learned",
+    /// Live entries whose MAC appeared on another port.
+    Moved => "moved",
+    /// New MACs not learned because the table was full.
+    TableFull => "table_full",
+    /// Entries found older than the aging time and forgotten.
+    AgedOut => "aged_out",
+    /// Packets the router forwarded with a TTL decrement (local delivery or tunnel).
+    Routed => "routed",
+    /// Frames built in `out` for one port (`Action::ToPort`): decapsulated packets
+    /// delivered locally, ICMP errors to a local pod about a remote packet.
+    Delivered => "delivered",
+    /// Packets sent into the tunnel (`Action::Tunnel`), before segmentation.
+    TunneledOut => "tunneled_out",
+    /// VXLAN datagrams in those actions (after TSO and fragmentation).
+    TunnelDatagramsOut => "tunnel_datagrams_out",
+    /// VXLAN datagrams accepted (known peer, our VNI) from the tunnel.
+    TunneledIn => "tunneled_in",
+    /// ICMP errors the node originated (time exceeded, unreachable, frag needed).
+    IcmpErrorsSent => "icmp_errors_sent",
+    /// ICMP errors owed but not sent: rate limit (RFC 1812 §4.3.2.8) or forbidden
+    /// (RFC 1122 §3.2.2: about an error, a fragment, a broadcast, ...).
+    IcmpErrorsSuppressed => "icmp_errors_suppressed",
+    /// Decapsulated TCP/UDP packets whose L4 checksum arrived partial (a Linux VXLAN
+    /// sender's `CHECKSUM_PARTIAL`) and was completed before delivery.
+    InnerChecksumsCompleted => "inner_checksums_completed",
+    /// Flows to a service the load balancer started (backend picked, flow tracked).
+    LbNewFlows => "lb_new_flows",
+    /// Packets of tracked service flows, client to backend (after the first).
+    LbEstablished => "lb_established",
+    /// Replies from a backend rewritten back to the ClusterIP.
+    LbReplies => "lb_replies",
+    /// ICMP errors about a tracked flow rewritten for its client (conntrack's
+    /// `RELATED` translation).
+    LbIcmpErrors => "lb_icmp_errors",
+    /// Packets to a service without a ready backend (answered with a TCP reset or
+    /// ICMP port unreachable, or dropped).
+    LbNoEndpoint => "lb_no_endpoint",
+    /// Live flows evicted because the connection table was full.
+    ConntrackEvicted => "conntrack_evicted",
+    /// Flows removed after their timeout (on lookup, eviction or `maintain`).
+    ConntrackExpired => "conntrack_expired",
+    /// Flows removed because their backend left the service (or the service went).
+    ConntrackFlushed => "conntrack_flushed",
+}
+
+impl Counter {
+    /// How many counters there are.
+    pub const COUNT: usize = Counter::ALL.len();
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Packet counters of one pipeline. Written only by the pipeline, read by anyone.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
-    rx_frames: AtomicU64,
-    forwarded: AtomicU64,
-    flooded: AtomicU64,
-    replies: AtomicU64,
-    learned: AtomicU64,
-    moved: AtomicU64,
-    table_full: AtomicU64,
-    aged_out: AtomicU64,
-    delivered: AtomicU64,
-    tunneled_out: AtomicU64,
-    tunnel_datagrams_out: AtomicU64,
-    tunneled_in: AtomicU64,
-    routed: AtomicU64,
-    icmp_errors_sent: AtomicU64,
-    icmp_errors_suppressed: AtomicU64,
-    inner_checksums_completed: AtomicU64,
-    lb_new_flows: AtomicU64,
-    lb_established: AtomicU64,
-    lb_replies: AtomicU64,
-    lb_icmp_errors: AtomicU64,
-    lb_no_endpoint: AtomicU64,
-    conntrack_evicted: AtomicU64,
-    conntrack_expired: AtomicU64,
-    conntrack_flushed: AtomicU64,
+    counts: [AtomicU64; Counter::COUNT],
     drops: [AtomicU64; DropReason::COUNT],
 }
 
-/// Which counter to bump (crate-internal: only the pipeline writes).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Counter {
-    RxFrames,
-    Forwarded,
-    Flooded,
-    Replies,
-    Learned,
-    Moved,
-    TableFull,
-    AgedOut,
-    Delivered,
-    TunneledOut,
-    TunnelDatagramsOut,
-    TunneledIn,
-    Routed,
-    IcmpErrorsSent,
-    IcmpErrorsSuppressed,
-    InnerChecksumsCompleted,
-    LbNewFlows,
-    LbEstablished,
-    LbReplies,
-    LbIcmpErrors,
-    LbNoEndpoint,
-    ConntrackEvicted,
-    ConntrackExpired,
-    ConntrackFlushed,
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            counts: core::array::from_fn(|_| AtomicU64::new(0)),
+            drops: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// Single-writer increment: see the module docs for why this is not `fetch_add`.
@@ -270,33 +329,9 @@ impl Counters {
 
     #[inline]
     pub(crate) fn add(&self, which: Counter, n: u64) {
-        let c = match which {
-            Counter::RxFrames => &self.rx_frames,
-            Counter::Forwarded => &self.forwarded,
-            Counter::Flooded => &self.flooded,
-            Counter::Replies => &self.replies,
-            Counter::Learned => &self.learned,
-            Counter::Moved => &self.moved,
-            Counter::TableFull => &self.table_full,
-            Counter::AgedOut => &self.aged_out,
-            Counter::Delivered => &self.delivered,
-            Counter::TunneledOut => &self.tunneled_out,
-            Counter::TunnelDatagramsOut => &self.tunnel_datagrams_out,
-            Counter::TunneledIn => &self.tunneled_in,
-            Counter::Routed => &self.routed,
-            Counter::IcmpErrorsSent => &self.icmp_errors_sent,
-            Counter::IcmpErrorsSuppressed => &self.icmp_errors_suppressed,
-            Counter::InnerChecksumsCompleted => &self.inner_checksums_completed,
-            Counter::LbNewFlows => &self.lb_new_flows,
-            Counter::LbEstablished => &self.lb_established,
-            Counter::LbReplies => &self.lb_replies,
-            Counter::LbIcmpErrors => &self.lb_icmp_errors,
-            Counter::LbNoEndpoint => &self.lb_no_endpoint,
-            Counter::ConntrackEvicted => &self.conntrack_evicted,
-            Counter::ConntrackExpired => &self.conntrack_expired,
-            Counter::ConntrackFlushed => &self.conntrack_flushed,
-        };
-        add(c, n);
+        if let Some(c) = self.counts.get(which.index()) {
+            add(c, n);
+        }
     }
 
     #[inline]
@@ -304,6 +339,13 @@ impl Counters {
         if let Some(c) = self.drops.get(reason.index()) {
             add(c, 1);
         }
+    }
+
+    /// The value of one counter so far.
+    pub fn get(&self, which: Counter) -> u64 {
+        self.counts
+            .get(which.index())
+            .map_or(0, |c| c.load(Relaxed))
     }
 
     /// Frames dropped for `reason` so far.
@@ -321,30 +363,7 @@ impl Counters {
             .filter(|(_, n)| *n != 0)
             .collect();
         CountersSnapshot {
-            rx_frames: self.rx_frames.load(Relaxed),
-            forwarded: self.forwarded.load(Relaxed),
-            flooded: self.flooded.load(Relaxed),
-            replies: self.replies.load(Relaxed),
-            learned: self.learned.load(Relaxed),
-            moved: self.moved.load(Relaxed),
-            table_full: self.table_full.load(Relaxed),
-            aged_out: self.aged_out.load(Relaxed),
-            delivered: self.delivered.load(Relaxed),
-            tunneled_out: self.tunneled_out.load(Relaxed),
-            tunnel_datagrams_out: self.tunnel_datagrams_out.load(Relaxed),
-            tunneled_in: self.tunneled_in.load(Relaxed),
-            routed: self.routed.load(Relaxed),
-            icmp_errors_sent: self.icmp_errors_sent.load(Relaxed),
-            icmp_errors_suppressed: self.icmp_errors_suppressed.load(Relaxed),
-            inner_checksums_completed: self.inner_checksums_completed.load(Relaxed),
-            lb_new_flows: self.lb_new_flows.load(Relaxed),
-            lb_established: self.lb_established.load(Relaxed),
-            lb_replies: self.lb_replies.load(Relaxed),
-            lb_icmp_errors: self.lb_icmp_errors.load(Relaxed),
-            lb_no_endpoint: self.lb_no_endpoint.load(Relaxed),
-            conntrack_evicted: self.conntrack_evicted.load(Relaxed),
-            conntrack_expired: self.conntrack_expired.load(Relaxed),
-            conntrack_flushed: self.conntrack_flushed.load(Relaxed),
+            counts: core::array::from_fn(|i| self.counts.get(i).map_or(0, |c| c.load(Relaxed))),
             dropped: drops.iter().map(|(_, n)| n).sum(),
             drops,
         }
@@ -352,69 +371,38 @@ impl Counters {
 }
 
 /// Counter values at one moment, for status output and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CountersSnapshot {
-    /// Frames handed to `process`.
-    pub rx_frames: u64,
-    /// Unicast frames sent to the one port their destination was learned on.
-    pub forwarded: u64,
-    /// Broadcast, multicast and unknown-unicast frames sent to every other port.
-    pub flooded: u64,
-    /// Frames the gateway router answered back out of the ingress port (ARP, ICMP
-    /// echo, ICMP errors to a local sender).
-    pub replies: u64,
-    /// New MAC table entries (including re-learning an entry that had aged out).
-    pub learned: u64,
-    /// Live entries whose MAC appeared on another port.
-    pub moved: u64,
-    /// New MACs not learned because the table was full.
-    pub table_full: u64,
-    /// Entries found older than the aging time and forgotten.
-    pub aged_out: u64,
-    /// Frames built in `out` for one port (`Action::ToPort`): decapsulated packets
-    /// delivered locally, ICMP errors to a local pod about a remote packet.
-    pub delivered: u64,
-    /// Packets sent into the tunnel (`Action::Tunnel`), before segmentation.
-    pub tunneled_out: u64,
-    /// VXLAN datagrams in those actions (after TSO and fragmentation).
-    pub tunnel_datagrams_out: u64,
-    /// VXLAN datagrams accepted (known peer, our VNI) by `process_tunnel`.
-    pub tunneled_in: u64,
-    /// Packets the router forwarded with a TTL decrement (local delivery or tunnel).
-    pub routed: u64,
-    /// ICMP errors the router originated (time exceeded, unreachable, frag needed).
-    pub icmp_errors_sent: u64,
-    /// ICMP errors owed but not sent: rate limit (RFC 1812 §4.3.2.8) or forbidden
-    /// (RFC 1122 §3.2.2: about an error, a fragment, a broadcast, ...).
-    pub icmp_errors_suppressed: u64,
-    /// Decapsulated TCP/UDP packets whose L4 checksum arrived partial (a Linux VXLAN
-    /// sender's `CHECKSUM_PARTIAL`, never completed on a veth underlay) and was
-    /// completed before local delivery. Counts along the way, like `routed`.
-    pub inner_checksums_completed: u64,
-    /// Flows to a service the load balancer started: a backend picked by Maglev, the
-    /// flow tracked, the packet DNATed. Counts along the way, like `routed`.
-    pub lb_new_flows: u64,
-    /// Packets of tracked service flows, client to backend (after the first).
-    pub lb_established: u64,
-    /// Replies from a backend rewritten back to the ClusterIP (bridged, routed or
-    /// from the tunnel).
-    pub lb_replies: u64,
-    /// ICMP errors about a tracked flow rewritten for its client (the quoted
-    /// packet back to the ClusterIP, like Linux conntrack's `RELATED` errors).
-    pub lb_icmp_errors: u64,
-    /// Packets to a service without a ready backend (answered with a TCP reset or
-    /// ICMP port unreachable, or dropped as `lb_no_endpoint`).
-    pub lb_no_endpoint: u64,
-    /// Live flows evicted because the connection table was full.
-    pub conntrack_evicted: u64,
-    /// Flows removed after their timeout (on lookup, eviction or `maintain`).
-    pub conntrack_expired: u64,
-    /// Flows removed because their backend left the service (or the service went).
-    pub conntrack_flushed: u64,
+    counts: [u64; Counter::COUNT],
     /// Sum of all drops.
     pub dropped: u64,
     /// `(DropReason::name, count)` for each reason with a nonzero count.
     pub drops: Vec<(&'static str, u64)>,
+}
+
+impl Default for CountersSnapshot {
+    fn default() -> Self {
+        CountersSnapshot {
+            counts: [0; Counter::COUNT],
+            dropped: 0,
+            drops: Vec::new(),
+        }
+    }
+}
+
+impl CountersSnapshot {
+    /// The value of one counter.
+    pub fn get(&self, which: Counter) -> u64 {
+        self.counts.get(which.index()).copied().unwrap_or(0)
+    }
+
+    /// `(name, value)` of every counter in output order, then `("dropped", total)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL
+            .iter()
+            .map(|c| (c.name(), self.get(*c)))
+            .chain(core::iter::once(("dropped", self.dropped)))
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +422,20 @@ mod tests {
     }
 
     #[test]
+    fn counter_names_are_unique_snake_case_and_indexed_in_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{c:?} out of order in ALL");
+            assert!(c
+                .name()
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            for other in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+    }
+
+    #[test]
     fn snapshot_lists_nonzero_drops() {
         let c = Counters::default();
         c.bump(Counter::RxFrames);
@@ -443,8 +445,13 @@ mod tests {
         assert_eq!(c.drop_count(DropReason::SpoofedIp), 1);
         assert_eq!(c.drop_count(DropReason::Truncated), 0);
         let s = c.snapshot();
-        assert_eq!(s.rx_frames, 2);
-        assert_eq!(s.aged_out, 3);
+        assert_eq!(s.get(Counter::RxFrames), 2);
+        assert_eq!(s.get(Counter::AgedOut), 3);
+        let listed: Vec<_> = s.iter().collect();
+        assert_eq!(listed.len(), Counter::COUNT + 1);
+        assert_eq!(listed[0], ("rx_frames", 2));
+        assert_eq!(listed[Counter::AgedOut as usize], ("aged_out", 3));
+        assert_eq!(listed[Counter::COUNT], ("dropped", 1));
         assert_eq!(s.dropped, 1);
         assert_eq!(s.drops, vec![("spoofed_ip", 1)]);
         assert_eq!(DropReason::HairpinSelf.to_string(), "hairpin_self");

@@ -11,7 +11,7 @@
 //! Tokens are kept in nanotokens (1 token = 10^9) so refilling is exact integer
 //! arithmetic on `now` (nanoseconds): elapsed × rate nanotokens.
 
-use crate::Nanos;
+use crate::types::Nanos;
 
 const SCALE: u64 = 1_000_000_000;
 

@@ -1,6 +1,7 @@
 //! Tapestry's I/O layer: everything that touches the kernel on the packet path.
 //!
-//! - [`sys`]: the TAP ioctls and `setns`, the only `unsafe` code in the project.
+//! - `sys` (private): the TAP ioctls, sockets and `setns`, the only `unsafe` code in
+//!   the project, behind safe functions ([`in_netns`] is the one other crates use).
 //! - [`tap`]: TAP queues with virtio-net headers and offloads, optionally persistent.
 //! - [`tunnel`], [`txbatch`]: the VXLAN underlay sockets, and the coalescing of
 //!   single tunnel datagrams into UDP GSO sends.
@@ -8,11 +9,12 @@
 //!   I/O-free [`tapestry_dataplane::Pipeline`] and writes out what it decides.
 #![deny(unsafe_code)]
 
-pub mod sys;
+mod sys;
 pub mod tap;
 pub mod tunnel;
 pub mod txbatch;
 pub mod worker;
 
+pub use sys::{in_netns, IFNAME_MAX};
 pub use tap::Tap;
 pub use worker::{spawn, Command, PortCounters, WorkerHandle};

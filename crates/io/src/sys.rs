@@ -151,9 +151,6 @@ where
         .map_err(|_| io::Error::other("netns worker thread panicked"))?
 }
 
-/// Room for one datagram's source address in a batch receive.
-pub type SockAddrStorage = libc::sockaddr_in;
-
 /// Preallocated `recvmmsg`/`sendmmsg` bookkeeping for up to `cap` datagrams.
 /// Allocated once per socket; every batch reuses it (no allocation per packet).
 pub struct MmsgBatch {
@@ -214,10 +211,6 @@ impl MmsgBatch {
             addrs: vec![zeroed_sockaddr(); cap],
             ctrl: vec![[0u64; CTRL_WORDS]; cap],
         }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.hdrs.len()
     }
 
     /// Receives up to `bufs.len()` datagrams with one `recvmmsg`; fills `lens`,

@@ -24,6 +24,39 @@ pub const RX_DATAGRAM_LEN: usize = 65_536;
 /// Sockets in the send pool: distinct outer source ports.
 pub const TX_POOL: usize = 8;
 
+/// Buffers for one batch of received tunnel messages, allocated once. Kept apart
+/// from the socket so that the datagrams can be processed (and answered through the
+/// socket) while they are borrowed.
+#[derive(Default)]
+pub struct TunnelRx {
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    from: Vec<SocketAddrV4>,
+    /// UDP GRO segment size per received message (0: a single datagram).
+    segs: Vec<usize>,
+}
+
+impl TunnelRx {
+    /// Room for [`RX_BATCH`] messages of [`RX_DATAGRAM_LEN`] bytes.
+    pub fn new() -> TunnelRx {
+        TunnelRx {
+            bufs: (0..RX_BATCH).map(|_| vec![0u8; RX_DATAGRAM_LEN]).collect(),
+            lens: vec![0; RX_BATCH],
+            from: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); RX_BATCH],
+            segs: vec![0; RX_BATCH],
+        }
+    }
+
+    /// Received message `i`: its source, its bytes, and the size of the datagrams
+    /// UDP GRO coalesced into it (the whole message when it holds one).
+    pub fn message(&mut self, i: usize) -> Option<(SocketAddrV4, &mut [u8], usize)> {
+        let (len, from, seg) = (*self.lens.get(i)?, *self.from.get(i)?, *self.segs.get(i)?);
+        let msg = self.bufs.get_mut(i)?.get_mut(..len)?;
+        let seg = if seg == 0 { len.max(1) } else { seg };
+        Some((from, msg, seg))
+    }
+}
+
 /// The node's tunnel endpoint.
 pub struct TunnelSocket {
     rx: UdpSocket,
@@ -31,11 +64,6 @@ pub struct TunnelSocket {
     port: u16,
     rx_batch: MmsgBatch,
     tx_batch: MmsgBatch,
-    pub(crate) bufs: Vec<Vec<u8>>,
-    pub(crate) lens: Vec<usize>,
-    pub(crate) from: Vec<SocketAddrV4>,
-    /// UDP GRO segment size per received message (0: a single datagram).
-    pub(crate) segs: Vec<usize>,
     /// UDP GSO works here; cleared (for good) the first time the kernel refuses it.
     gso: bool,
 }
@@ -72,10 +100,6 @@ impl TunnelSocket {
             port,
             rx_batch: MmsgBatch::new(RX_BATCH),
             tx_batch: MmsgBatch::new(64),
-            bufs: (0..RX_BATCH).map(|_| vec![0u8; RX_DATAGRAM_LEN]).collect(),
-            lens: vec![0; RX_BATCH],
-            from: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); RX_BATCH],
-            segs: vec![0; RX_BATCH],
             gso: true,
         })
     }
@@ -85,18 +109,15 @@ impl TunnelSocket {
         &self.rx
     }
 
-    /// Receives one batch into `bufs` (normally this socket's own, moved out
-    /// for the batch); lengths and sources land in `self.lens` / `self.from`.
-    pub(crate) fn recv_into(&mut self, bufs: &mut [Vec<u8>]) -> io::Result<usize> {
-        let TunnelSocket {
-            rx,
-            rx_batch,
+    /// Receives one batch of messages into `into`; returns how many arrived.
+    pub fn recv(&mut self, into: &mut TunnelRx) -> io::Result<usize> {
+        let TunnelRx {
+            bufs,
             lens,
             from,
             segs,
-            ..
-        } = self;
-        rx_batch.recv(rx.as_fd(), bufs, lens, from, segs)
+        } = into;
+        self.rx_batch.recv(self.rx.as_fd(), bufs, lens, from, segs)
     }
 
     /// Sends back-to-back datagrams of `segment_len` bytes to `peer`, from the

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tapestry_dataplane::{Action, Coalescer, MacAddr, Nanos, Pipeline, PortId, PortRole};
+use tapestry_dataplane::{Action, Coalescer, Ingress, MacAddr, Nanos, Pipeline, PortId, PortRole};
 
 use crate::tap::Tap;
-use crate::tunnel::TunnelSocket;
+use crate::tunnel::{TunnelRx, TunnelSocket};
 use crate::txbatch::{Push, TxBatch};
 
 /// Frames read from one port per turn before the other ports are served.
@@ -74,7 +74,7 @@ pub enum Command {
     },
     /// Report the service load balancer's flow table.
     Flows {
-        done: Sender<Vec<tapestry_dataplane::conntrack::FlowInfo>>,
+        done: Sender<Vec<tapestry_dataplane::FlowInfo>>,
     },
     /// Stop the worker; TAPs are closed (persistent ones stay).
     Shutdown,
@@ -131,6 +131,8 @@ struct Worker {
     /// Ports that used up their budget and still have frames queued.
     backlog: Vec<usize>,
     tunnel: Option<TunnelSocket>,
+    /// Receive buffers of the tunnel (empty without one).
+    tunnel_rx: TunnelRx,
     /// Software GRO for frames decapsulated from the tunnel: consecutive TCP
     /// segments of one flow go to the pod as one large frame, once per batch.
     gro: Coalescer,
@@ -165,6 +167,11 @@ pub fn spawn(pipeline: Pipeline, tunnel: Option<TunnelSocket>) -> io::Result<Wor
         rx,
         epoch: clock_epoch(),
         backlog: Vec::with_capacity(64),
+        tunnel_rx: if tunnel.is_some() {
+            TunnelRx::new()
+        } else {
+            TunnelRx::default()
+        },
         tunnel,
         gro: Coalescer::new(GRO_FLOWS),
         tunnel_backlog: true,
@@ -268,17 +275,17 @@ impl Worker {
     /// Receives up to [`TUNNEL_BUDGET`] batches from the tunnel socket; true if
     /// it may have more.
     fn serve_tunnel(&mut self, out: &mut [u8], now: Nanos) -> bool {
-        let Some(tunnel) = self.tunnel.as_mut() else {
+        if self.tunnel.is_none() {
             return false;
-        };
-        // Moved out for the batch (no allocation) so sends can borrow the socket.
-        let mut bufs = std::mem::take(&mut tunnel.bufs);
+        }
+        // Moved out for the batch (no allocation) so that acting can borrow `self`.
+        let mut rx = std::mem::take(&mut self.tunnel_rx);
         let mut more = true;
         for _ in 0..TUNNEL_BUDGET {
             let Some(tunnel) = self.tunnel.as_mut() else {
                 break;
             };
-            let n = match tunnel.recv_into(&mut bufs) {
+            let n = match tunnel.recv(&mut rx) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     more = false;
@@ -292,22 +299,13 @@ impl Worker {
                 }
             };
             for i in 0..n {
-                let (Some(tunnel), Some(buf)) = (self.tunnel.as_ref(), bufs.get_mut(i)) else {
+                let Some((from, msg, seg)) = rx.message(i) else {
                     break;
-                };
-                let (Some(&len), Some(&from), Some(&seg)) =
-                    (tunnel.lens.get(i), tunnel.from.get(i), tunnel.segs.get(i))
-                else {
-                    break;
-                };
-                let Some(msg) = buf.get_mut(..len) else {
-                    continue;
                 };
                 // With UDP GRO one message holds several datagrams of `seg` bytes.
-                let seg = if seg == 0 { len.max(1) } else { seg };
                 for pkt in msg.chunks_mut(seg) {
                     let action = self.pipeline.process_tunnel(from, pkt, now, out);
-                    self.act(usize::MAX, pkt, action);
+                    self.act(Ingress::Tunnel, pkt, action);
                 }
             }
             // The batch is done: whatever GRO holds goes out before the next wait.
@@ -315,28 +313,34 @@ impl Worker {
             self.gro
                 .flush(&mut |to, bytes| send_to(ports, usize::from(to.0), bytes));
         }
-        if let Some(tunnel) = self.tunnel.as_mut() {
-            tunnel.bufs = bufs;
-        }
+        self.tunnel_rx = rx;
         more
     }
 
-    /// Carries out one pipeline decision about `pkt`, which arrived on port
-    /// `ingress` (`usize::MAX` for the tunnel).
-    fn act(&mut self, ingress: usize, pkt: &[u8], action: Action<'_>) {
+    /// Carries out one pipeline decision about `pkt`, which arrived from `ingress`.
+    fn act(&mut self, ingress: Ingress, pkt: &[u8], action: Action<'_>) {
+        let from_port = match ingress {
+            Ingress::Port(p) => Some(usize::from(p.0)),
+            Ingress::Tunnel => None,
+        };
         match action {
             Action::Forward(to) => send_to(&self.ports, usize::from(to.0), pkt),
             Action::Flood => {
                 for (i, p) in self.ports.iter().enumerate() {
-                    if i != ingress {
+                    if Some(i) != from_port {
                         if let Some(p) = p {
                             send(p, pkt);
                         }
                     }
                 }
             }
-            Action::Reply(bytes) => send_to(&self.ports, ingress, bytes),
-            Action::ToPort(to, bytes) if ingress == usize::MAX => {
+            // Only a port's frames are answered back where they came from.
+            Action::Reply(bytes) => {
+                if let Some(idx) = from_port {
+                    send_to(&self.ports, idx, bytes);
+                }
+            }
+            Action::ToPort(to, bytes) if ingress == Ingress::Tunnel => {
                 let ports = &self.ports;
                 self.gro.push(to, bytes, &mut |to, bytes| {
                     send_to(ports, usize::from(to.0), bytes)
@@ -403,7 +407,7 @@ impl Worker {
                 return false;
             };
             let action = self.pipeline.process(ingress, pkt, now, out);
-            self.act(idx, pkt, action);
+            self.act(Ingress::Port(ingress), pkt, action);
         }
         true
     }

@@ -38,7 +38,8 @@
 //! `std`'s `DefaultHasher`, whose output may change between Rust releases: the table
 //! must be the same on every node and every version (a golden test pins it).
 
-use crate::lb::Backend;
+use crate::hash::fmix64;
+use crate::types::Backend;
 
 /// The paper's table size, and the largest [`table_size_for`] picks.
 pub const MAGLEV_DEFAULT_SIZE: usize = 65_537;
@@ -64,16 +65,6 @@ pub fn table_size_for(backends: usize) -> usize {
         .copied()
         .find(|&m| m >= want)
         .unwrap_or(MAGLEV_DEFAULT_SIZE)
-}
-
-/// murmur3's 64-bit finaliser: a bijection that spreads every input bit.
-#[inline]
-pub(crate) const fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 /// FNV-1a over `bytes` from `seed`, finalised with [`fmix64`]. Stable forever.

@@ -21,8 +21,8 @@
 
 use core::net::Ipv4Addr;
 
-use crate::maglev::fmix64;
-use crate::Nanos;
+use crate::hash::fmix64;
+use crate::types::Nanos;
 
 /// Entries in the table.
 pub const FRAG_SLOTS: usize = 1024;

@@ -27,7 +27,7 @@
 //! held frame is emitted at once. The IP identification is not checked: the merged
 //! frame keeps the first one's, as Linux does for DF segments. Frames must carry
 //! `DATA_VALID` (the pipeline verified or completed their checksum, see
-//! `crate::tunnel::settle_l4_checksum`) and no GSO of their own; anything else — and
+//! `crate::codec::vxlan::settle_l4_checksum`) and no GSO of their own; anything else — and
 //! anything that does not parse — is emitted unchanged, after the held frame of its
 //! flow if it has one, so no flow is ever reordered.
 //!
@@ -44,7 +44,7 @@
 
 use core::net::Ipv4Addr;
 
-use crate::pipeline::PortId;
+use crate::types::PortId;
 use crate::wire::tcp::{
     pseudo_header_partial, TCP_ACK, TCP_CWR, TCP_ECE, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG,
 };

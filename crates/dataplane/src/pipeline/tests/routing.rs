@@ -2,8 +2,8 @@
 //! exchange VXLAN datagrams; every header and checksum is checked from the bytes.
 
 use super::*;
-use crate::routes::Peer;
-use crate::tunnel::flow_hash_of;
+use crate::hash::flow_hash_of;
+use crate::tables::routes::Peer;
 use crate::wire::tcp::{pseudo_header_partial, pseudo_header_sum};
 use crate::wire::{
     IpProtocol, TcpPacket, UdpPacket, VNET_HDR_F_DATA_VALID, VNET_HDR_F_NEEDS_CSUM,
@@ -216,7 +216,7 @@ fn routed_to_a_local_pod_in_place_with_ttl_decrement() {
     expect[10..12].copy_from_slice(&out_ip[10..12]);
     assert_eq!(out_ip, &expect[..]);
     let s = p.counters().snapshot();
-    assert_eq!((s.routed, s.forwarded), (1, 1));
+    assert_eq!((s.get(Counter::Routed), s.get(Counter::Forwarded)), (1, 1));
     // To its own IP through the gateway: never back out of the ingress port.
     let own = ip_pkt(A_IP, A_IP, 17, 64, 0, &udp(1, 2, b""));
     assert_eq!(
@@ -241,7 +241,14 @@ fn ttl_expiry_sends_time_exceeded() {
     let local = ip_pkt(A_IP, B_IP, 17, 1, 0, &udp(1, 2, b""));
     assert!(matches!(run(&mut p, A, &from_a(&local), 0), Ok(Reply(_))));
     let s = p.counters().snapshot();
-    assert_eq!((s.icmp_errors_sent, s.replies, s.routed), (2, 2, 0));
+    assert_eq!(
+        (
+            s.get(Counter::IcmpErrorsSent),
+            s.get(Counter::Replies),
+            s.get(Counter::Routed)
+        ),
+        (2, 2, 0)
+    );
     assert_balanced(&p);
 }
 
@@ -279,7 +286,7 @@ fn unreachable_host_and_net() {
         let ip = ip_pkt(A_IP, dst, 17, 64, 0, &udp(1, 2, b""));
         assert_eq!(run(&mut p, A, &from_a(&ip), 0), Err(DropReason::NoRoute));
     }
-    assert_eq!(p.counters().snapshot().icmp_errors_sent, 3);
+    assert_eq!(p.counters().snapshot().get(Counter::IcmpErrorsSent), 3);
     assert_balanced(&p);
 }
 
@@ -312,7 +319,13 @@ fn no_error_about_errors_fragments_or_when_rate_limited() {
         Ok(Reply(_))
     ));
     let s = p.counters().snapshot();
-    assert_eq!((s.icmp_errors_sent, s.icmp_errors_suppressed), (2, 3));
+    assert_eq!(
+        (
+            s.get(Counter::IcmpErrorsSent),
+            s.get(Counter::IcmpErrorsSuppressed)
+        ),
+        (2, 3)
+    );
     assert_eq!(p.counters().drop_count(DropReason::TtlExpired), 3);
     // Rate 0: never.
     let mut off = node1_with(|c| c.icmp_errors_per_sec = 0);
@@ -367,10 +380,21 @@ fn encap_decap_round_trip_between_two_nodes() {
 
     let (s1, s2) = (n1.counters().snapshot(), n2.counters().snapshot());
     assert_eq!(
-        (s1.routed, s1.tunneled_out, s1.tunnel_datagrams_out),
+        (
+            s1.get(Counter::Routed),
+            s1.get(Counter::TunneledOut),
+            s1.get(Counter::TunnelDatagramsOut)
+        ),
         (1, 1, 1)
     );
-    assert_eq!((s2.tunneled_in, s2.routed, s2.delivered), (1, 1, 1));
+    assert_eq!(
+        (
+            s2.get(Counter::TunneledIn),
+            s2.get(Counter::Routed),
+            s2.get(Counter::Delivered)
+        ),
+        (1, 1, 1)
+    );
     assert_balanced(&n1);
     assert_balanced(&n2);
 }
@@ -499,7 +523,7 @@ fn fragments_large_packets_without_df() {
         };
     }
     assert_eq!(joined, &ip[20..]);
-    assert_eq!(n1.counters().snapshot().tunnel_datagrams_out, 3);
+    assert_eq!(n1.counters().snapshot().get(Counter::TunnelDatagramsOut), 3);
 }
 
 /// A vnet header: flags, gso type, hdr_len, gso_size, csum_start, csum_offset.
@@ -573,7 +597,10 @@ fn gso_frame_is_segmented_and_each_segment_delivered() {
     assert_eq!(next_seq, 1000 + payload.len() as u32);
     let s = n1.counters().snapshot();
     assert_eq!(
-        (s.tunneled_out, s.tunnel_datagrams_out),
+        (
+            s.get(Counter::TunneledOut),
+            s.get(Counter::TunnelDatagramsOut)
+        ),
         (1, d.len() as u64)
     );
 }
@@ -692,7 +719,12 @@ fn decapsulated_valid_tcp_is_delivered_data_valid_and_unchanged() {
     assert_eq!(bytes[0], VNET_HDR_F_DATA_VALID);
     assert_eq!(&bytes[24 + 20..], &tcp[..], "TCP segment untouched");
     assert_eq!(bytes[24 + 8], 63);
-    assert_eq!(n2.counters().snapshot().inner_checksums_completed, 0);
+    assert_eq!(
+        n2.counters()
+            .snapshot()
+            .get(Counter::InnerChecksumsCompleted),
+        0
+    );
     assert_balanced(&n2);
 }
 
@@ -722,7 +754,13 @@ fn kernel_vxlan_partial_checksums_are_completed() {
     assert_eq!((&got[..6], &got[8..]), (&u[..6], &u[8..]));
     assert!(l4_checksum_ok(&bytes[24..]));
     let s = n2.counters().snapshot();
-    assert_eq!((s.inner_checksums_completed, s.delivered), (2, 2));
+    assert_eq!(
+        (
+            s.get(Counter::InnerChecksumsCompleted),
+            s.get(Counter::Delivered)
+        ),
+        (2, 2)
+    );
     assert_balanced(&n2);
 }
 
@@ -772,7 +810,12 @@ fn udp_without_checksum_and_fragments_are_delivered_unchanged() {
     // ICMP is not ours to check either.
     let ip = ip_pkt(A_IP, C_IP, 1, 64, 0, &echo_request(1, 1, b"icmp"));
     assert_eq!(delivered_to_c(&mut n2, &kernel_datagram(&ip))[0], 0);
-    assert_eq!(n2.counters().snapshot().inner_checksums_completed, 0);
+    assert_eq!(
+        n2.counters()
+            .snapshot()
+            .get(Counter::InnerChecksumsCompleted),
+        0
+    );
     assert_balanced(&n2);
 }
 
@@ -791,7 +834,12 @@ fn needs_csum_tcp_from_a_pod_leaves_through_the_tunnel_complete() {
     let bytes = delivered_to_c(&mut n2, &d[0]);
     assert_eq!(bytes[0], VNET_HDR_F_DATA_VALID);
     assert_eq!(&bytes[24 + 20..], &inner[20..]);
-    assert_eq!(n2.counters().snapshot().inner_checksums_completed, 0);
+    assert_eq!(
+        n2.counters()
+            .snapshot()
+            .get(Counter::InnerChecksumsCompleted),
+        0
+    );
     // Routed between local ports, the same frame keeps its header: the receiving
     // pod's TAP finishes the checksum.
     let ip_b = ip_pkt(

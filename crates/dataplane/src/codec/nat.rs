@@ -23,8 +23,7 @@
 
 use core::net::Ipv4Addr;
 
-use crate::drops::DropReason;
-use crate::router::drop_for;
+use crate::drops::{drop_for, DropReason};
 use crate::wire::checksum;
 use crate::wire::{IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, UDP_HEADER_LEN};
 
@@ -71,26 +70,56 @@ fn full_sum(old: u16, addrs: u64, old_ports: (u16, u16), new_ports: (u16, u16)) 
     !checksum::fold(u64::from(!old) + addrs + ports)
 }
 
+/// The facts of an IPv4 header that NAT needs, read once by whoever checked it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addressing {
+    pub header_len: usize,
+    pub total_len: usize,
+    pub proto: IpProtocol,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// A fragment after the first (no L4 header to rewrite).
+    pub later_fragment: bool,
+}
+
+impl Addressing {
+    /// Checks the IPv4 header at the start of `ip` and reads its facts.
+    pub fn parse(ip: &[u8]) -> Result<Addressing, DropReason> {
+        let p = Ipv4Packet::new_checked(ip).map_err(drop_for)?;
+        Ok(Addressing {
+            header_len: p.header_len(),
+            total_len: usize::from(p.total_len()),
+            proto: p.protocol(),
+            src: p.src_addr(),
+            dst: p.dst_addr(),
+            later_fragment: p.frag_offset() != 0,
+        })
+    }
+}
+
 /// Rewrites the source to `src` and the destination to `dst` of the IPv4 TCP or UDP
 /// packet at the start of `ip` (which may run past the total length: padding),
 /// updating the IPv4 checksum and the L4 checksum as `sum` says. Errors: not an
 /// unfragmented TCP/UDP packet with its L4 header (`UnsupportedProtocol`, `Truncated`,
 /// `BadHeader`). Nothing is changed on error.
+#[cfg(test)]
 pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Result<(), DropReason> {
-    let (hlen, total, proto, old_src, old_dst) = {
-        let p = Ipv4Packet::new_checked(&*ip).map_err(drop_for)?;
-        if p.frag_offset() != 0 {
-            return Err(DropReason::UnsupportedProtocol);
-        }
-        let total = usize::from(p.total_len());
-        (
-            p.header_len(),
-            total,
-            p.protocol(),
-            p.src_addr(),
-            p.dst_addr(),
-        )
-    };
+    let a = Addressing::parse(ip)?;
+    rewrite_checked(ip, &a, src, dst, sum)
+}
+
+/// [`rewrite`] of a packet whose header was already checked and read into `a`.
+pub fn rewrite_checked(
+    ip: &mut [u8],
+    a: &Addressing,
+    src: Endpoint,
+    dst: Endpoint,
+    sum: L4Sum,
+) -> Result<(), DropReason> {
+    if a.later_fragment {
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    let (hlen, total, proto, old_src, old_dst) = (a.header_len, a.total_len, a.proto, a.src, a.dst);
     let ip = ip.get_mut(..total).ok_or(DropReason::Truncated)?;
     let addrs = addr_delta(old_src, src.0) + addr_delta(old_dst, dst.0);
     let (ip_hdr, l4) = ip.split_at_mut(hlen.min(ip.len()));
@@ -132,14 +161,13 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
     Ok(())
 }
 
-/// Rewrites the addresses of the IPv4 packet at the start of `ip` and updates its
-/// header checksum, nothing else: for a fragment after the first, which holds no L4
-/// header (the L4 checksum was updated in the first fragment).
-pub fn rewrite_addresses(ip: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<(), DropReason> {
-    let p = Ipv4Packet::new_checked(&*ip).map_err(drop_for)?;
-    let delta = addr_delta(p.src_addr(), src) + addr_delta(p.dst_addr(), dst);
+/// Rewrites the addresses of the IPv4 packet at the start of `ip`, whose header was
+/// checked and read into `a`, and updates its header checksum, nothing else: for a
+/// fragment after the first, which holds no L4 header (the L4 checksum was updated in
+/// the first fragment).
+pub fn rewrite_addresses_checked(ip: &mut [u8], a: &Addressing, src: Ipv4Addr, dst: Ipv4Addr) {
+    let delta = addr_delta(a.src, src) + addr_delta(a.dst, dst);
     set_addresses(ip, src, dst, delta);
-    Ok(())
 }
 
 /// The big-endian 16-bit field at `at` of `b`, if `b` holds it.
@@ -233,7 +261,7 @@ pub fn rewrite_quoted(quote: &mut [u8], src: Endpoint, dst: Endpoint) -> Result<
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::tunnel::complete_partial_checksum;
+    use crate::codec::vxlan::complete_partial_checksum;
     use crate::wire::tcp::{pseudo_header_partial, pseudo_header_sum};
 
     const CLIENT: Endpoint = (Ipv4Addr::new(10, 244, 1, 2), 40000);

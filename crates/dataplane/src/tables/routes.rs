@@ -162,17 +162,19 @@ impl<T> Lpm<T> {
     }
 
     /// Number of distinct prefix lengths (= hash probes of a missing lookup).
-    pub fn prefix_lengths(&self) -> usize {
-        self.levels.len()
-    }
-
     /// Every prefix, longest first (order within a length unspecified).
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, u8, &T)> + '_ {
         self.levels.iter().flat_map(|l| {
             l.map
                 .iter()
                 .map(move |(net, v)| (Ipv4Addr::from(*net), l.prefix_len, v))
         })
+    }
+
+    #[cfg(test)]
+    pub fn prefix_lengths(&self) -> usize {
+        self.levels.len()
     }
 }
 

@@ -7,8 +7,9 @@ use super::routing::{
     GW2_MAC, N1_UNDERLAY, N2_UNDERLAY, VTEP1, VTEP2,
 };
 use super::*;
-use crate::lb::{Affinity, Backend, L4Proto, ServiceEntry, ServiceTable};
-use crate::tunnel::complete_partial_checksum;
+use crate::codec::vxlan::complete_partial_checksum;
+use crate::tables::service_table::{Affinity, ServiceEntry, ServiceTable};
+use crate::types::{Backend, L4Proto};
 use crate::wire::tcp::{
     pseudo_header_partial, pseudo_header_sum, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
@@ -176,7 +177,14 @@ fn udp_dnat_to_a_local_backend_and_bridged_reply() {
     assert_eq!(endpoints(ip), (VIP, 53, A_IP, 40000));
     assert_eq!(ip[8], 64);
     let s = p.counters().snapshot();
-    assert_eq!((s.lb_new_flows, s.lb_established, s.lb_replies), (1, 0, 1));
+    assert_eq!(
+        (
+            s.get(Counter::LbNewFlows),
+            s.get(Counter::LbEstablished),
+            s.get(Counter::LbReplies)
+        ),
+        (1, 0, 1)
+    );
     let flows = p.flows(3 * SEC);
     assert_eq!(flows.len(), 1);
     let f = flows[0];
@@ -235,7 +243,14 @@ fn two_udp_queries_back_to_back_share_one_flow() {
     }
     assert_eq!(backends.len(), 2, "both backends used over four sockets");
     let s = p.counters().snapshot();
-    assert_eq!((s.lb_new_flows, s.lb_established, s.lb_replies), (4, 4, 8));
+    assert_eq!(
+        (
+            s.get(Counter::LbNewFlows),
+            s.get(Counter::LbEstablished),
+            s.get(Counter::LbReplies)
+        ),
+        (4, 4, 8)
+    );
     assert_eq!(p.conntrack_len(), 4);
 }
 
@@ -339,7 +354,7 @@ fn tcp_life_cycle_with_stepped_time() {
     assert_eq!(p.maintain(end - 1), 0);
     assert_eq!(p.maintain(end), 1);
     assert_eq!(p.conntrack_len(), 0);
-    assert_eq!(p.counters().snapshot().conntrack_expired, 1);
+    assert_eq!(p.counters().snapshot().get(Counter::ConntrackExpired), 1);
 
     // RST from the backend closes at once; a new SYN on the same 5-tuple starts over.
     assert!(go(&mut p, A, &c(1, 0, TCP_SYN), 10 * SEC).0.is_ok());
@@ -374,7 +389,10 @@ fn udp_flows_time_out_and_replies_refresh_them() {
     // ... and a new query is a new flow.
     assert!(go(&mut p, A, &q, 51 * SEC).0.is_ok());
     let s = p.counters().snapshot();
-    assert_eq!((s.lb_new_flows, s.conntrack_expired), (2, 1));
+    assert_eq!(
+        (s.get(Counter::LbNewFlows), s.get(Counter::ConntrackExpired)),
+        (2, 1)
+    );
 }
 
 #[test]
@@ -388,7 +406,7 @@ fn full_table_evicts_and_counts() {
         );
     }
     assert_eq!(p.conntrack_len(), 4);
-    assert_eq!(p.counters().snapshot().conntrack_evicted, 6);
+    assert_eq!(p.counters().snapshot().get(Counter::ConntrackEvicted), 6);
     // Stored flows are intact.
     for f in p.flows(2 * SEC) {
         let r = frame(
@@ -444,14 +462,14 @@ fn removed_backend_flows_are_flushed_on_a_new_table() {
     install(&p, vec![svc(VIP, 53, L4Proto::Udp, vec![be(D_IP, 53)])]);
     assert_eq!(go(&mut p, A, &q(to_b), 2 * SEC).0, Ok(Forward(D)));
     assert_eq!(go(&mut p, A, &q(to_d), 2 * SEC).0, Ok(Forward(D)), "kept");
-    assert_eq!(p.counters().snapshot().conntrack_flushed, 1);
+    assert_eq!(p.counters().snapshot().get(Counter::ConntrackFlushed), 1);
     assert_eq!(p.maintain(2 * SEC), 1, "the idle flow");
     assert_eq!(p.conntrack_len(), 2);
     assert!(p.flows(2 * SEC).iter().all(|f| f.backend.ip == D_IP));
     // Service gone: its flows go too.
     install(&p, vec![]);
     assert_eq!(p.maintain(3 * SEC), 2);
-    assert_eq!(p.counters().snapshot().conntrack_flushed, 4);
+    assert_eq!(p.counters().snapshot().get(Counter::ConntrackFlushed), 4);
 }
 
 // ---------------------------------------------------------------- rejections
@@ -486,7 +504,7 @@ fn no_endpoint_tcp_gets_a_reset() {
     // Never a reset for a reset.
     let rst = to_gw(A_MAC, &tcp(A_IP, 40000, EMPTY_VIP, 80, 5, 0, TCP_RST, b""));
     assert_eq!(go(&mut p, A, &rst, SEC).0, Err(DropReason::LbNoEndpoint));
-    assert_eq!(p.counters().snapshot().lb_no_endpoint, 3);
+    assert_eq!(p.counters().snapshot().get(Counter::LbNoEndpoint), 3);
     assert_eq!(p.conntrack_len(), 0);
 }
 
@@ -525,7 +543,7 @@ fn no_endpoint_udp_unknown_port_ping_and_unused_service_ips() {
         };
         assert_ip_icmp_error(ip_of(&r, A_MAC, GW_MAC), *from, A_IP, *code, pkt);
     }
-    assert_eq!(p.counters().snapshot().lb_no_endpoint, 1);
+    assert_eq!(p.counters().snapshot().get(Counter::LbNoEndpoint), 1);
     // With the ICMP budget spent, the reasons are counted instead.
     let mut quiet = lb_node_with(|c| c.icmp_errors_per_sec = 0);
     for (pkt, _, _, reason) in &cases {
@@ -647,7 +665,7 @@ fn cross_node_flow_through_the_tunnel() {
         panic!()
     };
     assert_eq!(endpoints(&f[24..]), (VIP, 80, A_IP, 40000));
-    assert_eq!(n1.counters().snapshot().lb_replies, 2);
+    assert_eq!(n1.counters().snapshot().get(Counter::LbReplies), 2);
     assert_counters_balance(&n1);
     assert_counters_balance(&n2);
 }
@@ -701,7 +719,10 @@ fn port_unreachable_from_a_local_backend_quotes_the_cluster_ip() {
     assert_eq!(endpoints(quote), (A_IP, 40000, VIP, 53));
     assert_eq!(&quote[28..], b"query");
     let s = p.counters().snapshot();
-    assert_eq!((s.lb_icmp_errors, s.lb_replies), (1, 0));
+    assert_eq!(
+        (s.get(Counter::LbIcmpErrors), s.get(Counter::LbReplies)),
+        (1, 0)
+    );
     assert_eq!(p.flows(SEC)[0].state, FlowState::Udp, "state untouched");
 
     // A quote cut to the IPv4 header and 8 bytes: ports and UDP checksum still
@@ -748,7 +769,7 @@ fn icmp_errors_from_elsewhere_or_about_other_flows() {
     let (o, buf) = go(&mut p, B, &err, SEC);
     assert_eq!(o, Ok(Forward(A)));
     assert_eq!(&buf[24..], &err_ip[..], "untouched");
-    assert_eq!(p.counters().snapshot().lb_icmp_errors, 1);
+    assert_eq!(p.counters().snapshot().get(Counter::LbIcmpErrors), 1);
 }
 
 /// The router's own time exceeded about a DNATed packet (TTL 1) quotes the client's
@@ -767,7 +788,7 @@ fn our_own_time_exceeded_about_a_service_packet_quotes_the_cluster_ip() {
     };
     let quote = icmp_quote(ip_of(&r, A_MAC, GW_MAC), GW_IP, A_IP, [11, 0]);
     assert_eq!(endpoints(quote), (A_IP, 40000, VIP, 53));
-    assert_eq!(p.counters().snapshot().lb_icmp_errors, 1);
+    assert_eq!(p.counters().snapshot().get(Counter::LbIcmpErrors), 1);
 }
 
 /// Backend C on node 2 sends port unreachable to A on node 1 through the tunnel.
@@ -797,7 +818,7 @@ fn icmp_error_from_a_remote_backend_through_the_tunnel() {
     assert_eq!(port, A);
     let quote = icmp_quote(ip_of(&f, A_MAC, GW_MAC), VIP, A_IP, [3, 3]);
     assert_eq!(endpoints(quote), (A_IP, 40000, VIP, 53));
-    assert_eq!(n1.counters().snapshot().lb_icmp_errors, 1);
+    assert_eq!(n1.counters().snapshot().get(Counter::LbIcmpErrors), 1);
 }
 
 // ---------------------------------------------------------------- fragments
@@ -864,7 +885,7 @@ fn fragmented_datagrams_to_and_from_a_service() {
     let whole = reassemble(&seen_by_b);
     assert_eq!(endpoints(&whole), (A_IP, 40000, B_IP, 5353));
     assert_eq!(&whole[28..], &data[..]);
-    assert_eq!(p.counters().snapshot().lb_new_flows, 1);
+    assert_eq!(p.counters().snapshot().get(Counter::LbNewFlows), 1);
 
     // B answers with 3,000 bytes, fragmented, bridged to A's MAC.
     let answer = udp(B_IP, 5353, A_IP, 40000, &data[..3000]);

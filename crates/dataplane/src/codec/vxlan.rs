@@ -59,10 +59,8 @@
 //! Nothing here allocates or panics; a run that does not fit `out` is
 //! `DropReason::ReplyTooLarge`.
 
-use core::net::Ipv4Addr;
-
+use crate::drops::drop_for;
 use crate::drops::DropReason;
-use crate::router::drop_for;
 use crate::wire::checksum;
 use crate::wire::tcp::{pseudo_header_partial, pseudo_header_sum, TCP_CWR, TCP_FIN, TCP_PSH};
 use crate::wire::{
@@ -425,45 +423,6 @@ pub fn settle_l4_checksum(ip: &mut [u8]) -> Result<L4Checksum, DropReason> {
     Ok(L4Checksum::Completed)
 }
 
-/// murmur3's 32-bit finaliser: a bijection that spreads every input bit.
-#[inline]
-const fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
-
-/// A hash of the inner flow for the outer UDP source port: source and destination
-/// address, protocol, and for TCP and UDP the two ports — but only in unfragmented
-/// packets. Fragments (first included) hash without ports, so all pieces of one
-/// datagram take the same outer port and path and are not reordered (Linux's flow
-/// dissector likewise stops at a fragment). Stable across versions: pinned by a test.
-pub fn flow_hash(ip: &Ipv4Packet<&[u8]>) -> u32 {
-    let proto = u8::from(ip.protocol());
-    let ports = match ip.protocol() {
-        IpProtocol::Tcp | IpProtocol::Udp if !ip.is_fragment() => {
-            let p = ip.payload();
-            match p.get(..4) {
-                Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
-                _ => 0,
-            }
-        }
-        _ => 0,
-    };
-    flow_hash_of(ip.src_addr(), ip.dst_addr(), proto, ports)
-}
-
-/// [`flow_hash`] from its parts (`ports` = source port << 16 | destination port).
-pub const fn flow_hash_of(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ports: u32) -> u32 {
-    let mut h = 0x9e37_79b9u32;
-    h = fmix32(h ^ src.to_bits());
-    h = fmix32(h.rotate_left(7) ^ dst.to_bits());
-    h = fmix32(h.rotate_left(7) ^ protocol as u32);
-    fmix32(h.rotate_left(7) ^ ports)
-}
-
 #[cfg(test)]
-#[path = "tunnel_tests.rs"]
+#[path = "vxlan_tests.rs"]
 mod tests;

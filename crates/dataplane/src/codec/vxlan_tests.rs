@@ -8,7 +8,9 @@
 )]
 
 use super::*;
+use crate::hash::{flow_hash, flow_hash_of};
 use crate::wire::tcp::{TCP_ACK, TCP_ECE};
+use core::net::Ipv4Addr;
 
 const SRC: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const DST: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 3);

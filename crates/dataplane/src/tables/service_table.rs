@@ -23,61 +23,14 @@
 //! pipeline compares it per packet to notice a new table and re-validate the flows it
 //! tracks (a removed backend's flows are dropped, never used again).
 
-use core::hash::{BuildHasherDefault, Hasher};
+use core::hash::BuildHasherDefault;
 use core::net::Ipv4Addr;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::collections::HashMap;
 
-use crate::maglev::{fmix64, table_size_for, Maglev};
-use crate::wire::IpProtocol;
-
-/// The transport protocols a service port can have (SCTP is not supported).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum L4Proto {
-    Tcp,
-    Udp,
-}
-
-impl L4Proto {
-    /// The IP protocol number.
-    pub const fn number(self) -> u8 {
-        match self {
-            L4Proto::Tcp => 6,
-            L4Proto::Udp => 17,
-        }
-    }
-
-    /// TCP or UDP; `None` for anything else.
-    pub const fn from_ip(p: IpProtocol) -> Option<L4Proto> {
-        match p {
-            IpProtocol::Tcp => Some(L4Proto::Tcp),
-            IpProtocol::Udp => Some(L4Proto::Udp),
-            _ => None,
-        }
-    }
-}
-
-impl core::fmt::Display for L4Proto {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            L4Proto::Tcp => "TCP",
-            L4Proto::Udp => "UDP",
-        })
-    }
-}
-
-/// One ready endpoint of a service port: a pod IP and its target port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Backend {
-    pub ip: Ipv4Addr,
-    pub port: u16,
-}
-
-impl core::fmt::Display for Backend {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}:{}", self.ip, self.port)
-    }
-}
+use crate::hash::{backend_hash, client_hash, KeyHasher};
+use crate::tables::maglev::{table_size_for, Maglev};
+use crate::types::{not_one_host, Backend, L4Proto};
 
 /// `sessionAffinity` of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,55 +79,11 @@ pub enum LbError {
     BadBackend { name: String, backend: Backend },
 }
 
-/// A hasher for the packed `u64` keys of [`ServiceTable`]: [`fmix64`]. Not keyed:
-/// only the control thread inserts.
-#[derive(Clone, Copy, Debug, Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8)) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.0 ^= u64::from(v);
-    }
-
-    fn finish(&self) -> u64 {
-        fmix64(self.0)
-    }
-}
-
 type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 
 /// `(vip, port, proto)` packed into one word.
 fn key(vip: Ipv4Addr, port: u16, proto: L4Proto) -> u64 {
     (u64::from(vip.to_bits()) << 24) | (u64::from(port) << 8) | u64::from(proto.number())
-}
-
-fn not_one_host(a: Ipv4Addr) -> bool {
-    a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback()
-}
-
-/// The flow hash Maglev is indexed with for [`Affinity::None`]. Stable (pinned by the
-/// pipeline's golden test through [`ServiceTable::pick`]).
-#[inline]
-pub fn flow_hash(client: (Ipv4Addr, u16), vip: Ipv4Addr, port: u16, proto: L4Proto) -> u64 {
-    let a = (u64::from(client.0.to_bits()) << 32) | u64::from(vip.to_bits());
-    let b = (u64::from(client.1) << 32) | (u64::from(port) << 8) | u64::from(proto.number());
-    fmix64(fmix64(a) ^ b)
-}
-
-/// The hash for [`Affinity::ClientIp`]: the client address alone.
-#[inline]
-pub fn client_hash(client: Ipv4Addr) -> u64 {
-    fmix64(u64::from(client.to_bits()) ^ 0x636c_6965_6e74_4950) // "clientIP"
 }
 
 /// One service port with its lookup table.
@@ -190,7 +99,7 @@ impl Service {
     pub(crate) fn pick(&self, client: (Ipv4Addr, u16)) -> Option<Backend> {
         let e = &self.entry;
         let h = match e.affinity {
-            Affinity::None => flow_hash(client, e.vip, e.port, e.proto),
+            Affinity::None => backend_hash(client, e.vip, e.port, e.proto),
             Affinity::ClientIp => client_hash(client.0),
         };
         let i = self.maglev.lookup(h)?;

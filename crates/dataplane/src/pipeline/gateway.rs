@@ -1,4 +1,5 @@
-//! The gateway router port: the pods' default gateway (`.1` of the node's /24).
+//! The gateway: the pods' default gateway (`.1` of the node's /24), answering for its
+//! own address. Routing is not done here: that is `forward.rs`.
 //!
 //! It is an internal port of the bridge, not a [`crate::PortId`]: the pipeline hands it
 //! frames addressed to the gateway MAC and ARP requests for the gateway IP. For now it
@@ -14,7 +15,7 @@
 //! Everything else addressed to the gateway IP is a named drop. Packets sent to the
 //! gateway MAC for *other* addresses are transit traffic: the pipeline's forwarding
 //! path (`forward.rs`) routes them, locally or through the tunnel. Echo
-//! replies are built by [`Router::answer_echo`] as a bare IPv4 packet so that the
+//! replies are built by [`Gateway::answer_echo`] as a bare IPv4 packet so that the
 //! same code answers a pod on this node (virtio-net + Ethernet in front) and a pod on
 //! another node (VXLAN + Ethernet in front).
 //!
@@ -25,43 +26,34 @@
 
 use core::net::Ipv4Addr;
 
-use crate::drops::DropReason;
+use crate::drops::{drop_for, DropReason};
 use crate::wire::{
     ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, Icmpv4Packet,
-    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, VnetHdrRepr, WireError,
-    ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN, VNET_HDR_LEN,
+    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, VnetHdrRepr, ETHERNET_HEADER_LEN,
+    IPV4_MIN_HEADER_LEN, VNET_HDR_LEN,
 };
 
-/// TTL of packets the router originates (Linux's default `ip_default_ttl`).
+/// TTL of packets the gateway originates (Linux's default `ip_default_ttl`).
 pub const REPLY_TTL: u8 = 64;
-
-/// Maps a parse error to the drop reason it stands for.
-pub(crate) fn drop_for(err: WireError) -> DropReason {
-    match err {
-        WireError::Truncated { .. } => DropReason::Truncated,
-        WireError::Malformed { .. } => DropReason::BadHeader,
-        WireError::Unsupported { .. } => DropReason::UnsupportedProtocol,
-    }
-}
 
 /// The gateway's addresses and the local subnet it serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Router {
+pub struct Gateway {
     ip: Ipv4Addr,
     mac: MacAddr,
     net: u32,
     mask: u32,
 }
 
-impl Router {
-    /// A router answering as `ip`/`mac` for the subnet `subnet/prefix_len` (a prefix
+impl Gateway {
+    /// A gateway answering as `ip`/`mac` for the subnet `subnet/prefix_len` (a prefix
     /// length above 32 is treated as 32; host bits of `subnet` are ignored).
     pub fn new(ip: Ipv4Addr, mac: MacAddr, subnet: Ipv4Addr, prefix_len: u8) -> Self {
         let mask = match prefix_len {
             0 => 0,
             p => u32::MAX << (32 - u32::from(p.min(32))),
         };
-        Router {
+        Gateway {
             ip,
             mac,
             net: u32::from(subnet) & mask,
@@ -69,24 +61,9 @@ impl Router {
         }
     }
 
-    /// The gateway IP.
-    pub fn ip(&self) -> Ipv4Addr {
-        self.ip
-    }
-
-    /// The gateway MAC.
-    pub fn mac(&self) -> MacAddr {
-        self.mac
-    }
-
     /// `true` if `addr` is in the local subnet.
     pub fn is_local(&self, addr: Ipv4Addr) -> bool {
         u32::from(addr) & self.mask == self.net
-    }
-
-    /// `true` for an ARP request asking for the gateway IP.
-    pub fn is_arp_request_for_us(&self, arp: &ArpRepr) -> bool {
-        arp.operation == ArpOperation::Request && arp.target_protocol_addr == self.ip
     }
 
     /// Handles ARP sent to the gateway MAC or a broadcast ARP request for the gateway IP.
@@ -95,7 +72,7 @@ impl Router {
         match arp.operation {
             ArpOperation::Request if arp.target_protocol_addr == self.ip => {}
             ArpOperation::Request => return Err(DropReason::NotForUs),
-            // The router sends no requests yet, so replies to it answer nothing.
+            // The gateway sends no requests yet, so replies to it answer nothing.
             _ => return Err(DropReason::UnsupportedProtocol),
         }
         let reply = ArpRepr {
@@ -152,7 +129,7 @@ impl Router {
 
     /// Answers an IPv4 packet addressed to the gateway IP: writes the echo reply IPv4
     /// packet (no link-layer header) at the start of `out` and returns its length.
-    /// Used for requests from a port (behind [`Router::handle_ipv4`]) and from the
+    /// Used for requests from a port (behind [`Gateway::handle_ipv4`]) and from the
     /// tunnel (the pipeline puts the VXLAN framing in front).
     pub fn answer_echo(
         &self,
@@ -221,12 +198,13 @@ fn begin_reply(out: &mut [u8], len: usize) -> Result<&mut [u8], DropReason> {
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::wire::WireError;
 
     const GW_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01);
     const POD_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02);
 
-    fn router() -> Router {
-        Router::new(
+    fn gateway() -> Gateway {
+        Gateway::new(
             Ipv4Addr::new(10, 244, 1, 1),
             GW_MAC,
             Ipv4Addr::new(10, 244, 1, 0),
@@ -236,12 +214,12 @@ mod tests {
 
     #[test]
     fn subnet_membership() {
-        let r = router();
+        let r = gateway();
         assert!(r.is_local(Ipv4Addr::new(10, 244, 1, 200)));
         assert!(!r.is_local(Ipv4Addr::new(10, 244, 2, 1)));
-        let all = Router::new(Ipv4Addr::UNSPECIFIED, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), 0);
+        let all = Gateway::new(Ipv4Addr::UNSPECIFIED, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), 0);
         assert!(all.is_local(Ipv4Addr::new(8, 8, 8, 8)));
-        let host = Router::new(Ipv4Addr::UNSPECIFIED, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), 40);
+        let host = Gateway::new(Ipv4Addr::UNSPECIFIED, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), 40);
         assert!(host.is_local(Ipv4Addr::new(1, 2, 3, 4)));
         assert!(!host.is_local(Ipv4Addr::new(1, 2, 3, 5)));
     }
@@ -257,17 +235,17 @@ mod tests {
         };
         let mut small = [0u8; 51];
         assert_eq!(
-            router().handle_arp(&req, &mut small),
+            gateway().handle_arp(&req, &mut small),
             Err(DropReason::ReplyTooLarge)
         );
         let mut out = [0u8; 52];
-        assert_eq!(router().handle_arp(&req, &mut out), Ok(52));
+        assert_eq!(gateway().handle_arp(&req, &mut out), Ok(52));
         let other = ArpRepr {
             target_protocol_addr: Ipv4Addr::new(10, 244, 1, 9),
             ..req
         };
         assert_eq!(
-            router().handle_arp(&other, &mut out),
+            gateway().handle_arp(&other, &mut out),
             Err(DropReason::NotForUs)
         );
         let reply = ArpRepr {
@@ -275,7 +253,7 @@ mod tests {
             ..req
         };
         assert_eq!(
-            router().handle_arp(&reply, &mut out),
+            gateway().handle_arp(&reply, &mut out),
             Err(DropReason::UnsupportedProtocol)
         );
     }

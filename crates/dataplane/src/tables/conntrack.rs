@@ -54,10 +54,10 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 use std::collections::hash_map::RandomState;
 
 use crate::drops::{Counter, Counters};
-use crate::lb::{Backend, L4Proto};
-use crate::maglev::fmix64;
+use crate::hash::fmix64;
+use crate::types::Nanos;
+use crate::types::{Backend, L4Proto};
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use crate::Nanos;
 
 const SEC: Nanos = 1_000_000_000;
 
@@ -287,11 +287,6 @@ impl Conntrack {
     /// `true` when no flow is stored.
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
-    }
-
-    /// Most flows at once.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     #[inline]
@@ -607,7 +602,7 @@ mod tests {
         }
         ct.insert(flow(100, 0), SEC, &c);
         assert_eq!(ct.len(), 8);
-        assert_eq!(c.snapshot().conntrack_evicted, 1);
+        assert_eq!(c.snapshot().get(Counter::ConntrackEvicted), 1);
         let k5 = flow(5, 0).key(Dir::Forward);
         let mut k5t = k5;
         k5t.proto = L4Proto::Tcp;
@@ -626,7 +621,7 @@ mod tests {
         assert!(ct.find(Dir::Reply, &k, 30 * SEC - 1, &c).is_some());
         assert_eq!(ct.find(Dir::Reply, &k, 30 * SEC, &c), None);
         assert_eq!(ct.len(), 9);
-        assert_eq!(c.snapshot().conntrack_expired, 1);
+        assert_eq!(c.snapshot().get(Counter::ConntrackExpired), 1);
         // A sweep with a budget removes what it visits.
         assert_eq!(ct.sweep(30 * SEC, 4, false, &c, |_| true), 4);
         assert_eq!(ct.sweep(30 * SEC, 100, false, &c, |_| true), 5);
@@ -638,7 +633,7 @@ mod tests {
             ct.sweep(0, 100, true, &c, |f| f.client.0 != flow(2, 0).client.0),
             1
         );
-        assert_eq!(c.snapshot().conntrack_flushed, 1);
+        assert_eq!(c.snapshot().get(Counter::ConntrackFlushed), 1);
         assert_eq!(ct.infos(0).len(), 3);
     }
 

@@ -1,0 +1,62 @@
+//! Stage 2, admit: what a port may send, and what the bridge learns from it.
+//!
+//! A pod port is trusted with nothing: the frame's source MAC must be the pod's
+//! (`SpoofedMac`), and so must the ARP sender hardware address (ARP cache poisoning);
+//! the IPv4 source and the ARP sender IP must be the pod's IP, 0.0.0.0 allowed for ARP
+//! probes (`SpoofedIp`). Other EtherTypes are bridged unchecked beyond the source MAC.
+//! The host port is trusted; the host's MAC is learned from what it sends as the host
+//! IP. Then the source MAC is learned on the ingress port.
+
+use super::context::{Ctx, Verdict};
+use crate::drops::{Counters, DropReason};
+use crate::tables::mac_table::MacTable;
+use crate::tables::ports::Ports;
+use crate::types::{Nanos, PortId, PortRole};
+
+/// Anti-spoofing for a pod port; `Continue` when the frame is the pod's own.
+fn check_pod(ctx: &Ctx, role: PortRole) -> Verdict {
+    let PortRole::Pod { mac, ip } = role else {
+        return Verdict::Continue;
+    };
+    if ctx.src_mac != mac {
+        return DropReason::SpoofedMac.into();
+    }
+    if let Some(a) = &ctx.arp {
+        if a.source_hardware_addr != mac {
+            return DropReason::SpoofedMac.into();
+        }
+        if a.source_protocol_addr != ip && !a.source_protocol_addr.is_unspecified() {
+            return DropReason::SpoofedIp.into();
+        }
+    }
+    if ctx.ip.is_some_and(|p| p.src != ip) {
+        return DropReason::SpoofedIp.into();
+    }
+    Verdict::Continue
+}
+
+/// Admits a frame from `port` (role `role`): anti-spoofing, then learning.
+pub(crate) fn admit(
+    ctx: &Ctx,
+    port: PortId,
+    role: PortRole,
+    ports: &mut Ports,
+    macs: &mut MacTable,
+    now: Nanos,
+    counters: &Counters,
+) -> Verdict {
+    let v = check_pod(ctx, role);
+    if v != Verdict::Continue {
+        return v;
+    }
+    if role == PortRole::Host {
+        let sender = match (&ctx.arp, &ctx.ip) {
+            (Some(a), _) => Some(a.source_protocol_addr),
+            (None, Some(p)) => Some(p.src),
+            (None, None) => None,
+        };
+        ports.learn_host_mac(ctx.src_mac, sender);
+    }
+    macs.learn(ctx.src_mac, port, now, counters);
+    Verdict::Continue
+}

@@ -1,0 +1,321 @@
+//! Stage 5, forward: the learning bridge for frames between ports, and the router for
+//! IPv4 sent to the gateway MAC for someone else and for packets decapsulated from the
+//! tunnel (RFC 1812 §5.2–5.3, RFC 7348).
+//!
+//! Bridging: a broadcast ARP request for the gateway IP goes to the gateway (answered,
+//! never flooded); other multicast/broadcast → `Flood`; known unicast → `Forward`, or
+//! `HairpinSelf` if it was learned on the ingress port; unknown unicast → `Flood`.
+//! Frames to the gateway MAC that are not transit (ARP, IPv4 for the gateway IP) go to
+//! the gateway (`gateway.rs`).
+//!
+//! Routing, for each packet, in order (every exit a counted outcome):
+//!
+//! 1. IPv4 header checksum (`BadChecksum`, RFC 1812 §5.2.2); a multicast, broadcast,
+//!    unspecified or loopback destination — or the local subnet's broadcast address —
+//!    is never routed (`NoRoute`, no ICMP error: RFC 1122 §3.2.2);
+//! 2. route lookup in the current `RouteSnapshot`:
+//!    - `Local`: the pod port with that IP, or the host port for `host_ip`; none →
+//!      ICMP host unreachable (3/1);
+//!    - `Peer(i)`: the tunnel to that node — unless the packet came *from* the tunnel
+//!      (`TunnelLoop`: peer → us → peer would ping-pong until TTL runs out) or no
+//!      tunnel is configured (`NoRoute`, the behaviour before tunnels existed);
+//!    - nothing: in the cluster CIDR → ICMP host unreachable (3/1); outside → ICMP net
+//!      unreachable (3/0). Without a tunnel, plain `NoRoute` (as before);
+//! 3. TTL: a packet arriving with TTL ≤ 1 is not forwarded; ICMP time exceeded (11/0)
+//!    goes back (RFC 1812 §5.3.1). Otherwise TTL − 1 with an incremental checksum
+//!    update (RFC 1624). Local delivery decrements too, so `traceroute` from a pod on
+//!    node 1 to one on node 2 shows 10.244.1.1, 10.244.2.1, then the pod;
+//! 4. out: to a local pod from a port, the input frame is rewritten in place (source
+//!    MAC = gateway, destination MAC = the pod's, known from its `PortRole`: no ARP)
+//!    and forwarded, virtio-net header (GSO, partial checksum) untouched; from the
+//!    tunnel, the frame is copied into `out` behind a fresh virtio-net header
+//!    (`ToPort`, to a pod or the host port), after its L4 checksum is settled (below).
+//!    To a peer: VXLAN, with software TSO for GSO frames, fragmentation for large
+//!    non-DF packets, ICMP "fragmentation needed" (3/4, next-hop MTU = inner MTU,
+//!    RFC 1191) for large DF packets, and a partial checksum completed first — so
+//!    whatever we put into the tunnel carries complete checksums.
+//!
+//! Service flows (`service.rs`): a frame DNATed by the load balancer is routed
+//! here like any other, except that it may leave through its ingress port (hairpin:
+//! a pod reaching itself through a ClusterIP); a decapsulated reply of a tracked flow
+//! is un-NATed before the route lookup.
+//!
+//! Checksums of decapsulated TCP/UDP (`codec::vxlan::settle_l4_checksum`). A Linux
+//! VXLAN sender (flannel's `flannel.1`) on a veth underlay sends inner TCP/UDP whose
+//! checksum is only partial: veth "offloads" checksums, so the skb stays
+//! `CHECKSUM_PARTIAL`, and VXLAN's outer UDP checksum is zero by default for IPv4
+//! (RFC 7348 §5 says it SHOULD be), so nobody ever completes it. A Linux receiver
+//! would accept the bytes (still `CHECKSUM_PARTIAL` locally); a pod behind our TAP
+//! verifies and drops them — ICMP got through, TCP SYNs died "cksum incorrect". So for
+//! an unfragmented TCP/UDP packet (fragments are left alone, flags 0: Linux completes
+//! checksums before fragmenting, and a fragment cannot be verified by itself):
+//! a checksum that verifies, or UDP's "no checksum" 0, → `VIRTIO_NET_HDR_F_DATA_VALID`
+//! (the pod's kernel skips its own pass: `CHECKSUM_UNNECESSARY`); a field that equals
+//! the partial form (the uncomplemented folded pseudo-header sum, the kernel's
+//! `~csum_tcpudp_magic`) → completed in software, `DATA_VALID`, counted in
+//! `inner_checksums_completed` (completing is safer than handing the pod a
+//! `NEEDS_CSUM` header it may not expect on receive); anything else → dropped as
+//! `BadInnerChecksum`. Other protocols, and L4 headers too short to check, keep
+//! flags 0 and are the pod kernel's to judge.
+//!
+//! ICMP errors are built by `emit.rs` when this stage returns `Verdict::Icmp`.
+use super::context::{Ctx, IcmpError, Ip, Verdict};
+use super::emit::{is_subnet_broadcast, tunnel_verdict, write_prefix, Egress};
+use super::PipelineConfig;
+use crate::codec::vxlan::{
+    complete_partial_checksum, encapsulate, fragment, segment_tcp, settle_l4_checksum, Encap,
+    L4Checksum,
+};
+use crate::drops::{drop_for, Counter, Counters, DropReason};
+use crate::hash::flow_hash;
+use crate::tables::mac_table::MacTable;
+use crate::tables::ports::Ports;
+use crate::tables::routes::{RouteSnapshot, RouteTarget};
+use crate::types::{not_one_host, Ingress, Nanos, PortId};
+use crate::wire::{
+    ArpOperation, EthernetFrame, GsoType, Ipv4Packet, MacAddr, TcpPacket, VnetHdr,
+    ETHERNET_HEADER_LEN, VNET_HDR_F_DATA_VALID,
+};
+
+/// What the stage reads besides the packet.
+pub(crate) struct FwdEnv<'a> {
+    pub cfg: &'a PipelineConfig,
+    pub routes: &'a RouteSnapshot,
+    pub ports: &'a Ports,
+    pub counters: &'a Counters,
+}
+
+/// The stage: bridge, gateway or route. See the module docs.
+pub(crate) fn forward(
+    env: &FwdEnv,
+    macs: &mut MacTable,
+    ctx: &Ctx,
+    pkt: &mut [u8],
+    now: Nanos,
+    out: &mut [u8],
+) -> Verdict {
+    if ctx.to_gateway {
+        if !ctx.transit(env.cfg.gateway_ip) {
+            return Verdict::Gateway;
+        }
+        let Some(ip) = ctx.ip else {
+            return DropReason::UnsupportedProtocol.into();
+        };
+        let v = route(env, ctx, &ip, pkt, out);
+        if !matches!(v, Verdict::Drop(_) | Verdict::Icmp(_)) {
+            env.counters.bump(Counter::Routed);
+        }
+        return v;
+    }
+    bridge(env.cfg, macs, ctx, now, env.counters)
+}
+
+/// The learning bridge's decision for a frame not sent to the gateway MAC.
+fn bridge(
+    cfg: &PipelineConfig,
+    macs: &mut MacTable,
+    ctx: &Ctx,
+    now: Nanos,
+    counters: &Counters,
+) -> Verdict {
+    let arp_for_gateway = ctx.arp.is_some_and(|a| {
+        a.operation == ArpOperation::Request && a.target_protocol_addr == cfg.gateway_ip
+    });
+    if ctx.dst_mac.is_broadcast() && arp_for_gateway {
+        return Verdict::Gateway;
+    }
+    if ctx.dst_mac.is_multicast() {
+        return Verdict::Flood;
+    }
+    match (macs.lookup(ctx.dst_mac, now, counters), ctx.port()) {
+        (Some(p), Some(ingress)) if p == ingress => DropReason::HairpinSelf.into(),
+        (Some(p), _) => Verdict::Forward(p),
+        (None, _) => Verdict::Flood,
+    }
+}
+
+/// The forwarding decision for the IPv4 packet `ip` of `pkt`. See the module docs.
+fn route(env: &FwdEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
+    let (cfg, routes) = (env.cfg, env.routes);
+    let Some(frame) = pkt.get_mut(ctx.eth_at..) else {
+        return DropReason::Truncated.into();
+    };
+    let header = frame.get(ETHERNET_HEADER_LEN..).unwrap_or(&[]);
+    if !Ipv4Packet::new_unchecked(header).verify_checksum() {
+        return DropReason::BadChecksum.into();
+    }
+    if not_one_host(ip.dst) || is_subnet_broadcast(routes, ip.dst) {
+        return DropReason::NoRoute.into();
+    }
+    let target = match (routes.lookup(ip.dst), cfg.tunnel) {
+        (Some(RouteTarget::Local), _) => match env.ports.local_dest(ip.dst) {
+            Ok((port, mac)) => Egress::Port(port, mac),
+            Err(DropReason::HostUnreachable) => return Verdict::Icmp(IcmpError::HostUnreachable),
+            Err(r) => return r.into(),
+        },
+        (Some(RouteTarget::Peer(_)), None) | (None, None) => return DropReason::NoRoute.into(),
+        (Some(RouteTarget::Peer(_)), Some(_)) if ctx.ingress == Ingress::Tunnel => {
+            return DropReason::TunnelLoop.into()
+        }
+        (Some(RouteTarget::Peer(i)), Some(_)) => Egress::Peer(i),
+        (None, Some(_)) if routes.in_cluster(ip.dst) => {
+            return Verdict::Icmp(IcmpError::HostUnreachable)
+        }
+        (None, Some(_)) => return Verdict::Icmp(IcmpError::NetUnreachable),
+    };
+    if ip.ttl <= 1 {
+        return Verdict::Icmp(IcmpError::TimeExceeded);
+    }
+    match (target, ctx.ingress) {
+        (Egress::Port(port, _), Ingress::Port(ingress)) if port == ingress && !ctx.translated => {
+            DropReason::HairpinSelf.into()
+        }
+        (Egress::Port(port, mac), Ingress::Port(_)) => {
+            rewrite_for_port(cfg, frame, mac);
+            Verdict::Forward(port)
+        }
+        (Egress::Port(port, mac), Ingress::Tunnel) => {
+            copy_to_port(env, ctx, ip, frame, port, mac, out)
+        }
+        (Egress::Peer(i), _) => send_to_peer(env, ctx, ip, i, frame, out),
+        (Egress::Reply(_), _) => DropReason::NoRoute.into(),
+    }
+}
+
+/// Local delivery of a frame from a port: new MACs, TTL − 1, in place.
+fn rewrite_for_port(cfg: &PipelineConfig, frame: &mut [u8], mac: MacAddr) {
+    let mut eth = EthernetFrame::new_unchecked(&mut *frame);
+    eth.set_dst_addr(mac);
+    eth.set_src_addr(cfg.gateway_mac);
+    Ipv4Packet::new_unchecked(eth.payload_mut()).decrement_ttl();
+}
+
+/// Local delivery of a decapsulated packet: virtio-net header, Ethernet
+/// (gateway → pod), the IPv4 packet with TTL − 1, built in `out`. Its TCP/UDP
+/// checksum is settled unless the service stage already did ([`settle_l4_checksum`]:
+/// verified, or a partial one completed, or `BadInnerChecksum`); the header says
+/// `DATA_VALID` when it was verified or completed, and is zeroed otherwise.
+fn copy_to_port(
+    env: &FwdEnv,
+    ctx: &Ctx,
+    ip: &Ip,
+    frame: &[u8],
+    port: PortId,
+    mac: MacAddr,
+    out: &mut [u8],
+) -> Verdict {
+    let ip_len = ip.total_len;
+    let Some(src_ip) = frame.get(ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + ip_len) else {
+        return DropReason::Truncated.into();
+    };
+    let prefix = match write_prefix(env.cfg, env.routes, out, Egress::Port(port, mac)) {
+        Ok(p) => p,
+        Err(r) => return r.into(),
+    };
+    let Some(dst) = out.get_mut(prefix..prefix + ip_len) else {
+        return DropReason::ReplyTooLarge.into();
+    };
+    dst.copy_from_slice(src_ip);
+    Ipv4Packet::new_unchecked(&mut *dst).decrement_ttl();
+    let l4 = match ctx.l4_checksum {
+        Some(settled) => settled,
+        None => match settle_l4_checksum(dst) {
+            Ok(c) => c,
+            Err(r) => return r.into(),
+        },
+    };
+    if l4 == L4Checksum::Completed {
+        env.counters.bump(Counter::InnerChecksumsCompleted);
+    }
+    if l4.data_valid() {
+        VnetHdr::new_unchecked(&mut *out).set_flags(VNET_HDR_F_DATA_VALID);
+    }
+    Verdict::ToPort(port, prefix + ip_len)
+}
+
+/// How a packet goes into the tunnel: `Some(mss)` = software TSO, `None` = as one
+/// packet or fragments; or the verdict that stops it (too big with DF, bad GSO).
+fn tunnel_mss(
+    ctx: &Ctx,
+    ip: &Ip,
+    frame: &[u8],
+    mtu: usize,
+    inner_mtu: u16,
+) -> Result<Option<usize>, Verdict> {
+    let total = ip.total_len;
+    match ctx.vnet.gso() {
+        GsoType::TcpV4 => {
+            let tcp = frame
+                .get(ETHERNET_HEADER_LEN + ip.header_len..ETHERNET_HEADER_LEN + total)
+                .ok_or(Verdict::Drop(DropReason::Truncated))?;
+            let tcp_hlen = TcpPacket::new_checked(tcp)
+                .map_err(|e| Verdict::Drop(drop_for(e)))?
+                .header_len();
+            let hdrs = ip.header_len + tcp_hlen;
+            let mss = usize::from(ctx.vnet.gso_size);
+            if hdrs + mss.min(total - hdrs.min(total)) <= mtu {
+                return Ok(Some(mss));
+            }
+            if ip.dont_frag {
+                return Err(Verdict::Icmp(IcmpError::FragNeeded(inner_mtu)));
+            }
+            match mtu.checked_sub(hdrs) {
+                Some(m) if m > 0 => Ok(Some(m)),
+                _ => Err(DropReason::PacketTooBig.into()),
+            }
+        }
+        GsoType::None if total > mtu && ip.dont_frag => {
+            Err(Verdict::Icmp(IcmpError::FragNeeded(inner_mtu)))
+        }
+        GsoType::None => Ok(None),
+        _ => Err(DropReason::UnsupportedGso.into()),
+    }
+}
+
+/// Into the tunnel to peer `i`: MTU handling, TTL − 1, checksum completion, TSO or
+/// fragmentation. See the module docs.
+fn send_to_peer(
+    env: &FwdEnv,
+    ctx: &Ctx,
+    ip: &Ip,
+    i: usize,
+    frame: &mut [u8],
+    out: &mut [u8],
+) -> Verdict {
+    let (Some(tun), Some(peer)) = (env.cfg.tunnel, env.routes.peer(i)) else {
+        return DropReason::NoRoute.into();
+    };
+    let enc = Encap {
+        vni: tun.vni,
+        src_mac: tun.vtep_mac,
+        dst_mac: peer.vtep_mac,
+    };
+    let mtu = usize::from(tun.inner_mtu);
+    let mss = match tunnel_mss(ctx, ip, frame, mtu, tun.inner_mtu) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let ip_end = ETHERNET_HEADER_LEN + ip.total_len;
+    if mss.is_none() && ctx.vnet.needs_csum() {
+        let (start, offset) = (ctx.vnet.csum_start, ctx.vnet.csum_offset);
+        let done =
+            complete_partial_checksum(frame, usize::from(start), usize::from(offset), ip_end);
+        if let Err(r) = done {
+            return r.into();
+        }
+    }
+    let Some(ip_slice) = frame.get_mut(ETHERNET_HEADER_LEN..ip_end) else {
+        return DropReason::Truncated.into();
+    };
+    Ipv4Packet::new_unchecked(&mut *ip_slice).decrement_ttl();
+    let hash = flow_hash(&Ipv4Packet::new_unchecked(&*ip_slice));
+    let result = match mss {
+        Some(mss) => segment_tcp(&enc, ip_slice, mss, out),
+        None if ip.total_len <= mtu => encapsulate(&enc, ip_slice, out),
+        None => fragment(&enc, ip_slice, mtu, out),
+    };
+    match result {
+        Ok(d) => tunnel_verdict(peer.underlay_ip, hash, d),
+        Err(r) => r.into(),
+    }
+}

@@ -1,0 +1,158 @@
+//! Stage 1, parse: the headers of one packet are checked once, into a [`Ctx`].
+//!
+//! From a port: the virtio-net header must be present and sane (`Truncated`,
+//! `BadVnetHeader`), then an Ethernet header (`Truncated`); ARP is always parsed (it
+//! is rare and the gateway must see requests for its IP); IPv4 is parsed when it comes
+//! from a pod (anti-spoofing) or goes to the gateway MAC. Host-port IPv4 to other MACs,
+//! the bulk of host traffic, is bridged without reading L3. Parse errors: `Truncated`,
+//! `BadHeader`, `UnsupportedProtocol` (non-Ethernet/IPv4 ARP).
+//!
+//! From the tunnel (a VXLAN datagram, RFC 7348): the outer source must be a known
+//! peer (`NotClusterNode`), the VXLAN header valid (`BadVxlan`) with our VNI
+//! (`WrongVni`), the inner frame addressed to our VTEP MAC (`NotOurVtep`) and IPv4
+//! (`UnsupportedProtocol`).
+
+use core::net::Ipv4Addr;
+
+use super::context::{Ctx, Ip};
+use super::TunnelConfig;
+use crate::drops::{drop_for, Counter, Counters, DropReason};
+use crate::tables::routes::RouteSnapshot;
+use crate::types::{Ingress, PortId, PortRole};
+use crate::wire::{
+    ArpPacket, ArpRepr, EtherType, EthernetFrame, IpProtocol, Ipv4Packet, MacAddr, TcpPacket,
+    UdpPacket, VnetHdr, VnetHdrRepr, VxlanPacket, VxlanRepr, WireError, UDP_HEADER_LEN,
+    VNET_HDR_LEN, VXLAN_HEADER_LEN,
+};
+
+/// The IPv4 facts of a checked packet.
+fn ip_facts(ip: &Ipv4Packet<&[u8]>) -> Ip {
+    let fragment = ip.is_fragment();
+    let later_fragment = ip.frag_offset() != 0;
+    let l4 = ip.payload();
+    let (ports, tcp_flags) = match ip.protocol() {
+        _ if later_fragment => (None, 0),
+        IpProtocol::Tcp => match TcpPacket::new_checked(l4) {
+            Ok(t) => (Some((t.src_port(), t.dst_port())), t.flags()),
+            Err(_) => (None, 0),
+        },
+        IpProtocol::Udp if l4.len() >= UDP_HEADER_LEN => {
+            let u = UdpPacket::new_unchecked(l4);
+            (Some((u.src_port(), u.dst_port())), 0)
+        }
+        _ => (None, 0),
+    };
+    Ip {
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        proto: ip.protocol(),
+        header_len: ip.header_len(),
+        total_len: usize::from(ip.total_len()),
+        ttl: ip.ttl(),
+        dont_frag: ip.dont_frag(),
+        ports,
+        fragment,
+        later_fragment,
+        ident: ip.ident(),
+        tcp_flags,
+    }
+}
+
+/// Checks an IPv4 packet and reads its facts.
+fn ipv4(bytes: &[u8]) -> Result<Ip, DropReason> {
+    Ipv4Packet::new_checked(bytes)
+        .map(|p| ip_facts(&p))
+        .map_err(drop_for)
+}
+
+/// A frame read from port `port` (virtio-net header + Ethernet frame).
+pub(crate) fn from_port(
+    port: PortId,
+    role: PortRole,
+    gateway_mac: MacAddr,
+    pkt: &[u8],
+) -> Result<Ctx, DropReason> {
+    if pkt.len() < VNET_HDR_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let (vnet_bytes, frame) = pkt.split_at(VNET_HDR_LEN.min(pkt.len()));
+    let vnet = match VnetHdrRepr::parse(&VnetHdr::new_unchecked(vnet_bytes), frame.len()) {
+        Ok(v) => v,
+        Err(WireError::Truncated { .. }) => return Err(DropReason::Truncated),
+        Err(_) => return Err(DropReason::BadVnetHeader),
+    };
+    let eth = EthernetFrame::new_checked(frame).map_err(drop_for)?;
+    let (src_mac, dst_mac, ethertype) = (eth.src_addr(), eth.dst_addr(), eth.ethertype());
+    if src_mac.is_multicast() {
+        return Err(DropReason::SourceMulticast);
+    }
+    let to_gateway = dst_mac == gateway_mac;
+    let from_pod = matches!(role, PortRole::Pod { .. });
+    let arp = match ethertype {
+        EtherType::Arp => Some(
+            ArpPacket::new_checked(eth.payload())
+                .and_then(|p| ArpRepr::parse(&p))
+                .map_err(drop_for)?,
+        ),
+        _ => None,
+    };
+    let ip = match ethertype {
+        EtherType::Ipv4 if to_gateway || from_pod => Some(ipv4(eth.payload())?),
+        _ => None,
+    };
+    Ok(Ctx {
+        ingress: Ingress::Port(port),
+        src_mac,
+        dst_mac,
+        eth_at: VNET_HDR_LEN,
+        vnet,
+        to_gateway,
+        arp,
+        ip,
+        translated: false,
+        l4_checksum: None,
+    })
+}
+
+/// A VXLAN datagram (UDP payload) from `src` on the underlay.
+pub(crate) fn from_tunnel(
+    tun: Option<&TunnelConfig>,
+    routes: &RouteSnapshot,
+    src: Ipv4Addr,
+    payload: &[u8],
+    counters: &Counters,
+) -> Result<Ctx, DropReason> {
+    let tun = tun.ok_or(DropReason::TunnelNotConfigured)?;
+    if src == tun.underlay_ip || routes.peer_by_underlay(src).is_none() {
+        return Err(DropReason::NotClusterNode);
+    }
+    let vxlan = VxlanPacket::new_checked(payload)
+        .and_then(|v| VxlanRepr::parse(&v))
+        .map_err(|_| DropReason::BadVxlan)?;
+    if vxlan.vni != tun.vni {
+        return Err(DropReason::WrongVni);
+    }
+    counters.bump(Counter::TunneledIn);
+    let frame = payload
+        .get(VXLAN_HEADER_LEN..)
+        .ok_or(DropReason::BadVxlan)?;
+    let eth = EthernetFrame::new_checked(frame).map_err(drop_for)?;
+    if eth.dst_addr() != tun.vtep_mac {
+        return Err(DropReason::NotOurVtep);
+    }
+    if eth.ethertype() != EtherType::Ipv4 {
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    Ok(Ctx {
+        ingress: Ingress::Tunnel,
+        src_mac: eth.src_addr(),
+        dst_mac: eth.dst_addr(),
+        eth_at: VXLAN_HEADER_LEN,
+        vnet: VnetHdrRepr::default(),
+        to_gateway: true,
+        arp: None,
+        ip: Some(ipv4(eth.payload())?),
+        translated: false,
+        l4_checksum: None,
+    })
+}
