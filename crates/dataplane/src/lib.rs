@@ -36,8 +36,8 @@ pub use codec::gro::{Coalescer, GRO_MAX};
 pub use drops::{Counter, Counters, CountersSnapshot, DropReason};
 pub use hash::{flow_hash, flow_hash_of};
 pub use pipeline::{
-    Action, Pipeline, PipelineConfig, TunnelConfig, DEFAULT_SERVICE_CIDR, MAINTAIN_BUDGET,
-    OUT_BUF_LEN, VXLAN_OVERHEAD,
+    Action, Pipeline, PipelineConfig, TunnelConfig, DEFAULT_ICMP_ERRORS_PER_SEC, DEFAULT_MAC_AGING,
+    DEFAULT_MAC_CAPACITY, DEFAULT_SERVICE_CIDR, MAINTAIN_BUDGET, OUT_BUF_LEN, VXLAN_OVERHEAD,
 };
 pub use tables::conntrack::{ConntrackTimeouts, FlowInfo, FlowState, DEFAULT_CONNTRACK_CAPACITY};
 pub use tables::maglev::{Maglev, MAGLEV_DEFAULT_SIZE};

@@ -20,8 +20,8 @@
 
 use core::net::Ipv4Addr;
 
+use super::config::PipelineConfig;
 use super::context::{Ctx, IcmpError, Verdict};
-use super::PipelineConfig;
 use crate::codec::vxlan::{Datagrams, Encap, ENCAP_PREFIX_LEN};
 use crate::drops::{Counter, Counters, DropReason};
 use crate::hash::flow_hash;

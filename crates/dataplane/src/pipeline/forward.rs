@@ -59,9 +59,9 @@
 //! flags 0 and are the pod kernel's to judge.
 //!
 //! ICMP errors are built by `emit.rs` when this stage returns `Verdict::Icmp`.
+use super::config::PipelineConfig;
 use super::context::{Ctx, IcmpError, Ip, Verdict};
 use super::emit::{is_subnet_broadcast, tunnel_verdict, write_prefix, Egress};
-use super::PipelineConfig;
 use crate::codec::vxlan::{
     complete_partial_checksum, encapsulate, fragment, segment_tcp, settle_l4_checksum, Encap,
     L4Checksum,

@@ -14,8 +14,8 @@
 
 use core::net::Ipv4Addr;
 
+use super::config::TunnelConfig;
 use super::context::{Ctx, Ip};
-use super::TunnelConfig;
 use crate::drops::{drop_for, Counter, Counters, DropReason};
 use crate::tables::routes::RouteSnapshot;
 use crate::types::{Ingress, PortId, PortRole};

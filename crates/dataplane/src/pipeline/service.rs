@@ -72,8 +72,8 @@
 
 use core::net::Ipv4Addr;
 
+use super::config::PipelineConfig;
 use super::context::{Ctx, IcmpError, Ip, Verdict};
-use super::PipelineConfig;
 use crate::codec::nat::{
     rewrite_addresses_checked, rewrite_checked, rewrite_quoted, Addressing, Endpoint, L4Sum, Quoted,
 };

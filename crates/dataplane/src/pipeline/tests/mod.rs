@@ -9,6 +9,7 @@
 use super::*;
 use crate::wire::checksum;
 use crate::wire::VNET_HDR_LEN;
+use core::net::Ipv4Addr;
 use proptest::prelude::*;
 
 const SEC: Nanos = 1_000_000_000;
