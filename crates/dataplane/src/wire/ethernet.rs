@@ -18,106 +18,7 @@ mod field {
     pub const PAYLOAD: usize = 14;
 }
 
-/// A 48-bit IEEE 802 MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// ff:ff:ff:ff:ff:ff.
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-    /// 00:00:00:00:00:00 (used as the unknown target in ARP requests).
-    pub const ZERO: MacAddr = MacAddr([0; 6]);
-
-    /// Builds an address from its six octets.
-    pub const fn new(a: u8, b: u8, c: u8, d: u8, e: u8, f: u8) -> Self {
-        MacAddr([a, b, c, d, e, f])
-    }
-
-    /// Reads the first six bytes of `bytes`, or `None` if there are fewer.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        bytes
-            .get(..6)
-            .and_then(|s| <[u8; 6]>::try_from(s).ok())
-            .map(MacAddr)
-    }
-
-    /// The octets.
-    pub const fn octets(&self) -> [u8; 6] {
-        self.0
-    }
-
-    /// The I/G bit (least significant bit of the first octet): group address. Broadcast
-    /// is a group address too.
-    pub const fn is_multicast(&self) -> bool {
-        self.0[0] & 0x01 != 0
-    }
-
-    /// ff:ff:ff:ff:ff:ff.
-    pub fn is_broadcast(&self) -> bool {
-        *self == Self::BROADCAST
-    }
-
-    /// Neither multicast nor broadcast.
-    pub const fn is_unicast(&self) -> bool {
-        !self.is_multicast()
-    }
-
-    /// The U/L bit: a locally administered address (what Tapestry assigns to pods).
-    pub const fn is_local(&self) -> bool {
-        self.0[0] & 0x02 != 0
-    }
-
-    /// The address as the low 48 bits of a `u64` (big-endian order), e.g. a hash key.
-    pub fn to_u64(&self) -> u64 {
-        let [a, b, c, d, e, f] = self.0;
-        u64::from_be_bytes([0, 0, a, b, c, d, e, f])
-    }
-
-    /// The inverse of [`MacAddr::to_u64`]; bits above 48 are ignored.
-    pub fn from_u64(v: u64) -> Self {
-        let [_, _, a, b, c, d, e, f] = v.to_be_bytes();
-        MacAddr([a, b, c, d, e, f])
-    }
-}
-
-impl core::fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl core::fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Display::fmt(self, f)
-    }
-}
-
-/// Error parsing a MAC address from text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address: expected six hex octets separated by ':'")]
-pub struct ParseMacError;
-
-impl core::str::FromStr for MacAddr {
-    type Err = ParseMacError;
-
-    /// Parses `aa:bb:cc:dd:ee:ff` (also accepts `-` as separator).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for slot in &mut out {
-            let part = parts.next().ok_or(ParseMacError)?;
-            if part.is_empty() || part.len() > 2 {
-                return Err(ParseMacError);
-            }
-            *slot = u8::from_str_radix(part, 16).map_err(|_| ParseMacError)?;
-        }
-        if parts.next().is_some() {
-            return Err(ParseMacError);
-        }
-        Ok(MacAddr(out))
-    }
-}
+pub use tapestry_net::MacAddr;
 
 enum_with_unknown! {
     /// EtherType (IEEE 802 numbers registry).
@@ -312,24 +213,5 @@ mod tests {
         for v in [0u16, 0x0800, 0x0806, 0x8100, 0x86dd, 0xffff] {
             assert_eq!(u16::from(EtherType::from(v)), v);
         }
-    }
-
-    #[test]
-    fn mac_classes_and_text() {
-        assert!(MacAddr::BROADCAST.is_multicast());
-        assert!(MacAddr::BROADCAST.is_broadcast());
-        assert!(MacAddr::new(0x01, 0x00, 0x5e, 0, 0, 1).is_multicast());
-        assert!(MacAddr::new(0x02, 0, 0, 0, 0, 1).is_unicast());
-        assert!(MacAddr::new(0x02, 0, 0, 0, 0, 1).is_local());
-        let m: MacAddr = "0a:58:0A:f4:01:02".parse().unwrap();
-        assert_eq!(m, MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02));
-        assert_eq!(m.to_string(), "0a:58:0a:f4:01:02");
-        assert_eq!(MacAddr::from_u64(m.to_u64()), m);
-        assert_eq!(m.to_u64(), 0x0a58_0af4_0102);
-        assert!("0a:58:0a:f4:01".parse::<MacAddr>().is_err());
-        assert!("0a:58:0a:f4:01:02:03".parse::<MacAddr>().is_err());
-        assert!("0a:58:0a:f4:01:zz".parse::<MacAddr>().is_err());
-        assert!("0a:58:0a:f4:01:".parse::<MacAddr>().is_err());
-        assert_eq!(MacAddr::from_bytes(&[1, 2, 3]), None);
     }
 }
