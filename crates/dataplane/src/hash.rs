@@ -27,7 +27,7 @@ const fn fmix32(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// A hasher for the packed `u64` keys of [`ServiceTable`]: [`fmix64`]. Not keyed:
+/// A hasher for the packed `u64` keys of [`crate::ServiceTable`]: [`fmix64`]. Not keyed:
 /// only the control thread inserts.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct KeyHasher(u64);
@@ -52,8 +52,8 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// The flow hash Maglev is indexed with for [`Affinity::None`]. Stable (pinned by the
-/// pipeline's golden test through [`ServiceTable::pick`]).
+/// The flow hash Maglev is indexed with for [`crate::Affinity::None`]. Stable (pinned by the
+/// pipeline's golden test through [`crate::ServiceTable::pick`]).
 #[inline]
 pub fn backend_hash(client: (Ipv4Addr, u16), vip: Ipv4Addr, port: u16, proto: L4Proto) -> u64 {
     let a = (u64::from(client.0.to_bits()) << 32) | u64::from(vip.to_bits());
@@ -61,7 +61,7 @@ pub fn backend_hash(client: (Ipv4Addr, u16), vip: Ipv4Addr, port: u16, proto: L4
     fmix64(fmix64(a) ^ b)
 }
 
-/// The hash for [`Affinity::ClientIp`]: the client address alone.
+/// The hash for [`crate::Affinity::ClientIp`]: the client address alone.
 #[inline]
 pub fn client_hash(client: Ipv4Addr) -> u64 {
     fmix64(u64::from(client.to_bits()) ^ 0x636c_6965_6e74_4950) // "clientIP"

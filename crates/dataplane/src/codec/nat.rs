@@ -108,7 +108,7 @@ pub fn rewrite(ip: &mut [u8], src: Endpoint, dst: Endpoint, sum: L4Sum) -> Resul
     rewrite_checked(ip, &a, src, dst, sum)
 }
 
-/// [`rewrite`] of a packet whose header was already checked and read into `a`.
+/// `rewrite` of a packet whose header was already checked and read into `a`.
 pub fn rewrite_checked(
     ip: &mut [u8],
     a: &Addressing,

@@ -54,7 +54,7 @@
 //!   whose checksum field happens to equal the partial form (1 in 65,536) is
 //!   completed and accepted: the same trust the Linux receiver would give it.
 //!
-//! [`flow_hash`] picks the outer UDP source port (ECMP entropy, RFC 7348 §5).
+//! [`crate::flow_hash`] picks the outer UDP source port (ECMP entropy, RFC 7348 §5).
 //!
 //! Nothing here allocates or panics; a run that does not fit `out` is
 //! `DropReason::ReplyTooLarge`.

@@ -7,8 +7,8 @@ use crate::tables::conntrack::{ConntrackTimeouts, DEFAULT_CONNTRACK_CAPACITY};
 use crate::types::Nanos;
 use crate::wire::MacAddr;
 
-/// The least `out` buffer the I/O layer must pass to [`Pipeline::process`] and
-/// [`Pipeline::process_tunnel`]: 256 KiB. The largest thing written there is the
+/// The least `out` buffer the I/O layer must pass to [`crate::Pipeline::process`] and
+/// [`crate::Pipeline::process_tunnel`]: 256 KiB. The largest thing written there is the
 /// software-TSO run of a 65,535-byte GSO frame: with an MSS of 536 (the IPv4 minimum
 /// a peer may announce) that is 123 segments × 74 bytes of headers + 64 KiB of
 /// payload ≈ 73 KiB; an echo reply to a 64 KiB ping is 65,546 bytes. The rest is

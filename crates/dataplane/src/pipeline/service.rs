@@ -90,7 +90,7 @@ use crate::wire::{
     Icmpv4Message, IpProtocol, ICMPV4_HEADER_LEN, ICMP_UNREACH_HOST, ICMP_UNREACH_PORT,
 };
 
-/// Flows [`Lb::maintain`] looks at per call when the table did not change.
+/// Flows `Pipeline::maintain` looks at per call when the table did not change.
 pub const MAINTAIN_BUDGET: usize = 65_536;
 
 /// Other source ports tried when the client's own gives a reply key already in use.

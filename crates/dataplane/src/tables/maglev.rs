@@ -41,7 +41,7 @@
 use crate::hash::fmix64;
 use crate::types::Backend;
 
-/// The paper's table size, and the largest [`table_size_for`] picks.
+/// The paper's table size, and the largest `table_size_for` picks.
 pub const MAGLEV_DEFAULT_SIZE: usize = 65_537;
 
 /// The primes [`table_size_for`] chooses from, roughly doubling.

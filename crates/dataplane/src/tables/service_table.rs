@@ -5,7 +5,7 @@
 //! [`ServiceTable`] and stores it in [`crate::Pipeline::services`]; the pipeline
 //! `load()`s it per packet (no lock). Per `(ClusterIP, port, protocol)` the table holds
 //! a [`Maglev`] lookup table over that service's ready backends, sized by
-//! [`table_size_for`] (see [`crate::maglev`] for the sizes and what they cost).
+//! [`table_size_for`] (see `tables/maglev.rs` for the sizes and what they cost).
 //!
 //! A new flow picks its backend by hashing its 5-tuple (client IP and port, ClusterIP
 //! and port, protocol) into the Maglev table — or only the client IP for
@@ -13,7 +13,7 @@
 //! client lands on one backend for as long as the backend set is unchanged. Unlike
 //! kube-proxy's `recent`-module affinity this is stateless, so there is no
 //! `timeoutSeconds`, and it survives an agent restart. Connection tracking
-//! ([`crate::conntrack`]) then keeps each flow on its backend when the set changes.
+//! (`tables/conntrack.rs`) then keeps each flow on its backend when the set changes.
 //!
 //! Backends are sorted and deduplicated when a table is built, so the Maglev table
 //! (whose population order breaks ties) does not depend on the order the endpoints
