@@ -7,7 +7,7 @@
 //! See docs/architecture.md.
 //!
 //! Every block carries a `// SAFETY:` note; file descriptors are owned by
-//! [`OwnedFd`]/[`File`]; [`cvt`] turns the C convention (`-1` and `errno`) into
+//! [`std::os::fd::OwnedFd`]/[`std::fs::File`]; [`cvt`] turns the C convention (`-1` and `errno`) into
 //! [`io::Error`].
 #![allow(unsafe_code)]
 

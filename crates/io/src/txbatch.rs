@@ -5,7 +5,7 @@
 //! (bridge, netfilter hooks, the peer's IP and UDP receive). Here consecutive
 //! datagrams of one flow to one peer, gathered while the worker drains a batch
 //! of frames, go out as one UDP GSO send: one system call and one skb for up to
-//! [`sys::UDP_GSO_MAX_SEGMENTS`] datagrams, which the peer's UDP GRO socket
+//! 64 (`sys::UDP_GSO_MAX_SEGMENTS`) datagrams, which the peer's UDP GRO socket
 //! receives as one message.
 //!
 //! UDP GSO cuts a buffer into equal segments, only the last may be shorter, so
