@@ -1,4 +1,6 @@
-//! The only `unsafe` code in Tapestry: TAP ioctls and `setns`.
+//! The only `unsafe` code in Tapestry, private to the I/O crate behind safe
+//! functions: TAP ioctls (`TUNSETIFF`, offloads, persistence), `setns`, batched UDP
+//! (`recvmmsg` with UDP GRO, `sendmmsg`, `sendmsg` with UDP GSO) and socket buffers.
 //!
 //! Why not the `tun-tap` crate: it opens TAPs without `IFF_VNET_HDR`, cannot turn on
 //! offloads (`TUNSETOFFLOAD`) and cannot make a device persistent (`TUNSETPERSIST`).
@@ -7,8 +9,8 @@
 //! See docs/architecture.md.
 //!
 //! Every block carries a `// SAFETY:` note; file descriptors are owned by
-//! [`std::os::fd::OwnedFd`]/[`std::fs::File`]; [`cvt`] turns the C convention (`-1` and `errno`) into
-//! [`io::Error`].
+//! [`std::os::fd::OwnedFd`]/[`std::fs::File`]; [`cvt`] turns the C convention (`-1`
+//! and `errno`) into [`io::Error`].
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
