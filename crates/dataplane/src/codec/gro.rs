@@ -1,46 +1,7 @@
 //! Software GRO: receive coalescing of decapsulated TCP segments before they are
 //! written to a pod's TAP.
 //!
-//! Why: a cross-node TCP stream arrives as ~1,450-byte VXLAN datagrams. Without
-//! coalescing, the node decapsulates each one and writes each inner frame to the pod's
-//! TAP separately: 45 `write`s and 45 trips through the pod's TCP stack per 64 KiB. The
-//! kernel's own VXLAN device avoids that with GRO (`tcp_gro_receive`); this module does
-//! the same in software. Consecutive in-order segments of one flow, decapsulated in the
-//! same receive batch and bound for the same port, are merged into one frame of up to
-//! [`GRO_MAX`] IP bytes with a virtio-net GSO header (`GSO_TCPV4`, `gso_size` = the
-//! MSS, `NEEDS_CSUM`). A TAP opened with `IFF_VNET_HDR` turns it into one GSO skb, which
-//! the pod's kernel delivers locally as one segment (it would only resegment it if it
-//! had to forward it).
-//!
-//! Where: between the pipeline and the TAP writes, on the receive path only. The
-//! I/O loop calls [`Coalescer::push`] for every `Action::ToPort` frame of a batch and
-//! [`Coalescer::flush`] at the end of the batch, before it sleeps, so a segment is
-//! never held across a wait (GRO adds no latency beyond the batch it came in).
-//!
-//! Merge rules (a conservative subset of Linux's `inet_gro_receive` and
-//! `tcp_gro_receive`): same port, same Ethernet addresses; IPv4 without options, not a
-//! fragment, same addresses, TOS, TTL and DF; TCP with the same ports, ACK set and none
-//! of SYN, FIN, RST, URG, ECE, CWR; the same acknowledgment number, window, header
-//! length and option bytes (so timestamps must be identical); the sequence number
-//! exactly where the held data ends; a payload no longer than the first segment's
-//! (the MSS). A shorter segment, or one with PSH, joins and then ends the merge: the
-//! held frame is emitted at once. The IP identification is not checked: the merged
-//! frame keeps the first one's, as Linux does for DF segments. Frames must carry
-//! `DATA_VALID` (the pipeline verified or completed their checksum, see
-//! `crate::codec::vxlan::settle_l4_checksum`) and no GSO of their own; anything else — and
-//! anything that does not parse — is emitted unchanged, after the held frame of its
-//! flow if it has one, so no flow is ever reordered.
-//!
-//! Output: a frame that never merged is emitted byte-for-byte as it came. A merged one
-//! keeps the first segment's headers except: IPv4 total length (and header checksum),
-//! PSH from the last segment, the TCP checksum field holding the partial form for the
-//! merged length ([`pseudo_header_partial`], Linux's `CHECKSUM_PARTIAL`), and the
-//! virtio-net header `{NEEDS_CSUM, GSO_TCPV4, hdr_len, gso_size: MSS, csum_start: 34,
-//! csum_offset: 16}`.
-//!
-//! Memory: `max_flows` buffers of `VNET_HDR_LEN + 14 + GRO_MAX` bytes, allocated in
-//! [`Coalescer::new`]; pushing copies each segment once into its slot and allocates
-//! nothing. When all slots are busy, the oldest held frame is emitted to make room.
+//! In full: docs/dataplane.md, "Software GRO".
 
 use core::net::Ipv4Addr;
 

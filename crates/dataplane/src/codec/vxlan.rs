@@ -1,63 +1,7 @@
 //! VXLAN encapsulation (RFC 7348) of routed IPv4 packets, and what it takes to make
 //! them fit the underlay: software TSO, IPv4 fragmentation, checksum completion.
 //!
-//! Every function here writes into the caller's `out` a run of VXLAN datagrams (UDP
-//! payloads), back to back:
-//!
-//! ```text
-//! [VXLAN 8: flags 0x08, VNI][inner Ethernet 14: peer VTEP MAC <- our VTEP MAC, IPv4][IPv4 packet]
-//! ```
-//!
-//! — the flannel `vxlan` backend's layout, so a Linux `flannel.1` device decapsulates
-//! ours and we decapsulate its (inner source MAC = the sender's VTEP MAC, inner
-//! destination MAC = the receiver's VTEP MAC). All datagrams of one run have the same
-//! length except the last, which may be shorter: the layout UDP GSO (`UDP_SEGMENT`)
-//! sends with one `sendmsg`. The I/O layer adds UDP and the outer IPv4 header.
-//!
-//! Why each path exists:
-//!
-//! - **Software TSO** ([`segment_tcp`]). Pod TAPs run with TSO on, so the kernel hands
-//!   us TCP "segments" of up to 64 KiB (virtio-net GSO, `gso_size` = MSS). A peer
-//!   kernel would drop an oversize inner packet, so we cut it as a NIC would (the
-//!   kernel's `tcp_gso_segment`): each segment gets its own IPv4 header (total
-//!   length, identification + k, checksum) and TCP header (sequence + k × MSS; FIN and
-//!   PSH only on the last segment, CWR only on the first) and a **full** TCP checksum,
-//!   pseudo-header included — the receiving kernel verifies it.
-//! - **Fragmentation** ([`fragment`], RFC 791 §3.2). A non-GSO packet above the
-//!   inner MTU without DF is cut into fragments of one size (the payload per fragment
-//!   a multiple of 8, offsets in 8-byte units, MF on all but the last). Options
-//!   without the "copied" bit are overwritten with NOPs in all but the first fragment,
-//!   so every fragment has the same header length and therefore the same size except
-//!   the last, as UDP GSO wants. (With DF the router sends ICMP "fragmentation
-//!   needed" instead; that is the pipeline's job.)
-//! - **Checksum completion** ([`complete_partial_checksum`]). A frame whose virtio-net
-//!   header says `NEEDS_CSUM` carries only the pseudo-header sum in its L4 checksum
-//!   field; inside a tunnel no NIC will finish it, so we do (virtio 1.2 §5.1.6.2).
-//!   Every packet we send into the tunnel therefore carries a complete L4 checksum.
-//! - **Checksum settling on the way in** ([`settle_l4_checksum`]). Not every sender
-//!   is as careful. A Linux VXLAN device (flannel's `flannel.1`) on a veth underlay
-//!   sends inner TCP/UDP whose checksum is still *partial*: the pseudo-header sum
-//!   ([`pseudo_header_partial`], the kernel's `~csum_tcpudp_magic`), because veth
-//!   advertises checksum offload, so the skb stays `CHECKSUM_PARTIAL` through the
-//!   VXLAN transmit path, and with the outer UDP checksum at its IPv4 default of zero
-//!   (RFC 7348 §5: "UDP Checksum: It SHOULD be transmitted as zero") nothing ever
-//!   computes a checksum over those bytes. A Linux receiver on the same host would
-//!   accept them (the skb is still `CHECKSUM_PARTIAL`, which the local stack trusts);
-//!   a pod behind our TAP receives plain bytes, verifies, and drops them — ICMP
-//!   crosses such a node, TCP SYNs die as "cksum incorrect". So before a decapsulated
-//!   packet goes to a local port its TCP or UDP checksum (unfragmented packets only:
-//!   Linux completes partial checksums before it fragments, and a fragment cannot be
-//!   verified alone) is either verified, or recognised as partial and completed, or
-//!   the packet is dropped (`BadInnerChecksum`). Verified and completed packets go
-//!   out with `VIRTIO_NET_HDR_F_DATA_VALID`, so the pod's kernel takes them as
-//!   `CHECKSUM_UNNECESSARY` instead of summing them a second time. A corrupt packet
-//!   whose checksum field happens to equal the partial form (1 in 65,536) is
-//!   completed and accepted: the same trust the Linux receiver would give it.
-//!
-//! [`crate::flow_hash`] picks the outer UDP source port (ECMP entropy, RFC 7348 §5).
-//!
-//! Nothing here allocates or panics; a run that does not fit `out` is
-//! `DropReason::ReplyTooLarge`.
+//! In full: docs/dataplane.md, "VXLAN encapsulation, software TSO and fragmentation".
 
 use crate::drops::drop_for;
 use crate::drops::DropReason;

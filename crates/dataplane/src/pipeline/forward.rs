@@ -2,63 +2,7 @@
 //! IPv4 sent to the gateway MAC for someone else and for packets decapsulated from the
 //! tunnel (RFC 1812 §5.2–5.3, RFC 7348).
 //!
-//! Bridging: a broadcast ARP request for the gateway IP goes to the gateway (answered,
-//! never flooded); other multicast/broadcast → `Flood`; known unicast → `Forward`, or
-//! `HairpinSelf` if it was learned on the ingress port; unknown unicast → `Flood`.
-//! Frames to the gateway MAC that are not transit (ARP, IPv4 for the gateway IP) go to
-//! the gateway (`gateway.rs`).
-//!
-//! Routing, for each packet, in order (every exit a counted outcome):
-//!
-//! 1. IPv4 header checksum (`BadChecksum`, RFC 1812 §5.2.2); a multicast, broadcast,
-//!    unspecified or loopback destination — or the local subnet's broadcast address —
-//!    is never routed (`NoRoute`, no ICMP error: RFC 1122 §3.2.2);
-//! 2. route lookup in the current `RouteSnapshot`:
-//!    - `Local`: the pod port with that IP, or the host port for `host_ip`; none →
-//!      ICMP host unreachable (3/1);
-//!    - `Peer(i)`: the tunnel to that node — unless the packet came *from* the tunnel
-//!      (`TunnelLoop`: peer → us → peer would ping-pong until TTL runs out) or no
-//!      tunnel is configured (`NoRoute`, the behaviour before tunnels existed);
-//!    - nothing: in the cluster CIDR → ICMP host unreachable (3/1); outside → ICMP net
-//!      unreachable (3/0). Without a tunnel, plain `NoRoute` (as before);
-//! 3. TTL: a packet arriving with TTL ≤ 1 is not forwarded; ICMP time exceeded (11/0)
-//!    goes back (RFC 1812 §5.3.1). Otherwise TTL − 1 with an incremental checksum
-//!    update (RFC 1624). Local delivery decrements too, so `traceroute` from a pod on
-//!    node 1 to one on node 2 shows 10.244.1.1, 10.244.2.1, then the pod;
-//! 4. out: to a local pod from a port, the input frame is rewritten in place (source
-//!    MAC = gateway, destination MAC = the pod's, known from its `PortRole`: no ARP)
-//!    and forwarded, virtio-net header (GSO, partial checksum) untouched; from the
-//!    tunnel, the frame is copied into `out` behind a fresh virtio-net header
-//!    (`ToPort`, to a pod or the host port), after its L4 checksum is settled (below).
-//!    To a peer: VXLAN, with software TSO for GSO frames, fragmentation for large
-//!    non-DF packets, ICMP "fragmentation needed" (3/4, next-hop MTU = inner MTU,
-//!    RFC 1191) for large DF packets, and a partial checksum completed first — so
-//!    whatever we put into the tunnel carries complete checksums.
-//!
-//! Service flows (`service.rs`): a frame DNATed by the load balancer is routed
-//! here like any other, except that it may leave through its ingress port (hairpin:
-//! a pod reaching itself through a ClusterIP); a decapsulated reply of a tracked flow
-//! is un-NATed before the route lookup.
-//!
-//! Checksums of decapsulated TCP/UDP (`codec::vxlan::settle_l4_checksum`). A Linux
-//! VXLAN sender (flannel's `flannel.1`) on a veth underlay sends inner TCP/UDP whose
-//! checksum is only partial: veth "offloads" checksums, so the skb stays
-//! `CHECKSUM_PARTIAL`, and VXLAN's outer UDP checksum is zero by default for IPv4
-//! (RFC 7348 §5 says it SHOULD be), so nobody ever completes it. A Linux receiver
-//! would accept the bytes (still `CHECKSUM_PARTIAL` locally); a pod behind our TAP
-//! verifies and drops them — ICMP got through, TCP SYNs died "cksum incorrect". So for
-//! an unfragmented TCP/UDP packet (fragments are left alone, flags 0: Linux completes
-//! checksums before fragmenting, and a fragment cannot be verified by itself):
-//! a checksum that verifies, or UDP's "no checksum" 0, → `VIRTIO_NET_HDR_F_DATA_VALID`
-//! (the pod's kernel skips its own pass: `CHECKSUM_UNNECESSARY`); a field that equals
-//! the partial form (the uncomplemented folded pseudo-header sum, the kernel's
-//! `~csum_tcpudp_magic`) → completed in software, `DATA_VALID`, counted in
-//! `inner_checksums_completed` (completing is safer than handing the pod a
-//! `NEEDS_CSUM` header it may not expect on receive); anything else → dropped as
-//! `BadInnerChecksum`. Other protocols, and L4 headers too short to check, keep
-//! flags 0 and are the pod kernel's to judge.
-//!
-//! ICMP errors are built by `emit.rs` when this stage returns `Verdict::Icmp`.
+//! In full: docs/dataplane.md, "The forward stage (bridge and router)".
 use super::config::PipelineConfig;
 use super::context::{Ctx, IcmpError, Ip, Verdict};
 use super::emit::{is_subnet_broadcast, tunnel_verdict, write_prefix, Egress};

@@ -1,74 +1,7 @@
 //! Stage 3, service: the load balancer (Kubernetes fact 4), kube-proxy's job, done
 //! after admission and before the route lookup.
 //!
-//! **Forward.** An IPv4 frame to the gateway MAC whose destination is a ClusterIP of
-//! the current `ServiceTable` (or any address of `service_cidr`):
-//!
-//! - `(vip, port, TCP/UDP)` is a service → the flow's conntrack entry, or a new one:
-//!   Maglev picks a backend from a hash of the 5-tuple (or the client IP,
-//!   [`crate::Affinity::ClientIp`]); the packet is DNATed to it (`codec/nat.rs`,
-//!   checksums updated incrementally, partial ones in the partial sense, GSO frames as
-//!   one frame) and then routed like any other (TTL, local delivery or tunnel).
-//!   Hairpin — the client is the chosen backend — is also SNATed to the gateway IP,
-//!   as kube-proxy masquerades it, so the reply comes back through us;
-//! - the service has no ready backend → TCP: a reset from `vip:port` (RFC 9293
-//!   §3.10.7.1: for a segment without ACK, `seq 0, ack = seq + length`, RST|ACK; with
-//!   ACK, `seq = its ack`, RST); UDP: ICMP port unreachable (3/3) from the VIP. That
-//!   is what kube-proxy's `REJECT` rules send, so clients fail at once instead of
-//!   timing out;
-//! - a ClusterIP on a port or protocol nobody serves (TCP/UDP to another port: ICMP
-//!   port unreachable 3/3 from the VIP; ICMP, e.g. ping, and anything else: host
-//!   unreachable 3/1 from the gateway), or a service-CIDR address that is no
-//!   ClusterIP (host unreachable 3/1 from the gateway). This is kube-proxy's nftables
-//!   mode, which rejects traffic to ClusterIPs on unknown ports, and it is why
-//!   `ping <ClusterIP>` gets no echo in Kubernetes: nothing listens on the VIP itself,
-//!   only on `vip:port`. Rejecting (rather than routing to a default gateway and
-//!   timing out, iptables mode) tells the user at once. Errors share the router's
-//!   ICMP rate limit, resets included; when not sent, the packet is dropped with the
-//!   reason (`NoServicePort`, `NotAService`, `LbNoEndpoint`);
-//! - fragments (`tables/fragments.rs`): the first fragment of a datagram carries the
-//!   ports, so it is balanced and DNATed like a whole packet, and the addresses it
-//!   got are recorded; the later fragments of the same datagram (source,
-//!   destination, protocol, identification) get the same addresses. Replies'
-//!   fragments are un-NATed the same way. A later fragment to a ClusterIP whose
-//!   first fragment was not seen is dropped (`ServiceFragment`): no reassembly here.
-//!
-//! **Replies.** A TCP/UDP packet from `backend:port` to `nat source:port` of a tracked
-//! flow is rewritten to `vip:port → client:port`. It can arrive three ways, all
-//! checked (only when the conntrack table is not empty, so a node without service
-//! traffic pays nothing):
-//!
-//! - bridged, from a pod port: client and backend on one node. The backend saw the
-//!   client's own IP as source, on its subnet, so its kernel answers the client's MAC
-//!   directly and the frame never reaches the router: it is un-NATed in place and
-//!   bridged on (no TTL change, as a bridge);
-//! - to the gateway MAC: hairpin replies (addressed to the gateway IP, checked before
-//!   the gateway's own ICMP handling) and anything else routed through us; un-NATed,
-//!   then routed;
-//! - from the tunnel: the backend is on another node, the reply comes back to the
-//!   client's node, which holds the flow. A Linux VXLAN sender may leave the inner
-//!   checksum partial (see `forward.rs`), so it is settled (verified or completed)
-//!   first, then updated as a full checksum.
-//!
-//! **ICMP errors** about a tracked flow, on their way back to the client — a
-//! backend's port unreachable for UDP, a router's time exceeded or fragmentation
-//! needed, including the errors our own router originates about a DNATed packet —
-//! quote the packet as the backend saw it (`client → backend:port`), which the
-//! client's kernel would match to no socket. As Linux's conntrack does for
-//! `RELATED` errors (`nf_nat_icmp_reply_translation`), the quote is rewritten to
-//! `client → vip:port`, the outer destination to the client (it differs for
-//! hairpin), the outer source to the VIP when the backend itself sent the error,
-//! and the checksums follow (`lb_icmp_errors`). They are found on the same three
-//! paths as replies. The flow's state is not advanced by them.
-//!
-//! **Table changes.** The pipeline loads the service table per packet. Each flow
-//! records the table generation at which its backend was last confirmed; when a
-//! lookup finds a flow of an older generation, the backend is checked against the
-//! current table at once, and a flow whose backend is gone is removed
-//! (`conntrack_flushed`) — so no packet after a new table is published goes to a
-//! removed backend, and a UDP client (DNS) moves to a live one with its next packet.
-//! `Pipeline::maintain` reconciles all flows on the next tick after a new table
-//! (flows of a removed backend that see no packet) and sweeps expired ones.
+//! In full: docs/dataplane.md, "The service stage (load balancer)".
 
 use core::net::Ipv4Addr;
 

@@ -1,53 +1,7 @@
 //! Connection tracking for the service load balancer: which backend each flow to a
 //! ClusterIP went to, and how to rewrite its replies.
 //!
-//! A flow is found under two keys, each the 5-tuple as packets carry it:
-//!
-//! - **forward** `(client ip:port → vip:port)`: what the client sends; rewritten to
-//!   `(nat source → backend)`;
-//! - **reply** `(backend ip:port → nat source)`: what the backend sends back;
-//!   rewritten to `(vip:port → client ip:port)`.
-//!
-//! The *nat source* is the client itself, except for hairpin flows (the client is the
-//! chosen backend), where it is the node's gateway IP, as kube-proxy masquerades
-//! hairpin traffic: otherwise the backend would answer itself directly and never see
-//! the ClusterIP again. The client port is kept when the reply key it gives is free;
-//! when it is taken (one UDP socket talking to two services that share a backend, or
-//! a second hairpin flow), another port is allocated and recorded.
-//!
-//! Life cycle (timeouts in [`ConntrackTimeouts`], Linux's `nf_conntrack_tcp_timeout_*`
-//! shortened): a TCP flow starts in `SynSent`; an ACK (the SYN-ACK) from the backend
-//! makes it `Established`; FIN from both sides, or an RST from either, makes it
-//! `Closing`. A flow first seen mid-connection (after an agent restart or an eviction)
-//! is taken as `Established`: Maglev sends it to the same backend as before, which is
-//! the point of consistent hashing. UDP flows have one timeout, refreshed by traffic
-//! either way. Expired flows are ignored by lookups (and removed then), reclaimed by
-//! [`crate::Pipeline::maintain`] or when their slot is needed.
-//!
-//! # Structure
-//!
-//! Fixed capacity, allocated once ([`Conntrack::new`]), nothing allocated per packet:
-//!
-//! - flows live densely in `flows[..len]` (a `Vec` whose capacity is never exceeded);
-//!   removal is swap-remove, so a sweep or flush walks only live flows;
-//! - an open-addressing index (linear probing, ≥ 4 slots per flow since each flow has
-//!   two keys, so the load stays ≤ 50 %, backward-shift deletion: no tombstones) maps
-//!   each key to its flow. A slot packs a 32-bit hash tag (which also gives the home
-//!   slot) and the flow index with the key's direction. The hash is keyed with a seed
-//!   drawn from `RandomState` when the table is made: pods choose their source ports,
-//!   and an unkeyed hash would let one craft a long probe chain.
-//!
-//! When the table is full, a new flow evicts one: of [`EVICTION_SAMPLE`] flows taken
-//! in turn from a rotating cursor, the first choice is one not established (a
-//! half-open SYN, a UDP exchange, a closing connection) over an established one,
-//! then the one closest to expiry — Linux's `early_drop` likewise spares `ASSURED`
-//! connections. Counted `conntrack_evicted` (or `conntrack_expired` if it had expired).
-//!
-//! Single writer: the pipeline's worker owns the table. So the Kubernetes "5-second DNS
-//! delay" cannot happen here: there a resolver's A and AAAA queries, sent back to back
-//! from one socket, raced to insert the same conntrack entry on two CPUs, one insert
-//! lost and its packet was dropped. Here the first packet inserts the flow before the
-//! second is even looked at, and the second finds it.
+//! In full: docs/dataplane.md, "Connection tracking".
 
 use core::hash::BuildHasher;
 use core::net::{Ipv4Addr, SocketAddrV4};

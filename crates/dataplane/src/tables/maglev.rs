@@ -2,41 +2,7 @@
 //! Network Load Balancer", NSDI 2016, §3.4): the backend choice of the service load
 //! balancer.
 //!
-//! Each backend gets a *preference list*, a permutation of the `M` table slots:
-//! `offset = h1(backend) mod M`, `skip = h2(backend) mod (M − 1) + 1`, and the `j`-th
-//! preference is `(offset + j × skip) mod M`. With `M` prime every `skip` is coprime to
-//! `M`, so the list visits every slot exactly once. The lookup table is populated
-//! round-robin: backend 0 takes its first free preferred slot, then backend 1, and so
-//! on, until all `M` slots are taken. A flow then maps to `table[hash mod M]`.
-//!
-//! What that buys (paper §3.4 and §5.3):
-//!
-//! - **Balance.** Every round gives each backend exactly one slot, so backend shares
-//!   differ by at most one slot: `⌊M/N⌋` or `⌈M/N⌉` each.
-//! - **Minimal disruption.** A backend's preference list depends only on its own name
-//!   (here its IP and port), so removing one backend mostly frees *its* slots; the
-//!   rest keep their owner, except for a few slots other backends now reach earlier in
-//!   their lists. The paper measures this as a small multiple of the ideal `1/N` once
-//!   `M ≫ N`. Measured here (tests), removing one of N backends moves 1.00–1.55 × `1/N`
-//!   of the slots at M = 65,537 (N = 3…100; the tests assert < `2/N`), and
-//!   1.01–2.27 × `1/N` at the sizes [`table_size_for`] picks (asserted < `2.5/N`).
-//! - **Stateless affinity.** The same flow hash lands on the same backend on every
-//!   node and after an agent restart, so connection tracking is only needed to keep
-//!   flows on a backend when the backend set changes.
-//!
-//! Table size: the paper uses 65,537. A cluster with 10,000 services of a few
-//! backends each would then hold 10,000 × 64 K × 4 B = 2.6 GB, so
-//! [`table_size_for`] picks the smallest prime of [`TABLE_SIZES`] that is at least
-//! [`SLOTS_PER_BACKEND`] (100) × the backends: 251 slots (1 KB) for up to two
-//! backends, 65,537 from 328 backends up. At 100+ slots per backend the balance is
-//! still within one slot (above), and disruption grows only from ~1.5/N to ~2.3/N
-//! (numbers above; the paper's Fig. 12 shows it growing as `M/N` falls). Services
-//! with more than 655 backends get fewer than 100 slots each at the 65,537 cap: still
-//! balanced within one slot, but more flows move per change.
-//!
-//! Hashes are fixed (FNV-1a then murmur3's 64-bit finaliser, two seeds), not
-//! `std`'s `DefaultHasher`, whose output may change between Rust releases: the table
-//! must be the same on every node and every version (a golden test pins it).
+//! In full: docs/dataplane.md, "Maglev".
 
 use crate::hash::fmix64;
 use crate::types::Backend;
