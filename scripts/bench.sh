@@ -32,11 +32,11 @@ while [ $# -gt 0 ]; do
         --reps) REPS=${2:?}; shift 2 ;;
         --seconds) SECONDS_PER_TEST=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
-        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+        -h|--help) usage_of "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) usage_of "${BASH_SOURCE[0]}" >&2; echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ "$(id -u)" -eq 0 ] || { echo "bench.sh: must run as root" >&2; exit 1; }
+need_root bench.sh
 
 RAW="$OUT/raw.jsonl"
 STEP=0

@@ -14,7 +14,7 @@ indent() { sed 's/^/    /'; }
 pod_dir() { echo "$LAB_DIR/nodes/$(pod_node "$1")/pods/default_$1"; }
 node_sock() { echo "$LAB_DIR/nodes/$1/tapestryd.sock"; }
 counter() { # counter NODE NAME: one counter of the node's bridge
-    "$BIN/tapestry" status --socket "$(node_sock "$1")" --counter "$2"
+    tapestry status --socket "$(node_sock "$1")" --counter "$2"
 }
 
 # Sets line to the sidecar's first answer from localhost in log $1.
@@ -141,7 +141,7 @@ fact4() {
     echo "  Service web has ClusterIP $vip. No interface anywhere has that address: each"
     echo "  node's router rewrites ClusterIP:80 to one ready web pod (Maglev hashing, then"
     echo "  connection tracking), and rewrites the replies back."
-    "$BIN/tapestry" get endpoints | awk 'NR == 1 || $2 == "web"' | indent
+    tapestry get endpoints | awk 'NR == 1 || $2 == "web"' | indent
     while IFS=$'\t' read -r pod node; do
         echo "  from $pod on $node:"
         for i in 1 2 3 4 5 6; do
@@ -213,7 +213,7 @@ fact5() {
     echo "  Scaling web up: tapestry apply -f lab/scale/web-e.yaml"
     # Dynamic scope: web_e_discovered and web_e_gone read and set these.
     local ip_e="" DIG_OK="" LB_OK=""
-    "$BIN/tapestry" apply -f "$REPO/lab/scale/web-e.yaml" | indent
+    tapestry apply -f "$REPO/lab/scale/web-e.yaml" | indent
     T0=$(now_ms)
     poll_until 5000 web_e_discovered "$vip"
     echo "    web-e ($ip_e) in DNS after ${DIG_OK:-never} ms, served through the ClusterIP after ${LB_OK:-never} ms"
@@ -223,7 +223,7 @@ fact5() {
         fail "fact 5: the new replica web-e was not discovered within 5 s"
     fi
     echo "  Scaling web down: tapestry delete -f lab/scale/web-e.yaml"
-    "$BIN/tapestry" delete -f "$REPO/lab/scale/web-e.yaml" | indent
+    tapestry delete -f "$REPO/lab/scale/web-e.yaml" | indent
     local failed=0
     poll_until 5000 web_e_gone
     for _ in $(seq 1 20); do

@@ -23,7 +23,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-tapestry() { "$BIN/tapestry" "$@"; }
 lab() { "${LABSH[@]}" "$@"; }
 not() { ! "$@"; }
 quiet() { "$@" >/dev/null 2>&1; }
@@ -37,7 +36,7 @@ pings() { quiet in_pod "$1" ping -c 1 -W 1 "$2"; }
 # both CMD1… -- CMD2… <<<TEXT: CMD1 and CMD2 both succeed, each reading TEXT.
 both() {
     local first=() input
-    while [ "$1" != -- ]; do first+=("$1"); shift; done
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do first+=("$1"); shift; done
     shift
     input=$(cat)
     "${first[@]}" <<<"$input" && "$@" <<<"$input"
@@ -574,7 +573,8 @@ run_steps() {
     done
 }
 
-ensure_commands jq:jq tshark:tshark dig:dnsutils traceroute:traceroute
+need_root e2e.sh
+ensure_commands "${LAB_COMMANDS[@]}" tshark:tshark
 run_steps
 echo "e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

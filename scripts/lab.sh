@@ -36,10 +36,7 @@ export LAB BIN
 MANIFESTS="$REPO/lab/pods"
 SERVICES="$REPO/lab/services"
 
-# The header above, without its comment marks.
-usage() {
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
-}
+usage() { usage_of "${BASH_SOURCE[0]}"; }
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
 # usage_error MESSAGE: the usage and MESSAGE on stderr, exit 2.
@@ -49,22 +46,11 @@ say() { echo "==> $*"; }
 lab_dir() { echo "/run/tapestry/$LAB"; }
 node_ns() { echo "$LAB-$1"; }
 
-need_root() {
-    [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces and TAP devices need it)"
-}
-
-# Debian packages the lab uses, by the command that needs them.
-ensure_packages() {
-    ensure_commands ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps \
-        traceroute:traceroute nsenter:util-linux dig:dnsutils jq:jq
-}
-
 build() {
     say "building release binaries"
     (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-pause --bin tapestry-dns --bin tapestry-cni)
 }
 
-tapestry() { "$BIN/tapestry" "$@"; }
 store() { echo "$(lab_dir)/store"; }
 underlay_ns() { echo "$LAB-underlay"; }
 
@@ -96,8 +82,8 @@ start_node() {
 }
 
 cmd_up() {
-    need_root
-    ensure_packages
+    need_root lab.sh
+    ensure_commands "${LAB_COMMANDS[@]}"
     build
     local have
     mkdir -p "$(lab_dir)/store"
@@ -135,7 +121,7 @@ kill_pidfiles() {
 }
 
 cmd_down() {
-    need_root
+    need_root lab.sh
     local dir nd pd ns
     dir=$(lab_dir)
     # Agents first, so that no kubelet restarts what is being removed.
@@ -181,7 +167,7 @@ cmd_status() {
 
 cmd_exec() { # cmd_exec POD CMD...
     [ $# -ge 2 ] || usage_error "exec needs a pod and a command: lab.sh exec POD -- CMD..."
-    need_root
+    need_root lab.sh
     local pod=$1 ns
     shift
     ns=$(pod_ns "$pod")
@@ -190,7 +176,7 @@ cmd_exec() { # cmd_exec POD CMD...
 }
 
 cmd_demo() {
-    need_root
+    need_root lab.sh
     [ -d "$(lab_dir)/nodes" ] || die "lab $LAB is not up: run 'scripts/lab.sh up' first"
     LAB_DIR=$(lab_dir) TAPESTRY_STORE=$(store) bash "$REPO/scripts/demo.sh"
 }

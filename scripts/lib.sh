@@ -19,6 +19,20 @@ ensure_commands() {
     fi
 }
 
+# LAB_COMMANDS: what the lab runs, as ensure_commands wants it (lab.sh up installs
+# them; test.sh adds its own).
+# shellcheck disable=SC2034 # used by the scripts that source this
+LAB_COMMANDS=(ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps
+    traceroute:traceroute nsenter:util-linux dig:dnsutils jq:jq)
+
+# need_root SCRIPT: exits unless running as root.
+need_root() {
+    [ "$(id -u)" -eq 0 ] || { echo "$1: must run as root (network namespaces and TAP devices need it)" >&2; exit 1; }
+}
+
+# usage_of FILE: FILE's header comment (after the #! line), without the marks.
+usage_of() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$1"; }
+
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # poll_until MS CMD…: runs CMD until it succeeds, for at most MS milliseconds,
@@ -59,13 +73,15 @@ verdict() {
 
 # --- the cluster, read as JSON (needs BIN; the store is TAPESTRY_STORE) ------------
 
+tapestry() { "$BIN/tapestry" "$@"; }
+
 # objects KIND [NAMESPACE]: one compact JSON object a line, every KIND (nodes,
 # pods, services, endpoints) of NAMESPACE, or of all namespaces without one.
 # `tapestry get -o json` prints one object alone and several as a List.
 objects() {
     local scope=(-A)
     [ -n "${2:-}" ] && scope=(-n "$2")
-    "$BIN/tapestry" get "$1" "${scope[@]}" -o json | jq -c 'if .kind == "List" then .items[] else . end'
+    tapestry get "$1" "${scope[@]}" -o json | jq -c 'if .kind == "List" then .items[] else . end'
 }
 
 # pod_ip POD [NAMESPACE], pod_node POD [NAMESPACE]: empty while unknown.
@@ -88,7 +104,7 @@ svc_ip() { objects services "${2:-default}" | jq -r --arg n "$1" 'select(.metada
 # IP:PORT/UDP) a line. `tapestry get endpoints` has no JSON form, so this is the
 # one place a table is read: the wide table's third column, comma-separated.
 endpoints_of() {
-    "$BIN/tapestry" get endpoints -n "${2:-default}" -o wide |
+    tapestry get endpoints -n "${2:-default}" -o wide |
         awk -v s="$1" 'NR > 1 && $2 == s && $3 != "<none>" { gsub(",", "\n", $3); print $3 }'
 }
 

@@ -11,8 +11,7 @@ cd "$REPO"
 source "$REPO/scripts/lib.sh"
 
 ensure_packages() {
-    ensure_commands ip:iproute2 ping:iputils-ping curl:curl kill:procps shellcheck:shellcheck \
-        traceroute:traceroute nsenter:util-linux dig:dnsutils tshark:tshark jq:jq c++:g++
+    ensure_commands "${LAB_COMMANDS[@]}" shellcheck:shellcheck tshark:tshark c++:g++
 }
 
 ensure_packages
