@@ -32,11 +32,11 @@ while [ $# -gt 0 ]; do
         --reps) REPS=${2:?}; shift 2 ;;
         --seconds) SECONDS_PER_TEST=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
-        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+        -h|--help) usage_of "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) usage_of "${BASH_SOURCE[0]}" >&2; echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ "$(id -u)" -eq 0 ] || { echo "bench.sh: must run as root" >&2; exit 1; }
+need_root bench.sh
 
 RAW="$OUT/raw.jsonl"
 STEP=0
@@ -56,63 +56,32 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # --- the kernel reference ----------------------------------------------------
+# Built from lib.sh's flannel_* functions, the same that e2e.sh uses for the
+# kernel VXLAN node it checks Tapestry against.
 kernel_down() {
     local pidf ns
     for pidf in "$OUT"/kref-*.pid; do
         if [ -f "$pidf" ]; then kill "$(cat "$pidf")" 2>/dev/null || true; fi
         rm -f "$pidf"
     done
-    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$K-" || true); do
+    for ns in $(netns_with_prefix "$K"); do
         ip netns del "$ns"
     done
 }
 
-# kernel_pod NAME NODE_INDEX HOST_INDEX: a pod namespace on veth into the node's cni0.
-kernel_pod() {
-    local pod=$1 i=$2 h=$3
-    ip netns add "$K-$pod"
-    ip -n "$K-$pod" link set lo up
-    ip link add name eth0 netns "$K-$pod" type veth peer name "v$pod" netns "$K-node$i"
-    ip -n "$K-node$i" link set "v$pod" master cni0 mtu 1450 up
-    ip -n "$K-$pod" link set eth0 mtu 1450 up
-    ip -n "$K-$pod" addr add "10.245.$i.$h/24" dev eth0
-    ip -n "$K-$pod" route add default via "10.245.$i.1"
-}
-
+# Two flannel nodes on their own underlay (198.19.0.0/24, pod subnets
+# 10.245.i.0/24), pods a and b on node1, c on node2, and the ClusterIP 10.97.0.1
+# in front of c.
 kernel_up() {
-    local i j mac
-    ip netns add "$K-underlay"
-    ip -n "$K-underlay" link add br0 type bridge
-    ip -n "$K-underlay" link set br0 up
-    for i in 1 2; do
-        ip netns add "$K-node$i"
-        ip -n "$K-node$i" link set lo up
-        ip netns exec "$K-node$i" sysctl -qw net.ipv4.ip_forward=1
-        ip link add name "u$i" netns "$K-underlay" type veth peer name eth0 netns "$K-node$i"
-        ip -n "$K-underlay" link set "u$i" master br0 up
-        ip -n "$K-node$i" addr add "198.19.0.$i/24" dev eth0
-        ip -n "$K-node$i" link set eth0 up
-        ip -n "$K-node$i" link add cni0 type bridge
-        ip -n "$K-node$i" addr add "10.245.$i.1/24" dev cni0
-        ip -n "$K-node$i" link set cni0 mtu 1450 up
-        # flannel's vxlan backend: flannel.1, no learning, static neighbours.
-        ip -n "$K-node$i" link add flannel.1 type vxlan id 1 local "198.19.0.$i" dstport 4789 nolearning dev eth0
-        ip -n "$K-node$i" link set flannel.1 address "0e:00:00:00:00:0$i" mtu 1450 up
-        ip -n "$K-node$i" addr add "10.245.$i.0/32" dev flannel.1
-    done
-    for i in 1 2; do
-        j=$((3 - i))
-        mac="0e:00:00:00:00:0$j"
-        ip -n "$K-node$i" route add "10.245.$j.0/24" via "10.245.$j.0" dev flannel.1 onlink
-        ip -n "$K-node$i" neigh add "10.245.$j.0" lladdr "$mac" dev flannel.1 nud permanent
-        ip netns exec "$K-node$i" bridge fdb append "$mac" dev flannel.1 dst "198.19.0.$j"
-    done
-    kernel_pod a 1 2
-    kernel_pod b 1 3
-    kernel_pod c 2 2
-    # The ClusterIP: kube-proxy's iptables mode, one DNAT rule to the one backend.
-    ip netns exec "$K-node1" iptables -t nat -A PREROUTING -d 10.97.0.1/32 -p tcp --dport 5201 \
-        -j DNAT --to-destination 10.245.2.2:5201
+    underlay_bridge "$K-underlay"
+    flannel_node "$K-node1" "$K-underlay" u1 198.19.0.1 10.245.1 0e:00:00:00:00:01
+    flannel_node "$K-node2" "$K-underlay" u2 198.19.0.2 10.245.2 0e:00:00:00:00:02
+    flannel_peer "$K-node1" 10.245.2 0e:00:00:00:00:02 198.19.0.2
+    flannel_peer "$K-node2" 10.245.1 0e:00:00:00:00:01 198.19.0.1
+    flannel_pod "$K-a" "$K-node1" 10.245.1 2
+    flannel_pod "$K-b" "$K-node1" 10.245.1 3
+    flannel_pod "$K-c" "$K-node2" 10.245.2 2
+    kube_proxy_dnat "$K-node1" 10.97.0.1 5201 10.245.2.2
     ip netns exec "$K-b" iperf3 -s -D -p 5201 --pidfile "$OUT/kref-b.pid"
     ip netns exec "$K-c" iperf3 -s -D -p 5201 --pidfile "$OUT/kref-c.pid"
 }
@@ -124,13 +93,10 @@ record() { # record SYSTEM METRIC UNIT VALUE REP
 
 busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
-# Polls (bounded) until an iperf3 server answers at $2:5201 from namespace $1.
+server_answers() { ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/5201" 2>/dev/null; }
+# Polls (bounded: 5 s) until an iperf3 server answers at $2:5201 from namespace $1.
 wait_server() {
-    local i
-    for i in $(seq 1 50); do
-        ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/5201" 2>/dev/null && return 0
-        sleep 0.1
-    done
+    POLL_SLEEP=0.1 poll_until 5000 server_answers "$1" "$2" && return 0
     echo "bench.sh: no iperf3 server at $2:5201" >&2
     return 1
 }
@@ -213,13 +179,11 @@ latency() {
     record "$sys" "latency_p99_$where" "us" "$p99" "$rep"
 }
 
-pod_ip() { "$BIN/tapestry" get pods | awk -v p="$1" '$2 == p { print $5 }'; }
-
 run_system() { # run_system SYSTEM REP
     local sys=$1 rep=$2 a b c vip
     if [ "$sys" = tapestry ]; then
         a="$LAB-default-bench-a"; b=$(pod_ip bench-b); c=$(pod_ip bench-c)
-        vip=$("$BIN/tapestry" get services | awk '$2 == "bench" { print $4 }')
+        vip=$(svc_ip bench)
     else
         a="$K-a"; b=10.245.1.3; c=10.245.2.2; vip=10.97.0.1
     fi

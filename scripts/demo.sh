@@ -5,24 +5,20 @@
 set -uo pipefail
 
 : "${LAB:?}" "${LAB_DIR:?}" "${BIN:?}" "${REPO:?}"
-PASSED=0
-FAILED=0
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$REPO/scripts/lib.sh"
 
-pass() { echo "PASS  $*"; PASSED=$((PASSED + 1)); }
-fail() { echo "FAIL  $*"; FAILED=$((FAILED + 1)); }
 show() { echo "  \$ $*"; }
 indent() { sed 's/^/    /'; }
 
-# Column of `tapestry get pods` for pod $1: 5 = IP, 6 = node.
-pod_field() { "$BIN/tapestry" get pods | awk -v p="$1" -v c="$2" '$2 == p { print $c }'; }
-pod_ip() { pod_field "$1" 5; }
-pod_node() { pod_field "$1" 6; }
 pod_dir() { echo "$LAB_DIR/nodes/$(pod_node "$1")/pods/default_$1"; }
-in_pod() { local pod=$1; shift; ip netns exec "$LAB-default-$pod" "$@"; }
 node_sock() { echo "$LAB_DIR/nodes/$1/tapestryd.sock"; }
 counter() { # counter NODE NAME: one counter of the node's bridge
-    "$BIN/tapestry" status --socket "$(node_sock "$1")" --counter "$2"
+    tapestry status --socket "$(node_sock "$1")" --counter "$2"
 }
+
+# Sets line to the sidecar's first answer from localhost in log $1.
+sidecar_answered() { line=$(grep -m1 'pod=web-a.*path=/from-sidecar' "$1" 2>/dev/null); }
 
 fact1() {
     echo
@@ -37,10 +33,7 @@ fact1() {
     done
     echo "  The sidecar curls http://localhost:80/from-sidecar every 2 s; its log:"
     local line=""
-    for _ in $(seq 1 50); do
-        line=$(grep -m1 'pod=web-a.*path=/from-sidecar' "$d/sidecar.log" 2>/dev/null) && break
-        sleep 0.1
-    done
+    POLL_SLEEP=0.1 poll_until 5000 sidecar_answered "$d/sidecar.log"
     echo "$line" | indent
     if [[ "$line" == *"pod=web-a"*"client=127.0.0.1"* ]]; then
         pass "fact 1: the sidecar reached the web container at localhost:80 (client 127.0.0.1)"
@@ -103,7 +96,7 @@ fact3() {
     echo "  on its link, so client falls back to its default gateway, $gw_src: the router"
     echo "  port in $src_node's tapestryd, which looks the /24 up and sends the packet to the"
     echo "  owning node inside VXLAN over the underlay (198.18.0.0/24)."
-    while read -r pod ip node; do
+    while IFS=$'\t' read -r pod ip node; do
         [ "$node" = "$src_node" ] && continue
         remote=$((remote + 1))
         gw_dst="${ip%.*}.1"
@@ -134,14 +127,11 @@ fact3() {
         else
             fail "fact 3: traceroute hops were '$hops', expected '$gw_src $gw_dst $ip'"
         fi
-    done < <("$BIN/tapestry" get pods | awk 'NR > 1 && $2 ~ /^web-/ { print $2, $5, $6 }')
+    done < <(pods_tsv default | awk -F'\t' '$1 ~ /^web-/')
     if [ "$remote" -eq 0 ]; then
         fail "fact 3: no web pod runs on a node other than $src_node (bring the lab up with --nodes 2 or more)"
     fi
 }
-
-# Column of `tapestry get services` for service $1: 3 = cluster IP.
-svc_ip() { "$BIN/tapestry" get services -A | awk -v s="$1" '$2 == s { print $4 }'; }
 
 fact4() {
     echo
@@ -151,8 +141,8 @@ fact4() {
     echo "  Service web has ClusterIP $vip. No interface anywhere has that address: each"
     echo "  node's router rewrites ClusterIP:80 to one ready web pod (Maglev hashing, then"
     echo "  connection tracking), and rewrites the replies back."
-    "$BIN/tapestry" get endpoints | awk 'NR == 1 || $2 == "web"' | indent
-    while read -r pod node; do
+    tapestry get endpoints | awk 'NR == 1 || $2 == "web"' | indent
+    while IFS=$'\t' read -r pod node; do
         echo "  from $pod on $node:"
         for i in 1 2 3 4 5 6; do
             out=$(in_pod "$pod" curl -s --max-time 3 "http://$vip/" 2>&1)
@@ -165,7 +155,7 @@ fact4() {
                 all_ok=1
             fi
         done
-    done < <("$BIN/tapestry" get pods | awk 'NR > 1 && !seen[$6]++ { print $2, $6 }')
+    done < <(pods_tsv default | awk -F'\t' '!seen[$3]++ { print $1 "\t" $3 }')
     if [ "$all_ok" -eq 0 ]; then
         pass "fact 4: all $n requests to the ClusterIP $vip answered, from a pod on every node"
     else
@@ -179,6 +169,20 @@ fact4() {
         fail "fact 4: every answer came from one backend ($seen)"
     fi
 }
+
+# web_e_discovered VIP: web-e has answered in DNS (DIG_OK, ms since T0) and
+# through the ClusterIP (LB_OK); sets ip_e once the pod has its address.
+web_e_discovered() {
+    [ -n "$ip_e" ] || ip_e=$(pod_ip web-e)
+    if [ -z "$DIG_OK" ] && [ -n "$ip_e" ] && in_pod client dig +short web-e.web-pods.default.svc.cluster.local | grep -qx "$ip_e"; then
+        DIG_OK=$(($(now_ms) - T0))
+    fi
+    if [ -z "$LB_OK" ] && in_pod client curl -s --max-time 1 "http://$1/" | grep -q "pod=web-e "; then
+        LB_OK=$(($(now_ms) - T0))
+    fi
+    [ -n "$DIG_OK" ] && [ -n "$LB_OK" ]
+}
+web_e_gone() { ! in_pod client dig +short web-pods.default.svc.cluster.local | grep -qx "$ip_e"; }
 
 fact5() {
     echo
@@ -200,47 +204,34 @@ fact5() {
     echo "$out" | indent
     if [ "$out" = "$vip" ]; then pass "fact 5: dig of the short name gives the ClusterIP $vip"; else fail "fact 5: dig +search web gave '$out', want $vip"; fi
     show "scripts/lab.sh exec client -- dig +short web-pods.default.svc.cluster.local   (headless: the pods themselves)"
-    out=$(in_pod client dig +short web-pods.default.svc.cluster.local 2>&1 | sort | tr '\n' ' ')
+    out=$(in_pod client dig +short web-pods.default.svc.cluster.local 2>&1 | sort -V | tr '\n' ' ' | sed 's/ $//')
     echo "    $out"
     local ready
-    ready=$("$BIN/tapestry" get endpoints | awk '$2 == "web-pods" { print $3 }' | tr ',' '\n' | cut -d: -f1 | sort | tr '\n' ' ')
+    ready=$(ready_ips web-pods)
     if [ -n "$out" ] && [ "$out" = "$ready" ]; then pass "fact 5: the headless name lists exactly the ready web pods"; else fail "fact 5: headless answer '$out', ready endpoints '$ready'"; fi
 
     echo "  Scaling web up: tapestry apply -f lab/scale/web-e.yaml"
-    local t0 dig_ok="" lb_ok="" ip_e
-    t0=$(date +%s%N)
-    "$BIN/tapestry" apply -f "$REPO/lab/scale/web-e.yaml" | indent
-    while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 5000 ]; do
-        ip_e=$(pod_ip web-e)
-        if [ -z "$dig_ok" ] && [ -n "$ip_e" ] && [ "$ip_e" != "-" ] && in_pod client dig +short web-e.web-pods.default.svc.cluster.local | grep -qx "$ip_e"; then
-            dig_ok=$(( ($(date +%s%N) - t0) / 1000000 ))
-        fi
-        if [ -z "$lb_ok" ] && in_pod client curl -s --max-time 1 "http://$vip/" | grep -q "pod=web-e "; then
-            lb_ok=$(( ($(date +%s%N) - t0) / 1000000 ))
-        fi
-        [ -n "$dig_ok" ] && [ -n "$lb_ok" ] && break
-    done
-    echo "    web-e ($ip_e) in DNS after ${dig_ok:-never} ms, served through the ClusterIP after ${lb_ok:-never} ms"
-    if [ -n "$dig_ok" ] && [ -n "$lb_ok" ]; then
+    # Dynamic scope: web_e_discovered and web_e_gone read and set these.
+    local ip_e="" DIG_OK="" LB_OK=""
+    tapestry apply -f "$REPO/lab/scale/web-e.yaml" | indent
+    T0=$(now_ms)
+    poll_until 5000 web_e_discovered "$vip"
+    echo "    web-e ($ip_e) in DNS after ${DIG_OK:-never} ms, served through the ClusterIP after ${LB_OK:-never} ms"
+    if [ -n "$DIG_OK" ] && [ -n "$LB_OK" ]; then
         pass "fact 5: the new replica web-e appeared in DNS and behind the ClusterIP"
     else
         fail "fact 5: the new replica web-e was not discovered within 5 s"
     fi
     echo "  Scaling web down: tapestry delete -f lab/scale/web-e.yaml"
-    "$BIN/tapestry" delete -f "$REPO/lab/scale/web-e.yaml" | indent
-    t0=$(date +%s%N)
-    local gone="" failed=0
-    while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 5000 ]; do
-        if ! in_pod client dig +short web-pods.default.svc.cluster.local | grep -qx "$ip_e"; then
-            gone=$(( ($(date +%s%N) - t0) / 1000000 )); break
-        fi
-    done
+    tapestry delete -f "$REPO/lab/scale/web-e.yaml" | indent
+    local failed=0
+    poll_until 5000 web_e_gone
     for _ in $(seq 1 20); do
         out=$(in_pod client curl -s --max-time 2 "http://$vip/" 2>&1)
         if [[ "$out" != pod=web-* ]] || [[ "$out" == "pod=web-e "* ]]; then failed=$((failed + 1)); fi
     done
-    echo "    web-e gone from DNS after ${gone:-never} ms; then 20 requests to the ClusterIP: $failed failed or reached web-e"
-    if [ -n "$gone" ] && [ "$failed" -eq 0 ]; then
+    echo "    web-e gone from DNS after ${POLL_MS:-never} ms; then 20 requests to the ClusterIP: $failed failed or reached web-e"
+    if [ -n "$POLL_MS" ] && [ "$failed" -eq 0 ]; then
         pass "fact 5: web-e left DNS and the load balancer, and no request failed after that"
     else
         fail "fact 5: after scaling down, DNS or the load balancer still used web-e ($failed bad requests)"

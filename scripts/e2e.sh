@@ -1,26 +1,21 @@
 #!/usr/bin/env bash
 # End-to-end checks against a real three-node lab with a unique name, always torn
-# down. Prints one PASS/FAIL line per check and closes with
+# down. Each check is one function `check_…` that prints one PASS or FAIL line;
+# the `setup_…` steps between them prepare what later checks use and judge
+# nothing. STEPS, at the end, lists them in the order they run. Closes with
 # "e2e: N passed, M failed".
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$REPO/scripts/lib.sh"
 LAB="e2e$$"
 LAB=${LAB:0:12}
 LABSH=("$REPO/scripts/lab.sh" --name "$LAB")
 BIN="$REPO/target/release"
-STORE="/run/tapestry/$LAB/store"
-export TAPESTRY_STORE=$STORE
+N1SOCK="/run/tapestry/$LAB/nodes/node1/tapestryd.sock"
+export TAPESTRY_STORE="/run/tapestry/$LAB/store"
 TMP=$(mktemp -d)
-PASSED=0
-FAILED=0
-
-pass() { echo "PASS  $*"; PASSED=$((PASSED + 1)); }
-fail() { echo "FAIL  $*"; FAILED=$((FAILED + 1)); }
-check() { # check "what" CMD...: PASS if CMD succeeds
-    local what=$1; shift
-    if "$@"; then pass "$what"; else fail "$what"; fi
-}
 
 cleanup() {
     "${LABSH[@]}" down >/dev/null 2>&1 || true
@@ -28,102 +23,150 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-lab_netns() { ip netns list | awk '{print $1}' | grep -E "^$LAB-" || true; }
+lab() { "${LABSH[@]}" "$@"; }
+not() { ! "$@"; }
+quiet() { "$@" >/dev/null 2>&1; }
 lab_procs() { pgrep -f -- "/run/tapestry/$LAB/|/run/netns/$LAB-|netns exec $LAB-" || true; }
-pod_field() { "$BIN/tapestry" get pods | awk -v p="$1" -v c="$2" '$2 == p { print $c }'; }
-pod_ip() { pod_field "$1" 5; }
-pod_node() { pod_field "$1" 6; }
-in_pod() { local pod=$1; shift; ip netns exec "$LAB-default-$pod" "$@"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-# The first web pod on node $1.
-web_on() { "$BIN/tapestry" get pods | awk -v n="$1" '$6 == n && $2 ~ /^web-/ { print $2; exit }'; }
+# dig_c ARGS…: `dig +short ARGS` from the client pod, on one line.
+dig_c() { in_pod client dig +short "$@" 2>&1 | tr '\n' ' ' | sed 's/ $//'; }
+one_line() { sort -V | tr '\n' ' ' | sed 's/ $//'; }
+counter_n1() { tapestry status --socket "$N1SOCK" --counter "$1"; }
+# pings POD IP: one ping from POD to IP is answered within a second.
+pings() { quiet in_pod "$1" ping -c 1 -W 1 "$2"; }
+# both CMD1… -- CMD2… <<<TEXT: CMD1 and CMD2 both succeed, each reading TEXT.
+both() {
+    local first=() input
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do first+=("$1"); shift; done
+    shift
+    input=$(cat)
+    "${first[@]}" <<<"$input" && "$@" <<<"$input"
+}
+# within_ms LIMIT: the last poll_until succeeded within LIMIT ms.
+within_ms() { [ -n "$POLL_MS" ] && [ "$POLL_MS" -le "$1" ]; }
 
-# --- bring-up and the demo --------------------------------------------------
-if "${LABSH[@]}" --nodes 3 up >"$TMP/up.log" 2>&1; then
-    pass "lab.sh --nodes 3 up"
-else
-    fail "lab.sh --nodes 3 up (log follows)"; cat "$TMP/up.log"
-fi
-if "${LABSH[@]}" demo >"$TMP/demo.log" 2>&1; then
-    pass "lab.sh demo passes facts 1-3"
-else
-    fail "lab.sh demo (log follows)"; cat "$TMP/demo.log"
-fi
+# --- bring-up and the demo --------------------------------------------------------
+check_up() {
+    if lab --nodes 3 up >"$TMP/up.log" 2>&1; then
+        pass "lab.sh --nodes 3 up"
+    else
+        fail "lab.sh --nodes 3 up (log follows)"
+        cat "$TMP/up.log"
+    fi
+}
+check_demo() {
+    if lab demo >"$TMP/demo.log" 2>&1; then
+        pass "lab.sh demo passes facts 1-5"
+    else
+        fail "lab.sh demo (log follows)"
+        cat "$TMP/demo.log"
+    fi
+}
 
-# --- one node ---------------------------------------------------------------
-IP_B=$(pod_ip web-b)
-check "exec: client pings web-b" "${LABSH[@]}" exec client -- ping -c 2 -i 0.2 -W 2 "$IP_B"
-check "exec: client curls web-b and web-b answers" \
-    bash -c "'${LABSH[0]}' --name $LAB exec client -- curl -s --max-time 3 http://$IP_B/ | grep -q pod=web-b"
-check "a pod pings its gateway (the router port)" "${LABSH[@]}" exec web-a -- ping -c 1 -W 2 10.244.1.1
-check "the node reaches its pods through the host port cbr0" ip netns exec "$LAB-node1" ping -c 1 -W 2 "$IP_B"
-check "an unowned address on the pod's own subnet gets no answer" \
-    bash -c "! '${LABSH[0]}' --name $LAB exec client -- ping -c 1 -W 1 10.244.1.200 >/dev/null"
-check "pod MAC is derived from its IP" bash -c "ip -n $LAB-default-web-b link show eth0 | grep -q 'link/ether 0a:58:0a:f4:01:'"
-check "pod eth0 is a persistent TAP with the virtio-net header" \
-    bash -c "ip -n $LAB-default-web-b -d link show eth0 | grep -q 'tap.*vnet_hdr on persist on'"
-check "pod MTU is the underlay's 1500 minus 50 for VXLAN" bash -c "ip -n $LAB-default-web-b link show eth0 | grep -q 'mtu 1450'"
-check "CNI CHECK of an attached pod succeeds" "$BIN/tapestry" cni check \
-    --socket "/run/tapestry/$LAB/nodes/node1/tapestryd.sock" --container-id "$LAB-default-web-b" --netns "/run/netns/$LAB-default-web-b"
+# --- one node ---------------------------------------------------------------------
+setup_pods() {
+    IP_B=$(pod_ip web-b)
+    CLIENT_IP=$(pod_ip client)
+    WEB3=$(web_on node3)
+    IP3=$(pod_ip "$WEB3")
+}
+check_exec_ping() { verdict "exec: client pings web-b" lab exec client -- ping -c 2 -i 0.2 -W 2 "$IP_B"; }
+check_exec_curl() {
+    local out
+    out=$(lab exec client -- curl -s --max-time 3 "http://$IP_B/")
+    verdict "exec: client curls web-b and web-b answers" grep -q pod=web-b <<<"$out"
+}
+check_gateway_ping() { verdict "a pod pings its gateway (the router port)" lab exec web-a -- ping -c 1 -W 2 10.244.1.1; }
+check_host_port() {
+    verdict "the node reaches its pods through the host port cbr0" ip netns exec "$LAB-node1" ping -c 1 -W 2 "$IP_B"
+}
+check_unowned_address() {
+    verdict "an unowned address on the pod's own subnet gets no answer" \
+        not quiet lab exec client -- ping -c 1 -W 1 10.244.1.200
+}
+check_pod_mac() {
+    local out
+    out=$(ip -n "$LAB-default-web-b" link show eth0)
+    verdict "pod MAC is derived from its IP" grep -q 'link/ether 0a:58:0a:f4:01:' <<<"$out"
+}
+check_pod_tap() {
+    local out
+    out=$(ip -n "$LAB-default-web-b" -d link show eth0)
+    verdict "pod eth0 is a persistent TAP with the virtio-net header" grep -q 'tap.*vnet_hdr on persist on' <<<"$out"
+}
+check_pod_mtu() {
+    local out
+    out=$(ip -n "$LAB-default-web-b" link show eth0)
+    verdict "pod MTU is the underlay's 1500 minus 50 for VXLAN" grep -q 'mtu 1450' <<<"$out"
+}
+check_cni_check_attached() {
+    verdict "CNI CHECK of an attached pod succeeds" tapestry cni check \
+        --socket "$N1SOCK" --container-id "$LAB-default-web-b" --netns "/run/netns/$LAB-default-web-b"
+}
 
-# --- across nodes -----------------------------------------------------------
-CLIENT_IP=$(pod_ip client)
-WEB3=$(web_on node3)
-IP3=$(pod_ip "$WEB3")
-check "a web pod runs on node3 ($WEB3 $IP3)" test -n "$IP3"
-check "exec: client on node1 curls $WEB3 on node3" \
-    bash -c "'${LABSH[0]}' --name $LAB exec client -- curl -s --max-time 3 http://$IP3/ | grep -q 'pod=$WEB3 .*node=node3 client=$CLIENT_IP:'"
-HOPS=$("${LABSH[@]}" exec client -- traceroute -n -q 1 -w 1 "$IP3" | awk 'NR > 1 { print $2 }' | tr '\n' ' ')
-check "traceroute node1 -> node3 shows both gateways ($HOPS)" test "$HOPS" = "10.244.1.1 10.244.3.1 $IP3 "
-check "node1 itself reaches a pod on node3 (host port, gateway, tunnel)" ip netns exec "$LAB-node1" ping -c 1 -W 2 "$IP3"
-OUT=$("${LABSH[@]}" exec client -- ping -c 1 -W 2 10.244.99.5 2>&1)
-check "an in-cluster subnet nobody owns: ICMP host unreachable from the gateway" \
-    grep -q "From 10.244.1.1 .*Destination Host Unreachable" <<<"$OUT"
+# --- across nodes -----------------------------------------------------------------
+check_web_on_node3() { verdict "a web pod runs on node3 ($WEB3 $IP3)" test -n "$IP3"; }
+check_curl_across() {
+    local out
+    out=$(lab exec client -- curl -s --max-time 3 "http://$IP3/")
+    verdict "exec: client on node1 curls $WEB3 on node3" grep -q "pod=$WEB3 .*node=node3 client=$CLIENT_IP:" <<<"$out"
+}
+check_traceroute() {
+    local hops
+    hops=$(lab exec client -- traceroute -n -q 1 -w 1 "$IP3" | awk 'NR > 1 { print $2 }' | tr '\n' ' ')
+    verdict "traceroute node1 -> node3 shows both gateways ($hops)" test "$hops" = "10.244.1.1 10.244.3.1 $IP3 "
+}
+check_node_to_remote_pod() {
+    verdict "node1 itself reaches a pod on node3 (host port, gateway, tunnel)" ip netns exec "$LAB-node1" ping -c 1 -W 2 "$IP3"
+}
+check_unowned_subnet() {
+    local out
+    out=$(lab exec client -- ping -c 1 -W 2 10.244.99.5 2>&1)
+    verdict "an in-cluster subnet nobody owns: ICMP host unreachable from the gateway" \
+        grep -q "From 10.244.1.1 .*Destination Host Unreachable" <<<"$out"
+}
 # The router's own check: raise client's MTU past the tunnel's, send 1500 bytes with DF.
-ip -n "$LAB-default-client" link set eth0 mtu 1500
-OUT=$("${LABSH[@]}" exec client -- ping -c 1 -W 2 -M "do" -s 1472 "$IP3" 2>&1)
-ip -n "$LAB-default-client" link set eth0 mtu 1450
-check "too big for the tunnel with DF set: ICMP fragmentation needed, mtu 1450, from the gateway" \
-    grep -q "From 10.244.1.1 .*Frag needed and DF set (mtu = 1450)" <<<"$OUT"
-check "a 1422-byte ping with DF set (1450 bytes) crosses the tunnel" "${LABSH[@]}" exec client -- ping -c 1 -W 2 -M "do" -s 1422 "$IP3"
-check "a 20000-byte ping (IP fragments) crosses the tunnel" "${LABSH[@]}" exec client -- ping -c 1 -W 2 -s 20000 "$IP3"
+check_frag_needed() {
+    local out
+    ip -n "$LAB-default-client" link set eth0 mtu 1500
+    out=$(lab exec client -- ping -c 1 -W 2 -M "do" -s 1472 "$IP3" 2>&1)
+    ip -n "$LAB-default-client" link set eth0 mtu 1450
+    verdict "too big for the tunnel with DF set: ICMP fragmentation needed, mtu 1450, from the gateway" \
+        grep -q "From 10.244.1.1 .*Frag needed and DF set (mtu = 1450)" <<<"$out"
+}
+check_df_fits() {
+    verdict "a 1422-byte ping with DF set (1450 bytes) crosses the tunnel" lab exec client -- ping -c 1 -W 2 -M "do" -s 1422 "$IP3"
+}
+check_fragments_cross() {
+    verdict "a 20000-byte ping (IP fragments) crosses the tunnel" lab exec client -- ping -c 1 -W 2 -s 20000 "$IP3"
+}
 
 # tshark decodes what crosses the underlay as VXLAN, VNI 1, with the pods inside.
-ip netns exec "$LAB-underlay" tshark -i br0 -f "udp port 4789" -c 4 -a duration:15 -w "$TMP/vxlan.pcap" >"$TMP/tshark.log" 2>&1 &
-TSHARK=$!
-for _ in $(seq 1 100); do # until the capture runs (at most 10 s)
-    grep -q "Capture started" "$TMP/tshark.log" 2>/dev/null && break
-    kill -0 "$TSHARK" 2>/dev/null || break
-    sleep 0.1
-done
-for _ in $(seq 1 10); do # traffic until 4 packets are captured
-    kill -0 "$TSHARK" 2>/dev/null || break
-    in_pod client ping -c 2 -i 0.2 -W 1 "$IP3" >/dev/null 2>&1
-done
-wait "$TSHARK" 2>/dev/null
-DECODED=$(tshark -r "$TMP/vxlan.pcap" -Y vxlan -T fields -e vxlan.vni -e ip.src -e ip.dst 2>/dev/null | head -n 2)
-while read -r line; do echo "      tshark: $line"; done <<<"$DECODED"
-check "tshark decodes the underlay traffic as VXLAN VNI 1 carrying the pods' packets" \
-    grep -q "^1[[:space:]]198.18.0.1,${CLIENT_IP}[[:space:]]198.18.0.3,${IP3}" <<<"$DECODED"
+capture_started() { grep -q "Capture started" "$TMP/tshark.log" 2>/dev/null || ! kill -0 "$TSHARK" 2>/dev/null; }
+# Sends a little traffic; done once tshark has its 4 packets and exited.
+captured_after_ping() {
+    quiet in_pod client ping -c 2 -i 0.2 -W 1 "$IP3"
+    ! kill -0 "$TSHARK" 2>/dev/null
+}
+check_tshark_vxlan() {
+    local decoded line
+    ip netns exec "$LAB-underlay" tshark -i br0 -f "udp port 4789" -c 4 -a duration:15 -w "$TMP/vxlan.pcap" >"$TMP/tshark.log" 2>&1 &
+    TSHARK=$!
+    POLL_SLEEP=0.1 poll_until 10000 capture_started
+    POLL_SLEEP=0.1 poll_until 10000 captured_after_ping
+    wait "$TSHARK" 2>/dev/null
+    decoded=$(tshark -r "$TMP/vxlan.pcap" -Y vxlan -T fields -e vxlan.vni -e ip.src -e ip.dst 2>/dev/null | head -n 2)
+    while read -r line; do echo "      tshark: $line"; done <<<"$decoded"
+    verdict "tshark decodes the underlay traffic as VXLAN VNI 1 carrying the pods' packets" \
+        grep -q "^1[[:space:]]198.18.0.1,${CLIENT_IP}[[:space:]]198.18.0.3,${IP3}" <<<"$decoded"
+}
 
-# A Linux kernel VXLAN endpoint configured the flannel way exchanges traffic with Tapestry.
+# A Linux kernel VXLAN endpoint configured the flannel way (lib.sh's flannel_node,
+# as bench.sh's kernel reference) exchanges traffic with Tapestry's node1.
 KVX="$LAB-kvx"
-ip netns add "$KVX"
-ip -n "$KVX" link set lo up
-ip link add name u200 netns "$LAB-underlay" type veth peer name eth0 netns "$KVX"
-ip -n "$LAB-underlay" link set u200 master br0 up
-ip -n "$KVX" addr add 198.18.0.200/24 dev eth0
-ip -n "$KVX" link set eth0 up
-ip -n "$KVX" link add flannel.1 type vxlan id 1 local 198.18.0.200 dstport 4789 nolearning dev eth0
-ip -n "$KVX" link set flannel.1 address 0a:58:c6:12:00:c8 mtu 1450 up
-ip -n "$KVX" addr add 10.244.200.0/32 dev flannel.1
-ip -n "$KVX" link add cni0 type bridge
-ip -n "$KVX" addr add 10.244.200.1/24 dev cni0
-ip -n "$KVX" link set cni0 up
-ip -n "$KVX" route add 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink
-ip -n "$KVX" neigh add 10.244.1.0 lladdr 0a:58:c6:12:00:01 dev flannel.1 nud permanent
-ip netns exec "$KVX" bridge fdb append 0a:58:c6:12:00:01 dev flannel.1 dst 198.18.0.1
-cat >"$TMP/kvx-node.yaml" <<'YAML'
+setup_kernel_vxlan_node() {
+    flannel_node "$KVX" "$LAB-underlay" u200 198.18.0.200 10.244.200 0a:58:c6:12:00:c8
+    flannel_peer "$KVX" 10.244.1 "$(node_vtep_mac node1)" 198.18.0.1
+    cat >"$TMP/kvx-node.yaml" <<'YAML'
 apiVersion: v1
 kind: Node
 metadata:
@@ -134,18 +177,27 @@ status:
   underlayIP: 198.18.0.200
   vtepMAC: 0a:58:c6:12:00:c8
 YAML
-"$BIN/tapestry" apply -f "$TMP/kvx-node.yaml" >/dev/null
-ok=1
-for _ in $(seq 1 20); do
-    ip netns exec "$KVX" ping -c 1 -W 1 -I 10.244.200.1 "$CLIENT_IP" >/dev/null 2>&1 && { ok=0; break; }
-done
-check "a kernel VXLAN node (flannel-style flannel.1) pings a Tapestry pod" test "$ok" -eq 0
-check "a Tapestry pod pings the kernel VXLAN node's pod address" "${LABSH[@]}" exec client -- ping -c 2 -i 0.2 -W 2 10.244.200.1
-check "TCP across the kernel VXLAN node: it curls a Tapestry pod" \
-    bash -c "ip netns exec $KVX curl -s --max-time 3 --interface 10.244.200.1 http://$IP_B/ | grep -q 'pod=web-b .*client=10.244.200.1:'"
+    tapestry apply -f "$TMP/kvx-node.yaml" >/dev/null
+}
+kvx_pings_client() { quiet ip netns exec "$KVX" ping -c 1 -W 1 -I 10.244.200.1 "$CLIENT_IP"; }
+check_kvx_pings_pod() {
+    # Until every node has the kernel node's route (bounded).
+    POLL_SLEEP=0.1 poll_until 20000 kvx_pings_client
+    verdict "a kernel VXLAN node (flannel-style flannel.1) pings a Tapestry pod" test -n "$POLL_MS"
+}
+check_pod_pings_kvx() {
+    verdict "a Tapestry pod pings the kernel VXLAN node's pod address" lab exec client -- ping -c 2 -i 0.2 -W 2 10.244.200.1
+}
+check_kvx_curls_pod() {
+    local out
+    out=$(ip netns exec "$KVX" curl -s --max-time 3 --interface 10.244.200.1 "http://$IP_B/")
+    verdict "TCP across the kernel VXLAN node: it curls a Tapestry pod" grep -q 'pod=web-b .*client=10.244.200.1:' <<<"$out"
+}
 
-# --- the cluster state ------------------------------------------------------
-cat >"$TMP/bad.yaml" <<'YAML'
+# --- the cluster state ------------------------------------------------------------
+check_bad_manifest() {
+    local out
+    cat >"$TMP/bad.yaml" <<'YAML'
 apiVersion: v1
 kind: Pod
 metadata:
@@ -157,13 +209,25 @@ spec:
       ports:
         - containerPort: 0
 YAML
-OUT=$("$BIN/tapestry" apply -f "$TMP/bad.yaml" 2>&1)
-check "a wrong manifest is rejected, naming the field" grep -q "containerPort" <<<"$OUT"
-check "get nodes lists the three nodes" bash -c "[ \$('$BIN/tapestry' get nodes | grep -c '^node') -eq 3 ]"
-check "get pods -o yaml emits the pods" bash -c "'$BIN/tapestry' get pods -o yaml | grep -q 'kind: Pod'"
+    out=$(tapestry apply -f "$TMP/bad.yaml" 2>&1)
+    verdict "a wrong manifest is rejected, naming the field" grep -q "containerPort" <<<"$out"
+}
+check_get_nodes() {
+    verdict "get nodes lists the three nodes" test "$(objects nodes | jq -r .metadata.name | grep -c '^node')" -eq 3
+}
+check_get_pods_yaml() {
+    local out
+    out=$(tapestry get pods -o yaml)
+    verdict "get pods -o yaml emits the pods" grep -q 'kind: Pod' <<<"$out"
+}
 
 # A pod applied while the lab runs is reachable from another node within a second.
-cat >"$TMP/late.yaml" <<'YAML'
+late_answers() {
+    [ -n "$LATE_IP" ] || LATE_IP=$(pod_ip late)
+    [ -n "$LATE_IP" ] && pings client "$LATE_IP"
+}
+check_late_pod_reachable() {
+    cat >"$TMP/late.yaml" <<'YAML'
 apiVersion: v1
 kind: Pod
 metadata:
@@ -174,79 +238,121 @@ spec:
     - name: web
       command: ["tapestry-web", "--port", "80"]
 YAML
-T0=$(now_ms)
-"$BIN/tapestry" apply -f "$TMP/late.yaml" >/dev/null
-LATE_IP=""
-REACHED=""
-while [ $(($(now_ms) - T0)) -lt 5000 ]; do
-    if [ -z "$LATE_IP" ] || [ "$LATE_IP" = "-" ]; then LATE_IP=$(pod_ip late); fi
-    if [ -n "$LATE_IP" ] && [ "$LATE_IP" != "-" ] && in_pod client ping -c 1 -W 1 "$LATE_IP" >/dev/null 2>&1; then
-        REACHED=$(($(now_ms) - T0)); break
-    fi
-done
-echo "      late pod $LATE_IP reachable from node1 after ${REACHED:-never} ms"
-check "a pod applied while the lab runs is reachable from another node within a second" \
-    test -n "$REACHED" -a "${REACHED:-99999}" -le 1000
-T0=$(now_ms)
-"$BIN/tapestry" delete pod late >/dev/null
-GONE=""
-while [ $(($(now_ms) - T0)) -lt 5000 ]; do
-    if [ ! -e "/run/netns/$LAB-default-late" ]; then GONE=$(($(now_ms) - T0)); break; fi
-done
-echo "      late pod removed after ${GONE:-never} ms"
-check "a deleted pod is removed within a second" test -n "$GONE" -a "${GONE:-99999}" -le 1000
-check "the deleted pod no longer answers" bash -c "! ip netns exec $LAB-default-client ping -c 1 -W 1 $LATE_IP >/dev/null 2>&1"
+    LATE_IP=""
+    tapestry apply -f "$TMP/late.yaml" >/dev/null
+    poll_until 5000 late_answers
+    echo "      late pod $LATE_IP reachable from node1 after ${POLL_MS:-never} ms"
+    verdict "a pod applied while the lab runs is reachable from another node within a second" within_ms 1000
+}
+check_late_pod_removed() {
+    tapestry delete pod late >/dev/null
+    POLL_SLEEP=0.02 poll_until 5000 test ! -e "/run/netns/$LAB-default-late"
+    echo "      late pod removed after ${POLL_MS:-never} ms"
+    verdict "a deleted pod is removed within a second" within_ms 1000
+}
+check_late_pod_silent() {
+    verdict "the deleted pod no longer answers" not pings client "$LATE_IP"
+}
 
-# --- services and DNS -------------------------------------------------------
-svc_ip() { "$BIN/tapestry" get services -A | awk -v n="$1" '$2 == n { print $4 }'; }
-dig_c() { in_pod client dig +short "$@" 2>&1 | tr '\n' ' ' | sed 's/ $//'; }
-VIP=$(svc_ip web)
-check "web has a ClusterIP from 10.96.0.0/12 ($VIP)" bash -c "[[ '$VIP' == 10.9[6-9].* || '$VIP' == 10.10[0-9].* || '$VIP' == 10.11[01].* ]]"
-check "kube-dns is at 10.96.0.10" test "$(svc_ip kube-dns)" = "10.96.0.10"
-EPS=$("$BIN/tapestry" get endpoints | awk '$2 == "web" { print $3 }')
-check "web's endpoints are its three ready replicas ($EPS)" test "$(echo "$EPS" | tr ',' '\n' | grep -c ':80$')" -eq 3
-BACKENDS=""
-LB_FAIL=0
-for pod in client "$(web_on node2)" "$(web_on node3)"; do
-    for _ in 1 2 3 4 5 6; do
-        OUT=$(in_pod "$pod" curl -s --max-time 3 "http://$VIP/")
-        if [[ "$OUT" == pod=web-* ]]; then BACKENDS="$BACKENDS ${OUT%% *}"; else LB_FAIL=$((LB_FAIL + 1)); fi
+# --- services and DNS ---------------------------------------------------------------
+setup_services() { VIP=$(svc_ip web); }
+in_service_cidr() { [[ "$1" == 10.9[6-9].* || "$1" == 10.10[0-9].* || "$1" == 10.11[01].* ]]; }
+check_cluster_ip_range() {
+    verdict "web has a ClusterIP from 10.96.0.0/12 ($VIP)" in_service_cidr "$VIP"
+}
+check_kube_dns_ip() { verdict "kube-dns is at 10.96.0.10" test "$(svc_ip kube-dns kube-system)" = "10.96.0.10"; }
+check_web_endpoints() {
+    local eps
+    eps=$(endpoints_of web | paste -sd,)
+    verdict "web's endpoints are its three ready replicas ($eps)" test "$(endpoints_of web | grep -c ':80$')" -eq 3
+}
+# 18 requests to the ClusterIP, 6 from a pod on each node; BACKENDS collects who answered.
+check_lb_from_every_node() {
+    local pod out failed=0
+    BACKENDS=""
+    for pod in client "$(web_on node2)" "$(web_on node3)"; do
+        for _ in 1 2 3 4 5 6; do
+            out=$(in_pod "$pod" curl -s --max-time 3 "http://$VIP/")
+            if [[ "$out" == pod=web-* ]]; then BACKENDS="$BACKENDS ${out%% *}"; else failed=$((failed + 1)); fi
+        done
     done
-done
-check "18 requests to the ClusterIP from a pod on every node all answered" test "$LB_FAIL" -eq 0
-check "answers came from more than one backend" test "$(echo "$BACKENDS" | tr ' ' '\n' | sort -u | grep -c .)" -ge 2
-check "curl http://web from a pod (search path)" bash -c "ip netns exec $LAB-default-client curl -s --max-time 5 http://web/ | grep -q '^pod=web-'"
-check "curl http://web.default.svc.cluster.local" bash -c "ip netns exec $LAB-default-client curl -s --max-time 5 http://web.default.svc.cluster.local/ | grep -q '^pod=web-'"
-check "dig: A of the short name via search is the ClusterIP" test "$(dig_c +search web)" = "$VIP"
-check "dig: names are case-insensitive" test "$(dig_c WEB.Default.SVC.Cluster.Local)" = "$VIP"
-check "dig: SRV of the named port" test "$(dig_c SRV _http._tcp.web.default.svc.cluster.local)" = "0 100 80 web.default.svc.cluster.local."
-check "dig: PTR of the ClusterIP" test "$(dig_c -x "$VIP")" = "web.default.svc.cluster.local."
-READY=$("$BIN/tapestry" get endpoints | awk '$2 == "web-pods" { print $3 }' | tr ',' '\n' | cut -d: -f1 | sort | tr '\n' ' ' | sed 's/ $//')
-check "dig: the headless service answers the ready pods ($READY)" test "$(in_pod client dig +short web-pods.default.svc.cluster.local | sort | tr '\n' ' ' | sed 's/ $//')" = "$READY"
-IP_A=$(pod_ip web-a)
-check "dig: a headless per-pod name (hostname.subdomain)" test "$(dig_c web-a.web-pods.default.svc.cluster.local)" = "$IP_A"
-check "dig: PTR of that pod names it" test "$(dig_c -x "$IP_A")" = "web-a.web-pods.default.svc.cluster.local."
-check "dig: a pod A record a-b-c-d.ns.pod" test "$(dig_c "${IP_A//./-}.default.pod.cluster.local")" = "$IP_A"
-check "dig: no pod A record for an address no pod has" bash -c "ip netns exec $LAB-default-client dig 10-244-9-9.default.pod.cluster.local | grep -q 'status: NXDOMAIN'"
-check "dig: ExternalName is a CNAME" test "$(dig_c docs.default.svc.cluster.local)" = "docs.example.org."
-check "dig: dns-version TXT" test "$(dig_c TXT dns-version.cluster.local)" = '"1.1.0"'
-check "dig: SRV of kube-dns's UDP port" test "$(dig_c SRV _dns._udp.kube-dns.kube-system.svc.cluster.local)" = "0 100 53 kube-dns.kube-system.svc.cluster.local."
-check "dig: a name that does not exist is NXDOMAIN with the zone's SOA" \
-    bash -c "ip netns exec $LAB-default-client dig nope.default.svc.cluster.local | grep -q 'status: NXDOMAIN' && ip netns exec $LAB-default-client dig nope.default.svc.cluster.local | grep -q 'IN.SOA.ns.dns.cluster.local'"
-check "dig: names outside the cluster are refused (no upstream in the lab)" \
-    bash -c "ip netns exec $LAB-default-client dig +tries=1 example.org | grep -q 'status: REFUSED'"
-check "dig +tcp: DNS over TCP through the ClusterIP" test "$(dig_c +tcp web.default.svc.cluster.local)" = "$VIP"
-for dnspod in tapestry-dns-1 tapestry-dns-2; do
-    DIP=$("$BIN/tapestry" get pods -n kube-system | awk -v p="$dnspod" '$2 == p { print $5 }')
-    check "both DNS pods answer: $dnspod ($DIP)" test "$(dig_c @"$DIP" web.default.svc.cluster.local)" = "$VIP"
-done
-T0=$(now_ms)
-in_pod client getent ahosts web.default.svc.cluster.local >/dev/null
-T1=$(now_ms)
-echo "      getent ahosts (A and AAAA in parallel from one socket) took $((T1 - T0)) ms"
-check "parallel A/AAAA lookups from one socket don't hit the 5 s conntrack race" test $((T1 - T0)) -lt 4000
+    verdict "18 requests to the ClusterIP from a pod on every node all answered" test "$failed" -eq 0
+}
+check_lb_spreads() {
+    verdict "answers came from more than one backend" test "$(tr ' ' '\n' <<<"$BACKENDS" | sort -u | grep -c .)" -ge 2
+}
+check_curl_short_name() {
+    local out
+    out=$(in_pod client curl -s --max-time 5 http://web/)
+    verdict "curl http://web from a pod (search path)" grep -q '^pod=web-' <<<"$out"
+}
+check_curl_fqdn() {
+    local out
+    out=$(in_pod client curl -s --max-time 5 http://web.default.svc.cluster.local/)
+    verdict "curl http://web.default.svc.cluster.local" grep -q '^pod=web-' <<<"$out"
+}
+check_dig_search() { verdict "dig: A of the short name via search is the ClusterIP" test "$(dig_c +search web)" = "$VIP"; }
+check_dig_case() { verdict "dig: names are case-insensitive" test "$(dig_c WEB.Default.SVC.Cluster.Local)" = "$VIP"; }
+check_dig_srv() {
+    verdict "dig: SRV of the named port" test "$(dig_c SRV _http._tcp.web.default.svc.cluster.local)" = "0 100 80 web.default.svc.cluster.local."
+}
+check_dig_ptr_service() { verdict "dig: PTR of the ClusterIP" test "$(dig_c -x "$VIP")" = "web.default.svc.cluster.local."; }
+check_dig_headless() {
+    local ready
+    ready=$(ready_ips web-pods)
+    verdict "dig: the headless service answers the ready pods ($ready)" \
+        test "$(in_pod client dig +short web-pods.default.svc.cluster.local | one_line)" = "$ready"
+}
+setup_web_a() { IP_A=$(pod_ip web-a); }
+check_dig_pod_hostname() {
+    verdict "dig: a headless per-pod name (hostname.subdomain)" test "$(dig_c web-a.web-pods.default.svc.cluster.local)" = "$IP_A"
+}
+check_dig_ptr_pod() { verdict "dig: PTR of that pod names it" test "$(dig_c -x "$IP_A")" = "web-a.web-pods.default.svc.cluster.local."; }
+check_dig_pod_a() {
+    verdict "dig: a pod A record a-b-c-d.ns.pod" test "$(dig_c "${IP_A//./-}.default.pod.cluster.local")" = "$IP_A"
+}
+check_dig_no_pod_a() {
+    local out
+    out=$(in_pod client dig 10-244-9-9.default.pod.cluster.local)
+    verdict "dig: no pod A record for an address no pod has" grep -q 'status: NXDOMAIN' <<<"$out"
+}
+check_dig_external_name() { verdict "dig: ExternalName is a CNAME" test "$(dig_c docs.default.svc.cluster.local)" = "docs.example.org."; }
+check_dig_version() { verdict "dig: dns-version TXT" test "$(dig_c TXT dns-version.cluster.local)" = '"1.1.0"'; }
+check_dig_srv_udp() {
+    verdict "dig: SRV of kube-dns's UDP port" \
+        test "$(dig_c SRV _dns._udp.kube-dns.kube-system.svc.cluster.local)" = "0 100 53 kube-dns.kube-system.svc.cluster.local."
+}
+check_dig_nxdomain() {
+    local out
+    out=$(in_pod client dig nope.default.svc.cluster.local)
+    verdict "dig: a name that does not exist is NXDOMAIN with the zone's SOA" \
+        both grep -q "status: NXDOMAIN" -- grep -q "IN.SOA.ns.dns.cluster.local" <<<"$out"
+}
+check_dig_refused() {
+    local out
+    out=$(in_pod client dig +tries=1 example.org)
+    verdict "dig: names outside the cluster are refused (no upstream in the lab)" grep -q 'status: REFUSED' <<<"$out"
+}
+check_dig_tcp() { verdict "dig +tcp: DNS over TCP through the ClusterIP" test "$(dig_c +tcp web.default.svc.cluster.local)" = "$VIP"; }
+dns_pod_answers() { # dns_pod_answers POD: one check, the DNS pod POD answers directly
+    local ip
+    ip=$(pod_ip "$1" kube-system)
+    verdict "both DNS pods answer: $1 ($ip)" test "$(dig_c @"$ip" web.default.svc.cluster.local)" = "$VIP"
+}
+check_dns_pod_1() { dns_pod_answers tapestry-dns-1; }
+check_dns_pod_2() { dns_pod_answers tapestry-dns-2; }
+check_parallel_lookups() {
+    local t0 took
+    t0=$(now_ms)
+    in_pod client getent ahosts web.default.svc.cluster.local >/dev/null
+    took=$(($(now_ms) - t0))
+    echo "      getent ahosts (A and AAAA in parallel from one socket) took $took ms"
+    verdict "parallel A/AAAA lookups from one socket don't hit the 5 s conntrack race" test "$took" -lt 4000
+}
 
-cat >"$TMP/empty.yaml" <<'YAML'
+# A service with no endpoint: TCP gets a RST, UDP an ICMP port unreachable.
+setup_empty_service() {
+    cat >"$TMP/empty.yaml" <<'YAML'
 apiVersion: v1
 kind: Service
 metadata:
@@ -261,23 +367,32 @@ spec:
       port: 53
       protocol: UDP
 YAML
-"$BIN/tapestry" apply -f "$TMP/empty.yaml" >/dev/null
-EIP=$(svc_ip empty)
-for _ in $(seq 1 50); do # until node1 has the new service (bounded): RST is "Couldn't connect"
+    tapestry apply -f "$TMP/empty.yaml" >/dev/null
+    EIP=$(svc_ip empty)
+}
+# RST is curl's "Couldn't connect"; until node1 has the new service, it is silence.
+empty_refuses_tcp() {
     OUT=$(in_pod client curl -sS --max-time 1 "http://$EIP/" 2>&1)
-    [[ "$OUT" == *"Couldn't connect"* ]] && break
-done
-echo "      curl http://$EIP/: $OUT"
-check "a service with no endpoint refuses TCP at once (RST), not silence" grep -q "Couldn't connect\|refused" <<<"$OUT"
-OUT=$(in_pod client dig +tries=1 +timeout=2 @"$EIP" web.default.svc.cluster.local 2>&1)
-check "a service with no endpoint refuses UDP (ICMP port unreachable)" grep -q "connection refused" <<<"$OUT"
-"$BIN/tapestry" delete svc empty >/dev/null
+    [[ "$OUT" == *"Couldn't connect"* ]]
+}
+check_empty_tcp_rst() {
+    POLL_SLEEP=0.1 poll_until 20000 empty_refuses_tcp
+    echo "      curl http://$EIP/: $OUT"
+    verdict "a service with no endpoint refuses TCP at once (RST), not silence" grep -q "Couldn't connect\|refused" <<<"$OUT"
+}
+check_empty_udp_unreachable() {
+    local out
+    out=$(in_pod client dig +tries=1 +timeout=2 @"$EIP" web.default.svc.cluster.local 2>&1)
+    verdict "a service with no endpoint refuses UDP (ICMP port unreachable)" grep -q "connection refused" <<<"$out"
+    tapestry delete svc empty >/dev/null
+}
 
 # A UDP service whose backends (the web pods) have no listener on the target port:
 # the backend's kernel answers with ICMP port unreachable quoting client ->
 # backend:9999, which the load balancer must rewrite to client -> ClusterIP:53 (as
 # conntrack does for RELATED errors), or the client's socket never hears of it.
-cat >"$TMP/noudp.yaml" <<'YAML'
+setup_noudp_service() {
+    cat >"$TMP/noudp.yaml" <<'YAML'
 apiVersion: v1
 kind: Service
 metadata:
@@ -291,95 +406,175 @@ spec:
       targetPort: 9999
       protocol: UDP
 YAML
-"$BIN/tapestry" apply -f "$TMP/noudp.yaml" >/dev/null
-NIP=$(svc_ip noudp)
-N1SOCK="/run/tapestry/$LAB/nodes/node1/tapestryd.sock"
-ICMP0=$("$BIN/tapestry" status --socket "$N1SOCK" --counter lb_icmp_errors)
-# Until node1 has the service with its backends (bounded: 10 s). The ClusterIP may
-# be the one `empty` just gave back, so until then node1 refuses it itself: the
-# refusal counts only once node1 has rewritten a backend's ICMP error.
-T0=$(now_ms)
-while [ $(($(now_ms) - T0)) -lt 10000 ]; do
+    tapestry apply -f "$TMP/noudp.yaml" >/dev/null
+    NIP=$(svc_ip noudp)
+    ICMP0=$(counter_n1 lb_icmp_errors)
+}
+# The ClusterIP may be the one `empty` just gave back, so until node1 has the new
+# service it refuses it itself: the refusal counts only once node1 has rewritten
+# a backend's ICMP error.
+noudp_refused_by_backend() {
     OUT=$(in_pod client dig +tries=1 +timeout=1 @"$NIP" web.default.svc.cluster.local 2>&1)
-    ICMP1=$("$BIN/tapestry" status --socket "$N1SOCK" --counter lb_icmp_errors)
-    [[ "$OUT" == *"connection refused"* ]] && [ "$ICMP1" -gt "$ICMP0" ] && break
-    sleep 0.1 # between polls of a bounded wait
-done
-echo "      dig @$NIP: $(grep -m1 -o 'communications error.*\|timed out.*' <<<"$OUT"); lb_icmp_errors on node1: $ICMP0 -> $ICMP1"
-check "UDP to a ClusterIP whose backend does not listen: the backend's port unreachable reaches the client, rewritten (connection refused)" \
-    bash -c "grep -q 'connection refused' <<<\"\$1\" && [ \"\$3\" -gt \"\$2\" ]" _ "$OUT" "$ICMP0" "$ICMP1"
+    ICMP1=$(counter_n1 lb_icmp_errors)
+    [[ "$OUT" == *"connection refused"* ]] && [ "$ICMP1" -gt "$ICMP0" ]
+}
+check_udp_icmp_rewritten() {
+    POLL_SLEEP=0.1 poll_until 10000 noudp_refused_by_backend
+    echo "      dig @$NIP: $(grep -m1 -o 'communications error.*\|timed out.*' <<<"$OUT"); lb_icmp_errors on node1: $ICMP0 -> $ICMP1"
+    verdict "UDP to a ClusterIP whose backend does not listen: the backend's port unreachable reaches the client, rewritten (connection refused)" \
+        test -n "$POLL_MS"
+}
 # The same with 4,000 bytes: the client's kernel sends three IP fragments; the first
 # (with the ports) is balanced, the others must follow it to the same backend.
-OUT=$(ip netns exec "$LAB-default-client" bash -c "exec 3<>/dev/udp/$NIP/53; printf '%4000s' x >&3; read -r -t 3 -u 3 _" 2>&1 || true)
-ICMP2=$("$BIN/tapestry" status --socket "$N1SOCK" --counter lb_icmp_errors)
-check "a 4000-byte datagram to that ClusterIP crosses as IP fragments and is refused the same way" \
-    bash -c "grep -q 'Connection refused' <<<\"\$1\" && [ \"\$3\" -gt \"\$2\" ]" _ "$OUT" "$ICMP1" "$ICMP2"
-"$BIN/tapestry" delete svc noudp >/dev/null
+check_udp_fragments_refused() {
+    local out icmp2
+    out=$(ip netns exec "$LAB-default-client" bash -c "exec 3<>/dev/udp/$NIP/53; printf '%4000s' x >&3; read -r -t 3 -u 3 _" 2>&1 || true)
+    icmp2=$(counter_n1 lb_icmp_errors)
+    verdict "a 4000-byte datagram to that ClusterIP crosses as IP fragments and is refused the same way" \
+        both grep -q "Connection refused" -- test "$icmp2" -gt "$ICMP1" <<<"$out"
+    tapestry delete svc noudp >/dev/null
+}
 
 # Deleting a web pod takes it out of DNS and the load balancer within a second,
 # and no request fails after that.
-GONE_POD=$(web_on node2)
-GONE_IP=$(pod_ip "$GONE_POD")
-T0=$(now_ms)
-"$BIN/tapestry" delete pod "$GONE_POD" >/dev/null
-OUT_OF_DNS=""
-while [ $(($(now_ms) - T0)) -lt 5000 ]; do
-    if ! in_pod client dig +short web-pods.default.svc.cluster.local | grep -qx "$GONE_IP"; then OUT_OF_DNS=$(($(now_ms) - T0)); break; fi
-done
-echo "      $GONE_POD ($GONE_IP) out of DNS after ${OUT_OF_DNS:-never} ms"
-check "a deleted web pod leaves DNS within a second" test -n "$OUT_OF_DNS" -a "${OUT_OF_DNS:-99999}" -le 1000
-BAD=0
-for _ in $(seq 1 30); do
-    OUT=$(in_pod client curl -s --max-time 2 "http://$VIP/")
-    if [[ "$OUT" != pod=web-* ]] || [[ "$OUT" == "pod=$GONE_POD "* ]]; then BAD=$((BAD + 1)); fi
-done
-check "after that, 30 requests to the ClusterIP: none failed, none reached $GONE_POD" test "$BAD" -eq 0
-
-# --- the CNI plugin, as a container runtime would call it ---------------------
-CNI_NS="$LAB-cnitest"
-ip netns add "$CNI_NS"
-NETCONF="{\"cniVersion\":\"1.0.0\",\"name\":\"tapestry\",\"type\":\"tapestry-cni\",\"socket\":\"/run/tapestry/$LAB/nodes/node1/tapestryd.sock\"}"
-cni() { # cni COMMAND: runs the plugin with CNI's environment and the config on stdin
-    CNI_COMMAND=$1 CNI_CONTAINERID=cnitest-1 CNI_NETNS="/run/netns/$CNI_NS" CNI_IFNAME=eth0 \
-        CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnitest" CNI_PATH="$BIN" "$BIN/tapestry-cni" <<<"$NETCONF"
+gone_from_dns() { ! in_pod client dig +short web-pods.default.svc.cluster.local | grep -qx "$GONE_IP"; }
+check_deleted_web_leaves_dns() {
+    GONE_POD=$(web_on node2)
+    GONE_IP=$(pod_ip "$GONE_POD")
+    tapestry delete pod "$GONE_POD" >/dev/null
+    poll_until 5000 gone_from_dns
+    echo "      $GONE_POD ($GONE_IP) out of DNS after ${POLL_MS:-never} ms"
+    verdict "a deleted web pod leaves DNS within a second" within_ms 1000
 }
-OUT=$(cni ADD)
-echo "      CNI ADD: $OUT"
-CNI_IP=$(sed -n 's/.*"address":"\([0-9.]*\)\/24".*/\1/p' <<<"$OUT")
-check "tapestry-cni ADD returns a CNI result with an address" test -n "$CNI_IP"
-check "the CNI-attached namespace reaches its gateway and another pod" \
-    bash -c "ip netns exec $CNI_NS ping -c 1 -W 2 10.244.1.1 >/dev/null && ip netns exec $CNI_NS ping -c 1 -W 2 $IP3 >/dev/null"
-OUT=$(cni ADD)
-check "tapestry-cni ADD again returns the same address" grep -q "\"$CNI_IP/24\"" <<<"$OUT"
-check "tapestry-cni CHECK succeeds" cni CHECK
-cni DEL
-check "tapestry-cni DEL removes eth0" bash -c "! ip -n $CNI_NS link show eth0 >/dev/null 2>&1"
-check "tapestry-cni DEL of what is gone succeeds" cni DEL
-OUT=$(cni CHECK)
-RC=$?
-echo "      CNI CHECK after DEL: exit $RC, $OUT"
-check "tapestry-cni CHECK of what is gone fails with a CNI error" bash -c "[ $RC -ne 0 ] && grep -q '\"code\":100' <<<'$OUT'"
-check "tapestry-cni VERSION lists 1.0.0" bash -c "CNI_COMMAND=VERSION '$BIN/tapestry-cni' </dev/null | grep -q '\"1.0.0\"'"
-ip netns del "$CNI_NS"
+check_deleted_web_leaves_lb() {
+    local out bad=0
+    for _ in $(seq 1 30); do
+        out=$(in_pod client curl -s --max-time 2 "http://$VIP/")
+        if [[ "$out" != pod=web-* ]] || [[ "$out" == "pod=$GONE_POD "* ]]; then bad=$((bad + 1)); fi
+    done
+    verdict "after that, 30 requests to the ClusterIP: none failed, none reached $GONE_POD" test "$bad" -eq 0
+}
 
-# --- agents ----------------------------------------------------------------
-check "a second agent on the same state dir refuses to start" bash -c \
-    "! ip netns exec $LAB-node1 '$BIN/tapestryd' --node node1 --pod-cidr 10.244.1.0/24 --state-dir /run/tapestry/$LAB/nodes/node1 2>$TMP/second.err && grep -q 'already' $TMP/second.err"
-check "lab.sh up a second time is safe" bash -c "'${LABSH[0]}' --name $LAB --nodes 3 up >$TMP/up2.log 2>&1"
-check "pods still answer after the second up" "${LABSH[@]}" exec client -- ping -c 1 -W 2 "$IP3"
-check "up with another --nodes is refused while the lab is up" bash -c "! '${LABSH[0]}' --name $LAB --nodes 2 up >/dev/null 2>&1"
+# --- the CNI plugin, as a container runtime would call it ---------------------------
+CNI_NS="$LAB-cnitest"
+cni() { # cni COMMAND: runs the plugin with CNI's environment and the config on stdin
+    local netconf="{\"cniVersion\":\"1.0.0\",\"name\":\"tapestry\",\"type\":\"tapestry-cni\",\"socket\":\"$N1SOCK\"}"
+    CNI_COMMAND=$1 CNI_CONTAINERID=cnitest-1 CNI_NETNS="/run/netns/$CNI_NS" CNI_IFNAME=eth0 \
+        CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnitest" CNI_PATH="$BIN" "$BIN/tapestry-cni" <<<"$netconf"
+}
+check_cni_add() {
+    local out
+    ip netns add "$CNI_NS"
+    out=$(cni ADD)
+    echo "      CNI ADD: $out"
+    CNI_IP=$(sed -n 's/.*"address":"\([0-9.]*\)\/24".*/\1/p' <<<"$out")
+    verdict "tapestry-cni ADD returns a CNI result with an address" test -n "$CNI_IP"
+}
+cni_ns_reaches() { ip netns exec "$CNI_NS" ping -c 1 -W 2 10.244.1.1 >/dev/null && ip netns exec "$CNI_NS" ping -c 1 -W 2 "$IP3" >/dev/null; }
+check_cni_reaches() { verdict "the CNI-attached namespace reaches its gateway and another pod" cni_ns_reaches; }
+check_cni_add_again() {
+    local out
+    out=$(cni ADD)
+    verdict "tapestry-cni ADD again returns the same address" grep -q "\"$CNI_IP/24\"" <<<"$out"
+}
+check_cni_check() { verdict "tapestry-cni CHECK succeeds" cni CHECK; }
+check_cni_del() {
+    cni DEL
+    verdict "tapestry-cni DEL removes eth0" not quiet ip -n "$CNI_NS" link show eth0
+}
+check_cni_del_again() { verdict "tapestry-cni DEL of what is gone succeeds" cni DEL; }
+check_cni_check_gone() {
+    local out rc
+    out=$(cni CHECK)
+    rc=$?
+    echo "      CNI CHECK after DEL: exit $rc, $out"
+    verdict "tapestry-cni CHECK of what is gone fails with a CNI error" \
+        both test "$rc" -ne 0 -- grep -q '"code":100' <<<"$out"
+}
+check_cni_version() {
+    local out
+    out=$(CNI_COMMAND=VERSION "$BIN/tapestry-cni" </dev/null)
+    verdict "tapestry-cni VERSION lists 1.0.0" grep -q '"1.0.0"' <<<"$out"
+    ip netns del "$CNI_NS"
+}
 
-AGENT_PID=$(cat "/run/tapestry/$LAB/nodes/node1/tapestryd.pid")
-kill -TERM "$AGENT_PID"
-for _ in $(seq 1 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
-check "pod eth0 survives its agent (persistent TAP)" ip -n "$LAB-default-web-b" link show eth0
-check "lab.sh up restarts the agent" bash -c "'${LABSH[0]}' --name $LAB --nodes 3 up >$TMP/up3.log 2>&1"
-check "traffic resumes after the agent restarts" "${LABSH[@]}" exec client -- curl -s --max-time 3 "http://$IP3/"
+# --- agents -------------------------------------------------------------------------
+second_agent_refused() {
+    ! ip netns exec "$LAB-node1" "$BIN/tapestryd" --node node1 --pod-cidr 10.244.1.0/24 \
+        --state-dir "/run/tapestry/$LAB/nodes/node1" 2>"$TMP/second.err" && grep -q 'already' "$TMP/second.err"
+}
+check_second_agent_refused() { verdict "a second agent on the same state dir refuses to start" second_agent_refused; }
+check_up_twice() { verdict "lab.sh up a second time is safe" quiet lab --nodes 3 up; }
+check_pods_after_up_twice() { verdict "pods still answer after the second up" lab exec client -- ping -c 1 -W 2 "$IP3"; }
+check_up_other_nodes_refused() {
+    verdict "up with another --nodes is refused while the lab is up" not quiet lab up --nodes 2
+}
+# Exit 2, the usage and what was wrong on stderr, nothing done.
+bogus_rejected() {
+    local rc=0
+    lab up --nodes 3 --bogus >/dev/null 2>"$TMP/bogus.err" || rc=$?
+    [ "$rc" -eq 2 ] && grep -q "^Tapestry lab" "$TMP/bogus.err" && grep -q "unknown option '--bogus'" "$TMP/bogus.err"
+}
+check_lab_rejects_unknown_option() { verdict "lab.sh rejects an unknown option with its usage (exit 2)" bogus_rejected; }
+check_tap_survives_agent() {
+    local pid
+    pid=$(cat "/run/tapestry/$LAB/nodes/node1/tapestryd.pid")
+    kill -TERM "$pid"
+    POLL_SLEEP=0.1 poll_until 5000 not kill -0 "$pid" 2>/dev/null
+    verdict "pod eth0 survives its agent (persistent TAP)" ip -n "$LAB-default-web-b" link show eth0
+}
+check_up_restarts_agent() { verdict "lab.sh up restarts the agent" quiet lab up --nodes 3; }
+check_traffic_resumes() {
+    verdict "traffic resumes after the agent restarts" lab exec client -- curl -s --max-time 3 "http://$IP3/"
+}
 
-"${LABSH[@]}" down >/dev/null 2>&1
-check "down leaves no namespace of the lab" test -z "$(lab_netns)"
-check "down leaves no process of the lab" test -z "$(lab_procs)"
-check "down leaves no state directory" test ! -e "/run/tapestry/$LAB"
+setup_down() { lab down >/dev/null 2>&1; }
+check_down_netns() { verdict "down leaves no namespace of the lab" test -z "$(netns_with_prefix "$LAB")"; }
+check_down_procs() { verdict "down leaves no process of the lab" test -z "$(lab_procs)"; }
+check_down_state() { verdict "down leaves no state directory" test ! -e "/run/tapestry/$LAB"; }
 
+STEPS=(
+    check_up check_demo
+    setup_pods check_exec_ping check_exec_curl check_gateway_ping check_host_port
+    check_unowned_address check_pod_mac check_pod_tap check_pod_mtu check_cni_check_attached
+    check_web_on_node3 check_curl_across check_traceroute check_node_to_remote_pod
+    check_unowned_subnet check_frag_needed check_df_fits check_fragments_cross check_tshark_vxlan
+    setup_kernel_vxlan_node check_kvx_pings_pod check_pod_pings_kvx check_kvx_curls_pod
+    check_bad_manifest check_get_nodes check_get_pods_yaml
+    check_late_pod_reachable check_late_pod_removed check_late_pod_silent
+    setup_services check_cluster_ip_range check_kube_dns_ip check_web_endpoints
+    check_lb_from_every_node check_lb_spreads check_curl_short_name check_curl_fqdn
+    check_dig_search check_dig_case check_dig_srv check_dig_ptr_service check_dig_headless
+    setup_web_a check_dig_pod_hostname check_dig_ptr_pod check_dig_pod_a check_dig_no_pod_a
+    check_dig_external_name check_dig_version check_dig_srv_udp check_dig_nxdomain
+    check_dig_refused check_dig_tcp check_dns_pod_1 check_dns_pod_2 check_parallel_lookups
+    setup_empty_service check_empty_tcp_rst check_empty_udp_unreachable
+    setup_noudp_service check_udp_icmp_rewritten check_udp_fragments_refused
+    check_deleted_web_leaves_dns check_deleted_web_leaves_lb
+    check_cni_add check_cni_reaches check_cni_add_again check_cni_check check_cni_del
+    check_cni_del_again check_cni_check_gone check_cni_version
+    check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
+    check_lab_rejects_unknown_option check_tap_survives_agent check_up_restarts_agent check_traffic_resumes
+    setup_down check_down_netns check_down_procs check_down_state
+)
+
+# Runs STEPS in order; a check that does not give exactly one verdict, or a setup
+# step that gives one, is itself a failure.
+run_steps() {
+    local step before given
+    for step in "${STEPS[@]}"; do
+        before=$((PASSED + FAILED))
+        "$step"
+        given=$((PASSED + FAILED - before))
+        case "$step" in
+            check_*) [ "$given" -eq 1 ] || fail "$step gave $given verdicts, not one" ;;
+            *) [ "$given" -eq 0 ] || fail "$step is not a check but gave $given verdicts" ;;
+        esac
+    done
+}
+
+need_root e2e.sh
+ensure_commands "${LAB_COMMANDS[@]}" tshark:tshark
+run_steps
 echo "e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Tapestry lab: a simulated Kubernetes cluster built from Linux network namespaces.
 #
-#   scripts/lab.sh [--name LAB] [--nodes N] up       build, start N nodes (default 2), apply lab/pods and lab/services
-#   scripts/lab.sh [--name LAB] down                 remove everything `up` made
-#   scripts/lab.sh [--name LAB] status               nodes and pods, with IPs and MACs
-#   scripts/lab.sh [--name LAB] exec POD -- CMD...   run CMD inside POD's network namespace
-#   scripts/lab.sh [--name LAB] demo                 show the Kubernetes networking facts, PASS or FAIL each
-#   scripts/lab.sh bench                             Tapestry beside the kernel's data plane (scripts/bench.sh)
-#   up --manifests DIR applies DIR instead of lab/pods and lab/services.
+#   scripts/lab.sh up [--nodes N] [--manifests DIR]   build, start N nodes (default 2), apply lab/pods
+#                                                     and lab/services (or DIR instead of both)
+#   scripts/lab.sh down                               remove everything `up` made
+#   scripts/lab.sh status                             nodes and pods, with IPs and MACs
+#   scripts/lab.sh exec POD [--] CMD...               run CMD inside POD's network namespace
+#                                                     (POD is NAME, or NAMESPACE/NAME)
+#   scripts/lab.sh demo                               show the Kubernetes networking facts, PASS or FAIL each
+#   scripts/lab.sh bench [ARGS...]                    Tapestry beside the kernel's data plane
+#                                                     (scripts/bench.sh ARGS; see bench.sh --help)
 #
-# Needs root. Everything it makes is named after LAB (default: tapestry) and
-# recorded under /run/tapestry/LAB; nothing outside the lab's namespaces is touched.
+# Every command takes --name LAB (default: tapestry, or $TAPESTRY_LAB). Options go
+# before or after the command (`lab.sh up --nodes 3` is `lab.sh --nodes 3 up`),
+# as `--opt VALUE` or `--opt=VALUE`; an unknown option prints this and exits 2.
+# In exec, the command starts after `--` (or at the first word after POD that is
+# not an option) and is passed through whole.
+#
+# Needs root. Everything it makes is named after LAB and recorded under
+# /run/tapestry/LAB; nothing outside the lab's namespaces is touched.
 # The underlay ("physical" network) is a kernel bridge in namespace LAB-underlay,
 # 198.18.0.0/24 (RFC 2544's benchmark range); node i is 198.18.0.i and owns pod
 # subnet 10.244.i.0/24. The cluster store is the directory /run/tapestry/LAB/store
@@ -28,58 +36,27 @@ export LAB BIN
 MANIFESTS="$REPO/lab/pods"
 SERVICES="$REPO/lab/services"
 
-usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-}
+usage() { usage_of "${BASH_SOURCE[0]}"; }
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
+# usage_error MESSAGE: the usage and MESSAGE on stderr, exit 2.
+usage_error() { usage >&2; echo "lab.sh: $*" >&2; exit 2; }
 say() { echo "==> $*"; }
 
 lab_dir() { echo "/run/tapestry/$LAB"; }
 node_ns() { echo "$LAB-$1"; }
-
-need_root() {
-    [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces and TAP devices need it)"
-}
-
-# Debian packages the lab uses, by the command that needs them.
-ensure_packages() {
-    ensure_commands ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps \
-        traceroute:traceroute nsenter:util-linux dig:dnsutils
-}
 
 build() {
     say "building release binaries"
     (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-pause --bin tapestry-dns --bin tapestry-cni)
 }
 
-tapestry() { "$BIN/tapestry" "$@"; }
 store() { echo "$(lab_dir)/store"; }
 underlay_ns() { echo "$LAB-underlay"; }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
+agent_answers() { tapestry status --socket "$1" >/dev/null 2>&1; }
 # Polls `tapestry status` until the agent answers, at most 10 s.
-wait_agent() {
-    local sock=$1 i
-    for i in $(seq 1 100); do
-        tapestry status --socket "$sock" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# The underlay: a kernel bridge in its own namespace, the lab's "physical" network.
-make_underlay() {
-    local ns
-    ns=$(underlay_ns)
-    if [ ! -e "/run/netns/$ns" ]; then
-        ip netns add "$ns"
-        ip -n "$ns" link set lo up
-        ip -n "$ns" link add br0 type bridge
-        ip -n "$ns" link set br0 up
-    fi
-}
+wait_agent() { POLL_SLEEP=0.1 poll_until 10000 agent_answers "$1"; }
 
 start_node() {
     local i=$1 node="node$1" ns dir
@@ -87,13 +64,7 @@ start_node() {
     dir="$(lab_dir)/nodes/$node"
     mkdir -p "$dir"
     if [ ! -e "/run/netns/$ns" ]; then
-        ip netns add "$ns"
-        ip -n "$ns" link set lo up
-        # A veth cable from the node to the underlay bridge, both ends made in place.
-        ip link add name "u$i" netns "$(underlay_ns)" type veth peer name eth0 netns "$ns"
-        ip -n "$(underlay_ns)" link set "u$i" master br0 up
-        ip -n "$ns" addr add "198.18.0.$i/24" dev eth0
-        ip -n "$ns" link set eth0 up
+        underlay_node "$ns" "$(underlay_ns)" "u$i" "198.18.0.$i"
     fi
     if pid_alive "$dir/tapestryd.pid"; then
         say "$node: tapestryd already running (pid $(cat "$dir/tapestryd.pid"))"
@@ -111,8 +82,8 @@ start_node() {
 }
 
 cmd_up() {
-    need_root
-    ensure_packages
+    need_root lab.sh
+    ensure_commands "${LAB_COMMANDS[@]}"
     build
     local have
     mkdir -p "$(lab_dir)/store"
@@ -121,7 +92,7 @@ cmd_up() {
         [ "$have" = "$NODES" ] || die "lab $LAB is up with $have node(s); run 'scripts/lab.sh down' before changing --nodes"
     fi
     echo "$NODES" >"$(lab_dir)/nodes.count"
-    make_underlay
+    underlay_bridge "$(underlay_ns)"
     for i in $(seq 1 "$NODES"); do
         start_node "$i"
     done
@@ -133,6 +104,8 @@ cmd_up() {
     cmd_status
 }
 
+pid_gone() { ! pid_alive "$1"; }
+
 # Stops every process whose pid file is under $1.
 kill_pidfiles() {
     local pidf
@@ -142,13 +115,13 @@ kill_pidfiles() {
     done
     for pidf in "$1"/*.pid; do
         [ -f "$pidf" ] || continue
-        for _ in $(seq 1 30); do pid_alive "$pidf" || break; sleep 0.1; done
-        if pid_alive "$pidf"; then kill -KILL "$(cat "$pidf")" 2>/dev/null || true; fi
+        POLL_SLEEP=0.1 poll_until 3000 pid_gone "$pidf" ||
+            kill -KILL "$(cat "$pidf")" 2>/dev/null || true
     done
 }
 
 cmd_down() {
-    need_root
+    need_root lab.sh
     local dir nd pd ns
     dir=$(lab_dir)
     # Agents first, so that no kubelet restarts what is being removed.
@@ -162,7 +135,7 @@ cmd_down() {
         if [ -n "$ns" ] && [ -e "/run/netns/$ns" ]; then ip netns del "$ns"; fi
     done
     # Every namespace of this lab: nodes, pods, the underlay (all named LAB-…).
-    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$LAB-" || true); do
+    for ns in $(netns_with_prefix "$LAB"); do
         ip netns del "$ns"
     done
     # Pods' resolv.conf files, which the kubelets wrote under /etc/netns/LAB-….
@@ -192,56 +165,89 @@ cmd_status() {
     tapestry get endpoints --store "$(store)" -A
 }
 
-pod_ns() {
-    local pod=$1
-    case "$pod" in
-        */*) echo "$LAB-${pod%%/*}-${pod#*/}" ;;
-        *) echo "$LAB-default-$pod" ;;
-    esac
-}
-
-cmd_exec() {
-    need_root
-    [ $# -ge 1 ] || die "usage: lab.sh exec POD -- CMD..."
-    local pod=$1 ns; shift
-    [ "${1:-}" = "--" ] && shift
-    [ $# -ge 1 ] || die "usage: lab.sh exec POD -- CMD..."
+cmd_exec() { # cmd_exec POD CMD...
+    [ $# -ge 2 ] || usage_error "exec needs a pod and a command: lab.sh exec POD -- CMD..."
+    need_root lab.sh
+    local pod=$1 ns
+    shift
     ns=$(pod_ns "$pod")
     [ -e "/run/netns/$ns" ] || die "no pod $pod in lab $LAB (no namespace $ns)"
     exec ip netns exec "$ns" "$@"
 }
 
 cmd_demo() {
-    need_root
+    need_root lab.sh
     [ -d "$(lab_dir)/nodes" ] || die "lab $LAB is not up: run 'scripts/lab.sh up' first"
     LAB_DIR=$(lab_dir) TAPESTRY_STORE=$(store) bash "$REPO/scripts/demo.sh"
 }
 
-main() {
+# set_option NAME VALUE: one of lab.sh's options.
+set_option() {
+    case "$1" in
+        --name) LAB=$2 ;;
+        --nodes) NODES=$2 ;;
+        --manifests)
+            MANIFESTS=$(cd "$2" 2>/dev/null && pwd) || die "--manifests: no directory '$2'"
+            SERVICES=""
+            ;;
+    esac
+}
+
+# Options anywhere (before or after the command); the command's own words in
+# ARGS. Sets CMD and ARGS.
+parse_args() {
+    CMD=""
+    ARGS=()
     while [ $# -gt 0 ]; do
         case "$1" in
-            --name) LAB=${2:?--name needs a value}; shift 2 ;;
-            --nodes) NODES=${2:?--nodes needs a value}; shift 2 ;;
-            --manifests) MANIFESTS=$(cd "${2:?--manifests needs a directory}" && pwd); SERVICES=""; shift 2 ;;
-            -h|--help|help) usage; exit 0 ;;
-            *) break ;;
+            --name | --nodes | --manifests)
+                [ $# -ge 2 ] || usage_error "$1 needs a value"
+                set_option "$1" "$2"
+                shift 2
+                ;;
+            --name=* | --nodes=* | --manifests=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
+            -h | --help) usage; exit 0 ;;
+            --)
+                if [ "$CMD" != exec ] || [ ${#ARGS[@]} -ne 1 ]; then usage_error "'--' belongs after 'exec POD'"; fi
+                shift
+                ARGS+=("$@")
+                return
+                ;;
+            -*) usage_error "unknown option '$1'" ;;
+            *)
+                if [ -z "$CMD" ]; then
+                    CMD=$1
+                    # bench's words are bench.sh's.
+                    if [ "$CMD" = bench ]; then shift; ARGS=("$@"); return; fi
+                elif [ "$CMD" = exec ]; then
+                    ARGS+=("$1")
+                    # After POD, the first word that is not an option starts the command.
+                    if [ ${#ARGS[@]} -eq 2 ]; then shift; ARGS+=("$@"); return; fi
+                else
+                    usage_error "'$CMD' takes no argument '$1'"
+                fi
+                shift
+                ;;
         esac
     done
+}
+
+main() {
+    parse_args "$@"
     [[ "$LAB" =~ ^[a-z][a-z0-9]{0,11}$ ]] || die "lab name '$LAB' must be 1-12 lowercase letters or digits, starting with a letter"
     if ! [[ "$NODES" =~ ^[0-9]+$ ]] || [ "$NODES" -lt 1 ] || [ "$NODES" -gt 200 ]; then
-        die "--nodes must be 1 to 200"
+        usage_error "--nodes must be 1 to 200"
     fi
-    local cmd=${1:-}
-    [ -n "$cmd" ] || { usage; exit 2; }
-    shift
-    case "$cmd" in
-        up) cmd_up "$@" ;;
-        down) cmd_down "$@" ;;
-        status) cmd_status "$@" ;;
-        exec) cmd_exec "$@" ;;
-        demo) cmd_demo "$@" ;;
-        bench) exec bash "$REPO/scripts/bench.sh" "$@" ;;
-        *) usage >&2; die "unknown command '$cmd'" ;;
+    case "$CMD" in
+        up) cmd_up ;;
+        down) cmd_down ;;
+        status) cmd_status ;;
+        exec) cmd_exec "${ARGS[@]}" ;;
+        demo) cmd_demo ;;
+        bench) exec bash "$REPO/scripts/bench.sh" "${ARGS[@]}" ;;
+        help) usage ;;
+        "") usage_error "no command given" ;;
+        *) usage_error "unknown command '$CMD'" ;;
     esac
 }
 

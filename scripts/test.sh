@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command: unit and property tests of every crate, then the
-# end-to-end lab checks (as root: real namespaces, TAPs, ping and curl).
+# The project's test command: shellcheck, rustfmt and clippy, the fuzz targets
+# compiled, unit and property tests of every crate, then the end-to-end lab
+# checks (as root: real namespaces, TAPs, ping and curl).
 # Installs what it needs (Debian packages with apt-get, crates with cargo).
 set -euo pipefail
 
@@ -10,8 +11,7 @@ cd "$REPO"
 source "$REPO/scripts/lib.sh"
 
 ensure_packages() {
-    ensure_commands ip:iproute2 ping:iputils-ping curl:curl kill:procps shellcheck:shellcheck \
-        traceroute:traceroute nsenter:util-linux dig:dnsutils tshark:tshark
+    ensure_commands "${LAB_COMMANDS[@]}" shellcheck:shellcheck tshark:tshark c++:g++
 }
 
 ensure_packages
@@ -20,6 +20,11 @@ shellcheck scripts/*.sh .ci/run
 echo "==> cargo fmt --check, cargo clippy (warnings are errors)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# fuzz/ is outside the workspace (libfuzzer-sys would build into everything);
+# compiling its targets here keeps them in step with the crates. Stable
+# toolchain, no cargo-fuzz: libfuzzer-sys's build script needs only a C++ compiler.
+echo "==> the fuzz targets compile (cargo clippy on fuzz/, warnings are errors)"
+cargo clippy --manifest-path fuzz/Cargo.toml --bins --target-dir target/fuzz-check --quiet -- -D warnings
 echo "==> cargo test --workspace"
 cargo test --workspace --quiet 2>&1 | tail -n 40
 echo "==> end-to-end lab checks"
