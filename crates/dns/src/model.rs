@@ -1,8 +1,8 @@
 //! The input model: what cluster DNS needs to know about the cluster.
 //!
-//! Why its own types: this crate stays independent of the cluster crate, so
-//! the agent (or the `--store` source of the binary) converts Services,
-//! EndpointSlices and Pods into a [`DnsData`] and hands it over; tests and the
+//! Why its own types: the zone is built from the few facts DNS answers with, not
+//! from the cluster objects. The `--store` source (`cluster.rs`) converts
+//! Services, EndpointSlices and Pods into a [`DnsData`]; tests and the
 //! `--data FILE.json` source write it directly. Names here are Kubernetes
 //! names (DNS-1123 labels); [`crate::Zone::build`] lowercases them and skips,
 //! with a warning, any that cannot be DNS names.
