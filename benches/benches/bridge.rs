@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tapestry_benches::{eth_ipv4, tap_frame};
 use tapestry_dataplane::{
     Action, MacAddr, Pipeline, PipelineConfig, PortId, PortRole, VNET_HDR_LEN,
 };
@@ -37,19 +38,14 @@ fn mac(i: usize) -> MacAddr {
     MacAddr::new(0x0a, 0x00, a, b, c, d)
 }
 
-/// A 60-byte IPv4/UDP frame (after the zeroed virtio-net header).
+/// A 60-byte IPv4/UDP frame (after the zeroed virtio-net header): 12345 → 53,
+/// 18 bytes of data.
 fn frame(dst: MacAddr, src: MacAddr, src_ip: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    ip.extend_from_slice(&src_ip.octets());
-    ip.extend_from_slice(&[10, 244, 1, 3]);
-    ip.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 26, 0, 0]);
-    ip.extend_from_slice(&[0x42; 18]);
-    f.extend_from_slice(&ip);
-    f
+    tap_frame([0; VNET_HDR_LEN], |f| {
+        eth_ipv4(dst, src, src_ip, Ipv4Addr::new(10, 244, 1, 3), 0)
+            .udp(12_345, 53)
+            .write(f, &[0x42; 18])
+    })
 }
 
 /// A pipeline with a pod, a host port and `n` MACs learned on `FILL`.

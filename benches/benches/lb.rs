@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use tapestry_benches::{eth_ipv4, put16, tap_frame, L4_AT};
 use tapestry_dataplane::{
     Action, Affinity, Backend, L4Proto, MacAddr, Maglev, Pipeline, PipelineConfig, PortId,
     PortRole, ServiceEntry, ServiceTable, MAGLEV_DEFAULT_SIZE, OUT_BUF_LEN, VNET_HDR_LEN,
@@ -81,43 +82,16 @@ fn node(n: usize) -> Pipeline {
     p
 }
 
-/// A UDP query from the client to `dst`:53 from `sport`, no UDP checksum.
+/// A UDP query from the client to `dst`:53 from `sport`, built by etherparse, with
+/// the UDP checksum then cleared (see the module comment).
 fn query(dst: Ipv4Addr, sport: u16) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&GW_MAC.octets());
-    f.extend_from_slice(&CLIENT_MAC.octets());
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    ip.extend_from_slice(&CLIENT_IP.octets());
-    ip.extend_from_slice(&dst.octets());
-    let sum = !fold(
-        ip.chunks_exact(2)
-            .map(|w| match *w {
-                [a, b] => u32::from(u16::from_be_bytes([a, b])),
-                _ => 0,
-            })
-            .sum(),
-    );
-    set_port(&mut ip, 10, sum);
-    ip.extend_from_slice(&sport.to_be_bytes());
-    ip.extend_from_slice(&[0x00, 0x35, 0, 26, 0, 0]);
-    ip.extend_from_slice(&[0x42; 18]);
-    f.extend_from_slice(&ip);
+    let mut f = tap_frame([0; VNET_HDR_LEN], |f| {
+        eth_ipv4(GW_MAC, CLIENT_MAC, CLIENT_IP, dst, 0)
+            .udp(sport, 53)
+            .write(f, &[0x42; 18])
+    });
+    put16(&mut f, L4_AT + 6, 0);
     f
-}
-
-/// Writes a big-endian `u16` at `at` (the frames are built here, long enough).
-fn set_port(buf: &mut [u8], at: usize, v: u16) {
-    if let Some(d) = buf.get_mut(at..at + 2) {
-        d.copy_from_slice(&v.to_be_bytes());
-    }
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    u16::try_from(s).unwrap_or(0)
 }
 
 fn forwarded(a: &Action<'_>) -> bool {
@@ -151,7 +125,7 @@ fn bench_lb(c: &mut Criterion) {
                     let i = (k / 64_512) % templates.len();
                     let mut f = templates.get(i).cloned().unwrap_or_default();
                     let port = u16::try_from(port).unwrap_or(1024);
-                    set_port(&mut f, VNET_HDR_LEN + 14 + 20, port);
+                    put16(&mut f, L4_AT, port);
                     f
                 },
                 |f| black_box(forwarded(&p.process(CLIENT, f, NOW, &mut out))),

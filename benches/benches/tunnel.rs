@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tapestry_dataplane::wire::checksum;
-use tapestry_dataplane::wire::tcp::{pseudo_header_partial, pseudo_header_sum};
+use etherparse::{IpHeaders, PacketBuilderStep, TcpOptionElement};
+use tapestry_benches::{eth_ipv4, put16, tap_frame, tcp_header, L4_AT, TCP_ACK, TCP_PSH};
+use tapestry_dataplane::wire::tcp::pseudo_header_partial;
+use tapestry_dataplane::wire::{VnetHdr, VnetHdrRepr, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_TCPV4};
 use tapestry_dataplane::{
     Action, MacAddr, Peer, Pipeline, PipelineConfig, PortId, PortRole, RouteSnapshot, TunnelConfig,
     OUT_BUF_LEN, VNET_HDR_LEN,
@@ -77,25 +79,9 @@ fn node(n: u8) -> Pipeline {
     p
 }
 
-/// vnet header + Ethernet (pod 1 → gateway) + IPv4 (pod 1 → pod 2) + `l4`.
-fn frame(vnet: [u8; VNET_HDR_LEN], proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = vnet.to_vec();
-    f.extend_from_slice(&GW1_MAC.octets());
-    f.extend_from_slice(&POD1_MAC.octets());
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = u16::try_from(20 + l4.len()).unwrap_or(u16::MAX);
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, proto, 0, 0]);
-    ip.extend_from_slice(&POD1_IP.octets());
-    ip.extend_from_slice(&POD2_IP.octets());
-    let sum = checksum::checksum(&ip);
-    if let Some(field) = ip.get_mut(10..12) {
-        field.copy_from_slice(&sum.to_be_bytes());
-    }
-    ip.extend_from_slice(l4);
-    f.extend_from_slice(&ip);
-    f
+/// etherparse's builder for Ethernet (pod 1 → gateway) and IPv4 (pod 1 → pod 2).
+fn pod1_to_pod2() -> PacketBuilderStep<IpHeaders> {
+    eth_ipv4(GW1_MAC, POD1_MAC, POD1_IP, POD2_IP, 0x1234)
 }
 
 /// Offset of the inner UDP checksum in a VXLAN datagram (VXLAN 8, Ethernet 14, IPv4 20).
@@ -103,33 +89,39 @@ const DGRAM_UDP_CSUM: usize = 8 + 14 + 20 + 6;
 
 /// A 1,400-byte IPv4/UDP packet from pod 1 to pod 2, complete UDP checksum.
 fn udp_frame() -> Vec<u8> {
-    let mut udp = vec![0x30, 0x39, 0x00, 0x35, 0x05, 0x64, 0, 0];
-    udp.extend_from_slice(&[0x42; 1372]);
-    let sum = !checksum::fold(checksum::accumulate(
-        pseudo_header_sum(POD1_IP, POD2_IP, 17, udp.len()),
-        &udp,
-    ));
-    if let Some(field) = udp.get_mut(6..8) {
-        field.copy_from_slice(&sum.to_be_bytes());
-    }
-    frame([0; VNET_HDR_LEN], 17, &udp)
+    tap_frame([0; VNET_HDR_LEN], |f| {
+        pod1_to_pod2().udp(12_345, 53).write(f, &[0x42; 1372])
+    })
 }
 
-/// A 65,483-byte TSO frame (MSS 1398, NEEDS_CSUM) from pod 1 to pod 2.
+/// A 65,483-byte TSO frame (MSS 1398, NEEDS_CSUM) from pod 1 to pod 2: TCP with
+/// timestamps, its checksum field holding the pseudo-header sum as the kernel
+/// leaves it for the device to finish.
 fn gso_frame() -> Vec<u8> {
-    let mut tcp = vec![
-        0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 1, 0x80, 0x18, 0x01, 0xf5,
+    let mut tcp = tcp_header(40_000, 5201, 1, 1, TCP_PSH | TCP_ACK, 0x01f5);
+    let options = [
+        TcpOptionElement::Noop,
+        TcpOptionElement::Noop,
+        TcpOptionElement::Timestamp(1, 2),
     ];
-    tcp.extend_from_slice(&[0, 0, 0, 0, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-    tcp.extend_from_slice(&vec![0x5a; 65_483 - 20 - 32]);
-    let mut vnet = [0u8; VNET_HDR_LEN];
-    vnet[0] = 1; // NEEDS_CSUM
-    vnet[1] = 1; // TCPV4
-    vnet[2..4].copy_from_slice(&66u16.to_le_bytes());
-    vnet[4..6].copy_from_slice(&1398u16.to_le_bytes());
-    vnet[6..8].copy_from_slice(&34u16.to_le_bytes());
-    vnet[8..10].copy_from_slice(&16u16.to_le_bytes());
-    frame(vnet, 6, &tcp)
+    tcp.set_options(&options).unwrap_or_else(|e| panic!("{e}"));
+    let data = vec![0x5a; 65_483 - 20 - 32];
+    let vnet = VnetHdrRepr {
+        flags: VNET_HDR_F_NEEDS_CSUM,
+        gso_type: VNET_HDR_GSO_TCPV4,
+        hdr_len: 66,
+        gso_size: 1398,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let mut vnet_bytes = [0u8; VNET_HDR_LEN];
+    vnet.emit(&mut VnetHdr::new_unchecked(&mut vnet_bytes[..]));
+    let mut f = tap_frame(vnet_bytes, |f| {
+        pod1_to_pod2().tcp_header(tcp).write(f, &data)
+    });
+    let partial = pseudo_header_partial(POD1_IP, POD2_IP, 6, 65_483 - 20);
+    put16(&mut f, L4_AT + 16, partial);
+    f
 }
 
 fn configure<'c>(

@@ -1,16 +1,17 @@
 //! Shared fixtures of the criterion benchmarks in `benches/`: run settings (short
 //! runs), groups counting one packet per iteration (so criterion's `elem/s` reads as
 //! packets per second), and frame builders for the benches that drive the whole
-//! pipeline. Frames are built once, outside the timing, with valid IPv4 and TCP
-//! checksums, so the pipeline takes the same path as for real traffic.
+//! pipeline. Frames are built once, outside the timing, with etherparse's
+//! `PacketBuilder` (valid lengths, IPv4 and TCP checksums), so the pipeline takes
+//! the same path as for real traffic.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use tapestry_dataplane::wire::checksum;
-use tapestry_dataplane::wire::tcp::pseudo_header_sum;
+use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, PacketBuilderStep, TcpHeader};
+use tapestry_dataplane::wire::{checksum, VxlanPacket, VxlanRepr, VXLAN_HEADER_LEN};
 use tapestry_dataplane::{MacAddr, VNET_HDR_LEN};
 
 /// The time every bench passes as `now`: one second after start, far from any aging
@@ -81,46 +82,80 @@ pub struct Tcp {
     pub data_len: usize,
 }
 
+/// The IPv4 headers of every bench frame: `src` → `dst`, identification `ident`,
+/// DF, TTL 64, no options (etherparse fills in the length, protocol and checksum).
+pub fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, ident: u16) -> IpHeaders {
+    let mut h = Ipv4Header {
+        identification: ident,
+        dont_fragment: true,
+        time_to_live: 64,
+        source: src.octets(),
+        destination: dst.octets(),
+        ..Ipv4Header::default()
+    };
+    h.header_checksum = h.calc_header_checksum();
+    IpHeaders::Ipv4(h, Default::default())
+}
+
+/// etherparse's builder for Ethernet (`src_mac` → `dst_mac`) and the IPv4 header of
+/// [`ipv4_header`]; the caller adds the transport header and writes.
+pub fn eth_ipv4(
+    dst_mac: MacAddr,
+    src_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ident: u16,
+) -> PacketBuilderStep<IpHeaders> {
+    PacketBuilder::ethernet2(src_mac.octets(), dst_mac.octets()).ip(ipv4_header(src, dst, ident))
+}
+
+/// A frame as the TAP delivers it: the virtio-net header `vnet`, then what `write`
+/// (an etherparse builder's `write`) appends. Panics if the builder refuses.
+pub fn tap_frame<E: std::fmt::Display>(
+    vnet: [u8; VNET_HDR_LEN],
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Vec<u8> {
+    let mut f = vnet.to_vec();
+    write(&mut f).unwrap_or_else(|e| panic!("building a bench frame: {e}"));
+    f
+}
+
+/// A TCP header: ports, sequence and acknowledgment numbers, the flags byte
+/// (`TCP_*`) and the window.
+pub fn tcp_header(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, window: u16) -> TcpHeader {
+    let mut t = TcpHeader::new(sport, dport, seq, window);
+    t.acknowledgment_number = ack;
+    let bit = |b: u8| flags & b != 0;
+    (t.fin, t.syn, t.rst, t.psh) = (bit(0x01), bit(TCP_SYN), bit(0x04), bit(TCP_PSH));
+    (t.ack, t.urg, t.ece, t.cwr) = (bit(TCP_ACK), bit(0x20), bit(0x40), bit(0x80));
+    t
+}
+
 /// Zeroed virtio-net header + Ethernet (`src_mac` → `dst_mac`) + IPv4 + TCP as `seg`
 /// says, TTL 64, DF, both checksums valid. The IPv4 packet is `40 + data_len` bytes.
 pub fn tcp_frame(dst_mac: MacAddr, src_mac: MacAddr, seg: &Tcp) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst_mac.octets());
-    f.extend_from_slice(&src_mac.octets());
-    f.extend_from_slice(&[0x08, 0x00]);
+    tcp_frame_seq(dst_mac, src_mac, seg, 0x0001_0000)
+}
 
-    let total = u16::try_from(IP_LEN + TCP_LEN + seg.data_len).unwrap_or(u16::MAX);
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, 6, 0, 0]);
-    ip.extend_from_slice(&seg.src.octets());
-    ip.extend_from_slice(&seg.dst.octets());
-    let sum = checksum::checksum(&ip);
-    put16(&mut ip, 10, sum);
-
-    let mut tcp = Vec::with_capacity(TCP_LEN + seg.data_len);
-    tcp.extend_from_slice(&seg.sport.to_be_bytes());
-    tcp.extend_from_slice(&seg.dport.to_be_bytes());
-    tcp.extend_from_slice(&0x0001_0000u32.to_be_bytes()); // seq
-    tcp.extend_from_slice(&0x0002_0000u32.to_be_bytes()); // ack
-    tcp.extend_from_slice(&[0x50, seg.flags, 0xff, 0xff, 0, 0, 0, 0]);
-    tcp.resize(TCP_LEN + seg.data_len, 0x5a);
-    let sum = !checksum::fold(checksum::accumulate(
-        pseudo_header_sum(seg.src, seg.dst, 6, tcp.len()),
-        &tcp,
-    ));
-    put16(&mut tcp, 16, sum);
-
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
+/// [`tcp_frame`] with sequence number `seq` (acknowledgment 0x0002_0000, window
+/// 0xffff, data bytes 0x5a).
+pub fn tcp_frame_seq(dst_mac: MacAddr, src_mac: MacAddr, seg: &Tcp, seq: u32) -> Vec<u8> {
+    let tcp = tcp_header(seg.sport, seg.dport, seq, 0x0002_0000, seg.flags, 0xffff);
+    let data = vec![0x5a; seg.data_len];
+    tap_frame([0; VNET_HDR_LEN], |f| {
+        eth_ipv4(dst_mac, src_mac, seg.src, seg.dst, 0x1234)
+            .tcp_header(tcp)
+            .write(f, &data)
+    })
 }
 
 /// A VXLAN datagram (UDP payload) with VNI `vni` carrying the Ethernet frame of
 /// `frame` (a frame as [`tcp_frame`] builds it: its virtio-net header is dropped).
+/// The VXLAN header is emitted by the data plane's own `VxlanRepr` (neither
+/// etherparse nor smoltcp has one).
 pub fn vxlan_datagram(vni: u32, frame: &[u8]) -> Vec<u8> {
-    let [_, a, b, c] = vni.to_be_bytes();
-    let mut d = vec![0x08, 0, 0, 0, a, b, c, 0];
+    let mut d = vec![0u8; VXLAN_HEADER_LEN];
+    VxlanRepr { vni }.emit(&mut VxlanPacket::new_unchecked(&mut d[..]));
     d.extend_from_slice(frame.get(VNET_HDR_LEN..).unwrap_or(&[]));
     d
 }

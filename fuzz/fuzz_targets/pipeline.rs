@@ -62,21 +62,21 @@ fn pipeline() -> Pipeline {
 /// The priming frame: virtio-net header, Ethernet to the gateway, IPv4 first
 /// fragment (MF, id 0x1234), TCP SYN 10.244.1.2:40000 → 10.96.1.0:80.
 fn priming_syn() -> Vec<u8> {
-    use tapestry_dataplane::wire::checksum;
-    use tapestry_dataplane::wire::tcp::pseudo_header_sum;
-    let (src, dst) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 96, 1, 0));
-    let mut tcp = vec![0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0];
-    let sum = !checksum::fold(checksum::accumulate(pseudo_header_sum(src, dst, 6, tcp.len()), &tcp));
-    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, 40, 0x12, 0x34, 0x20, 0, 64, 6, 0, 0];
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let sum = checksum::checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let ip = etherparse::Ipv4Header {
+        identification: 0x1234,
+        more_fragments: true,
+        time_to_live: 64,
+        source: [10, 244, 1, 2],
+        destination: [10, 96, 1, 0],
+        ..Default::default()
+    };
     let mut f = vec![0u8; 10];
-    f.extend_from_slice(&[0x0a, 0x58, 10, 244, 1, 1, 0x0a, 0x58, 10, 244, 1, 2, 0x08, 0x00]);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
+    let built = etherparse::PacketBuilder::ethernet2([0x0a, 0x58, 10, 244, 1, 2], [0x0a, 0x58, 10, 244, 1, 1])
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(40_000, 80, 1, 0xffff)
+        .syn()
+        .write(&mut f, &[]);
+    assert!(built.is_ok(), "the priming SYN builds");
     f
 }
 

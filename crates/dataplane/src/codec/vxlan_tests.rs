@@ -22,36 +22,45 @@ const ENC: Encap = Encap {
     dst_mac: PEER_VTEP,
 };
 
-/// An IPv4 header (with `options`) around `l4`, valid header checksum.
+/// An IPv4 header (with `options`) around `l4`, valid header checksum: ECN 2,
+/// identification 0xabcd, TTL 63, DF, MF and offset from `flags_frag` (built by
+/// etherparse).
 fn ipv4(proto: u8, flags_frag: u16, options: &[u8], l4: &[u8]) -> Vec<u8> {
-    let hlen = 20 + options.len();
-    let total = (hlen + l4.len()) as u16;
-    let mut p = vec![0x40 | (hlen / 4) as u8, 0x02];
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0xab, 0xcd]);
-    p.extend_from_slice(&flags_frag.to_be_bytes());
-    p.extend_from_slice(&[63, proto, 0, 0]);
-    p.extend_from_slice(&SRC.octets());
-    p.extend_from_slice(&DST.octets());
-    p.extend_from_slice(options);
-    let sum = checksum::checksum(&p);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut h = etherparse::Ipv4Header {
+        ecn: etherparse::IpEcn::try_new(2).unwrap(),
+        identification: 0xabcd,
+        dont_fragment: flags_frag & 0x4000 != 0,
+        more_fragments: flags_frag & 0x2000 != 0,
+        fragment_offset: etherparse::IpFragOffset::try_new(flags_frag & 0x1fff).unwrap(),
+        time_to_live: 63,
+        protocol: etherparse::IpNumber(proto),
+        source: SRC.octets(),
+        destination: DST.octets(),
+        options: options.try_into().unwrap(),
+        ..Default::default()
+    };
+    h.set_payload_len(l4.len()).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let mut p = h.to_bytes().to_vec();
     p.extend_from_slice(l4);
     p
 }
 
 /// A TCP segment, 32-byte header (timestamps option), seq `seq`, `flags`, checksum
-/// left partial (pseudo-header sum only) as a TSO frame from a TAP has it.
+/// left partial (pseudo-header sum only) as a TSO frame from a TAP has it (the
+/// header from etherparse).
 fn tcp(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut t = vec![0x9c, 0x40, 0x14, 0x51];
-    t.extend_from_slice(&seq.to_be_bytes());
-    t.extend_from_slice(&0x1111_2222u32.to_be_bytes());
-    t.extend_from_slice(&[0x80, flags, 0x01, 0xf5, 0, 0, 0, 0]);
-    t.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-    let partial = checksum::fold(pseudo_header_sum(SRC, DST, 6, t.len() + payload.len()));
-    t[16..18].copy_from_slice(&partial.to_be_bytes());
-    t.extend_from_slice(payload);
-    t
+    use etherparse::TcpOptionElement::{Noop, Timestamp};
+    let mut t = etherparse::TcpHeader::new(40_000, 5201, seq, 0x01f5);
+    t.acknowledgment_number = 0x1111_2222;
+    [t.fin, t.syn, t.rst, t.psh, t.ack, t.urg, t.ece, t.cwr] =
+        core::array::from_fn(|i| flags & (1 << i) != 0);
+    t.set_options(&[Noop, Noop, Timestamp(1, 2)]).unwrap();
+    let len = t.header_len() + payload.len();
+    t.checksum = checksum::fold(pseudo_header_sum(SRC, DST, 6, len));
+    let mut seg = t.to_bytes().to_vec();
+    seg.extend_from_slice(payload);
+    seg
 }
 
 fn pattern(n: usize) -> Vec<u8> {

@@ -10,9 +10,7 @@ use super::*;
 use crate::codec::vxlan::complete_partial_checksum;
 use crate::tables::service_table::{Affinity, ServiceEntry, ServiceTable};
 use crate::types::{Backend, L4Proto};
-use crate::wire::tcp::{
-    pseudo_header_partial, pseudo_header_sum, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-};
+use crate::wire::tcp::{pseudo_header_partial, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::wire::{TcpPacket, UdpPacket, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_TCPV4};
 use crate::FlowState;
 
@@ -72,7 +70,17 @@ fn lb_node() -> Pipeline {
     lb_node_with(|_| {})
 }
 
-/// An IPv4/TCP packet with full checksums (20-byte TCP header, no options).
+/// A TCP header with the flags byte `flags` (`TCP_FIN` … `TCP_CWR`), window 0xffff.
+fn tcp_header(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> etherparse::TcpHeader {
+    let mut t = etherparse::TcpHeader::new(sport, dport, seq, 0xffff);
+    t.acknowledgment_number = ack;
+    [t.fin, t.syn, t.rst, t.psh, t.ack, t.urg, t.ece, t.cwr] =
+        core::array::from_fn(|i| flags & (1 << i) != 0);
+    t
+}
+
+/// An IPv4/TCP packet with full checksums (20-byte TCP header, no options), the
+/// TCP header and checksum from etherparse.
 #[allow(clippy::too_many_arguments)]
 fn tcp(
     src: Ipv4Addr,
@@ -84,33 +92,29 @@ fn tcp(
     flags: u8,
     data: &[u8],
 ) -> Vec<u8> {
-    let mut t = sport.to_be_bytes().to_vec();
-    t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&seq.to_be_bytes());
-    t.extend_from_slice(&ack.to_be_bytes());
-    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    t.extend_from_slice(data);
-    let sum = !checksum::fold(checksum::accumulate(
-        pseudo_header_sum(src, dst, 6, t.len()),
-        &t,
-    ));
-    t[16..18].copy_from_slice(&sum.to_be_bytes());
-    ipv4(src, dst, 6, &t)
+    let mut t = tcp_header(sport, dport, seq, ack, flags);
+    t.checksum = t
+        .calc_checksum_ipv4_raw(src.octets(), dst.octets(), data)
+        .unwrap();
+    let mut seg = t.to_bytes().to_vec();
+    seg.extend_from_slice(data);
+    ipv4(src, dst, 6, &seg)
 }
 
-/// An IPv4/UDP packet with a full checksum.
+/// An IPv4/UDP packet with a full checksum (the UDP header from etherparse).
 fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, data: &[u8]) -> Vec<u8> {
-    let mut u = sport.to_be_bytes().to_vec();
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(data);
-    let sum = !checksum::fold(checksum::accumulate(
-        pseudo_header_sum(src, dst, 17, u.len()),
-        &u,
-    ));
-    u[6..8].copy_from_slice(&sum.to_be_bytes());
-    ipv4(src, dst, 17, &u)
+    let mut u = etherparse::UdpHeader {
+        source_port: sport,
+        destination_port: dport,
+        length: (8 + data.len()) as u16,
+        checksum: 0,
+    };
+    u.checksum = u
+        .calc_checksum_ipv4_raw(src.octets(), dst.octets(), data)
+        .unwrap();
+    let mut d = u.to_bytes().to_vec();
+    d.extend_from_slice(data);
+    ipv4(src, dst, 17, &d)
 }
 
 fn to_gw(src_mac: MacAddr, ip: &[u8]) -> Vec<u8> {

@@ -56,26 +56,33 @@ fn pipeline() -> Pipeline {
 
 /// A zeroed virtio-net header, then an Ethernet header, then `payload`.
 fn frame(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let eth = etherparse::Ethernet2Header {
+        source: src.0,
+        destination: dst.0,
+        ether_type: etherparse::EtherType(ethertype),
+    };
     let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst.0);
-    f.extend_from_slice(&src.0);
-    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(&eth.to_bytes());
     f.extend_from_slice(payload);
     f
 }
 
-/// An IPv4 packet with `options` (a multiple of 4 bytes) and a valid header checksum.
+/// An IPv4 packet with `options` (a multiple of 4 bytes) and a valid header checksum:
+/// identification 0x4321, DF, TTL 64 (built by etherparse).
 fn ipv4_opts(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
-    let hlen = 20 + options.len();
-    let total = (hlen + payload.len()) as u16;
-    let mut p = vec![0x40 | (hlen / 4) as u8, 0x00];
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0x43, 0x21, 0x40, 0x00, 64, proto, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(options);
-    let sum = checksum::checksum(&p);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut h = etherparse::Ipv4Header {
+        identification: 0x4321,
+        dont_fragment: true,
+        time_to_live: 64,
+        protocol: etherparse::IpNumber(proto),
+        source: src.octets(),
+        destination: dst.octets(),
+        options: options.try_into().unwrap(),
+        ..Default::default()
+    };
+    h.set_payload_len(payload.len()).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let mut p = h.to_bytes().to_vec();
     p.extend_from_slice(payload);
     p
 }
@@ -84,25 +91,30 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
     ipv4_opts(src, dst, proto, &[], payload)
 }
 
-/// An ICMP echo request with a valid checksum.
+/// An ICMP echo request with a valid checksum (built by etherparse).
 fn echo_request(ident: u16, seq: u16, data: &[u8]) -> Vec<u8> {
-    let mut m = vec![8, 0, 0, 0];
-    m.extend_from_slice(&ident.to_be_bytes());
-    m.extend_from_slice(&seq.to_be_bytes());
+    let echo = etherparse::IcmpEchoHeader { id: ident, seq };
+    let h =
+        etherparse::Icmpv4Header::with_checksum(etherparse::Icmpv4Type::EchoRequest(echo), data);
+    let mut m = h.to_bytes().to_vec();
     m.extend_from_slice(data);
-    let sum = checksum::checksum(&m);
-    m[2..4].copy_from_slice(&sum.to_be_bytes());
     m
 }
 
+/// An Ethernet/IPv4 ARP packet with opcode `op` (built by etherparse).
 fn arp(op: u16, sha: MacAddr, spa: Ipv4Addr, tha: MacAddr, tpa: Ipv4Addr) -> Vec<u8> {
-    let mut p = vec![0, 1, 8, 0, 6, 4];
-    p.extend_from_slice(&op.to_be_bytes());
-    p.extend_from_slice(&sha.0);
-    p.extend_from_slice(&spa.octets());
-    p.extend_from_slice(&tha.0);
-    p.extend_from_slice(&tpa.octets());
-    p
+    etherparse::ArpPacket::new(
+        etherparse::ArpHardwareId::ETHERNET,
+        etherparse::EtherType::IPV4,
+        etherparse::ArpOperation(op),
+        &sha.0,
+        &spa.octets(),
+        &tha.0,
+        &tpa.octets(),
+    )
+    .unwrap()
+    .to_bytes()
+    .to_vec()
 }
 
 /// An IPv4/UDP-ish frame from `src` (a pod or the host) to `dst`.

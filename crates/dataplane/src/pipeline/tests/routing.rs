@@ -70,30 +70,38 @@ pub(super) fn node2() -> Pipeline {
     p
 }
 
-/// An IPv4 packet with the given TTL and flags/fragment word, ident 0x4321.
+/// An IPv4 packet with the given TTL and flags/fragment word, ident 0x4321 (built
+/// by etherparse, which takes DF, MF and the offset from `ff`).
 fn ip_pkt(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ttl: u8, ff: u16, l4: &[u8]) -> Vec<u8> {
-    let total = (20 + l4.len()) as u16;
-    let mut p = vec![0x45, 0x00];
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0x43, 0x21]);
-    p.extend_from_slice(&ff.to_be_bytes());
-    p.extend_from_slice(&[ttl, proto, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let sum = checksum::checksum(&p);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut h = etherparse::Ipv4Header::new(
+        l4.len() as u16,
+        ttl,
+        etherparse::IpNumber(proto),
+        src.octets(),
+        dst.octets(),
+    )
+    .unwrap();
+    h.identification = 0x4321;
+    h.dont_fragment = ff & 0x4000 != 0;
+    h.more_fragments = ff & 0x2000 != 0;
+    h.fragment_offset = etherparse::IpFragOffset::try_new(ff & 0x1fff).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let mut p = h.to_bytes().to_vec();
     p.extend_from_slice(l4);
     p
 }
 
 /// A UDP datagram without checksum.
 fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
-    let mut u = sport.to_be_bytes().to_vec();
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(data);
-    u
+    let u = etherparse::UdpHeader {
+        source_port: sport,
+        destination_port: dport,
+        length: (8 + data.len()) as u16,
+        checksum: 0,
+    };
+    let mut d = u.to_bytes().to_vec();
+    d.extend_from_slice(data);
+    d
 }
 
 /// From pod A to the gateway MAC.
