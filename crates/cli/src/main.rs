@@ -10,8 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tapestry_agent::api::{Attachment, NodeStatus, Request};
-use tapestry_agent::control;
+use tapestry_proto::{AgentStatus, Attachment, Request};
 
 use objects::Format;
 use tapestry_cluster::DirStore;
@@ -157,7 +156,8 @@ fn run(cli: Cli) -> Result<(), String> {
             output,
             counter,
         } => {
-            let reply = control::call(&socket, &Request::Status)?;
+            let reply =
+                tapestry_proto::call(&socket, &Request::Status).map_err(|e| e.to_string())?;
             let status = reply
                 .status
                 .ok_or_else(|| reply.error.unwrap_or_else(|| "no status in reply".into()))?;
@@ -206,7 +206,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 CniOp::Del => Request::Del(a),
                 CniOp::Check => Request::Check(a),
             };
-            let reply = control::call(&socket, &req)?;
+            let reply = tapestry_proto::call(&socket, &req).map_err(|e| e.to_string())?;
             if !reply.ok {
                 return Err(reply.error.unwrap_or_default());
             }
@@ -275,7 +275,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn print_status(s: &NodeStatus) {
+fn print_status(s: &AgentStatus) {
     println!(
         "node {}  subnet {}  gateway {} ({})  mtu {}",
         s.node, s.subnet, s.gateway_ip, s.gateway_mac, s.mtu

@@ -9,11 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tapestry_agent::cluster_sync::KUBELET_LABEL;
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::{
     allocate_cluster_ip, compute_endpoints, load_path, release_cluster_ip, ClusterIp, Node, Object,
-    Pod, Protocol, Service, ServiceType, Store, DEFAULT_SERVICE_CIDR,
+    Pod, Protocol, Service, ServiceType, Store, DEFAULT_SERVICE_CIDR, KUBELET_LABEL,
 };
 
 /// Output formats of `get`.

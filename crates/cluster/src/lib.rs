@@ -38,7 +38,7 @@ pub use ipam::{lease_node_subnet, IpamError, PodIpam};
 pub use manifest::{
     emit_json, emit_yaml, load_path, parse_manifests, Container, ContainerPort, EnvVar,
     ManifestError, Node, NodeSpec, NodeStatus, Object, ObjectMeta, Pod, PodSpec, PodStatus,
-    Protocol,
+    Protocol, KUBELET_LABEL,
 };
 pub use net::{Ipv4Cidr, MacAddr};
 pub use service::{

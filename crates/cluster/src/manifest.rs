@@ -326,6 +326,11 @@ pub struct EnvVar {
     pub value: String,
 }
 
+/// The label an agent puts on its Node (value `true`): the node runs a kubelet,
+/// so admission may schedule pods there. A Node registered by hand (a kernel
+/// VXLAN peer, say) has no such label and gets no pods.
+pub const KUBELET_LABEL: &str = "node.tapestry.io/kubelet";
+
 /// A node: one agent, one pod subnet, one tunnel endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
