@@ -223,8 +223,8 @@ pub struct Pod {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
-    /// The node the pod runs on (no scheduler: the manifest says, or the
-    /// lab assigns one).
+    /// The node the pod runs on: the manifest says, or admission schedules
+    /// it (`crate::admission`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
