@@ -14,7 +14,7 @@
 # UDP packet rate under a flood and at most 1% loss (same node, across nodes),
 # round-trip latency (median, p99) and the CPU spent per gigabyte. Writes the
 # raw samples, the table (stdout), JSON, Markdown and an SVG chart (through
-# tapestry-benchreport); docs/benchmarks.md gets the table. Cleans up on exit.
+# `tapestry-bench report`); docs/benchmarks.md gets the table. Cleans up on exit.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -142,39 +142,36 @@ udp() {
 # at most 1%, the sender itself is the limit and its rate is the answer.
 # Otherwise bisects the offered rate between 0 and what the sender reached,
 # LOSSFREE_STEPS trials of LOSSFREE_SECONDS each, and records the received
-# rate of the best passing trial.
+# rate of the best passing trial. `tapestry-bench lossfree` decides each step
+# from the trials so far; this runs them.
 udp_lossfree() {
-    local sys=$1 ns=$2 dst=$3 metric=$4 rep=$5 lo=0 hi=$FLOOD_SENT_PPS best=0 rate json loss got i
+    local sys=$1 ns=$2 dst=$3 metric=$4 rep=$5 trials step rate json loss got i=0
     progress "rep $rep/$REPS $sys: $metric"
-    if awk -v l="$FLOOD_LOSS" 'BEGIN { exit !(l <= 1.0) }'; then
-        printf '      the flood lost %s%%: its rate stands\n' "$FLOOD_LOSS"
-        record "$sys" "$metric" "packets/s" "$FLOOD_GOT_PPS" "$rep"
-        return
-    fi
-    for i in $(seq 1 "$LOSSFREE_STEPS"); do
-        rate=$(((lo + hi) / 2))
+    trials="$FLOOD_SENT_PPS $FLOOD_LOSS $FLOOD_GOT_PPS"
+    while step=$("$BIN/tapestry-bench" lossfree --steps "$LOSSFREE_STEPS" --max-loss 1 <<<"$trials") &&
+        [ "${step%% *}" = "next" ]; do
+        rate=${step#next }
+        i=$((i + 1))
         # iperf3's -b counts payload bits: 64 bytes = 512 bits a datagram.
         json=$(ip netns exec "$ns" iperf3 -c "$dst" -p 5201 -u -l 64 -b $((rate * 512)) -t "$LOSSFREE_SECONDS" -J)
         loss=$(jq '.end.sum.lost_percent' <<<"$json")
         got=$(jq '(.end.sum.packets - .end.sum.lost_packets) / .end.sum.seconds' <<<"$json")
-        if awk -v l="$loss" 'BEGIN { exit !(l <= 1.0) }'; then
-            lo=$rate
-            if awk -v g="$got" -v b="$best" 'BEGIN { exit !(g > b) }'; then best=$got; fi
-        else
-            hi=$rate
-        fi
+        trials+=$'\n'"$rate $loss $got"
         printf '      trial %d: offered %d pps, %s%% lost\n' "$i" "$rate" "$loss"
     done
-    record "$sys" "$metric" "packets/s" "$best" "$rep"
+    [ "${step%% *}" = "done" ] || { echo "bench.sh: tapestry-bench lossfree failed" >&2; return 1; }
+    if [ "$i" -eq 0 ]; then printf '      the flood lost %s%%: its rate stands\n' "$FLOOD_LOSS"; fi
+    record "$sys" "$metric" "packets/s" "${step#done }" "$rep"
 }
 
 # latency SYSTEM CLIENT_NS DST WHERE REP: 300 pings 2 ms apart; median and p99 RTT
 latency() {
-    local sys=$1 ns=$2 dst=$3 where=$4 rep=$5 rtts p50 p99
+    local sys=$1 ns=$2 dst=$3 where=$4 rep=$5 rtts pcts p50 p99
     progress "rep $rep/$REPS $sys: latency_$where"
     rtts=$(ip netns exec "$ns" ping -c 300 -i 0.002 -W 1 "$dst" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' | sort -n)
-    p50=$(awk '{ v[NR] = $1 } END { i = int(NR * 0.50 + 0.5); if (i < 1) i = 1; printf "%.1f", v[i] * 1000 }' <<<"$rtts")
-    p99=$(awk '{ v[NR] = $1 } END { i = int(NR * 0.99 + 0.5); if (i < 1) i = 1; printf "%.1f", v[i] * 1000 }' <<<"$rtts")
+    # Nearest-rank percentiles, milliseconds to microseconds.
+    pcts=$("$BIN/tapestry-bench" percentile --scale 1000 --decimals 1 50 99 <<<"$rtts")
+    read -r p50 p99 <<<"$pcts"
     record "$sys" "latency_p50_$where" "us" "$p50" "$rep"
     record "$sys" "latency_p99_$where" "us" "$p99" "$rep"
 }
@@ -211,7 +208,7 @@ main() {
     mkdir -p "$OUT"
     : >"$RAW"
     kernel_down
-    (cd "$REPO" && cargo build --release --quiet --bin tapestry-benchreport)
+    (cd "$REPO" && cargo build --release --quiet --bin tapestry-bench)
     echo "==> building Tapestry's lab ($LAB, 2 nodes) and the kernel reference ($K-*)"
     export TAPESTRY_STORE="/run/tapestry/$LAB/store"
     "$REPO/scripts/lab.sh" --name "$LAB" down >/dev/null 2>&1 || true
@@ -228,7 +225,7 @@ main() {
         for s in $sys; do run_system "$s" "$rep"; done
     done
     echo "==> report ($(($(date +%s) - started)) s so far)"
-    "$BIN/tapestry-benchreport" --raw "$RAW" --out-dir "$OUT" \
+    "$BIN/tapestry-bench" report --raw "$RAW" --out-dir "$OUT" \
         --title "Tapestry vs the Linux kernel data plane" --machine "$(machine)"
     cp "$OUT/benchmarks.json" "$OUT/benchmarks.svg" "$REPO/docs/"
     update_doc

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tapestry_cluster::store::{Store, StoreError};
 use tapestry_cluster::ClusterCache;
-use tapestry_cluster::{Ipv4Cidr, MacAddr, Node, NodeSpec, NodeStatus, Object, ObjectMeta};
+use tapestry_cluster::{
+    Ipv4Cidr, MacAddr, Node, NodeSpec, NodeStatus, Object, ObjectMeta, KUBELET_LABEL,
+};
 use tapestry_dataplane::{Peer, RouteSnapshot};
-
-/// The label an agent puts on its Node: pods may be scheduled there.
-pub const KUBELET_LABEL: &str = "node.tapestry.io/kubelet";
 
 /// Writes (or updates) `nodes/NAME` with this node's subnet and tunnel endpoint.
 pub fn register(

@@ -1,6 +1,7 @@
-//! The control socket: a Unix stream socket, one JSON [`Request`] per line, one
-//! JSON [`Reply`] per line. Each connection is served on its own thread; the
-//! node serialises changes itself.
+//! The control socket's server side: a Unix stream socket, one JSON [`Request`]
+//! per line, one JSON [`Reply`] per line (the protocol and the client call are in
+//! `tapestry-proto`). Each connection is served on its own thread; the node
+//! serialises changes itself.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -8,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{Reply, Request};
+use tapestry_proto::{Reply, Request};
+
 use crate::node::Node;
 
 /// Longest request line accepted (a request is a few hundred bytes).
@@ -93,27 +95,4 @@ pub fn dispatch(node: &Node, req: Request) -> Reply {
         }),
     };
     res.unwrap_or_else(Reply::error)
-}
-
-/// Sends one request to the agent at `path` and returns its reply (for the CLI).
-pub fn call(path: &Path, req: &Request) -> Result<Reply, String> {
-    let mut stream = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot reach tapestryd at {}: {e} (is the agent running?)",
-            path.display()
-        )
-    })?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut msg = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    msg.push(b'\n');
-    stream
-        .write_all(&msg)
-        .map_err(|e| format!("send to tapestryd: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .map_err(|e| format!("read from tapestryd: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("bad reply from tapestryd: {e}"))
 }

@@ -29,8 +29,8 @@ use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::store::Store;
 use tapestry_cluster::ClusterCache;
 use tapestry_cluster::{Pod, Protocol};
+use tapestry_proto::Attachment;
 
-use crate::api::Attachment;
 use crate::node::Node;
 
 /// How often everything is reconciled even without events.

@@ -1,5 +1,6 @@
-//! `tapestryd`, the node agent, as a library: the control-socket protocol the CLI
-//! speaks ([`api`]), and the agent itself ([`node`], [`control`]).
+//! `tapestryd`, the node agent, as a library: the agent itself ([`node`]) and
+//! the server side of its control socket ([`control`]; the protocol is the
+//! `tapestry-proto` crate, which the CLI speaks without linking the agent).
 //!
 //! One agent runs per node. It owns the node's data-plane worker (the bridge and
 //! gateway router over TAP devices), the node's host port `cbr0`, and the pods'
@@ -7,7 +8,6 @@
 //! CHECK requests on its Unix control socket.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod cluster_sync;
 pub mod control;
 pub mod kubelet;

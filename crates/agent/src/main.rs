@@ -16,7 +16,9 @@ use tapestry_agent::netconf::mac_for;
 use tapestry_agent::node::{Node, NodeConfig, TunnelSetup};
 use tapestry_agent::{cluster_sync, service_sync};
 use tapestry_cluster::ipam::{self, PodIpam};
-use tapestry_cluster::{ClusterCache, DirStore, Ipv4Cidr, MacAddr, Store};
+use tapestry_cluster::{
+    ensure_cluster_config, ClusterCache, DirStore, Ipv4Cidr, MacAddr, Networking, Store,
+};
 
 /// VXLAN's overhead on the underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) +
 /// inner Ethernet (14) bytes (RFC 7348).
@@ -152,6 +154,13 @@ fn run(args: Args) -> Result<(), String> {
             let underlay_ip = args
                 .underlay_ip
                 .ok_or("--store needs --underlay-ip (this node's tunnel address)")?;
+            // The first agent records the cluster's CIDRs (admission allocates
+            // ClusterIPs from it); every later one must agree.
+            let networking = Networking {
+                service_subnet: args.service_cidr,
+                pod_subnet: args.cluster_cidr,
+            };
+            ensure_cluster_config(&**store, networking).map_err(|e| e.to_string())?;
             if let Some(want) = args.pod_cidr {
                 // Record the wish in the Node object; the lease claims exactly that block.
                 cluster_sync::register(

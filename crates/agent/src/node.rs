@@ -24,11 +24,11 @@ use tapestry_dataplane::{
 };
 use tapestry_io::tunnel::TunnelSocket;
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
-
-use crate::api::{
-    AttachResult, Attachment, FlowEntry, Interface, IpConfig, MacEntry, NodeStatus, PortStatus,
+use tapestry_proto::{
+    AgentStatus, AttachResult, Attachment, FlowEntry, Interface, IpConfig, MacEntry, PortStatus,
     Route, RouteEntry,
 };
+
 use crate::netconf::{self, mac_for, mac_string};
 
 /// The host port's bridge port number; pods take 1 and up.
@@ -443,7 +443,7 @@ impl Node {
     }
 
     /// Everything `tapestry status` shows.
-    pub fn status(&self) -> Result<NodeStatus, String> {
+    pub fn status(&self) -> Result<AgentStatus, String> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.worker
             .lock()
@@ -533,7 +533,7 @@ impl Node {
                 expires_in_ms: f.expires_in / 1_000_000,
             })
             .collect();
-        Ok(NodeStatus {
+        Ok(AgentStatus {
             node: self.cfg.name.clone(),
             subnet: self.cfg.subnet.to_string(),
             gateway_ip: self.gateway,

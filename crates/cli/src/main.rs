@@ -1,18 +1,20 @@
 //! `tapestry`: the command-line client. It talks to node agents over their control
-//! sockets, and runs the lab's pods (see [`runtime`]).
+//! sockets (the `tapestry-proto` protocol) and to the cluster store (`apply`, `get`,
+//! `delete`, `wait`; admission itself is the cluster crate's).
 #![forbid(unsafe_code)]
 
+mod error;
 mod objects;
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tapestry_agent::api::{Attachment, NodeStatus, Request};
-use tapestry_agent::control;
+use tapestry_proto::{AgentStatus, Attachment, Request};
 
+use error::CliError;
 use objects::Format;
 use tapestry_cluster::DirStore;
 
@@ -109,7 +111,7 @@ struct StoreArg {
 }
 
 impl StoreArg {
-    fn open(&self) -> Result<DirStore, String> {
+    fn open(&self) -> Result<DirStore, CliError> {
         let dir = self
             .store
             .clone()
@@ -118,12 +120,9 @@ impl StoreArg {
         // Only an existing store: the CLI never turns another directory into one (node
         // agents create the store when they first open it).
         if !dir.join("state").is_file() || !dir.join("keys").is_dir() {
-            return Err(format!(
-                "no cluster store at {} (is the lab up? give --store or set TAPESTRY_STORE)",
-                dir.display()
-            ));
+            return Err(CliError::NoStore { dir });
         }
-        DirStore::open(&dir).map_err(|e| format!("cannot open store {}: {e}", dir.display()))
+        DirStore::open(&dir).map_err(|source| CliError::OpenStore { dir, source })
     }
 }
 
@@ -150,40 +149,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Cmd::Status {
             socket,
             output,
             counter,
-        } => {
-            let reply = control::call(&socket, &Request::Status)?;
-            let status = reply
-                .status
-                .ok_or_else(|| reply.error.unwrap_or_else(|| "no status in reply".into()))?;
-            if let Some(name) = counter {
-                let value = status
-                    .counters
-                    .iter()
-                    .chain(status.drops.iter())
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| *v);
-                match value {
-                    Some(v) => println!("{v}"),
-                    None => return Err(format!("no counter {name:?}")),
-                }
-                return Ok(());
-            }
-            if output == Output::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
-                );
-            } else {
-                print_status(&status);
-            }
-            Ok(())
-        }
+        } => status(&socket, output, counter),
         Cmd::Cni {
             op,
             socket,
@@ -201,22 +173,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 pod_namespace: pod_namespace.to_owned(),
                 pod_name: pod_name.to_owned(),
             };
-            let req = match op {
-                CniOp::Add => Request::Add(a),
-                CniOp::Del => Request::Del(a),
-                CniOp::Check => Request::Check(a),
-            };
-            let reply = control::call(&socket, &req)?;
-            if !reply.ok {
-                return Err(reply.error.unwrap_or_default());
-            }
-            if let Some(r) = reply.result {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
-                );
-            }
-            Ok(())
+            cni(&socket, op, a)
         }
         Cmd::Apply { store, file } => objects::apply(&store.open()?, &file),
         Cmd::Get {
@@ -247,9 +204,10 @@ fn run(cli: Cli) -> Result<(), String> {
                         "node" | "nodes" | "no" => "nodes/".to_owned(),
                         "service" | "services" | "svc" => format!("services/{namespace}/"),
                         other => {
-                            return Err(format!(
-                                "unknown resource type {other:?}: use pod, service or node"
-                            ))
+                            return Err(CliError::UnknownKind {
+                                kind: other.to_owned(),
+                                expected: "pod, service or node",
+                            })
                         }
                     };
                     let shown = match prefix.split('/').next() {
@@ -262,7 +220,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         .map(|n| (format!("{prefix}{n}"), format!("{shown} {n}")))
                         .collect()
                 }
-                _ => return Err("give -f FILE, or KIND NAME… (e.g. `delete pod web-a`)".into()),
+                _ => return Err(CliError::DeleteUsage),
             };
             objects::delete(&store.open()?, keys)
         }
@@ -271,11 +229,59 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Probe { addr } => TcpStream::connect_timeout(&addr, Duration::from_secs(1))
             .map(|_| ())
-            .map_err(|e| format!("{addr}: {e}")),
+            .map_err(|source| CliError::Probe { addr, source }),
     }
 }
 
-fn print_status(s: &NodeStatus) {
+/// `tapestry status`.
+fn status(socket: &Path, output: Output, counter: Option<String>) -> Result<(), CliError> {
+    let reply = tapestry_proto::call(socket, &Request::Status)?;
+    let status = match (reply.status, reply.error) {
+        (Some(status), _) => status,
+        (None, Some(message)) => return Err(CliError::Agent { message }),
+        (None, None) => return Err(CliError::NoStatus),
+    };
+    if let Some(name) = counter {
+        let value = status
+            .counters
+            .iter()
+            .chain(status.drops.iter())
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v);
+        match value {
+            Some(v) => println!("{v}"),
+            None => return Err(CliError::NoCounter { name }),
+        }
+        return Ok(());
+    }
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_status(&status);
+    }
+    Ok(())
+}
+
+/// `tapestry cni add|del|check`.
+fn cni(socket: &Path, op: CniOp, a: Attachment) -> Result<(), CliError> {
+    let req = match op {
+        CniOp::Add => Request::Add(a),
+        CniOp::Del => Request::Del(a),
+        CniOp::Check => Request::Check(a),
+    };
+    let reply = tapestry_proto::call(socket, &req)?;
+    if !reply.ok {
+        return Err(CliError::Agent {
+            message: reply.error.unwrap_or_default(),
+        });
+    }
+    if let Some(r) = reply.result {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
+    Ok(())
+}
+
+fn print_status(s: &AgentStatus) {
     println!(
         "node {}  subnet {}  gateway {} ({})  mtu {}",
         s.node, s.subnet, s.gateway_ip, s.gateway_mac, s.mtu

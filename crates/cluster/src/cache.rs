@@ -47,6 +47,21 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between list retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Why a stored value was left out of the [`ClusterState`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The value is not an object (or status) of the kind its key holds;
+    /// `message` is the decoder's.
+    #[error("{message}")]
+    Undecodable { message: String },
+    /// The value is an object of another kind than its key prefix holds.
+    #[error("holds a {found}, expected a {expected}")]
+    WrongKind {
+        found: &'static str,
+        expected: &'static str,
+    },
+}
+
 /// One immutable, decoded view of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
@@ -64,7 +79,7 @@ pub struct ClusterState {
     /// Services by `NAMESPACE/NAME`.
     pub services: BTreeMap<String, Service>,
     /// Store keys whose values could not be decoded, with the reason.
-    pub decode_errors: BTreeMap<String, String>,
+    pub decode_errors: BTreeMap<String, DecodeError>,
     /// How often the watch broke (e.g. compacted) and the cache relisted.
     pub relists: u64,
 }
@@ -139,7 +154,9 @@ impl ClusterState {
                 .map(|s| {
                     self.pod_status.insert(name.to_string(), s);
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| DecodeError::Undecodable {
+                    message: e.to_string(),
+                })
         } else if let Some(name) = key.strip_prefix("services/") {
             decode_object(&value, &key).and_then(|o| match o {
                 Object::Service(s) => {
@@ -182,12 +199,17 @@ impl ClusterState {
     }
 }
 
-fn decode_object(value: &[u8], key: &str) -> Result<Object, String> {
-    Object::from_json(value, key).map_err(|e| e.to_string())
+fn decode_object(value: &[u8], key: &str) -> Result<Object, DecodeError> {
+    Object::from_json(value, key).map_err(|e| DecodeError::Undecodable {
+        message: e.to_string(),
+    })
 }
 
-fn wrong_kind(obj: &Object, expected: &str) -> String {
-    format!("holds a {}, expected a {expected}", obj.kind())
+fn wrong_kind(obj: &Object, expected: &'static str) -> DecodeError {
+    DecodeError::WrongKind {
+        found: obj.kind(),
+        expected,
+    }
 }
 
 fn is_cached(key: &str) -> bool {

@@ -193,7 +193,11 @@ fn undecodable_values_are_reported_not_served() {
     });
     assert!(snap.services.is_empty() && snap.nodes.is_empty());
     assert!(
-        snap.decode_errors["nodes/bad"].contains("expected a Node"),
+        snap.decode_errors["nodes/bad"]
+            == DecodeError::WrongKind {
+                found: "Pod",
+                expected: "Node"
+            },
         "{:?}",
         snap.decode_errors
     );
@@ -202,6 +206,13 @@ fn undecodable_values_are_reported_not_served() {
     put_object(&*store, WEB_SVC);
     let snap = wait_for(&cache, &rx, "the service back", |s| s.services.len() == 1);
     assert_eq!(snap.decode_errors.len(), 1);
+    assert!(
+        snap.decode_errors["nodes/bad"]
+            .to_string()
+            .contains("expected a Node"),
+        "{:?}",
+        snap.decode_errors
+    );
 }
 
 /// A store whose watches the test breaks on purpose.

@@ -13,12 +13,17 @@
 //! - [`store`]: the revisioned key-value store with watch, and its backends.
 //! - [`ipam`]: node subnet leases and pod IP allocation over the store.
 //! - [`cluster_ip`]: service virtual IP allocation over the store.
+//! - [`config`]: the cluster's Service and pod CIDRs, recorded in the store.
+//! - [`admission`]: what `apply` does before storing: scheduling pods,
+//!   allocating ClusterIPs from the recorded Service CIDR.
 //! - [`endpoints`]: a service's backends, computed from pods and status.
 //! - [`cache`]: a live decoded view of the cluster, published as snapshots.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cache;
 pub mod cluster_ip;
+pub mod config;
 pub mod endpoints;
 pub mod ipam;
 pub mod manifest;
@@ -28,17 +33,21 @@ pub mod status;
 pub mod store;
 pub mod validate;
 
-pub use cache::{ClusterCache, ClusterState};
+pub use admission::{AdmissionError, Outcome};
+pub use cache::{ClusterCache, ClusterState, DecodeError};
 pub use cluster_ip::{
     allocate_cluster_ip, list_cluster_ips, lookup_cluster_ip, release_cluster_ip, ServiceError,
     CLUSTER_DNS_IP, DEFAULT_SERVICE_CIDR,
+};
+pub use config::{
+    ensure_cluster_config, read_cluster_config, ClusterConfig, ConfigError, Networking,
 };
 pub use endpoints::{compute_endpoints, EndpointAddress, EndpointPort, Endpoints};
 pub use ipam::{lease_node_subnet, IpamError, PodIpam};
 pub use manifest::{
     emit_json, emit_yaml, load_path, parse_manifests, Container, ContainerPort, EnvVar,
     ManifestError, Node, NodeSpec, NodeStatus, Object, ObjectMeta, Pod, PodSpec, PodStatus,
-    Protocol,
+    Protocol, KUBELET_LABEL,
 };
 pub use net::{Ipv4Cidr, MacAddr};
 pub use service::{

@@ -223,8 +223,8 @@ pub struct Pod {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
-    /// The node the pod runs on (no scheduler: the manifest says, or the
-    /// lab assigns one).
+    /// The node the pod runs on: the manifest says, or admission schedules
+    /// it (`crate::admission`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,6 +325,11 @@ pub struct EnvVar {
     #[serde(default, deserialize_with = "null_default")]
     pub value: String,
 }
+
+/// The label an agent puts on its Node (value `true`): the node runs a kubelet,
+/// so admission may schedule pods there. A Node registered by hand (a kernel
+/// VXLAN peer, say) has no such label and gets no pods.
+pub const KUBELET_LABEL: &str = "node.tapestry.io/kubelet";
 
 /// A node: one agent, one pod subnet, one tunnel endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use clap::Parser;
-use tapestry_cluster::{ClusterCache, DirStore};
+use tapestry_cluster::{ClusterCache, DirStore, StoreError};
 use tapestry_dns::{DataError, DnsData, Server, Zone};
 
 /// How often a source is asked whether the data changed.
@@ -74,9 +74,9 @@ struct StoreSource {
 }
 
 impl StoreSource {
-    fn open(dir: &std::path::Path) -> Result<StoreSource, String> {
-        let store = DirStore::open(dir).map_err(|e| e.to_string())?;
-        let cache = ClusterCache::start(Arc::new(store)).map_err(|e| e.to_string())?;
+    fn open(dir: &std::path::Path) -> Result<StoreSource, StoreError> {
+        let store = DirStore::open(dir)?;
+        let cache = ClusterCache::start(Arc::new(store))?;
         let changes = cache.subscribe();
         Ok(StoreSource {
             cache,

@@ -19,8 +19,7 @@ use std::process::ExitCode;
 
 use serde::Deserialize;
 use serde_json::json;
-use tapestry_agent::api::{Attachment, Request};
-use tapestry_agent::control;
+use tapestry_proto::{Attachment, Request};
 
 const VERSION: &str = "1.0.0";
 const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
@@ -112,11 +111,11 @@ fn main() -> ExitCode {
         "CHECK" => Request::Check(attachment),
         other => return fail(ERR_ENV, "unknown CNI_COMMAND", other),
     };
-    let reply = match control::call(&socket, &request) {
+    let reply = match tapestry_proto::call(&socket, &request) {
         Ok(r) => r,
         // DEL must succeed when there is nothing left to delete, agent gone included.
         Err(_) if command == "DEL" => return ExitCode::SUCCESS,
-        Err(e) => return fail(ERR_AGENT, "cannot reach tapestryd", &e),
+        Err(e) => return fail(ERR_AGENT, "cannot reach tapestryd", &e.to_string()),
     };
     if !reply.ok {
         return fail(

@@ -1,4 +1,9 @@
-//! The control-socket protocol: one JSON request per line, one JSON reply per line.
+//! The node agent's control protocol: one JSON [`Request`] per line on its Unix
+//! socket, one JSON [`Reply`] per line back, and [`call`], the client side.
+//!
+//! A crate of its own so that the clients (`tapestry`, `tapestry-cni`) speak to
+//! the agent without linking it: this crate depends on serde and nothing of
+//! ours. The server side (`tapestryd`'s `control` module) stays in the agent.
 //!
 //! ADD / DEL / CHECK follow the CNI specification's semantics (CNI 1.0,
 //! `SPEC.md`, "Container Network Interface (CNI) Specification"): ADD attaches a
@@ -6,6 +11,11 @@
 //! (here ADD of a container already attached returns the same result, so the lab
 //! can repeat it safely); DEL releases everything ADD made and succeeds when
 //! there is nothing to release; CHECK reports any drift from what ADD set up.
+#![forbid(unsafe_code)]
+
+mod client;
+
+pub use client::{call, CallError};
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -55,7 +65,7 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<AttachResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<NodeStatus>,
+    pub status: Option<AgentStatus>,
 }
 
 impl Reply {
@@ -109,9 +119,11 @@ pub struct Route {
     pub gw: Ipv4Addr,
 }
 
-/// Everything `tapestry status` shows about a node.
+/// Everything `tapestry status` shows about a node, as its agent reports it:
+/// the data plane's ports, tables and counters. (Not the cluster's Node
+/// `.status`, `tapestry_cluster::NodeStatus`, which says where to tunnel to.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeStatus {
+pub struct AgentStatus {
     pub node: String,
     pub subnet: String,
     pub gateway_ip: Ipv4Addr,

@@ -1,0 +1,270 @@
+//! Admission: what happens to an object between `tapestry apply` and the
+//! store, in one place, as the API server and the scheduler do it in
+//! Kubernetes.
+//!
+//! - A Pod without `spec.nodeName` is scheduled: placed on the node with a
+//!   kubelet ([`KUBELET_LABEL`]) running the fewest pods, ties by name. A Pod
+//!   already stored keeps the node it has, so a pod never moves.
+//! - A `ClusterIP` Service (not headless) gets its `spec.clusterIP` allocated,
+//!   or its requested one confirmed, from the cluster's Service CIDR as
+//!   recorded in the store by the first agent ([`crate::config`]), the way
+//!   kube-apiserver allocates from its `--service-cluster-ip-range`.
+//! - The result is validated again, and written with compare-and-swap, so a
+//!   concurrent writer is reported rather than overwritten.
+//!
+//! Deleting a Service releases its ClusterIP ([`delete`]).
+
+use std::collections::BTreeMap;
+
+use crate::cluster_ip::{allocate_cluster_ip, release_cluster_ip, ServiceError};
+use crate::config::{read_cluster_config, ConfigError, CLUSTER_CONFIG_KEY};
+use crate::manifest::{ManifestError, Object, Pod, KUBELET_LABEL};
+use crate::net::Ipv4Cidr;
+use crate::service::{ClusterIp, ServiceType};
+use crate::store::{Entry, Store, StoreError};
+use crate::validate::FieldError;
+
+/// What [`apply`] did with one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl Outcome {
+    /// `created`, `configured`, `unchanged`: as `kubectl apply` prints them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Why an object was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// The store failed.
+    #[error(transparent)]
+    Store {
+        #[from]
+        source: StoreError,
+    },
+    /// A Pod to schedule, and no node to schedule it on.
+    #[error(
+        "{object}: spec.nodeName: no node with a kubelet has registered yet to schedule it on; \
+         start the node agents first"
+    )]
+    NoNode { object: String },
+    /// A ClusterIP to allocate, and no Service CIDR recorded to allocate from.
+    #[error(
+        "{object}: spec.clusterIP: the cluster store holds no cluster configuration \
+         ({CLUSTER_CONFIG_KEY}) with the Service CIDR; start a node agent first (it records \
+         its --service-cidr)"
+    )]
+    NoServiceCidr { object: String },
+    /// The ClusterIP could not be allocated (the message names the field).
+    #[error(transparent)]
+    ClusterIp {
+        #[from]
+        source: ServiceError,
+    },
+    /// The cluster configuration could not be read.
+    #[error(transparent)]
+    Config {
+        #[from]
+        source: ConfigError,
+    },
+    /// A field is invalid after admission.
+    #[error("{object}: {source}")]
+    Invalid { object: String, source: FieldError },
+    /// The object could not be encoded for the store.
+    #[error(transparent)]
+    Encode {
+        #[from]
+        source: ManifestError,
+    },
+    /// Another writer changed the object between our read and our write.
+    #[error("{key}: changed meanwhile by another writer; apply again")]
+    Conflict { key: String },
+}
+
+/// Pods per node that can run them: what the scheduler places by.
+#[derive(Debug, Default)]
+struct Scheduler {
+    load: BTreeMap<String, usize>,
+}
+
+impl Scheduler {
+    /// The nodes with a kubelet and the pods bound to them, counting the
+    /// batch's pods that name a node and are not stored yet.
+    fn new(store: &dyn Store, batch: &[Object]) -> Result<Self, AdmissionError> {
+        let (entries, _) = store.list("nodes/")?;
+        let mut load: BTreeMap<String, usize> = entries
+            .iter()
+            .filter_map(|e| match Object::from_json(&e.value, &e.key) {
+                Ok(Object::Node(n)) => Some(n),
+                _ => None,
+            })
+            .filter(|n| {
+                n.metadata
+                    .labels
+                    .get(KUBELET_LABEL)
+                    .is_some_and(|v| v == "true")
+            })
+            .map(|n| (n.metadata.name, 0))
+            .collect();
+        let (entries, _) = store.list("pods/")?;
+        let stored = entries
+            .iter()
+            .filter_map(|e| match Object::from_json(&e.value, &e.key) {
+                Ok(Object::Pod(p)) => p.spec.node_name,
+                _ => None,
+            });
+        let mut new_in_batch = Vec::new();
+        for obj in batch {
+            if let Object::Pod(p) = obj {
+                if let Some(n) = &p.spec.node_name {
+                    if store.get(&obj.key())?.is_none() {
+                        new_in_batch.push(n.clone());
+                    }
+                }
+            }
+        }
+        for node in stored.chain(new_in_batch) {
+            if let Some(count) = load.get_mut(&node) {
+                *count += 1;
+            }
+        }
+        Ok(Self { load })
+    }
+
+    /// The least loaded node (ties by name), which then counts one pod more.
+    fn place(&mut self) -> Option<String> {
+        let (name, count) = self
+            .load
+            .iter_mut()
+            .min_by(|(a, x), (b, y)| x.cmp(y).then_with(|| a.cmp(b)))?;
+        *count += 1;
+        Some(name.clone())
+    }
+}
+
+/// Admits the objects of one `apply`: schedules, allocates, validates.
+pub struct Admission<'s> {
+    store: &'s dyn Store,
+    scheduler: Scheduler,
+    service_cidr: Option<Ipv4Cidr>,
+}
+
+impl<'s> Admission<'s> {
+    /// Reads what admission decides by: the nodes, their pods (and the
+    /// pods of `batch` that name a node), the cluster's Service CIDR.
+    pub fn new(store: &'s dyn Store, batch: &[Object]) -> Result<Self, AdmissionError> {
+        Ok(Self {
+            store,
+            scheduler: Scheduler::new(store, batch)?,
+            service_cidr: read_cluster_config(store)?.map(|c| c.networking.service_subnet),
+        })
+    }
+
+    /// The object as it is to be stored, given what is stored now under its
+    /// key.
+    pub fn admit(
+        &mut self,
+        obj: Object,
+        current: Option<&Entry>,
+    ) -> Result<Object, AdmissionError> {
+        let obj = match obj {
+            Object::Pod(pod) if pod.spec.node_name.is_none() => {
+                Object::Pod(self.schedule(pod, current)?)
+            }
+            Object::Service(mut svc)
+                if svc.spec.type_ == ServiceType::ClusterIp && !svc.is_headless() =>
+            {
+                let Some(cidr) = self.service_cidr else {
+                    return Err(AdmissionError::NoServiceCidr {
+                        object: Object::Service(svc).display_name(),
+                    });
+                };
+                let ip =
+                    allocate_cluster_ip(self.store, &svc.key(), svc.spec.cluster_ip.ip(), cidr)?;
+                svc.spec.cluster_ip = ClusterIp::Ip(ip);
+                Object::Service(svc)
+            }
+            other => other,
+        };
+        obj.validate().map_err(|source| AdmissionError::Invalid {
+            object: obj.display_name(),
+            source,
+        })?;
+        Ok(obj)
+    }
+
+    /// Binds `pod` to the node it is stored with, else to the scheduler's
+    /// choice.
+    fn schedule(&mut self, mut pod: Pod, current: Option<&Entry>) -> Result<Pod, AdmissionError> {
+        let stored = current.and_then(|e| match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Pod(p)) => p.spec.node_name,
+            _ => None,
+        });
+        let node = match stored {
+            Some(n) => n,
+            None => self
+                .scheduler
+                .place()
+                .ok_or_else(|| AdmissionError::NoNode {
+                    object: Object::Pod(pod.clone()).display_name(),
+                })?,
+        };
+        pod.spec.node_name = Some(node);
+        Ok(pod)
+    }
+}
+
+/// `apply`: admits and stores each object in order, calling `applied` with
+/// each stored object and what was done; stops at the first error.
+pub fn apply(
+    store: &dyn Store,
+    objects: Vec<Object>,
+    mut applied: impl FnMut(&Object, Outcome),
+) -> Result<(), AdmissionError> {
+    let mut admission = Admission::new(store, &objects)?;
+    for obj in objects {
+        let key = obj.key();
+        let current = store.get(&key)?;
+        let obj = admission.admit(obj, current.as_ref())?;
+        let bytes = obj.to_json()?;
+        let outcome = match &current {
+            Some(e) if e.value == bytes => Outcome::Unchanged,
+            Some(_) => Outcome::Configured,
+            None => Outcome::Created,
+        };
+        if outcome != Outcome::Unchanged {
+            let expected = current.as_ref().map_or(0, |e| e.revision);
+            match store.compare_and_swap(&key, expected, &bytes) {
+                Ok(_) => {}
+                Err(StoreError::Conflict { .. }) => return Err(AdmissionError::Conflict { key }),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        applied(&obj, outcome);
+    }
+    Ok(())
+}
+
+/// Deletes the object stored under `key`; a Service's ClusterIP is released.
+/// `false` if nothing was stored there.
+pub fn delete(store: &dyn Store, key: &str) -> Result<bool, AdmissionError> {
+    let deleted = store.delete(key)?.is_some();
+    if key.starts_with("services/") {
+        release_cluster_ip(store, key)?;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod tests;

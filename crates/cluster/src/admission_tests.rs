@@ -1,0 +1,249 @@
+//! Tests of admission: scheduling, ClusterIP allocation from the recorded
+//! Service CIDR, and errors that name the field.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::config::{ensure_cluster_config, Networking};
+use crate::manifest::parse_manifests;
+use crate::store::MemStore;
+
+fn cidr(s: &str) -> Ipv4Cidr {
+    Ipv4Cidr::parse(s).unwrap()
+}
+
+fn objects(yaml: &str) -> Vec<Object> {
+    parse_manifests(yaml, "test").unwrap()
+}
+
+/// A store as the first agent leaves it, with `service_cidr` recorded.
+fn cluster(service_cidr: &str) -> MemStore {
+    let s = MemStore::new();
+    ensure_cluster_config(
+        &s,
+        Networking {
+            service_subnet: cidr(service_cidr),
+            pod_subnet: cidr("10.244.0.0/16"),
+        },
+    )
+    .unwrap();
+    s
+}
+
+fn node(store: &MemStore, name: &str, kubelet: bool) {
+    let label = if kubelet {
+        format!("\n  labels:\n    {KUBELET_LABEL}: \"true\"")
+    } else {
+        String::new()
+    };
+    let yaml = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}{label}\n");
+    apply(store, objects(&yaml), |_, _| {}).unwrap();
+}
+
+fn pod_yaml(name: &str, node_name: Option<&str>) -> String {
+    let node = node_name.map_or(String::new(), |n| format!("\n  nodeName: {n}"));
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:{node}\n  containers:\n  - name: c\n    image: busybox\n"
+    )
+}
+
+fn service_yaml(name: &str, cluster_ip: Option<&str>) -> String {
+    let ip = cluster_ip.map_or(String::new(), |ip| format!("\n  clusterIP: {ip}"));
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:{ip}\n  selector:\n    app: {name}\n  ports:\n  - port: 80\n"
+    )
+}
+
+fn stored(store: &MemStore, key: &str) -> Object {
+    let e = store.get(key).unwrap().unwrap();
+    Object::from_json(&e.value, key).unwrap()
+}
+
+fn node_of(store: &MemStore, pod: &str) -> String {
+    match stored(store, &format!("pods/default/{pod}")) {
+        Object::Pod(p) => p.spec.node_name.unwrap(),
+        other => panic!("not a pod: {other:?}"),
+    }
+}
+
+fn cluster_ip_of(store: &MemStore, svc: &str) -> Ipv4Addr {
+    match stored(store, &format!("services/default/{svc}")) {
+        Object::Service(s) => s.spec.cluster_ip.ip().unwrap(),
+        other => panic!("not a service: {other:?}"),
+    }
+}
+
+#[test]
+fn a_non_default_service_cidr_is_honoured() {
+    let s = cluster("10.100.0.0/16");
+    apply(&s, objects(&service_yaml("web", None)), |_, _| {}).unwrap();
+    let ip = cluster_ip_of(&s, "web");
+    assert!(cidr("10.100.0.0/16").contains(ip), "{ip}");
+    // The first automatic address above the /16's static band of 256.
+    assert_eq!(ip, Ipv4Addr::new(10, 100, 1, 0));
+    // An address of the default CIDR is outside this cluster's: refused.
+    let err = apply(
+        &s,
+        objects(&service_yaml("dns", Some("10.96.0.10"))),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AdmissionError::ClusterIp {
+                source: ServiceError::OutsideCidr { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("spec.clusterIP"), "{err}");
+    assert!(err.to_string().contains("10.100.0.0/16"), "{err}");
+    // One requested inside it is granted.
+    apply(
+        &s,
+        objects(&service_yaml("dns", Some("10.100.0.10"))),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(cluster_ip_of(&s, "dns"), Ipv4Addr::new(10, 100, 0, 10));
+}
+
+#[test]
+fn a_pod_without_node_name_is_scheduled_on_the_least_loaded_kubelet_node() {
+    let s = cluster("10.96.0.0/12");
+    node(&s, "node2", true);
+    node(&s, "node1", true);
+    // A Node without a kubelet (a kernel VXLAN peer) never gets pods.
+    node(&s, "kernel", false);
+    // One pod already placed on node1 by its manifest, in the same batch.
+    let batch = [
+        pod_yaml("a", None),
+        pod_yaml("pinned", Some("node1")),
+        pod_yaml("b", None),
+        pod_yaml("c", None),
+    ]
+    .join("---\n");
+    let mut seen = Vec::new();
+    apply(&s, objects(&batch), |o, out| {
+        seen.push((o.name().to_owned(), out))
+    })
+    .unwrap();
+    assert!(seen.iter().all(|(_, o)| *o == Outcome::Created), "{seen:?}");
+    // node1 has `pinned`: `a` goes to node2, then ties go by name.
+    assert_eq!(node_of(&s, "a"), "node2");
+    assert_eq!(node_of(&s, "pinned"), "node1");
+    assert_eq!(node_of(&s, "b"), "node1");
+    assert_eq!(node_of(&s, "c"), "node2");
+    // Applying again moves nothing and writes nothing.
+    let mut again = Vec::new();
+    apply(&s, objects(&batch), |o, out| {
+        again.push((o.name().to_owned(), out))
+    })
+    .unwrap();
+    assert!(
+        again.iter().all(|(_, o)| *o == Outcome::Unchanged),
+        "{again:?}"
+    );
+    assert_eq!(node_of(&s, "a"), "node2");
+}
+
+#[test]
+fn errors_name_the_field() {
+    // No node yet: the pod cannot be scheduled.
+    let s = cluster("10.96.0.0/12");
+    let err = apply(&s, objects(&pod_yaml("web", None)), |_, _| {}).unwrap_err();
+    assert!(matches!(err, AdmissionError::NoNode { .. }), "{err:?}");
+    assert!(err.to_string().contains("Pod default/web"), "{err}");
+    assert!(err.to_string().contains("spec.nodeName"), "{err}");
+    assert!(s.get("pods/default/web").unwrap().is_none());
+
+    // No cluster configuration: no Service CIDR to allocate from.
+    let bare = MemStore::new();
+    let err = apply(&bare, objects(&service_yaml("web", None)), |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, AdmissionError::NoServiceCidr { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("spec.clusterIP"), "{err}");
+    assert!(err.to_string().contains("--service-cidr"), "{err}");
+
+    // The network address of the CIDR is not usable.
+    let err = apply(
+        &s,
+        objects(&service_yaml("net", Some("10.96.0.0"))),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("spec.clusterIP 10.96.0.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stored_pod_keeps_its_node_and_a_changed_object_is_configured() {
+    let s = cluster("10.96.0.0/12");
+    node(&s, "node1", true);
+    apply(&s, objects(&pod_yaml("web", None)), |_, _| {}).unwrap();
+    assert_eq!(node_of(&s, "web"), "node1");
+    // A less loaded node appears: the stored pod stays where it is.
+    node(&s, "node0", true);
+    let changed = pod_yaml("web", None).replace("- name: c", "- name: d");
+    let mut outcome = None;
+    apply(&s, objects(&changed), |_, o| outcome = Some(o)).unwrap();
+    assert_eq!(outcome, Some(Outcome::Configured));
+    assert_eq!(node_of(&s, "web"), "node1");
+}
+
+#[test]
+fn deleting_a_service_releases_its_cluster_ip() {
+    let s = cluster("10.96.0.0/12");
+    apply(
+        &s,
+        objects(&service_yaml("web", Some("10.96.0.20"))),
+        |_, _| {},
+    )
+    .unwrap();
+    assert!(delete(&s, "services/default/web").unwrap());
+    assert!(!delete(&s, "services/default/web").unwrap());
+    // The address is free for another service.
+    apply(
+        &s,
+        objects(&service_yaml("api", Some("10.96.0.20"))),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(cluster_ip_of(&s, "api"), Ipv4Addr::new(10, 96, 0, 20));
+}
+
+#[test]
+fn the_cluster_configuration_is_recorded_once_and_checked() {
+    let s = MemStore::new();
+    let first = Networking {
+        service_subnet: cidr("10.100.0.0/16"),
+        pod_subnet: cidr("10.244.0.0/16"),
+    };
+    assert_eq!(ensure_cluster_config(&s, first).unwrap().networking, first);
+    // The same again: fine, and the stored one is returned.
+    assert_eq!(ensure_cluster_config(&s, first).unwrap().networking, first);
+    let other = Networking {
+        service_subnet: cidr("10.96.0.0/12"),
+        ..first
+    };
+    let err = ensure_cluster_config(&s, other).unwrap_err();
+    assert!(matches!(err, ConfigError::Mismatch { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("networking.serviceSubnet"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--service-cidr"), "{err}");
+    let pods = Networking {
+        pod_subnet: cidr("10.245.0.0/16"),
+        ..first
+    };
+    let err = ensure_cluster_config(&s, pods).unwrap_err();
+    assert!(err.to_string().contains("networking.podSubnet"), "{err}");
+    assert_eq!(read_cluster_config(&s).unwrap().unwrap().networking, first);
+}
