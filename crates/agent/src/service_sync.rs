@@ -28,6 +28,9 @@ use tapestry_dataplane::{Affinity, Backend, L4Proto, LbError, ServiceEntry, Serv
 /// [`ServiceTable::build`] keeps them in, so entries compare equal to a
 /// table's).
 pub fn entries(state: &ClusterState) -> Vec<ServiceEntry> {
+    // One pass over the pods for every service (`ClusterState::endpoints` per
+    // service would copy the namespace's pods once per service).
+    let all_endpoints = state.all_endpoints();
     let mut out = Vec::new();
     for (key, svc) in &state.services {
         let ClusterIp::Ip(vip) = svc.spec.cluster_ip else {
@@ -36,7 +39,7 @@ pub fn entries(state: &ClusterState) -> Vec<ServiceEntry> {
         if svc.spec.type_ != ServiceType::ClusterIp {
             continue;
         }
-        let endpoints = state.endpoints(key);
+        let endpoints = all_endpoints.get(key);
         for sp in &svc.spec.ports {
             let mut backends: Vec<Backend> = endpoints
                 .iter()
