@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,20 +16,41 @@ use crate::node::Node;
 /// Longest request line accepted (a request is a few hundred bytes).
 const MAX_LINE: u64 = 64 * 1024;
 
+/// Why the control socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another tapestryd is already serving {}: stop it first (scripts/lab.sh down, or kill the process)", .0.display())]
+    InUse(PathBuf),
+    #[error("cannot remove stale socket {}: {source}", path.display())]
+    Stale {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {}: {source}", path.display())]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Binds `path`. Refuses when another agent answers there; removes a stale
 /// socket file left by an agent that died.
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another tapestryd is already serving {}: stop it first (scripts/lab.sh down, or kill the process)",
-                path.display()
-            ));
+            return Err(BindError::InUse(path.to_owned()));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(|source| BindError::Stale {
+            path: path.to_owned(),
+            source,
+        })?;
     }
-    UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+    UnixListener::bind(path).map_err(|source| BindError::Listen {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Serves requests until the listener fails.
@@ -94,5 +115,5 @@ pub fn dispatch(node: &Node, req: Request) -> Reply {
             ..Reply::done()
         }),
     };
-    res.unwrap_or_else(Reply::error)
+    res.unwrap_or_else(|e| Reply::error(e.to_string()))
 }

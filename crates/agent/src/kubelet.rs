@@ -29,14 +29,53 @@ use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::store::Store;
 use tapestry_cluster::ClusterCache;
 use tapestry_cluster::{Pod, Protocol};
-use tapestry_proto::Attachment;
 
-use crate::node::Node;
+use crate::node::{Node, NodeError};
+use tapestry_proto::Attachment;
 
 /// How often everything is reconciled even without events.
 const RESYNC: Duration = Duration::from_secs(3);
 /// How long a new pod may take to answer before it is reported not ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a pod could not be started (published as the pod's `Failed` message).
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("cannot {op} {}: {source}", path.display())]
+    File {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{cmd}` failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+    #[error("cannot start {what} in {netns}: {source}")]
+    Start {
+        what: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Attach(#[from] NodeError),
+    #[error("attach returned no address")]
+    NoAddress,
+    #[error("container {container} has no command (the lab runs commands, not images)")]
+    NoCommand { container: String },
+}
+
+/// The error maker for a file operation on `path`.
+fn file_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> KubeletError {
+    let path = path.to_owned();
+    move |source| KubeletError::File { op, path, source }
+}
 
 /// The kubelet of one node.
 pub struct Kubelet {
@@ -129,7 +168,7 @@ impl Kubelet {
                     None,
                     "Failed",
                     false,
-                    &e,
+                    &e.to_string(),
                 );
             }
         }
@@ -183,14 +222,15 @@ impl Kubelet {
     }
 
     /// Creates whatever of the pod is missing (idempotent).
-    fn ensure(self: &Arc<Self>, pod: &Pod) -> Result<(), String> {
+    fn ensure(self: &Arc<Self>, pod: &Pod) -> Result<(), KubeletError> {
         let (ns, name) = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
         let dir = self.pod_dir(ns, name);
         let netns = self.netns_name(ns, name);
         let fresh = !dir.exists();
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        if !dir.join("netns").exists() {
-            fs::write(dir.join("netns"), &netns).map_err(|e| e.to_string())?;
+        fs::create_dir_all(&dir).map_err(file_err("create", &dir))?;
+        let netns_file = dir.join("netns");
+        if !netns_file.exists() {
+            fs::write(&netns_file, &netns).map_err(file_err("write", &netns_file))?;
         }
         if !Path::new("/run/netns").join(&netns).exists() {
             run("ip", &["netns", "add", &netns])?;
@@ -199,11 +239,11 @@ impl Kubelet {
         if let Some(dns) = &self.dns {
             // `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
             let etc = Path::new("/etc/netns").join(&netns);
-            fs::create_dir_all(&etc)
-                .map_err(|e| format!("cannot create {}: {e}", etc.display()))?;
+            fs::create_dir_all(&etc).map_err(file_err("create", &etc))?;
             let conf = dns.resolv_conf(ns);
-            if fs::read_to_string(etc.join("resolv.conf")).ok().as_deref() != Some(conf.as_str()) {
-                fs::write(etc.join("resolv.conf"), conf).map_err(|e| e.to_string())?;
+            let file = etc.join("resolv.conf");
+            if fs::read_to_string(&file).ok().as_deref() != Some(conf.as_str()) {
+                fs::write(&file, conf).map_err(file_err("write", &file))?;
             }
         }
         if alive(&dir.join("pause.pid")).is_none() {
@@ -215,7 +255,7 @@ impl Kubelet {
             .first()
             .and_then(|c| c.address.split('/').next())
             .and_then(|a| a.parse().ok())
-            .ok_or("attach returned no address")?;
+            .ok_or(KubeletError::NoAddress)?;
         let env = [
             ("POD_NAME", name.to_owned()),
             ("POD_NAMESPACE", ns.to_owned()),
@@ -231,10 +271,9 @@ impl Kubelet {
             let mut argv: Vec<String> = c.command.clone();
             argv.extend(c.args.iter().cloned());
             if argv.is_empty() {
-                return Err(format!(
-                    "container {} has no command (the lab runs commands, not images)",
-                    c.name
-                ));
+                return Err(KubeletError::NoCommand {
+                    container: c.name.clone(),
+                });
             }
             let mut env: Vec<(String, String)> = env
                 .iter()
@@ -282,9 +321,10 @@ impl Kubelet {
         what: &str,
         argv: &[String],
         env: &[(String, String)],
-    ) -> Result<(), String> {
-        let log = fs::File::create(dir.join(format!("{what}.log"))).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    ) -> Result<(), KubeletError> {
+        let log_path = dir.join(format!("{what}.log"));
+        let log = fs::File::create(&log_path).map_err(file_err("create", &log_path))?;
+        let log2 = log.try_clone().map_err(file_err("reopen", &log_path))?;
         let path = format!(
             "{}:{}",
             self.bin_dir.display(),
@@ -300,9 +340,13 @@ impl Kubelet {
             .stderr(log2)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start {what} in {netns}: {e}"))?;
-        fs::write(dir.join(format!("{what}.pid")), child.id().to_string())
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| KubeletError::Start {
+                what: what.to_owned(),
+                netns: netns.to_owned(),
+                source,
+            })?;
+        let pid_path = dir.join(format!("{what}.pid"));
+        fs::write(&pid_path, child.id().to_string()).map_err(file_err("write", &pid_path))?;
         // Reap it when it exits, so a dead container is seen as dead (not a zombie).
         let _ = std::thread::Builder::new()
             .name("reaper".into())
@@ -399,19 +443,21 @@ pub fn stop(pidfile: &Path) {
     let _ = fs::remove_file(pidfile);
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+fn run(cmd: &str, args: &[&str]) -> Result<(), KubeletError> {
     let out = Command::new(cmd)
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
+        .map_err(|source| KubeletError::Spawn {
+            cmd: cmd.to_owned(),
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "`{cmd} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(KubeletError::Failed {
+            cmd: format!("{cmd} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 

@@ -3,26 +3,28 @@
 #![forbid(unsafe_code)]
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tapestry_agent::control;
+use tapestry_agent::cluster_sync::RegisterError;
+use tapestry_agent::control::{self, BindError};
 use tapestry_agent::kubelet::{ClusterDns, Kubelet};
 use tapestry_agent::netconf::mac_for;
-use tapestry_agent::node::{Node, NodeConfig, TunnelSetup};
+use tapestry_agent::node::{Node, NodeConfig, NodeError, TunnelSetup};
 use tapestry_agent::{cluster_sync, service_sync};
 use tapestry_cluster::ipam::{self, PodIpam};
 use tapestry_cluster::{
-    ensure_cluster_config, ClusterCache, DirStore, Ipv4Cidr, MacAddr, Networking, Store,
+    ensure_cluster_config, ClusterCache, ConfigError, DirStore, IpamError, Ipv4Cidr, MacAddr,
+    Networking, Store, StoreError,
 };
+use tapestry_dataplane::{TunnelConfig, VXLAN_OVERHEAD};
 
-/// VXLAN's overhead on the underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) +
-/// inner Ethernet (14) bytes (RFC 7348).
-const VXLAN_OVERHEAD: u32 = 50;
+/// The smallest IPv4 MTU every host must accept (RFC 791).
+const MIN_MTU: u32 = 576;
 
 /// Tapestry node agent: switches, routes and tunnels this node's pod traffic in
 /// userspace, attaches pods (CNI ADD/DEL/CHECK) over its control socket, and,
@@ -49,7 +51,7 @@ struct Args {
     underlay_ip: Option<Ipv4Addr>,
     /// MTU of the underlay network; pods get this minus the 50-byte VXLAN overhead.
     #[arg(long, default_value_t = 1500)]
-    underlay_mtu: u32,
+    underlay_mtu: u16,
     /// The cluster's pod network, split into per-node subnets.
     #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/16")]
     cluster_cidr: Ipv4Cidr,
@@ -100,11 +102,62 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot {op} {}: {source}", path.display())]
+    StateDir {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another tapestryd (pid {pid}) already uses state dir {}: stop it first", dir.display())]
+    Locked { pid: String, dir: PathBuf },
+    #[error("--underlay-mtu {0} is out of range ({min} to 65535)", min = MIN_MTU + u32::from(VXLAN_OVERHEAD))]
+    UnderlayMtu(u16),
+    #[error("--mtu {0} is out of range ({MIN_MTU} to 65535)")]
+    Mtu(u32),
+    #[error("--mtu {mtu} is larger than the tunnel allows ({inner})")]
+    MtuOverTunnel { mtu: u32, inner: u16 },
+    #[error("--store needs --underlay-ip (this node's tunnel address)")]
+    NoUnderlayIp,
+    #[error("give --pod-cidr (standalone) or --store (cluster)")]
+    NoPodCidr,
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot open store {}: {source}", dir.display())]
+    Store {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    #[error("cannot lease a pod subnet: {0}")]
+    Lease(#[source] IpamError),
+    #[error(transparent)]
+    ClusterConfig(#[from] ConfigError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("cannot watch the cluster store: {0}")]
+    Watch(#[source] StoreError),
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Takes the state directory's lock for the life of the process: one agent per
 /// state directory.
-fn lock_state_dir(dir: &std::path::Path) -> Result<File, String> {
-    fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
+fn lock_state_dir(dir: &Path) -> Result<File, StartError> {
+    let failed = |op, path: &Path| {
+        let path = path.to_owned();
+        move |source| StartError::StateDir { op, path, source }
+    };
+    fs::create_dir_all(dir).map_err(failed("create", dir))?;
     let lock_path = dir.join("tapestryd.lock");
     let mut lock = File::options()
         .create(true)
@@ -112,27 +165,22 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<File, String> {
         .read(true)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        .map_err(failed("open", &lock_path))?;
     if lock.try_lock().is_err() {
         let holder = fs::read_to_string(&lock_path).unwrap_or_default();
-        return Err(format!(
-            "another tapestryd (pid {}) already uses state dir {}: stop it first",
-            holder.trim(),
-            dir.display()
-        ));
+        return Err(StartError::Locked {
+            pid: holder.trim().to_owned(),
+            dir: dir.to_owned(),
+        });
     }
     let _ = lock.set_len(0);
     let _ = writeln!(lock, "{}", std::process::id());
     Ok(lock)
 }
 
-fn run(args: Args) -> Result<(), String> {
-    if args.underlay_mtu < 576 + VXLAN_OVERHEAD || args.underlay_mtu > 65_535 {
-        return Err(format!(
-            "--underlay-mtu {} is out of range ({} to 65535)",
-            args.underlay_mtu,
-            576 + VXLAN_OVERHEAD
-        ));
+fn run(args: Args) -> Result<(), StartError> {
+    if u32::from(args.underlay_mtu) < MIN_MTU + u32::from(VXLAN_OVERHEAD) {
+        return Err(StartError::UnderlayMtu(args.underlay_mtu));
     }
     let lock = lock_state_dir(&args.state_dir)?;
     let socket = args
@@ -142,73 +190,27 @@ fn run(args: Args) -> Result<(), String> {
     let listener = control::bind(&socket)?;
 
     let store: Option<Arc<dyn Store>> = match &args.store {
-        Some(dir) => {
-            Some(Arc::new(DirStore::open(dir).map_err(|e| {
-                format!("cannot open store {}: {e}", dir.display())
-            })?))
-        }
+        Some(dir) => Some(Arc::new(DirStore::open(dir).map_err(|source| {
+            StartError::Store {
+                dir: dir.clone(),
+                source,
+            }
+        })?)),
         None => None,
     };
     let (subnet, tunnel) = match &store {
         Some(store) => {
-            let underlay_ip = args
-                .underlay_ip
-                .ok_or("--store needs --underlay-ip (this node's tunnel address)")?;
-            // The first agent records the cluster's CIDRs (admission allocates
-            // ClusterIPs from it); every later one must agree.
-            let networking = Networking {
-                service_subnet: args.service_cidr,
-                pod_subnet: args.cluster_cidr,
-            };
-            ensure_cluster_config(&**store, networking).map_err(|e| e.to_string())?;
-            if let Some(want) = args.pod_cidr {
-                // Record the wish in the Node object; the lease claims exactly that block.
-                cluster_sync::register(
-                    &**store,
-                    &args.node,
-                    want,
-                    underlay_ip,
-                    vtep_mac(underlay_ip),
-                )?;
-            }
-            let subnet =
-                ipam::lease_node_subnet(&**store, &args.node, args.cluster_cidr, args.node_prefix)
-                    .map_err(|e| format!("cannot lease a pod subnet: {e}"))?;
-            let tunnel = TunnelSetup {
-                underlay_ip,
-                vtep_mac: tapestry_dataplane::MacAddr(vtep_mac(underlay_ip).0),
-                port: args.vxlan_port,
-                inner_mtu: args.underlay_mtu - VXLAN_OVERHEAD,
-                cluster: args.cluster_cidr,
-                service_cidr: args.service_cidr,
-            };
+            let (subnet, tunnel) = join_cluster(&args, &**store)?;
             (subnet, Some(tunnel))
         }
-        None => (
-            args.pod_cidr
-                .ok_or("give --pod-cidr (standalone) or --store (cluster)")?,
-            None,
-        ),
+        None => (args.pod_cidr.ok_or(StartError::NoPodCidr)?, None),
     };
-    let mtu = args.mtu.unwrap_or(if tunnel.is_some() {
-        args.underlay_mtu - VXLAN_OVERHEAD
-    } else {
-        1500
-    });
-    if !(576..=65_535).contains(&mtu) {
-        return Err(format!("--mtu {mtu} is out of range (576 to 65535)"));
-    }
-    if let Some(t) = &tunnel {
-        if mtu > t.inner_mtu {
-            return Err(format!(
-                "--mtu {mtu} is larger than the tunnel allows ({})",
-                t.inner_mtu
-            ));
-        }
-    }
+    let mtu = pod_mtu(args.mtu, tunnel.as_ref().map(|t| t.config.inner_mtu))?;
     let ipam = store
         .as_ref()
         .map(|s| PodIpam::new(Arc::clone(s), &args.node, subnet));
+    // The one place the node's subnet enters the data plane; route sync reads it
+    // back from the node's route table.
     let node = Arc::new(Node::start(NodeConfig {
         name: args.node.clone(),
         subnet,
@@ -220,62 +222,107 @@ fn run(args: Args) -> Result<(), String> {
     })?);
 
     if let (Some(store), Some(t)) = (&store, &tunnel) {
+        let underlay_ip = t.config.underlay_ip;
         cluster_sync::register(
             &**store,
             &args.node,
             subnet,
-            t.underlay_ip,
-            vtep_mac(t.underlay_ip),
+            underlay_ip,
+            vtep_mac(underlay_ip),
         )?;
-        tracing::info!(node = %args.node, %subnet, underlay = %t.underlay_ip, "registered in the cluster store");
-        // One list-and-watch of the store feeds routes, services and the kubelet.
-        let cache = Arc::new(
-            ClusterCache::start(Arc::clone(store))
-                .map_err(|e| format!("cannot watch the cluster store: {e}"))?,
-        );
-        let (cache2, me, routes, cluster) = (
-            Arc::clone(&cache),
-            args.node.clone(),
-            node.routes(),
-            args.cluster_cidr,
-        );
-        std::thread::Builder::new()
-            .name("routes".into())
-            .spawn(move || cluster_sync::watch_routes(cache2, me, subnet, cluster, routes))
-            .map_err(|e| e.to_string())?;
-        let services = node.services();
-        std::thread::Builder::new()
-            .name("services".into())
-            .spawn({
-                let cache = Arc::clone(&cache);
-                move || service_sync::run(cache, services)
-            })
-            .map_err(|e| e.to_string())?;
-        let kubelet = Arc::new(Kubelet {
-            node: Arc::clone(&node),
-            store: Arc::clone(store),
-            node_name: args.node.clone(),
-            netns_prefix: args.netns_prefix.clone(),
-            run_dir: args.state_dir.join("pods"),
-            store_dir: args.store.clone().unwrap_or_default(),
-            dns: args.cluster_dns.map(|server| ClusterDns {
-                server,
-                domain: args.cluster_domain.clone(),
-            }),
-            bin_dir: std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(PathBuf::from))
-                .unwrap_or_default(),
-        });
-        std::thread::Builder::new()
-            .name("kubelet".into())
-            .spawn(move || kubelet.run(cache))
-            .map_err(|e| e.to_string())?;
+        tracing::info!(node = %args.node, %subnet, underlay = %underlay_ip, "registered in the cluster store");
+        start_cluster_sync(&args, store, &node)?;
     }
     tracing::info!(socket = %socket.display(), "control socket ready");
     control::serve(listener, node);
     drop(lock);
     Ok(())
+}
+
+/// Cluster mode: records a wanted subnet, leases this node's pod subnet and
+/// sets up its tunnel endpoint (the one place the underlay MTU becomes the
+/// tunnel's inner MTU, by [`TunnelConfig::new`]).
+fn join_cluster(args: &Args, store: &dyn Store) -> Result<(Ipv4Cidr, TunnelSetup), StartError> {
+    let underlay_ip = args.underlay_ip.ok_or(StartError::NoUnderlayIp)?;
+    // The first agent records the cluster's CIDRs (admission allocates ClusterIPs
+    // from it); every later one must agree.
+    let networking = Networking {
+        service_subnet: args.service_cidr,
+        pod_subnet: args.cluster_cidr,
+    };
+    ensure_cluster_config(store, networking)?;
+    if let Some(want) = args.pod_cidr {
+        // Record the wish in the Node object; the lease claims exactly that block.
+        cluster_sync::register(store, &args.node, want, underlay_ip, vtep_mac(underlay_ip))?;
+    }
+    let subnet = ipam::lease_node_subnet(store, &args.node, args.cluster_cidr, args.node_prefix)
+        .map_err(StartError::Lease)?;
+    let tunnel = TunnelSetup {
+        config: TunnelConfig::new(underlay_ip, mac_for(underlay_ip), args.underlay_mtu),
+        port: args.vxlan_port,
+        cluster: args.cluster_cidr,
+        service_cidr: args.service_cidr,
+    };
+    Ok((subnet, tunnel))
+}
+
+/// The pods' MTU: `--mtu`, else the tunnel's inner MTU (cluster mode) or 1500;
+/// never more than the tunnel carries.
+fn pod_mtu(wanted: Option<u32>, tunnel_inner: Option<u16>) -> Result<u32, StartError> {
+    let mtu = wanted.unwrap_or(tunnel_inner.map_or(1500, u32::from));
+    if !(MIN_MTU..=65_535).contains(&mtu) {
+        return Err(StartError::Mtu(mtu));
+    }
+    match tunnel_inner {
+        Some(inner) if mtu > u32::from(inner) => Err(StartError::MtuOverTunnel { mtu, inner }),
+        _ => Ok(mtu),
+    }
+}
+
+/// Starts the threads that follow the cluster store: routes, services and the
+/// kubelet, fed by one list-and-watch ([`ClusterCache`]).
+fn start_cluster_sync(
+    args: &Args,
+    store: &Arc<dyn Store>,
+    node: &Arc<Node>,
+) -> Result<(), StartError> {
+    let cache = Arc::new(ClusterCache::start(Arc::clone(store)).map_err(StartError::Watch)?);
+    let (me, cluster, routes) = (args.node.clone(), args.cluster_cidr, node.routes());
+    spawn("routes", {
+        let cache = Arc::clone(&cache);
+        move || cluster_sync::watch_routes(cache, me, cluster, routes)
+    })?;
+    let services = node.services();
+    spawn("services", {
+        let cache = Arc::clone(&cache);
+        move || service_sync::run(cache, services)
+    })?;
+    let kubelet = Arc::new(Kubelet {
+        node: Arc::clone(node),
+        store: Arc::clone(store),
+        node_name: args.node.clone(),
+        netns_prefix: args.netns_prefix.clone(),
+        run_dir: args.state_dir.join("pods"),
+        store_dir: args.store.clone().unwrap_or_default(),
+        dns: args.cluster_dns.map(|server| ClusterDns {
+            server,
+            domain: args.cluster_domain.clone(),
+        }),
+        bin_dir: std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+            .unwrap_or_default(),
+    });
+    spawn("kubelet", move || kubelet.run(cache))
+}
+
+/// Starts a named thread.
+fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), StartError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
+        .map_err(|source| StartError::Thread { name, source })
 }
 
 /// A node's VTEP MAC: `0a:58:` + its underlay address, like pod MACs.

@@ -17,6 +17,23 @@ use std::process::Command;
 
 use tapestry_dataplane::MacAddr;
 
+/// Why an `ip` command failed or its output could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NetconfError {
+    #[error("cannot run `ip {args}`: {source} (is iproute2 installed?)")]
+    Spawn {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`ip {args}` failed: {stderr}")]
+    Failed { args: String, stderr: String },
+    #[error("cannot read `ip -j addr` output: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("interface {dev} not found")]
+    NoInterface { dev: String },
+}
+
 /// `0a:58:` followed by the four address bytes.
 pub fn mac_for(ip: Ipv4Addr) -> MacAddr {
     let [a, b, c, d] = ip.octets();
@@ -33,21 +50,21 @@ pub fn mac_string(mac: MacAddr) -> String {
 }
 
 /// Runs `ip ARGS…` in the calling thread's network namespace.
-pub fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| {
-        format!(
-            "cannot run `ip {}`: {e} (is iproute2 installed?)",
-            args.join(" ")
-        )
-    })?;
+pub fn ip(args: &[&str]) -> Result<String, NetconfError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| NetconfError::Spawn {
+            args: args.join(" "),
+            source,
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(NetconfError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -60,7 +77,7 @@ pub fn configure_interface(
     addr: Ipv4Addr,
     prefix_len: u8,
     gateway: Option<Ipv4Addr>,
-) -> Result<(), String> {
+) -> Result<(), NetconfError> {
     let mac = mac_string(mac);
     let mtu = mtu.to_string();
     ip(&["link", "set", "dev", dev, "address", &mac, "mtu", &mtu])?;
@@ -87,13 +104,12 @@ pub fn configure_interface(
 }
 
 /// What `ip` reports of `dev`: (MAC, MTU, IPv4 addresses with prefix, up?).
-pub fn inspect_interface(dev: &str) -> Result<(String, u32, Vec<String>, bool), String> {
+pub fn inspect_interface(dev: &str) -> Result<(String, u32, Vec<String>, bool), NetconfError> {
     let out = ip(&["-j", "addr", "show", "dev", dev])?;
-    let v: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| format!("cannot read `ip -j addr` output: {e}"))?;
-    let link = v
-        .get(0)
-        .ok_or_else(|| format!("interface {dev} not found"))?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(NetconfError::Json)?;
+    let link = v.get(0).ok_or_else(|| NetconfError::NoInterface {
+        dev: dev.to_owned(),
+    })?;
     let mac = link
         .get("address")
         .and_then(|a| a.as_str())

@@ -6,37 +6,45 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tapestry_cluster::ipam::PodIpam;
-use tapestry_cluster::Ipv4Cidr;
+use tapestry_cluster::{IpamError, Ipv4Cidr};
 use tapestry_dataplane::RouteSnapshot;
-use tapestry_dataplane::ServiceTable;
-use tapestry_dataplane::TunnelConfig;
 use tapestry_dataplane::{
-    Counters, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
+    Counters, CountersSnapshot, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
+    ServiceTable, TunnelConfig,
 };
 use tapestry_io::tunnel::TunnelSocket;
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
+
+use crate::netconf::{self, mac_for, mac_string, NetconfError};
 use tapestry_proto::{
     AgentStatus, AttachResult, Attachment, FlowEntry, Interface, IpConfig, MacEntry, PortStatus,
     Route, RouteEntry,
 };
 
-use crate::netconf::{self, mac_for, mac_string};
-
 /// The host port's bridge port number; pods take 1 and up.
 pub const HOST_PORT: PortId = PortId(0);
+
+/// How long a status request waits for the data-plane worker's answer.
+const WORKER_ANSWER: Duration = Duration::from_secs(2);
+/// How long adding a port waits for the worker.
+const ADD_PORT_ANSWER: Duration = Duration::from_secs(5);
 
 /// How the node is set up (from the command line).
 pub struct NodeConfig {
     pub name: String,
+    /// This node's pod subnet: the pipeline's local subnet, and the one its
+    /// route table keeps (route sync reads it back from there).
     pub subnet: Ipv4Cidr,
     pub mtu: u32,
     pub host_port: String,
@@ -51,27 +59,160 @@ pub struct NodeConfig {
 /// This node's tunnel endpoint.
 #[derive(Debug, Clone)]
 pub struct TunnelSetup {
-    pub underlay_ip: Ipv4Addr,
-    pub vtep_mac: MacAddr,
+    /// The data plane's side: underlay IP, VTEP MAC, VNI and the largest inner
+    /// packet, as [`TunnelConfig::new`] derives it from the underlay MTU.
+    pub config: TunnelConfig,
+    /// UDP port of the tunnel socket.
     pub port: u16,
-    /// Largest inner IPv4 packet: underlay MTU minus the VXLAN overhead.
-    pub inner_mtu: u32,
     /// The cluster's pod network (routed via the gateway from the node itself).
     pub cluster: Ipv4Cidr,
     /// The Service network (ClusterIPs), load-balanced by the router.
     pub service_cidr: Ipv4Cidr,
 }
 
-/// One attached pod, as remembered across restarts.
+/// Why a node could not start or a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("subnet {subnet} has no {what} address")]
+    NoAddress {
+        subnet: Ipv4Cidr,
+        what: &'static str,
+    },
+    #[error("cannot bind the tunnel socket {ip}:{port}: {source}")]
+    Tunnel {
+        ip: Ipv4Addr,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the data-plane worker: {0}")]
+    Worker(#[source] io::Error),
+    #[error("cannot open host port TAP {name}: {source}")]
+    HostTap {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Netconf(#[from] NetconfError),
+    #[error("data plane: {0}")]
+    DataPlane(#[source] io::Error),
+    #[error("data plane did not answer within {0:?}")]
+    DataPlaneSilent(Duration),
+    #[error("cannot add port {port}: {source}")]
+    AddPort {
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    BadAttachment(#[from] AttachmentError),
+    #[error("container {container} is already attached to {} as {ifname}", netns.display())]
+    AlreadyAttached {
+        container: String,
+        netns: PathBuf,
+        ifname: String,
+    },
+    #[error("{ifname} in {} already belongs to container {container}", netns.display())]
+    InterfaceTaken {
+        ifname: String,
+        netns: PathBuf,
+        container: String,
+    },
+    #[error("pod IP: {0}")]
+    PodIp(#[source] IpamError),
+    #[error("no free bridge port")]
+    NoFreePort,
+    #[error("subnet {subnet} is exhausted: every pod address is in use")]
+    SubnetExhausted { subnet: Ipv4Cidr },
+    #[error("cannot set up {ifname} in {}: {source}", netns.display())]
+    PodSetup {
+        ifname: String,
+        netns: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot {op} state file {}: {source}", path.display())]
+    StateFile {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot encode state: {0}")]
+    EncodeState(#[source] serde_json::Error),
+    #[error("container {container} is not attached")]
+    NotAttached { container: String },
+    #[error("container {container} is attached to {}, not {}", attached.display(), asked.display())]
+    OtherNetns {
+        container: String,
+        attached: PathBuf,
+        asked: PathBuf,
+    },
+    /// CHECK found the pod's interface unlike ADD left it (the source is a [`Drift`]
+    /// or the failure to enter the namespace).
+    #[error("{source}")]
+    Check {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An attachment request that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachmentError {
+    #[error("container_id is empty")]
+    NoContainerId,
+    #[error("netns is empty: give the path of the pod's network namespace")]
+    NoNetns,
+    #[error("network namespace {} does not exist", .0.display())]
+    MissingNetns(PathBuf),
+    #[error("ifname {0:?} is not a valid interface name")]
+    BadIfname(String),
+}
+
+/// How a pod's interface differs from what ADD set up (CNI CHECK).
+#[derive(Debug, thiserror::Error)]
+pub enum Drift {
+    #[error("{ifname} has MAC {got}, want {want}")]
+    Mac {
+        ifname: String,
+        got: String,
+        want: String,
+    },
+    #[error("{ifname} has MTU {got}, want {want}")]
+    Mtu { ifname: String, got: u32, want: u32 },
+    #[error("{ifname} is down")]
+    Down { ifname: String },
+    #[error("{ifname} lacks address {want} (has {have:?})")]
+    Address {
+        ifname: String,
+        want: String,
+        have: Vec<String>,
+    },
+    #[error("no default route via {gateway} dev {ifname} (have {have:?})")]
+    DefaultRoute {
+        ifname: String,
+        gateway: Ipv4Addr,
+        have: String,
+    },
+    #[error(transparent)]
+    Netconf(#[from] NetconfError),
+}
+
+/// One pod attachment as the state file remembers it across restarts: what
+/// CNI ADD was given, the address it got and its bridge port. (Not the DNS
+/// crate's `PodRecord`, which is a pod's name and address for `pod.<zone>`
+/// answers.)
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PodRecord {
+pub struct SavedAttachment {
     pub attachment: Attachment,
     pub ip: Ipv4Addr,
     pub port: u16,
 }
 
 struct Attached {
-    record: PodRecord,
+    record: SavedAttachment,
     counters: Arc<PortCounters>,
 }
 
@@ -95,17 +236,16 @@ pub struct Node {
     state: Mutex<State>,
 }
 
-fn err<E: std::fmt::Display>(ctx: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| format!("{ctx}: {e}")
-}
-
 impl Node {
     /// Builds the pipeline, starts the worker, opens the host port and reattaches
     /// the pods remembered in the state directory.
-    pub fn start(cfg: NodeConfig) -> Result<Node, String> {
-        let gateway = PodIpam::gateway(&cfg.subnet).ok_or("subnet has no gateway address")?;
-        let host_ip =
-            PodIpam::host_port_ip(&cfg.subnet).ok_or("subnet has no host port address")?;
+    pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let no_address = |what| NodeError::NoAddress {
+            subnet: cfg.subnet,
+            what,
+        };
+        let gateway = PodIpam::gateway(&cfg.subnet).ok_or_else(|| no_address("gateway"))?;
+        let host_ip = PodIpam::host_port_ip(&cfg.subnet).ok_or_else(|| no_address("host port"))?;
         let gateway_mac = mac_for(gateway);
         let mut pcfg = PipelineConfig::new(
             gateway,
@@ -117,13 +257,15 @@ impl Node {
         pcfg.host_mac = Some(mac_for(host_ip));
         let mut socket = None;
         if let Some(t) = &cfg.tunnel {
-            pcfg.tunnel = Some(TunnelConfig {
-                underlay_ip: t.underlay_ip,
-                vtep_mac: t.vtep_mac,
-                vni: 1,
-                inner_mtu: u16::try_from(t.inner_mtu).map_err(err("inner MTU"))?,
-            });
-            socket = Some(TunnelSocket::bind(t.underlay_ip, t.port).map_err(err("tunnel"))?);
+            pcfg.tunnel = Some(t.config);
+            let ip = t.config.underlay_ip;
+            socket = Some(
+                TunnelSocket::bind(ip, t.port).map_err(|source| NodeError::Tunnel {
+                    ip,
+                    port: t.port,
+                    source,
+                })?,
+            );
             pcfg.service_cidr = Some((t.service_cidr.network(), t.service_cidr.prefix_len()));
         }
         let mac_capacity = pcfg.mac_capacity;
@@ -131,11 +273,12 @@ impl Node {
         let counters = Arc::clone(pipeline.counters());
         let routes = Arc::clone(pipeline.routes());
         let services = Arc::clone(pipeline.services());
-        let worker = tapestry_io::spawn(pipeline, socket)
-            .map_err(err("cannot start the data-plane worker"))?;
+        let worker = tapestry_io::spawn(pipeline, socket).map_err(NodeError::Worker)?;
 
-        let host_tap = Tap::open(&cfg.host_port, true)
-            .map_err(|e| format!("cannot open host port TAP {}: {e}", cfg.host_port))?;
+        let host_tap = Tap::open(&cfg.host_port, true).map_err(|source| NodeError::HostTap {
+            name: cfg.host_port.clone(),
+            source,
+        })?;
         netconf::configure_interface(
             host_tap.name(),
             mac_for(host_ip),
@@ -184,7 +327,7 @@ impl Node {
 
     /// Reattaches every pod in the state file whose namespace still exists.
     fn reattach(&self) {
-        let records: Vec<PodRecord> = match fs::read(self.state_file()) {
+        let records: Vec<SavedAttachment> = match fs::read(self.state_file()) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(r) => r,
                 Err(e) => {
@@ -232,18 +375,23 @@ impl Node {
         }
     }
 
-    fn save(&self, st: &State) -> Result<(), String> {
-        let records: Vec<&PodRecord> = st.pods.values().map(|a| &a.record).collect();
-        let bytes = serde_json::to_vec_pretty(&records).map_err(err("encode state"))?;
+    /// Writes the state file: temporary name, fsync, rename.
+    fn save(&self, st: &State) -> Result<(), NodeError> {
+        let records: Vec<&SavedAttachment> = st.pods.values().map(|a| &a.record).collect();
+        let bytes = serde_json::to_vec_pretty(&records).map_err(NodeError::EncodeState)?;
         let path = self.state_file();
         let tmp = path.with_extension("json.tmp");
-        let mut f = fs::File::create(&tmp).map_err(err("write state"))?;
-        f.write_all(&bytes).map_err(err("write state"))?;
-        f.sync_all().map_err(err("sync state"))?;
-        fs::rename(&tmp, &path).map_err(err("replace state"))
+        let failed = |op, path: &Path| {
+            let path = path.to_owned();
+            move |source| NodeError::StateFile { op, path, source }
+        };
+        let mut f = fs::File::create(&tmp).map_err(failed("create", &tmp))?;
+        f.write_all(&bytes).map_err(failed("write", &tmp))?;
+        f.sync_all().map_err(failed("sync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(failed("replace", &path))
     }
 
-    fn result_for(&self, rec: &PodRecord) -> AttachResult {
+    fn result_for(&self, rec: &SavedAttachment) -> AttachResult {
         let a = &rec.attachment;
         AttachResult {
             cni_version: "1.0.0".into(),
@@ -266,75 +414,53 @@ impl Node {
     }
 
     /// CNI ADD. Repeating it for an attached container returns the same result.
-    pub fn add(&self, a: &Attachment) -> Result<AttachResult, String> {
+    pub fn add(&self, a: &Attachment) -> Result<AttachResult, NodeError> {
         validate(a)?;
         let mut st = self.state.lock();
         if let Some(existing) = st.pods.get(&a.container_id) {
-            if existing.record.attachment.netns != a.netns
-                || existing.record.attachment.ifname != a.ifname
-            {
-                return Err(format!(
-                    "container {} is already attached to {} as {}",
-                    a.container_id,
-                    existing.record.attachment.netns.display(),
-                    existing.record.attachment.ifname
-                ));
+            let had = &existing.record.attachment;
+            if had.netns != a.netns || had.ifname != a.ifname {
+                return Err(NodeError::AlreadyAttached {
+                    container: a.container_id.clone(),
+                    netns: had.netns.clone(),
+                    ifname: had.ifname.clone(),
+                });
             }
             return Ok(self.result_for(&existing.record));
         }
         if let Some(other) = st.pods.values().find(|p| {
             p.record.attachment.netns == a.netns && p.record.attachment.ifname == a.ifname
         }) {
-            return Err(format!(
-                "{} in {} already belongs to container {}",
-                a.ifname,
-                a.netns.display(),
-                other.record.attachment.container_id
-            ));
+            return Err(NodeError::InterfaceTaken {
+                ifname: a.ifname.clone(),
+                netns: a.netns.clone(),
+                container: other.record.attachment.container_id.clone(),
+            });
         }
         let ip = match &self.cfg.ipam {
-            Some(ipam) => ipam
-                .allocate(&a.container_id)
-                .map_err(|e| format!("pod IP: {e}"))?,
+            Some(ipam) => ipam.allocate(&a.container_id).map_err(NodeError::PodIp)?,
             None => self.free_ip(&st)?,
         };
-        let port = (1..=u16::MAX)
-            .find(|p| !st.pods.values().any(|x| x.record.port == *p))
-            .ok_or("no free bridge port")?;
-        let mac = mac_for(ip);
-        let (mtu, prefix, gw, ifname) = (
-            self.cfg.mtu,
-            self.cfg.subnet.prefix_len(),
-            self.gateway,
-            a.ifname.clone(),
-        );
-        let tap = tapestry_io::in_netns(&a.netns, move || {
-            let tap = Tap::open(&ifname, true)?;
-            let setup = netconf::ip(&["link", "set", "dev", "lo", "up"]).and_then(|_| {
-                netconf::configure_interface(&ifname, mac, mtu, ip, prefix, Some(gw))
-            });
-            if let Err(e) = setup {
-                let _ = tap.unpersist();
-                return Err(std::io::Error::other(e));
+        let release = || {
+            if let Some(ipam) = &self.cfg.ipam {
+                let _ = ipam.release(&a.container_id);
             }
-            Ok(tap)
-        })
-        .map_err(|e| format!("cannot set up {} in {}: {e}", a.ifname, a.netns.display()))?;
-        let counters = match add_port(
+        };
+        let Some(port) = (1..=u16::MAX).find(|p| !st.pods.values().any(|x| x.record.port == *p))
+        else {
+            release();
+            return Err(NodeError::NoFreePort);
+        };
+        let mac = mac_for(ip);
+        let tap = self.open_pod_tap(a, mac, ip).inspect_err(|_| release())?;
+        let counters = add_port(
             &self.worker.lock(),
             PortId(port),
             PortRole::Pod { mac, ip },
             tap,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(ipam) = &self.cfg.ipam {
-                    let _ = ipam.release(&a.container_id);
-                }
-                return Err(e);
-            }
-        };
-        let record = PodRecord {
+        )
+        .inspect_err(|_| release())?;
+        let record = SavedAttachment {
             attachment: a.clone(),
             ip,
             port,
@@ -347,8 +473,36 @@ impl Node {
         Ok(result)
     }
 
+    /// Creates the pod's TAP inside its namespace and configures it (MAC, MTU,
+    /// address, default route via the gateway); a TAP that cannot be set up is
+    /// removed again.
+    fn open_pod_tap(&self, a: &Attachment, mac: MacAddr, ip: Ipv4Addr) -> Result<Tap, NodeError> {
+        let (mtu, prefix, gw, ifname) = (
+            self.cfg.mtu,
+            self.cfg.subnet.prefix_len(),
+            self.gateway,
+            a.ifname.clone(),
+        );
+        tapestry_io::in_netns(&a.netns, move || {
+            let tap = Tap::open(&ifname, true)?;
+            let setup = netconf::ip(&["link", "set", "dev", "lo", "up"]).and_then(|_| {
+                netconf::configure_interface(&ifname, mac, mtu, ip, prefix, Some(gw))
+            });
+            if let Err(e) = setup {
+                let _ = tap.unpersist();
+                return Err(io::Error::other(e));
+            }
+            Ok(tap)
+        })
+        .map_err(|source| NodeError::PodSetup {
+            ifname: a.ifname.clone(),
+            netns: a.netns.clone(),
+            source,
+        })
+    }
+
     /// CNI DEL: removes the TAP and releases the address. Nothing to do is success.
-    pub fn del(&self, a: &Attachment) -> Result<(), String> {
+    pub fn del(&self, a: &Attachment) -> Result<(), NodeError> {
         let mut st = self.state.lock();
         let Some(pod) = st.pods.remove(&a.container_id) else {
             return Ok(());
@@ -360,7 +514,7 @@ impl Node {
                 id: PortId(pod.record.port),
                 done: tx,
             })
-            .map_err(err("data plane"))?;
+            .map_err(NodeError::DataPlane)?;
         if let Ok(Some(tap)) = rx.recv() {
             // Closing a non-persistent TAP removes the interface, wherever it is.
             if let Err(e) = tap.unpersist() {
@@ -378,128 +532,112 @@ impl Node {
 
     /// CNI CHECK: the interface exists in the pod with the MAC, MTU, address and
     /// route ADD gave it, and its TAP is served by the data plane.
-    pub fn check(&self, a: &Attachment) -> Result<(), String> {
+    pub fn check(&self, a: &Attachment) -> Result<(), NodeError> {
         let st = self.state.lock();
         let pod = st
             .pods
             .get(&a.container_id)
-            .ok_or_else(|| format!("container {} is not attached", a.container_id))?;
+            .ok_or_else(|| NodeError::NotAttached {
+                container: a.container_id.clone(),
+            })?;
         let rec = pod.record.clone();
         drop(st);
         if rec.attachment.netns != a.netns {
-            return Err(format!(
-                "container {} is attached to {}, not {}",
-                a.container_id,
-                rec.attachment.netns.display(),
-                a.netns.display()
-            ));
+            return Err(NodeError::OtherNetns {
+                container: a.container_id.clone(),
+                attached: rec.attachment.netns,
+                asked: a.netns.clone(),
+            });
         }
-        let want_mac = mac_string(mac_for(rec.ip));
-        let want_addr = format!("{}/{}", rec.ip, self.cfg.subnet.prefix_len());
-        let (mtu, ifname, gw) = (self.cfg.mtu, rec.attachment.ifname.clone(), self.gateway);
+        let want = Expected {
+            ifname: rec.attachment.ifname.clone(),
+            mac: mac_string(mac_for(rec.ip)),
+            mtu: self.cfg.mtu,
+            addr: format!("{}/{}", rec.ip, self.cfg.subnet.prefix_len()),
+            gateway: self.gateway,
+        };
         tapestry_io::in_netns(&rec.attachment.netns, move || {
-            let check = || -> Result<(), String> {
-                let (mac, got_mtu, addrs, up) = netconf::inspect_interface(&ifname)?;
-                if mac != want_mac {
-                    return Err(format!("{ifname} has MAC {mac}, want {want_mac}"));
-                }
-                if got_mtu != mtu {
-                    return Err(format!("{ifname} has MTU {got_mtu}, want {mtu}"));
-                }
-                if !up {
-                    return Err(format!("{ifname} is down"));
-                }
-                if !addrs.contains(&want_addr) {
-                    return Err(format!(
-                        "{ifname} lacks address {want_addr} (has {addrs:?})"
-                    ));
-                }
-                let routes = netconf::ip(&["route", "show", "default"])?;
-                if !routes.contains(&format!("via {gw} dev {ifname}")) {
-                    return Err(format!(
-                        "no default route via {gw} dev {ifname} (have {:?})",
-                        routes.trim()
-                    ));
-                }
-                Ok(())
-            };
-            check().map_err(std::io::Error::other)
+            want.check().map_err(io::Error::other)
         })
-        .map_err(|e| e.to_string())
+        .map_err(|source| NodeError::Check { source })
     }
 
-    fn free_ip(&self, st: &State) -> Result<Ipv4Addr, String> {
+    fn free_ip(&self, st: &State) -> Result<Ipv4Addr, NodeError> {
         let used: Vec<Ipv4Addr> = st.pods.values().map(|p| p.record.ip).collect();
         let hosts = self.cfg.subnet.size().saturating_sub(1);
         (2..hosts)
             .filter_map(|n| self.cfg.subnet.nth(n))
             .find(|ip| *ip != self.host_ip && *ip != self.gateway && !used.contains(ip))
-            .ok_or_else(|| {
-                format!(
-                    "subnet {} is exhausted: every pod address is in use",
-                    self.cfg.subnet
-                )
+            .ok_or(NodeError::SubnetExhausted {
+                subnet: self.cfg.subnet,
             })
     }
 
     /// Everything `tapestry status` shows.
-    pub fn status(&self) -> Result<AgentStatus, String> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.worker
-            .lock()
-            .send(Command::MacTable { done: tx })
-            .map_err(err("data plane"))?;
-        let macs = rx
-            .recv_timeout(std::time::Duration::from_secs(2))
-            .map_err(err("data plane did not answer"))?;
+    pub fn status(&self) -> Result<AgentStatus, NodeError> {
+        let mac_table = self.mac_entries()?;
+        let ports = self.port_statuses();
+        let snap = self.counters.snapshot();
+        let tunnel_tx_errors = self.worker.lock().tunnel_tx_errors();
+        let flows = self.flow_entries()?;
+        Ok(AgentStatus {
+            node: self.cfg.name.clone(),
+            subnet: self.cfg.subnet.to_string(),
+            gateway_ip: self.gateway,
+            gateway_mac: mac_string(self.gateway_mac),
+            mtu: self.cfg.mtu,
+            ports,
+            mac_table,
+            mac_table_capacity: self.mac_capacity,
+            counters: counter_list(&snap),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_owned(), self.counters.drop_count(*r)))
+                .collect(),
+            routes: self.route_entries(),
+            tunnel_tx_errors,
+            flows,
+        })
+    }
+
+    /// The bridge's learned MACs, from the worker.
+    fn mac_entries(&self) -> Result<Vec<MacEntry>, NodeError> {
+        let macs = ask(&self.worker.lock(), WORKER_ANSWER, |done| {
+            Command::MacTable { done }
+        })?;
+        Ok(macs
+            .into_iter()
+            .map(|(mac, port, age)| MacEntry {
+                mac: mac_string(mac),
+                port: port.0,
+                age_ms: age / 1_000_000,
+            })
+            .collect())
+    }
+
+    /// The host port, then every pod port, with their counters.
+    fn port_statuses(&self) -> Vec<PortStatus> {
         let st = self.state.lock();
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        let port_status = |port: u16,
-                           kind: &str,
-                           tap: String,
-                           owner: String,
-                           cid: String,
-                           netns: String,
-                           ip: Ipv4Addr,
-                           c: &PortCounters| PortStatus {
-            port,
-            kind: kind.into(),
-            tap,
-            owner,
-            container_id: cid,
-            netns,
-            ip,
-            mac: mac_string(mac_for(ip)),
-            rx_frames: load(&c.rx_frames),
-            tx_frames: load(&c.tx_frames),
-            rx_bytes: load(&c.rx_bytes),
-            tx_bytes: load(&c.tx_bytes),
-            tx_errors: load(&c.tx_errors),
-        };
-        let mut ports = vec![port_status(
-            HOST_PORT.0,
-            "host",
-            self.cfg.host_port.clone(),
-            self.cfg.name.clone(),
-            String::new(),
-            String::new(),
-            self.host_ip,
-            &st.host_counters,
-        )];
+        let mut ports = vec![PortStatus {
+            tap: self.cfg.host_port.clone(),
+            owner: self.cfg.name.clone(),
+            ..port_status(HOST_PORT.0, "host", self.host_ip, &st.host_counters)
+        }];
         for p in st.pods.values() {
             let a = &p.record.attachment;
-            ports.push(port_status(
-                p.record.port,
-                "pod",
-                a.ifname.clone(),
-                format!("{}/{}", a.pod_namespace, a.pod_name),
-                a.container_id.clone(),
-                a.netns.display().to_string(),
-                p.record.ip,
-                &p.counters,
-            ));
+            ports.push(PortStatus {
+                tap: a.ifname.clone(),
+                owner: format!("{}/{}", a.pod_namespace, a.pod_name),
+                container_id: a.container_id.clone(),
+                netns: a.netns.display().to_string(),
+                ..port_status(p.record.port, "pod", p.record.ip, &p.counters)
+            });
         }
-        let snap = self.counters.snapshot();
+        ports
+    }
+
+    /// The local subnet, then one route per peer of the published snapshot.
+    fn route_entries(&self) -> Vec<RouteEntry> {
         let table = self.routes.load();
         let mut routes = vec![RouteEntry {
             subnet: self.cfg.subnet.to_string(),
@@ -513,15 +651,15 @@ impl Node {
             underlay_ip: p.underlay_ip.to_string(),
             vtep_mac: mac_string(p.vtep_mac),
         }));
-        let tunnel_tx_errors = self.worker.lock().tunnel_tx_errors();
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.worker
-            .lock()
-            .send(Command::Flows { done: tx })
-            .map_err(err("data plane"))?;
-        let flows = rx
-            .recv_timeout(std::time::Duration::from_secs(2))
-            .map_err(err("data plane did not answer"))?
+        routes
+    }
+
+    /// The load balancer's tracked flows, from the worker.
+    fn flow_entries(&self) -> Result<Vec<FlowEntry>, NodeError> {
+        let flows = ask(&self.worker.lock(), WORKER_ANSWER, |done| Command::Flows {
+            done,
+        })?;
+        Ok(flows
             .into_iter()
             .map(|f| FlowEntry {
                 proto: format!("{:?}", f.proto).to_lowercase(),
@@ -532,32 +670,7 @@ impl Node {
                 age_ms: f.age / 1_000_000,
                 expires_in_ms: f.expires_in / 1_000_000,
             })
-            .collect();
-        Ok(AgentStatus {
-            node: self.cfg.name.clone(),
-            subnet: self.cfg.subnet.to_string(),
-            gateway_ip: self.gateway,
-            gateway_mac: mac_string(self.gateway_mac),
-            mtu: self.cfg.mtu,
-            ports,
-            mac_table: macs
-                .into_iter()
-                .map(|(mac, port, age)| MacEntry {
-                    mac: mac_string(mac),
-                    port: port.0,
-                    age_ms: age / 1_000_000,
-                })
-                .collect(),
-            mac_table_capacity: self.mac_capacity,
-            counters: snap.iter().map(|(name, n)| (name.to_owned(), n)).collect(),
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| (r.name().to_owned(), self.counters.drop_count(*r)))
-                .collect(),
-            routes,
-            tunnel_tx_errors,
-            flows,
-        })
+            .collect())
     }
 
     /// The handle service tables are published into.
@@ -565,7 +678,8 @@ impl Node {
         Arc::clone(&self.services)
     }
 
-    /// The handle route snapshots are published into.
+    /// The handle route snapshots are published into. Its snapshot carries this
+    /// node's subnet ([`NodeConfig::subnet`]).
     pub fn routes(&self) -> Arc<ArcSwap<RouteSnapshot>> {
         Arc::clone(&self.routes)
     }
@@ -576,44 +690,121 @@ impl Node {
     }
 }
 
+/// What CHECK expects of a pod's interface.
+struct Expected {
+    ifname: String,
+    mac: String,
+    mtu: u32,
+    addr: String,
+    gateway: Ipv4Addr,
+}
+
+impl Expected {
+    /// Compares with what `ip` reports, in the calling thread's namespace.
+    fn check(&self) -> Result<(), Drift> {
+        let ifname = || self.ifname.clone();
+        let (mac, mtu, addrs, up) = netconf::inspect_interface(&self.ifname)?;
+        if mac != self.mac {
+            return Err(Drift::Mac {
+                ifname: ifname(),
+                got: mac,
+                want: self.mac.clone(),
+            });
+        }
+        if mtu != self.mtu {
+            return Err(Drift::Mtu {
+                ifname: ifname(),
+                got: mtu,
+                want: self.mtu,
+            });
+        }
+        if !up {
+            return Err(Drift::Down { ifname: ifname() });
+        }
+        if !addrs.contains(&self.addr) {
+            return Err(Drift::Address {
+                ifname: ifname(),
+                want: self.addr.clone(),
+                have: addrs,
+            });
+        }
+        let routes = netconf::ip(&["route", "show", "default"])?;
+        if !routes.contains(&format!("via {} dev {}", self.gateway, self.ifname)) {
+            return Err(Drift::DefaultRoute {
+                ifname: ifname(),
+                gateway: self.gateway,
+                have: routes.trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A port's status without its owner's names (the caller fills them in).
+fn port_status(port: u16, kind: &str, ip: Ipv4Addr, c: &PortCounters) -> PortStatus {
+    let load = |c: &AtomicU64| c.load(Relaxed);
+    PortStatus {
+        port,
+        kind: kind.into(),
+        tap: String::new(),
+        owner: String::new(),
+        container_id: String::new(),
+        netns: String::new(),
+        ip,
+        mac: mac_string(mac_for(ip)),
+        rx_frames: load(&c.rx_frames),
+        tx_frames: load(&c.tx_frames),
+        rx_bytes: load(&c.rx_bytes),
+        tx_bytes: load(&c.tx_bytes),
+        tx_errors: load(&c.tx_errors),
+    }
+}
+
+/// The pipeline's counters by name, in the order `tapestry status` prints them.
+fn counter_list(snap: &CountersSnapshot) -> Vec<(String, u64)> {
+    snap.iter().map(|(name, n)| (name.to_owned(), n)).collect()
+}
+
+/// Sends the worker a request built around a reply channel and waits up to
+/// `wait` for its answer.
+fn ask<T>(
+    worker: &WorkerHandle,
+    wait: Duration,
+    request: impl FnOnce(crossbeam_channel::Sender<T>) -> Command,
+) -> Result<T, NodeError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    worker.send(request(tx)).map_err(NodeError::DataPlane)?;
+    rx.recv_timeout(wait)
+        .map_err(|_| NodeError::DataPlaneSilent(wait))
+}
+
 fn add_port(
     worker: &WorkerHandle,
     id: PortId,
     role: PortRole,
     tap: Tap,
-) -> Result<Arc<PortCounters>, String> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    worker
-        .send(Command::AddPort {
-            id,
-            role,
-            tap,
-            done: tx,
-        })
-        .map_err(err("data plane"))?;
-    rx.recv_timeout(std::time::Duration::from_secs(5))
-        .map_err(err("data plane did not answer"))?
-        .map_err(err("cannot add port"))
+) -> Result<Arc<PortCounters>, NodeError> {
+    ask(worker, ADD_PORT_ANSWER, |done| Command::AddPort {
+        id,
+        role,
+        tap,
+        done,
+    })?
+    .map_err(|source| NodeError::AddPort { port: id.0, source })
 }
 
-fn validate(a: &Attachment) -> Result<(), String> {
+fn validate(a: &Attachment) -> Result<(), AttachmentError> {
     if a.container_id.is_empty() {
-        return Err("container_id is empty".into());
+        return Err(AttachmentError::NoContainerId);
     }
     if a.netns.as_os_str().is_empty() {
-        return Err("netns is empty: give the path of the pod's network namespace".into());
+        return Err(AttachmentError::NoNetns);
     }
     if !Path::new(&a.netns).exists() {
-        return Err(format!(
-            "network namespace {} does not exist",
-            a.netns.display()
-        ));
+        return Err(AttachmentError::MissingNetns(a.netns.clone()));
     }
     if a.ifname.is_empty() || a.ifname.len() > tapestry_io::IFNAME_MAX || a.ifname.contains('/') {
-        return Err(format!(
-            "ifname {:?} is not a valid interface name",
-            a.ifname
-        ));
+        return Err(AttachmentError::BadIfname(a.ifname.clone()));
     }
     Ok(())
 }

@@ -1,8 +1,16 @@
 //! Keeps the data plane's service table in step with the cluster: every
 //! ClusterIP Service port becomes one load-balancer entry whose backends are
-//! the service's ready endpoints (target ports resolved per pod), rebuilt whole
-//! on every change of Services, Pods or pod status and published into the
-//! pipeline's `ArcSwap`. The pipeline flushes flows of backends that left.
+//! the service's ready endpoints (target ports resolved per pod).
+//!
+//! On every change of Services, Pods or pod status the entries are computed
+//! again and compared with the entries of the table the pipeline holds; only
+//! when they differ is a new table built and published into the pipeline's
+//! `ArcSwap` (CONVENTIONS.md §17, as pingora's `Backends::update` reports
+//! whether anything changed). A publication is not free: each new table
+//! generation makes the packet thread re-check every tracked flow
+//! (`Pipeline::maintain`), so a pod status change that moves no endpoint, or
+//! a change to a pod no Service selects, publishes nothing. The pipeline
+//! flushes flows of backends that left.
 //!
 //! This is kube-proxy's job; like kube-proxy every node programs every
 //! Service, because the load balancing happens on the client's node.
@@ -13,10 +21,16 @@ use arc_swap::ArcSwap;
 use tapestry_cluster::cache::{ClusterCache, ClusterState};
 use tapestry_cluster::service::{ClusterIp, ServiceType, SessionAffinity};
 use tapestry_cluster::Protocol;
-use tapestry_dataplane::{Affinity, Backend, L4Proto, ServiceEntry, ServiceTable};
+use tapestry_dataplane::{Affinity, Backend, L4Proto, LbError, ServiceEntry, ServiceTable};
 
-/// The load-balancer entries for the cluster state.
+/// The load-balancer entries for the cluster state, in service key order,
+/// each with its backends sorted and deduplicated (the order
+/// [`ServiceTable::build`] keeps them in, so entries compare equal to a
+/// table's).
 pub fn entries(state: &ClusterState) -> Vec<ServiceEntry> {
+    // One pass over the pods for every service (`ClusterState::endpoints` per
+    // service would copy the namespace's pods once per service).
+    let all_endpoints = state.all_endpoints();
     let mut out = Vec::new();
     for (key, svc) in &state.services {
         let ClusterIp::Ip(vip) = svc.spec.cluster_ip else {
@@ -25,9 +39,9 @@ pub fn entries(state: &ClusterState) -> Vec<ServiceEntry> {
         if svc.spec.type_ != ServiceType::ClusterIp {
             continue;
         }
-        let endpoints = state.endpoints(key);
+        let endpoints = all_endpoints.get(key);
         for sp in &svc.spec.ports {
-            let backends = endpoints
+            let mut backends: Vec<Backend> = endpoints
                 .iter()
                 .flat_map(|e| e.addresses.iter())
                 .filter_map(|a| {
@@ -40,6 +54,8 @@ pub fn entries(state: &ClusterState) -> Vec<ServiceEntry> {
                         })
                 })
                 .collect();
+            backends.sort_unstable();
+            backends.dedup();
             out.push(ServiceEntry {
                 name: format!(
                     "{key}:{}",
@@ -62,24 +78,52 @@ pub fn entries(state: &ClusterState) -> Vec<ServiceEntry> {
     out
 }
 
-/// Rebuilds and publishes the service table on every cluster change, forever.
+/// `true` if `table` holds exactly `entries`, in order (names, addresses,
+/// ports, protocols, backends, affinity).
+pub fn same_entries(table: &ServiceTable, entries: &[ServiceEntry]) -> bool {
+    table.len() == entries.len() && table.entries().zip(entries).all(|(a, b)| a == b)
+}
+
+/// What one [`reconcile`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The published table already holds these entries: nothing was built or stored.
+    Unchanged,
+    /// A new table was built and stored, with this generation.
+    Published { generation: u64 },
+}
+
+/// Computes the entries for `state` and publishes a new table into `table`
+/// only if they differ from the current table's. An entry set the table
+/// rejects (e.g. two services claiming one ClusterIP and port) is an error
+/// and leaves the current table in place.
+pub fn reconcile(
+    state: &ClusterState,
+    table: &ArcSwap<ServiceTable>,
+) -> Result<Reconciled, LbError> {
+    let entries = entries(state);
+    if same_entries(&table.load(), &entries) {
+        return Ok(Reconciled::Unchanged);
+    }
+    let built = ServiceTable::build(entries)?;
+    let generation = built.generation();
+    table.store(Arc::new(built));
+    Ok(Reconciled::Published { generation })
+}
+
+/// Reconciles the service table on every cluster change, forever.
 pub fn run(cache: Arc<ClusterCache>, table: Arc<ArcSwap<ServiceTable>>) {
     let changes = cache.subscribe();
-    let mut last: Vec<String> = Vec::new();
     loop {
-        let state = cache.snapshot();
-        let entries = entries(&state);
-        let summary: Vec<String> = entries
-            .iter()
-            .map(|e| format!("{}={}:{}->{}", e.name, e.vip, e.port, e.backends.len()))
-            .collect();
-        match ServiceTable::build(entries) {
-            Ok(t) => {
-                table.store(Arc::new(t));
-                if summary != last {
-                    tracing::info!(services = ?summary, "service table updated");
-                    last = summary;
-                }
+        match reconcile(&cache.snapshot(), &table) {
+            Ok(Reconciled::Unchanged) => {}
+            Ok(Reconciled::Published { generation }) => {
+                let summary: Vec<String> = table
+                    .load()
+                    .entries()
+                    .map(|e| format!("{}={}:{}->{}", e.name, e.vip, e.port, e.backends.len()))
+                    .collect();
+                tracing::info!(generation, services = ?summary, "service table updated");
             }
             Err(e) => {
                 tracing::error!(error = %e, "service table rejected; keeping the previous one")
@@ -88,5 +132,169 @@ pub fn run(cache: Arc<ClusterCache>, table: Arc<ArcSwap<ServiceTable>>) {
         if changes.recv().is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use tapestry_cluster::manifest::parse_manifests;
+    use tapestry_cluster::{Object, PodRunStatus};
+
+    use super::*;
+
+    const OBJECTS: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, labels: {app: web}}
+spec:
+  nodeName: node1
+  containers:
+  - name: web
+    command: [web]
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-b, labels: {app: web}}
+spec:
+  nodeName: node1
+  containers:
+  - name: web
+    command: [web]
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tools}
+spec:
+  nodeName: node1
+  containers:
+  - {name: sh, command: [sh]}
+";
+
+    fn status(ip: [u8; 4], phase: &str, ready: bool) -> PodRunStatus {
+        PodRunStatus {
+            node: "node1".into(),
+            pod_ip: Some(Ipv4Addr::from(ip)),
+            phase: phase.into(),
+            ready,
+            message: String::new(),
+        }
+    }
+
+    /// The service `web` over two ready pods and one pod no service selects.
+    fn cluster() -> ClusterState {
+        let mut state = ClusterState::default();
+        for obj in parse_manifests(OBJECTS, "test").unwrap() {
+            match obj {
+                Object::Pod(p) => {
+                    let key = format!("{}/{}", p.metadata.namespace, p.metadata.name);
+                    state.pods.insert(key, p);
+                }
+                Object::Service(s) => {
+                    let key = format!("{}/{}", s.metadata.namespace, s.metadata.name);
+                    state.services.insert(key, s);
+                }
+                Object::Node(_) => {}
+            }
+        }
+        let statuses = [
+            ("default/web-a", status([10, 244, 1, 2], "Running", true)),
+            ("default/web-b", status([10, 244, 1, 3], "Running", true)),
+            ("default/tools", status([10, 244, 1, 4], "Pending", false)),
+        ];
+        for (k, s) in statuses {
+            state.pod_status.insert(k.into(), s);
+        }
+        state
+    }
+
+    fn published(r: Result<Reconciled, LbError>) -> u64 {
+        match r.unwrap() {
+            Reconciled::Published { generation } => generation,
+            Reconciled::Unchanged => panic!("expected a new table"),
+        }
+    }
+
+    #[test]
+    fn entries_have_sorted_ready_backends() {
+        let e = entries(&cluster());
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].name, "default/web:http");
+        assert_eq!(e[0].vip, Ipv4Addr::new(10, 96, 0, 20));
+        let ips: Vec<_> = e[0].backends.iter().map(|b| (b.ip, b.port)).collect();
+        assert_eq!(
+            ips,
+            [
+                (Ipv4Addr::new(10, 244, 1, 2), 8080),
+                (Ipv4Addr::new(10, 244, 1, 3), 8080)
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_change_of_entries_publishes_a_new_generation() {
+        let table = ArcSwap::from_pointee(ServiceTable::empty());
+        let mut state = cluster();
+        let first = published(reconcile(&state, &table));
+        assert_eq!(table.load().generation(), first);
+
+        // The same state again: nothing built, nothing stored.
+        assert_eq!(reconcile(&state, &table).unwrap(), Reconciled::Unchanged);
+
+        // A status change that moves no endpoint: web-a stays ready at its address.
+        let a = state.pod_status.get_mut("default/web-a").unwrap();
+        a.message = "probed again".into();
+        assert_eq!(reconcile(&state, &table).unwrap(), Reconciled::Unchanged);
+
+        // A pod no service selects becomes ready, gets a label and a new IP.
+        state.pod_status.insert(
+            "default/tools".into(),
+            status([10, 244, 1, 9], "Running", true),
+        );
+        let tools = state.pods.get_mut("default/tools").unwrap();
+        tools.metadata.labels.insert("role".into(), "debug".into());
+        assert_eq!(reconcile(&state, &table).unwrap(), Reconciled::Unchanged);
+        assert_eq!(table.load().generation(), first);
+
+        // A real endpoint change: web-b stops being ready.
+        state.pod_status.get_mut("default/web-b").unwrap().ready = false;
+        let second = published(reconcile(&state, &table));
+        assert_ne!(second, first);
+        assert_eq!(table.load().generation(), second);
+        assert_eq!(table.load().entries().next().unwrap().backends.len(), 1);
+
+        // And back: another new table (the flows' backends are checked again).
+        state.pod_status.get_mut("default/web-b").unwrap().ready = true;
+        let third = published(reconcile(&state, &table));
+        assert_ne!(third, second);
+        assert_eq!(reconcile(&state, &table).unwrap(), Reconciled::Unchanged);
+    }
+
+    #[test]
+    fn a_rejected_table_keeps_the_current_one() {
+        let table = ArcSwap::from_pointee(ServiceTable::empty());
+        let mut state = cluster();
+        let first = published(reconcile(&state, &table));
+        // A second service claiming web's ClusterIP and port.
+        let mut twin = state.services.get("default/web").unwrap().clone();
+        twin.metadata.name = "twin".into();
+        state.services.insert("default/twin".into(), twin);
+        assert!(matches!(
+            reconcile(&state, &table),
+            Err(LbError::Duplicate { .. })
+        ));
+        assert_eq!(table.load().generation(), first);
     }
 }

@@ -41,8 +41,9 @@ pub enum Affinity {
     ClientIp,
 }
 
-/// One service port as the control thread computed it.
-#[derive(Clone, Debug)]
+/// One service port as the control thread computed it. Equality compares every
+/// field (the control thread publishes a new table only when its entries differ).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
     /// `"ns/name:port"`, for status and errors.
     pub name: String,
