@@ -6,6 +6,9 @@
 //! through the offsets it records (NAT keeps `ip` in step with what it wrote).
 
 use core::net::Ipv4Addr;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
 
 use crate::codec::vxlan::L4Checksum;
 use crate::drops::DropReason;
@@ -111,6 +114,28 @@ pub(crate) enum Verdict {
 impl From<DropReason> for Verdict {
     fn from(r: DropReason) -> Self {
         Verdict::Drop(r)
+    }
+}
+
+/// A published snapshot (routes, services), loaded on first use: a bridged frame
+/// never pays for the load of tables it does not read.
+pub(crate) struct Lazy<'a, T> {
+    handle: &'a ArcSwap<T>,
+    guard: Option<Guard<Arc<T>>>,
+}
+
+impl<'a, T> Lazy<'a, T> {
+    pub(crate) fn new(handle: &'a ArcSwap<T>) -> Self {
+        Lazy {
+            handle,
+            guard: None,
+        }
+    }
+
+    /// The snapshot, loaded now if it was not yet.
+    pub(crate) fn get(&mut self) -> &T {
+        let handle = self.handle;
+        self.guard.get_or_insert_with(|| handle.load())
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! In full: docs/dataplane.md, "The forward stage (bridge and router)".
 use super::config::PipelineConfig;
-use super::context::{Ctx, IcmpError, Ip, Verdict};
+use super::context::{Ctx, IcmpError, Ip, Lazy, Verdict};
 use super::emit::{is_subnet_broadcast, tunnel_verdict, write_prefix, Egress};
 use crate::codec::vxlan::{
     complete_partial_checksum, encapsulate, fragment, segment_tcp, settle_l4_checksum, Encap,
@@ -24,14 +24,22 @@ use crate::wire::{
 /// What the stage reads besides the packet.
 pub(crate) struct FwdEnv<'a> {
     pub cfg: &'a PipelineConfig,
-    pub routes: &'a RouteSnapshot,
     pub ports: &'a Ports,
     pub counters: &'a Counters,
+}
+
+/// What routing reads.
+struct RouteEnv<'a> {
+    cfg: &'a PipelineConfig,
+    routes: &'a RouteSnapshot,
+    ports: &'a Ports,
+    counters: &'a Counters,
 }
 
 /// The stage: bridge, gateway or route. See the module docs.
 pub(crate) fn forward(
     env: &FwdEnv,
+    routes: &mut Lazy<RouteSnapshot>,
     macs: &mut MacTable,
     ctx: &Ctx,
     pkt: &mut [u8],
@@ -45,7 +53,13 @@ pub(crate) fn forward(
         let Some(ip) = ctx.ip else {
             return DropReason::UnsupportedProtocol.into();
         };
-        let v = route(env, ctx, &ip, pkt, out);
+        let env = RouteEnv {
+            cfg: env.cfg,
+            routes: routes.get(),
+            ports: env.ports,
+            counters: env.counters,
+        };
+        let v = route(&env, ctx, &ip, pkt, out);
         if !matches!(v, Verdict::Drop(_) | Verdict::Icmp(_)) {
             env.counters.bump(Counter::Routed);
         }
@@ -79,7 +93,7 @@ fn bridge(
 }
 
 /// The forwarding decision for the IPv4 packet `ip` of `pkt`. See the module docs.
-fn route(env: &FwdEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
+fn route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
     let (cfg, routes) = (env.cfg, env.routes);
     let Some(frame) = pkt.get_mut(ctx.eth_at..) else {
         return DropReason::Truncated.into();
@@ -140,7 +154,7 @@ fn rewrite_for_port(cfg: &PipelineConfig, frame: &mut [u8], mac: MacAddr) {
 /// verified, or a partial one completed, or `BadInnerChecksum`); the header says
 /// `DATA_VALID` when it was verified or completed, and is zeroed otherwise.
 fn copy_to_port(
-    env: &FwdEnv,
+    env: &RouteEnv,
     ctx: &Ctx,
     ip: &Ip,
     frame: &[u8],
@@ -219,7 +233,7 @@ fn tunnel_mss(
 /// Into the tunnel to peer `i`: MTU handling, TTL − 1, checksum completion, TSO or
 /// fragmentation. See the module docs.
 fn send_to_peer(
-    env: &FwdEnv,
+    env: &RouteEnv,
     ctx: &Ctx,
     ip: &Ip,
     i: usize,

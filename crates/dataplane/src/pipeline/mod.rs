@@ -51,7 +51,7 @@ pub use config::{
     DEFAULT_MAC_CAPACITY, DEFAULT_SERVICE_CIDR, OUT_BUF_LEN, VXLAN_OVERHEAD,
 };
 pub use context::Action;
-use context::{Ctx, Verdict};
+use context::{Ctx, Lazy, Verdict};
 use emit::{egress_for, originated, write_prefix, Env, Origin, Originated};
 use forward::FwdEnv;
 use gateway::Gateway;
@@ -62,14 +62,28 @@ use service::{Lb, LbEnv};
 #[derive(Debug)]
 pub struct Pipeline {
     cfg: PipelineConfig,
+    stages: Stages,
+    routes: Arc<ArcSwap<RouteSnapshot>>,
+    services: Arc<ArcSwap<ServiceTable>>,
+    counters: Arc<Counters>,
+}
+
+/// The state the stages change, apart from what they only read ([`Shared`]), so
+/// that a snapshot can stay loaded while a stage runs.
+#[derive(Debug)]
+struct Stages {
     gateway: Gateway,
     ports: Ports,
     macs: MacTable,
-    routes: Arc<ArcSwap<RouteSnapshot>>,
-    services: Arc<ArcSwap<ServiceTable>>,
     lb: Lb,
     origin: Origin,
-    counters: Arc<Counters>,
+}
+
+/// What every stage reads and none changes.
+struct Shared<'a> {
+    cfg: &'a PipelineConfig,
+    services: &'a ArcSwap<ServiceTable>,
+    counters: &'a Counters,
 }
 
 impl Pipeline {
@@ -77,16 +91,18 @@ impl Pipeline {
     /// `cfg.conntrack_capacity` flows) up front.
     pub fn new(cfg: PipelineConfig) -> Self {
         Pipeline {
-            gateway: Gateway::new(cfg.gateway_ip, cfg.gateway_mac, cfg.subnet, cfg.prefix_len),
-            ports: Ports::new(cfg.host_ip, cfg.host_mac),
-            macs: MacTable::new(cfg.mac_capacity, cfg.mac_aging),
+            stages: Stages {
+                gateway: Gateway::new(cfg.gateway_ip, cfg.gateway_mac, cfg.subnet, cfg.prefix_len),
+                ports: Ports::new(cfg.host_ip, cfg.host_mac),
+                macs: MacTable::new(cfg.mac_capacity, cfg.mac_aging),
+                lb: Lb::new(cfg.conntrack_capacity),
+                origin: Origin::new(cfg.icmp_errors_per_sec),
+            },
             routes: Arc::new(ArcSwap::from_pointee(RouteSnapshot::empty_for(
                 cfg.subnet,
                 cfg.prefix_len,
             ))),
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::empty())),
-            lb: Lb::new(cfg.conntrack_capacity),
-            origin: Origin::new(cfg.icmp_errors_per_sec),
             counters: Arc::new(Counters::default()),
             cfg,
         }
@@ -112,32 +128,33 @@ impl Pipeline {
 
     /// The host port's MAC, configured or learned.
     pub fn host_mac(&self) -> Option<MacAddr> {
-        self.ports.host_mac()
+        self.stages.ports.host_mac()
     }
 
     /// Attaches a port; replaces an existing port of that id and forgets its MACs.
     pub fn add_port(&mut self, id: PortId, role: PortRole) {
-        if self.ports.add(id, role) {
-            self.macs.forget_port(id);
+        if self.stages.ports.add(id, role) {
+            self.stages.macs.forget_port(id);
         }
     }
 
     /// Detaches a port and forgets every MAC learned on it.
     pub fn remove_port(&mut self, id: PortId) {
-        if self.ports.remove(id) {
-            self.macs.forget_port(id);
+        if self.stages.ports.remove(id) {
+            self.stages.macs.forget_port(id);
         }
     }
 
     /// Attached ports in id order.
     pub fn ports(&self) -> impl Iterator<Item = (PortId, PortRole)> + '_ {
-        self.ports.iter()
+        self.stages.ports.iter()
     }
 
     /// The ports a [`Action::Flood`] from `ingress` goes to: every attached port but
     /// `ingress`, in id order. Does not allocate.
     pub fn flood_targets(&self, ingress: PortId) -> impl Iterator<Item = PortId> + '_ {
-        self.ports
+        self.stages
+            .ports
             .iter()
             .map(|(id, _)| id)
             .filter(move |id| *id != ingress)
@@ -145,7 +162,7 @@ impl Pipeline {
 
     /// The role of an attached port.
     pub fn port_role(&self, id: PortId) -> Option<PortRole> {
-        self.ports.role(id)
+        self.stages.ports.role(id)
     }
 
     /// Decides what to do with one frame. `pkt` is the virtio-net header
@@ -161,7 +178,15 @@ impl Pipeline {
         out: &'a mut [u8],
     ) -> Action<'a> {
         self.counters.bump(Counter::RxFrames);
-        let verdict = self.port_path(ingress, pkt, now, out);
+        let sh = Shared {
+            cfg: &self.cfg,
+            services: &self.services,
+            counters: &self.counters,
+        };
+        let mut routes = Lazy::new(&self.routes);
+        let verdict = self
+            .stages
+            .port_path(&sh, &mut routes, ingress, pkt, now, out);
         self.finish(verdict, out)
     }
 
@@ -180,142 +205,21 @@ impl Pipeline {
         out: &'a mut [u8],
     ) -> Action<'a> {
         self.counters.bump(Counter::RxFrames);
-        let routes = self.routes.load();
+        let sh = Shared {
+            cfg: &self.cfg,
+            services: &self.services,
+            counters: &self.counters,
+        };
+        let mut routes = Lazy::new(&self.routes);
         let tun = self.cfg.tunnel.as_ref();
-        let verdict = match parse::from_tunnel(tun, &routes, *src.ip(), payload, &self.counters) {
-            Ok(mut ctx) => self.after_admit(&mut ctx, &routes, payload, now, out),
+        let verdict = match parse::from_tunnel(tun, routes.get(), *src.ip(), payload, sh.counters) {
+            Ok(mut ctx) => {
+                let st = &mut self.stages;
+                st.after_admit(&sh, &mut routes, &mut ctx, payload, now, out)
+            }
             Err(r) => r.into(),
         };
         self.finish(verdict, out)
-    }
-
-    /// Stages 1 and 2 for a frame from a port, then the rest.
-    fn port_path(&mut self, port: PortId, pkt: &mut [u8], now: Nanos, out: &mut [u8]) -> Verdict {
-        let Some(role) = self.ports.role(port) else {
-            return DropReason::UnknownIngress.into();
-        };
-        let mut ctx = match parse::from_port(port, role, self.cfg.gateway_mac, pkt) {
-            Ok(ctx) => ctx,
-            Err(r) => return r.into(),
-        };
-        let (ports, macs, counters) = (&mut self.ports, &mut self.macs, &*self.counters);
-        let v = admit::admit(&ctx, port, role, ports, macs, now, counters);
-        if v != Verdict::Continue {
-            return v;
-        }
-        let routes = self.routes.load();
-        self.after_admit(&mut ctx, &routes, pkt, now, out)
-    }
-
-    /// Service, (policy,) forward, and what they asked the node to answer.
-    fn after_admit(
-        &mut self,
-        ctx: &mut Ctx,
-        routes: &RouteSnapshot,
-        pkt: &mut [u8],
-        now: Nanos,
-        out: &mut [u8],
-    ) -> Verdict {
-        let services = self.services.load();
-        let env = LbEnv {
-            cfg: &self.cfg,
-            services: &services,
-            counters: &self.counters,
-        };
-        let mut v = self.lb.stage(&env, ctx, pkt, now);
-        // NetworkPolicy goes here: after service (the backend is known), before forward.
-        if v == Verdict::Continue {
-            let env = FwdEnv {
-                cfg: &self.cfg,
-                routes,
-                ports: &self.ports,
-                counters: &self.counters,
-            };
-            v = forward::forward(&env, &mut self.macs, ctx, pkt, now, out);
-        }
-        self.answer(ctx, routes, v, pkt, now, out)
-    }
-
-    /// Turns the verdicts that ask the node to answer into the answer.
-    fn answer(
-        &mut self,
-        ctx: &Ctx,
-        routes: &RouteSnapshot,
-        v: Verdict,
-        pkt: &[u8],
-        now: Nanos,
-        out: &mut [u8],
-    ) -> Verdict {
-        let env = Env {
-            cfg: &self.cfg,
-            routes,
-            ports: &self.ports,
-            counters: &self.counters,
-        };
-        let sent = match v {
-            Verdict::Icmp(err) => self.origin.icmp_error(&env, ctx, pkt, err, now, out),
-            Verdict::Reset => self.origin.tcp_reset(&env, ctx, pkt, now, out),
-            Verdict::Gateway => return self.gateway_answer(ctx, routes, pkt, out),
-            other => return other,
-        };
-        let o = match sent {
-            Ok(o) => o,
-            Err(r) => return r.into(),
-        };
-        if matches!(v, Verdict::Icmp(_)) {
-            // About a DNATed packet of a service flow: the client must see its own
-            // packet to the ClusterIP quoted (`service.rs`, ICMP errors).
-            let ip = out.get_mut(o.ip_at..o.end).unwrap_or(&mut []);
-            let translated = Addressing::parse(ip)
-                .and_then(|a| self.lb.translate_icmp_error(&self.counters, ip, &a, now));
-            if let Err(r) = translated {
-                return r.into();
-            }
-            self.counters.bump(Counter::IcmpErrorsSent);
-        }
-        originated(routes, o, out)
-    }
-
-    /// The gateway's own answers: ARP and echo from a port, echo from the tunnel
-    /// (whose reply is routed back).
-    fn gateway_answer(
-        &self,
-        ctx: &Ctx,
-        routes: &RouteSnapshot,
-        pkt: &[u8],
-        out: &mut [u8],
-    ) -> Verdict {
-        let ip = Ipv4Packet::new_unchecked(pkt.get(ctx.ip_at()..).unwrap_or(&[]));
-        let result = match (ctx.ingress, &ctx.arp, ctx.ip) {
-            (Ingress::Port(_), Some(arp), _) => self.gateway.handle_arp(arp, out),
-            (Ingress::Port(_), None, Some(_)) => {
-                self.gateway.handle_ipv4(&ctx.vnet, ctx.src_mac, &ip, out)
-            }
-            (Ingress::Tunnel, _, Some(facts)) => {
-                let Some(egress) = egress_for(&self.cfg, routes, &self.ports, ctx, facts.src)
-                else {
-                    return DropReason::NoRoute.into();
-                };
-                let sent = write_prefix(&self.cfg, routes, out, egress).and_then(|ip_at| {
-                    let rest = out.get_mut(ip_at..).ok_or(DropReason::ReplyTooLarge)?;
-                    let n = self.gateway.answer_echo(&ctx.vnet, &ip, rest)?;
-                    Ok(Originated {
-                        egress,
-                        ip_at,
-                        end: ip_at + n,
-                    })
-                });
-                return match sent {
-                    Ok(o) => originated(routes, o, out),
-                    Err(r) => r.into(),
-                };
-            }
-            _ => Err(DropReason::UnsupportedProtocol),
-        };
-        match result {
-            Ok(len) => Verdict::Reply(len),
-            Err(r) => r.into(),
-        }
     }
 
     /// Counts the outcome and lends the caller the bytes it refers to.
@@ -382,12 +286,12 @@ impl Pipeline {
 
     /// MAC table entries stored (aged entries not yet swept included).
     pub fn mac_table_len(&self) -> usize {
-        self.macs.len()
+        self.stages.macs.len()
     }
 
     /// Live MAC table entries as `(mac, port, age)` for status output (allocates).
     pub fn mac_entries(&self, now: Nanos) -> Vec<(MacAddr, PortId, Nanos)> {
-        self.macs.entries(now)
+        self.stages.macs.entries(now)
     }
 
     /// Periodic upkeep (the worker calls it about once a second): after a new service
@@ -398,17 +302,162 @@ impl Pipeline {
     /// many flows were removed.
     pub fn maintain(&mut self, now: Nanos) -> usize {
         let services = self.services.load();
-        self.lb.maintain(&services, &self.counters, now)
+        self.stages.lb.maintain(&services, &self.counters, now)
     }
 
     /// Live tracked flows, for status (allocates).
     pub fn flows(&self, now: Nanos) -> Vec<FlowInfo> {
-        self.lb.flows(now)
+        self.stages.lb.flows(now)
     }
 
     /// Flows stored in the connection table (expired ones not yet reclaimed included).
     pub fn conntrack_len(&self) -> usize {
-        self.lb.len()
+        self.stages.lb.len()
+    }
+}
+
+impl Stages {
+    /// Stages 1 and 2 for a frame from a port, then the rest.
+    fn port_path(
+        &mut self,
+        sh: &Shared,
+        routes: &mut Lazy<RouteSnapshot>,
+        port: PortId,
+        pkt: &mut [u8],
+        now: Nanos,
+        out: &mut [u8],
+    ) -> Verdict {
+        let Some(role) = self.ports.role(port) else {
+            return DropReason::UnknownIngress.into();
+        };
+        let mut ctx = match parse::from_port(port, role, sh.cfg.gateway_mac, pkt) {
+            Ok(ctx) => ctx,
+            Err(r) => return r.into(),
+        };
+        let v = admit::admit(
+            &ctx,
+            port,
+            role,
+            &mut self.ports,
+            &mut self.macs,
+            now,
+            sh.counters,
+        );
+        if v != Verdict::Continue {
+            return v;
+        }
+        self.after_admit(sh, routes, &mut ctx, pkt, now, out)
+    }
+
+    /// Service, (policy,) forward, and what they asked the node to answer.
+    fn after_admit(
+        &mut self,
+        sh: &Shared,
+        routes: &mut Lazy<RouteSnapshot>,
+        ctx: &mut Ctx,
+        pkt: &mut [u8],
+        now: Nanos,
+        out: &mut [u8],
+    ) -> Verdict {
+        let env = LbEnv {
+            cfg: sh.cfg,
+            services: sh.services,
+            counters: sh.counters,
+        };
+        let mut v = self.lb.stage(&env, ctx, pkt, now);
+        // NetworkPolicy goes here: after service (the backend is known), before forward.
+        if v == Verdict::Continue {
+            let env = FwdEnv {
+                cfg: sh.cfg,
+                ports: &self.ports,
+                counters: sh.counters,
+            };
+            v = forward::forward(&env, routes, &mut self.macs, ctx, pkt, now, out);
+        }
+        match v {
+            Verdict::Icmp(_) | Verdict::Reset | Verdict::Gateway => {
+                self.answer(sh, routes.get(), ctx, v, pkt, now, out)
+            }
+            other => other,
+        }
+    }
+
+    /// Turns the verdicts that ask the node to answer into the answer.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &mut self,
+        sh: &Shared,
+        routes: &RouteSnapshot,
+        ctx: &Ctx,
+        v: Verdict,
+        pkt: &[u8],
+        now: Nanos,
+        out: &mut [u8],
+    ) -> Verdict {
+        let env = Env {
+            cfg: sh.cfg,
+            routes,
+            ports: &self.ports,
+            counters: sh.counters,
+        };
+        let sent = match v {
+            Verdict::Icmp(err) => self.origin.icmp_error(&env, ctx, pkt, err, now, out),
+            Verdict::Reset => self.origin.tcp_reset(&env, ctx, pkt, now, out),
+            Verdict::Gateway => return self.gateway_answer(&env, ctx, pkt, out),
+            other => return other,
+        };
+        let o = match sent {
+            Ok(o) => o,
+            Err(r) => return r.into(),
+        };
+        if matches!(v, Verdict::Icmp(_)) {
+            // About a DNATed packet of a service flow: the client must see its own
+            // packet to the ClusterIP quoted (`service.rs`, ICMP errors).
+            let ip = out.get_mut(o.ip_at..o.end).unwrap_or(&mut []);
+            let translated = Addressing::parse(ip)
+                .and_then(|a| self.lb.translate_icmp_error(sh.counters, ip, &a, now));
+            if let Err(r) = translated {
+                return r.into();
+            }
+            sh.counters.bump(Counter::IcmpErrorsSent);
+        }
+        originated(routes, o, out)
+    }
+
+    /// The gateway's own answers: ARP and echo from a port, echo from the tunnel
+    /// (whose reply is routed back).
+    fn gateway_answer(&self, env: &Env, ctx: &Ctx, pkt: &[u8], out: &mut [u8]) -> Verdict {
+        let ip = Ipv4Packet::new_unchecked(pkt.get(ctx.ip_at()..).unwrap_or(&[]));
+        let result = match (ctx.ingress, &ctx.arp, ctx.ip) {
+            (Ingress::Port(_), Some(arp), _) => self.gateway.handle_arp(arp, out),
+            (Ingress::Port(_), None, Some(_)) => {
+                self.gateway.handle_ipv4(&ctx.vnet, ctx.src_mac, &ip, out)
+            }
+            (Ingress::Tunnel, _, Some(facts)) => {
+                let Some(egress) = egress_for(env.cfg, env.routes, env.ports, ctx, facts.src)
+                else {
+                    return DropReason::NoRoute.into();
+                };
+                let sent = write_prefix(env.cfg, env.routes, out, egress).and_then(|ip_at| {
+                    let rest = out.get_mut(ip_at..).ok_or(DropReason::ReplyTooLarge)?;
+                    let n = self.gateway.answer_echo(&ctx.vnet, &ip, rest)?;
+                    Ok(Originated {
+                        egress,
+                        ip_at,
+                        end: ip_at + n,
+                    })
+                });
+                return match sent {
+                    Ok(o) => originated(env.routes, o, out),
+                    Err(r) => r.into(),
+                };
+            }
+            _ => Err(DropReason::UnsupportedProtocol),
+        };
+        match result {
+            Ok(len) => Verdict::Reply(len),
+            Err(r) => r.into(),
+        }
     }
 }
 

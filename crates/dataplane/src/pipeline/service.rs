@@ -22,6 +22,7 @@ use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_SYN};
 use crate::wire::{
     Icmpv4Message, IpProtocol, ICMPV4_HEADER_LEN, ICMP_UNREACH_HOST, ICMP_UNREACH_PORT,
 };
+use arc_swap::ArcSwap;
 
 /// Flows `Pipeline::maintain` looks at per call when the table did not change.
 pub const MAINTAIN_BUDGET: usize = 65_536;
@@ -32,8 +33,15 @@ const NAT_PORT_TRIES: u32 = 16;
 /// What the stage reads besides its own state.
 pub(crate) struct LbEnv<'a> {
     pub cfg: &'a PipelineConfig,
-    pub services: &'a ServiceTable,
+    pub services: &'a ArcSwap<ServiceTable>,
     pub counters: &'a Counters,
+}
+
+/// What the stage reads once it has loaded the service table.
+struct SvcEnv<'a> {
+    cfg: &'a PipelineConfig,
+    services: &'a ServiceTable,
+    counters: &'a Counters,
 }
 
 /// The load balancer's per-node state: tracked flows and fragment translations.
@@ -124,11 +132,17 @@ impl Lb {
         let in_cidr = env.cfg.service_cidr.is_some_and(|(net, len)| {
             ip.dst.to_bits() & prefix_mask(len) == net.to_bits() & prefix_mask(len)
         });
-        let is_vip = env.services.is_vip(ip.dst);
+        let services = env.services.load();
+        let is_vip = services.is_vip(ip.dst);
         if !is_vip && !in_cidr {
             return Verdict::Continue;
         }
-        self.balance(env, is_vip, ctx, &ip, pkt, now)
+        let env = SvcEnv {
+            cfg: env.cfg,
+            services: &services,
+            counters: env.counters,
+        };
+        self.balance(&env, is_vip, ctx, &ip, pkt, now)
     }
 
     /// Un-NATs the reply of a tracked flow; `None` if it is none.
@@ -141,7 +155,13 @@ impl Lb {
         now: Nanos,
     ) -> Option<Verdict> {
         let t = ip.tuple()?;
-        let flow = self.track(env, Dir::Reply, &t, ip.tcp_flags, now)?;
+        let services = env.services.load();
+        let env = SvcEnv {
+            cfg: env.cfg,
+            services: &services,
+            counters: env.counters,
+        };
+        let flow = self.track(&env, Dir::Reply, &t, ip.tcp_flags, now)?;
         let bytes = ip_bytes(ctx, pkt);
         let sum = match ctx.ingress {
             // A Linux VXLAN sender may leave it partial: settled first, then full.
@@ -169,7 +189,7 @@ impl Lb {
 
     /// The flow whose `dir` key is `t`, confirmed against the current table, with its
     /// state advanced for this packet.
-    fn track(&mut self, env: &LbEnv, dir: Dir, t: &Tuple, flags: u8, now: Nanos) -> Option<Flow> {
+    fn track(&mut self, env: &SvcEnv, dir: Dir, t: &Tuple, flags: u8, now: Nanos) -> Option<Flow> {
         let f = self.conntrack.find(dir, t, now, env.counters)?;
         let gen = env.services.generation();
         let flow = self.conntrack.get_mut(f)?;
@@ -200,7 +220,7 @@ impl Lb {
     /// A packet to a ClusterIP or the service CIDR: see the module docs.
     fn balance(
         &mut self,
-        env: &LbEnv,
+        env: &SvcEnv,
         is_vip: bool,
         ctx: &mut Ctx,
         ip: &Ip,
@@ -268,7 +288,7 @@ impl Lb {
     /// reply key, the entry.
     fn new_flow(
         &mut self,
-        env: &LbEnv,
+        env: &SvcEnv,
         t: &Tuple,
         backend: Backend,
         flags: u8,
