@@ -14,6 +14,7 @@ use crate::tables::ports::Ports;
 use crate::types::{Nanos, PortId, PortRole};
 
 /// Anti-spoofing for a pod port; `Continue` when the frame is the pod's own.
+#[inline]
 fn check_pod(ctx: &Ctx, role: PortRole) -> Verdict {
     let PortRole::Pod { mac, ip } = role else {
         return Verdict::Continue;
@@ -36,6 +37,7 @@ fn check_pod(ctx: &Ctx, role: PortRole) -> Verdict {
 }
 
 /// Admits a frame from `port` (role `role`): anti-spoofing, then learning.
+#[inline]
 pub(crate) fn admit(
     ctx: &Ctx,
     port: PortId,

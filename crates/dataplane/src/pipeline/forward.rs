@@ -37,6 +37,7 @@ struct RouteEnv<'a> {
 }
 
 /// The stage: bridge, gateway or route. See the module docs.
+#[inline]
 pub(crate) fn forward(
     env: &FwdEnv,
     routes: &mut Lazy<RouteSnapshot>,
@@ -69,6 +70,7 @@ pub(crate) fn forward(
 }
 
 /// The learning bridge's decision for a frame not sent to the gateway MAC.
+#[inline]
 fn bridge(
     cfg: &PipelineConfig,
     macs: &mut MacTable,

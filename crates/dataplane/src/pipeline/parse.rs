@@ -26,6 +26,7 @@ use crate::wire::{
 };
 
 /// The IPv4 facts of a checked packet.
+#[inline]
 fn ip_facts(ip: &Ipv4Packet<&[u8]>) -> Ip {
     let fragment = ip.is_fragment();
     let later_fragment = ip.frag_offset() != 0;
@@ -59,6 +60,7 @@ fn ip_facts(ip: &Ipv4Packet<&[u8]>) -> Ip {
 }
 
 /// Checks an IPv4 packet and reads its facts.
+#[inline]
 fn ipv4(bytes: &[u8]) -> Result<Ip, DropReason> {
     Ipv4Packet::new_checked(bytes)
         .map(|p| ip_facts(&p))
@@ -66,6 +68,7 @@ fn ipv4(bytes: &[u8]) -> Result<Ip, DropReason> {
 }
 
 /// A frame read from port `port` (virtio-net header + Ethernet frame).
+#[inline]
 pub(crate) fn from_port(
     port: PortId,
     role: PortRole,

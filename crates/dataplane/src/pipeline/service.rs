@@ -93,6 +93,7 @@ impl Lb {
 
     /// The stage: see the module docs. `Continue` with `ctx.translated` set when the
     /// packet was rewritten (DNAT, or un-NAT of a reply or an ICMP error).
+    #[inline]
     pub(crate) fn stage(
         &mut self,
         env: &LbEnv,
@@ -100,6 +101,17 @@ impl Lb {
         pkt: &mut [u8],
         now: Nanos,
     ) -> Verdict {
+        // Nothing to do for a frame that is bridged while no service flow is tracked
+        // (the bulk of same-node traffic): no table is loaded.
+        let idle = self.frags.is_empty() && self.conntrack.is_empty();
+        if ctx.ip.is_none() || (idle && !(ctx.to_gateway && ctx.ingress != Ingress::Tunnel)) {
+            return Verdict::Continue;
+        }
+        self.busy(env, ctx, pkt, now)
+    }
+
+    /// The stage for a packet it may have to translate or balance.
+    fn busy(&mut self, env: &LbEnv, ctx: &mut Ctx, pkt: &mut [u8], now: Nanos) -> Verdict {
         let Some(ip) = ctx.ip else {
             return Verdict::Continue;
         };
