@@ -372,6 +372,13 @@ impl Service {
         check_name("metadata.name", &m.name, NameRule::Dns1035Label)?;
         check_name("metadata.namespace", &m.namespace, NameRule::Dns1123Label)?;
         check_labels("metadata.labels", &m.labels)?;
+        self.validate_type()?;
+        self.validate_ports()?;
+        check_labels("spec.selector", &self.spec.selector)
+    }
+
+    /// The fields each service type requires or forbids.
+    fn validate_type(&self) -> Result<(), FieldError> {
         let s = &self.spec;
         let invalid = |field: &str, value: String, reason: &str| {
             Err(FieldError::new(
@@ -439,6 +446,12 @@ impl Service {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Port names (unique, required for several ports), numbers and target ports.
+    fn validate_ports(&self) -> Result<(), FieldError> {
+        let s = &self.spec;
         let mut names = HashMap::new();
         let mut pairs = HashMap::new();
         for (i, p) in s.ports.iter().enumerate() {
@@ -502,7 +515,7 @@ impl Service {
                 ));
             }
         }
-        check_labels("spec.selector", &s.selector)
+        Ok(())
     }
 }
 
