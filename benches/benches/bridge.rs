@@ -50,7 +50,11 @@ fn frame(dst: MacAddr, src: MacAddr, src_ip: Ipv4Addr) -> Vec<u8> {
 
 /// A pipeline with a pod, a host port and `n` MACs learned on `FILL`.
 fn prefilled(n: usize, capacity: usize) -> Pipeline {
-    let mut cfg = PipelineConfig::new(GW_IP, GW_MAC, Ipv4Addr::new(10, 244, 1, 0), 24);
+    let mut cfg = PipelineConfig::new(
+        GW_IP,
+        GW_MAC,
+        tapestry_benches::cidr(Ipv4Addr::new(10, 244, 1, 0), 24),
+    );
     cfg.mac_capacity = capacity;
     let mut p = Pipeline::new(cfg);
     p.add_port(HOST, PortRole::Host);

@@ -44,7 +44,11 @@ fn backend_ip(k: u8) -> Ipv4Addr {
 
 /// A client pod, three backend pods, and `n` UDP services on port 53 over them.
 fn node(n: usize) -> Pipeline {
-    let cfg = PipelineConfig::new(GW_IP, GW_MAC, Ipv4Addr::new(10, 244, 1, 0), 24);
+    let cfg = PipelineConfig::new(
+        GW_IP,
+        GW_MAC,
+        tapestry_benches::cidr(Ipv4Addr::new(10, 244, 1, 0), 24),
+    );
     let mut p = Pipeline::new(cfg);
     p.add_port(
         CLIENT,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion};
 use tapestry_benches::{
-    mac, packet_group, retarget, tcp_frame, vxlan_datagram, Rng, Tcp, NOW, TCP_ACK, TCP_PSH,
+    cidr, mac, packet_group, retarget, tcp_frame, vxlan_datagram, Rng, Tcp, NOW, TCP_ACK, TCP_PSH,
     TCP_SYN,
 };
 use tapestry_dataplane::{
@@ -94,7 +94,7 @@ fn pod_b_ip() -> Ipv4Addr {
 /// Node 0 with a host port, pods A and B, the tunnel, and `routes` routes (its own
 /// subnet and `routes - 1` peers).
 fn node(routes: usize) -> Pipeline {
-    let mut cfg = PipelineConfig::new(host(0, 1), GW_MAC, subnet(0), 24);
+    let mut cfg = PipelineConfig::new(host(0, 1), GW_MAC, cidr(subnet(0), 24));
     cfg.tunnel = Some(TunnelConfig::new(underlay(0), vtep(0), 1500));
     let mut p = Pipeline::new(cfg);
     p.add_port(HOST, PortRole::Host);
@@ -117,11 +117,14 @@ fn node(routes: usize) -> Pipeline {
             name: format!("node-{i}"),
             underlay_ip: underlay(i),
             vtep_mac: vtep(i),
-            subnet: subnet(i),
-            prefix_len: 24,
+            subnet: cidr(subnet(i), 24),
         })
         .collect();
-    let snap = RouteSnapshot::build(subnet(0), 24, Ipv4Addr::new(10, 128, 0, 0), 9, peers);
+    let snap = RouteSnapshot::build(
+        cidr(subnet(0), 24),
+        cidr(Ipv4Addr::new(10, 128, 0, 0), 9),
+        peers,
+    );
     let snap = snap.unwrap_or_else(|e| panic!("bench routes: {e}"));
     assert_eq!(snap.len(), routes);
     p.routes().store(Arc::new(snap));

@@ -81,7 +81,11 @@ fn table(entries: Vec<ServiceEntry>) -> Arc<ServiceTable> {
 /// A node with a client pod, three backend pods, the services, and `FLOWS` flows
 /// the client opened (SYNs from distinct ports, spread over the services).
 fn node_with_flows() -> Pipeline {
-    let cfg = PipelineConfig::new(GW_IP, GW_MAC, Ipv4Addr::new(10, 244, 1, 0), 24);
+    let cfg = PipelineConfig::new(
+        GW_IP,
+        GW_MAC,
+        tapestry_benches::cidr(Ipv4Addr::new(10, 244, 1, 0), 24),
+    );
     let mut p = Pipeline::new(cfg);
     p.add_port(
         CLIENT,

@@ -29,12 +29,15 @@ fn snapshot(n: usize) -> RouteSnapshot {
                 name: format!("node-{i}"),
                 underlay_ip: Ipv4Addr::new(198, 18, a, b),
                 vtep_mac: MacAddr::new(0x0a, 0x58, 0, 0, a, b),
-                subnet: subnet(i),
-                prefix_len: 24,
+                subnet: tapestry_benches::cidr(subnet(i), 24),
             }
         })
         .collect();
-    let snap = RouteSnapshot::build(subnet(0), 24, Ipv4Addr::new(10, 0, 0, 0), 8, peers);
+    let snap = RouteSnapshot::build(
+        tapestry_benches::cidr(subnet(0), 24),
+        tapestry_benches::cidr(Ipv4Addr::new(10, 0, 0, 0), 8),
+        peers,
+    );
     snap.unwrap_or_else(|e| panic!("bench table: {e}"))
 }
 

@@ -47,8 +47,7 @@ fn node(n: u8) -> Pipeline {
     let mut cfg = PipelineConfig::new(
         Ipv4Addr::new(10, 244, n, 1),
         gw_mac,
-        Ipv4Addr::new(10, 244, n, 0),
-        24,
+        tapestry_benches::cidr(Ipv4Addr::new(10, 244, n, 0), 24),
     );
     cfg.tunnel = Some(TunnelConfig::new(underlay, vtep, 1500));
     let mut p = Pipeline::new(cfg);
@@ -64,14 +63,11 @@ fn node(n: u8) -> Pipeline {
         name: format!("node-{other}"),
         underlay_ip: if n == 1 { UNDERLAY2 } else { UNDERLAY1 },
         vtep_mac: if n == 1 { VTEP2 } else { VTEP1 },
-        subnet: Ipv4Addr::new(10, 244, other, 0),
-        prefix_len: 24,
+        subnet: tapestry_benches::cidr(Ipv4Addr::new(10, 244, other, 0), 24),
     };
     let snap = RouteSnapshot::build(
-        Ipv4Addr::new(10, 244, n, 0),
-        24,
-        Ipv4Addr::new(10, 244, 0, 0),
-        16,
+        tapestry_benches::cidr(Ipv4Addr::new(10, 244, n, 0), 24),
+        tapestry_benches::cidr(Ipv4Addr::new(10, 244, 0, 0), 16),
         vec![peer],
     );
     p.routes()

@@ -12,7 +12,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, PacketBuilderStep, TcpHeader};
 use tapestry_dataplane::wire::{checksum, VxlanPacket, VxlanRepr, VXLAN_HEADER_LEN};
-use tapestry_dataplane::{MacAddr, VNET_HDR_LEN};
+use tapestry_dataplane::{Ipv4Cidr, MacAddr, VNET_HDR_LEN};
 
 /// The time every bench passes as `now`: one second after start, far from any aging
 /// or conntrack timeout, and never advanced (nothing expires during a run).
@@ -229,4 +229,9 @@ impl Rng {
             usize::try_from(x % n).unwrap_or(0)
         }
     }
+}
+
+/// The network `addr/len` (setup only: panics on a bad prefix).
+pub fn cidr(addr: Ipv4Addr, len: u8) -> Ipv4Cidr {
+    Ipv4Cidr::new(addr, len).unwrap_or_else(|| panic!("bad bench CIDR {addr}/{len}"))
 }

@@ -17,12 +17,17 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tapestry_dataplane::{
     Action, Affinity, Backend, L4Proto, MacAddr, Peer, Pipeline, PipelineConfig, PortId, PortRole, RouteSnapshot,
-    ServiceEntry, ServiceTable, TunnelConfig, OUT_BUF_LEN,
+    ServiceEntry, ServiceTable, TunnelConfig, Ipv4Cidr, OUT_BUF_LEN,
 };
+
+/// The network `addr/len` (setup only: a bad prefix here is a bug in this file).
+fn net(addr: Ipv4Addr, len: u8) -> Ipv4Cidr {
+    Ipv4Cidr::new(addr, len).unwrap_or_else(|| panic!("bad CIDR {addr}/{len}"))
+}
 
 fn pipeline() -> Pipeline {
     let gw = Ipv4Addr::new(10, 244, 1, 1);
-    let mut cfg = PipelineConfig::new(gw, MacAddr([0x0a, 0x58, 10, 244, 1, 1]), Ipv4Addr::new(10, 244, 1, 0), 24);
+    let mut cfg = PipelineConfig::new(gw, MacAddr([0x0a, 0x58, 10, 244, 1, 1]), net(Ipv4Addr::new(10, 244, 1, 0), 24));
     cfg.tunnel = Some(TunnelConfig::new(Ipv4Addr::new(198, 18, 0, 1), MacAddr([0x0a, 0x58, 198, 18, 0, 1]), 1500));
     cfg.host_ip = Some(Ipv4Addr::new(10, 244, 1, 254));
     // Small tables: a fresh pipeline per input must be cheap.
@@ -36,10 +41,9 @@ fn pipeline() -> Pipeline {
         name: "node2".into(),
         underlay_ip: Ipv4Addr::new(198, 18, 0, 2),
         vtep_mac: MacAddr([0x0a, 0x58, 198, 18, 0, 2]),
-        subnet: Ipv4Addr::new(10, 244, 2, 0),
-        prefix_len: 24,
+        subnet: net(Ipv4Addr::new(10, 244, 2, 0), 24),
     }];
-    if let Ok(routes) = RouteSnapshot::build(Ipv4Addr::new(10, 244, 1, 0), 24, Ipv4Addr::new(10, 244, 0, 0), 16, peers) {
+    if let Ok(routes) = RouteSnapshot::build(net(Ipv4Addr::new(10, 244, 1, 0), 24), net(Ipv4Addr::new(10, 244, 0, 0), 16), peers) {
         p.routes().store(Arc::new(routes));
     }
     let svc = ServiceEntry {

@@ -109,9 +109,8 @@ pub fn peers(me: &str, nodes: &BTreeMap<String, Node>) -> Vec<Peer> {
             Some(Peer {
                 name: n.metadata.name.clone(),
                 underlay_ip: n.underlay_ip()?,
-                vtep_mac: tapestry_dataplane::MacAddr(n.status.vtep_mac?.0),
-                subnet: subnet.network(),
-                prefix_len: subnet.prefix_len(),
+                vtep_mac: n.status.vtep_mac?,
+                subnet,
             })
         })
         .collect()
@@ -141,13 +140,11 @@ pub fn reconcile_routes(
     routes: &ArcSwap<RouteSnapshot>,
 ) -> Result<RoutesReconciled, RouteError> {
     let current = routes.load();
-    let (local, local_prefix) = current.local_subnet();
     let peers = peers(me, nodes);
-    let cluster = (cluster.network(), cluster.prefix_len());
     if current.peers() == peers.as_slice() && current.cluster() == cluster {
         return Ok(RoutesReconciled::Unchanged);
     }
-    let snap = RouteSnapshot::build(local, local_prefix, cluster.0, cluster.1, peers)?;
+    let snap = RouteSnapshot::build(current.local_subnet(), cluster, peers)?;
     routes.store(Arc::new(snap));
     Ok(RoutesReconciled::Published)
 }
@@ -166,7 +163,7 @@ pub fn watch_routes(
         let describe = || -> Vec<String> {
             peers(&me, &state.nodes)
                 .iter()
-                .map(|p| format!("{}={}/{}@{}", p.name, p.subnet, p.prefix_len, p.underlay_ip))
+                .map(|p| format!("{}={}@{}", p.name, p.subnet, p.underlay_ip))
                 .collect()
         };
         match reconcile_routes(&me, cluster, &state.nodes, &routes) {
@@ -209,8 +206,7 @@ mod tests {
 
     #[test]
     fn routes_are_published_only_when_they_change() {
-        let routes =
-            ArcSwap::from_pointee(RouteSnapshot::empty_for(Ipv4Addr::new(10, 244, 1, 0), 24));
+        let routes = ArcSwap::from_pointee(RouteSnapshot::empty_for(cidr("10.244.1.0/24")));
         let cluster = cidr("10.244.0.0/16");
         let me = node("node1", "10.244.1.0/24", [198, 18, 0, 1]);
         let two = node("node2", "10.244.2.0/24", [198, 18, 0, 2]);
@@ -222,7 +218,7 @@ mod tests {
             published()
         );
         let first = routes.load_full();
-        assert_eq!(first.local_subnet(), (Ipv4Addr::new(10, 244, 1, 0), 24));
+        assert_eq!(first.local_subnet(), cidr("10.244.1.0/24"));
         assert_eq!(first.peers().len(), 1);
 
         // Same nodes; then a label on a node: nothing moves.
@@ -264,8 +260,7 @@ mod tests {
 
     #[test]
     fn a_rejected_route_table_keeps_the_current_one() {
-        let routes =
-            ArcSwap::from_pointee(RouteSnapshot::empty_for(Ipv4Addr::new(10, 244, 1, 0), 24));
+        let routes = ArcSwap::from_pointee(RouteSnapshot::empty_for(cidr("10.244.1.0/24")));
         let before = routes.load_full();
         // node2 claims this node's subnet.
         let all = nodes(&[node("node2", "10.244.1.0/24", [198, 18, 0, 2])]);

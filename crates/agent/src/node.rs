@@ -247,12 +247,7 @@ impl Node {
         let gateway = PodIpam::gateway(&cfg.subnet).ok_or_else(|| no_address("gateway"))?;
         let host_ip = PodIpam::host_port_ip(&cfg.subnet).ok_or_else(|| no_address("host port"))?;
         let gateway_mac = mac_for(gateway);
-        let mut pcfg = PipelineConfig::new(
-            gateway,
-            gateway_mac,
-            cfg.subnet.network(),
-            cfg.subnet.prefix_len(),
-        );
+        let mut pcfg = PipelineConfig::new(gateway, gateway_mac, cfg.subnet);
         pcfg.host_ip = Some(host_ip);
         pcfg.host_mac = Some(mac_for(host_ip));
         let mut socket = None;
@@ -266,7 +261,7 @@ impl Node {
                     source,
                 })?,
             );
-            pcfg.service_cidr = Some((t.service_cidr.network(), t.service_cidr.prefix_len()));
+            pcfg.service_cidr = Some(t.service_cidr);
         }
         let mac_capacity = pcfg.mac_capacity;
         let pipeline = Pipeline::new(pcfg);
@@ -646,7 +641,7 @@ impl Node {
             vtep_mac: String::new(),
         }];
         routes.extend(table.peers().iter().map(|p| RouteEntry {
-            subnet: format!("{}/{}", p.subnet, p.prefix_len),
+            subnet: p.subnet.to_string(),
             via: p.name.clone(),
             underlay_ip: p.underlay_ip.to_string(),
             vtep_mac: mac_string(p.vtep_mac),

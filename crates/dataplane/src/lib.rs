@@ -43,5 +43,6 @@ pub use tables::conntrack::{ConntrackTimeouts, FlowInfo, FlowState, DEFAULT_CONN
 pub use tables::maglev::{Maglev, MAGLEV_DEFAULT_SIZE};
 pub use tables::routes::{Peer, RouteError, RouteSnapshot, RouteTarget};
 pub use tables::service_table::{Affinity, LbError, ServiceEntry, ServiceTable};
+pub use tapestry_net::Ipv4Cidr;
 pub use types::{Backend, Ingress, L4Proto, Nanos, PortId, PortRole};
 pub use wire::{MacAddr, VNET_HDR_LEN};

@@ -6,6 +6,7 @@ use core::net::Ipv4Addr;
 use crate::tables::conntrack::{ConntrackTimeouts, DEFAULT_CONNTRACK_CAPACITY};
 use crate::types::Nanos;
 use crate::wire::MacAddr;
+use tapestry_net::Ipv4Cidr;
 
 /// The least `out` buffer the I/O layer must pass to [`crate::Pipeline::process`] and
 /// [`crate::Pipeline::process_tunnel`]: 256 KiB. The largest thing written there is the
@@ -63,10 +64,8 @@ pub struct PipelineConfig {
     pub gateway_ip: Ipv4Addr,
     /// The MAC the gateway answers ARP with.
     pub gateway_mac: MacAddr,
-    /// The node's pod subnet, e.g. 10.244.1.0 ...
-    pub subnet: Ipv4Addr,
-    /// ... /24.
-    pub prefix_len: u8,
+    /// The node's pod subnet, e.g. 10.244.1.0/24.
+    pub subnet: Ipv4Cidr,
     /// Entries not refreshed for this long are treated as unknown (default 300 s).
     pub mac_aging: Nanos,
     /// Most MACs learned at once (default 16,384; clamped to `tables::mac_table::MAX_CAPACITY`).
@@ -88,7 +87,7 @@ pub struct PipelineConfig {
     /// The service CIDR (default 10.96.0.0/12): traffic for an address in it that is
     /// no service's ClusterIP gets ICMP host unreachable instead of a route lookup.
     /// `None`: only ClusterIPs of the current service table are intercepted.
-    pub service_cidr: Option<(Ipv4Addr, u8)>,
+    pub service_cidr: Option<Ipv4Cidr>,
     /// Most service flows tracked at once (default 262,144; allocated up front).
     pub conntrack_capacity: usize,
     /// How long tracked flows live without traffic.
@@ -96,21 +95,19 @@ pub struct PipelineConfig {
 }
 
 /// Kubernetes' default service CIDR, 10.96.0.0/12.
-pub const DEFAULT_SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
+pub const DEFAULT_SERVICE_CIDR: Ipv4Cidr =
+    match Ipv4Cidr::new_const(Ipv4Addr::new(10, 96, 0, 0), 12) {
+        Some(cidr) => cidr,
+        None => panic!("10.96.0.0/12 is a network"), // evaluated at compile time
+    };
 
 impl PipelineConfig {
     /// A configuration with the default aging time and table capacity.
-    pub fn new(
-        gateway_ip: Ipv4Addr,
-        gateway_mac: MacAddr,
-        subnet: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Self {
+    pub fn new(gateway_ip: Ipv4Addr, gateway_mac: MacAddr, subnet: Ipv4Cidr) -> Self {
         PipelineConfig {
             gateway_ip,
             gateway_mac,
             subnet,
-            prefix_len,
             mac_aging: DEFAULT_MAC_AGING,
             mac_capacity: DEFAULT_MAC_CAPACITY,
             tunnel: None,

@@ -27,7 +27,7 @@ use crate::drops::{Counter, Counters, DropReason};
 use crate::hash::flow_hash;
 use crate::ratelimit::TokenBucket;
 use crate::tables::ports::Ports;
-use crate::tables::routes::{prefix_mask, RouteSnapshot, RouteTarget};
+use crate::tables::routes::{RouteSnapshot, RouteTarget};
 use crate::types::{not_one_host, Ingress, Nanos, PortId};
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::wire::{
@@ -70,8 +70,8 @@ pub(crate) struct Originated {
 
 /// The local subnet's directed broadcast address (none for /31 and /32).
 pub(crate) fn is_subnet_broadcast(routes: &RouteSnapshot, a: Ipv4Addr) -> bool {
-    let (net, len) = routes.local_subnet();
-    len < 31 && u32::from(a) == u32::from(net) | !prefix_mask(len)
+    let local = routes.local_subnet();
+    local.prefix_len() < 31 && a == local.broadcast()
 }
 
 /// Where a packet we originate for `dst` goes: a peer's subnet → the tunnel;

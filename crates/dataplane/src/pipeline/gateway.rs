@@ -32,6 +32,7 @@ use crate::wire::{
     Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, VnetHdrRepr, ETHERNET_HEADER_LEN,
     IPV4_MIN_HEADER_LEN, VNET_HDR_LEN,
 };
+use tapestry_net::Ipv4Cidr;
 
 /// TTL of packets the gateway originates (Linux's default `ip_default_ttl`).
 pub const REPLY_TTL: u8 = 64;
@@ -41,29 +42,18 @@ pub const REPLY_TTL: u8 = 64;
 pub struct Gateway {
     ip: Ipv4Addr,
     mac: MacAddr,
-    net: u32,
-    mask: u32,
+    subnet: Ipv4Cidr,
 }
 
 impl Gateway {
-    /// A gateway answering as `ip`/`mac` for the subnet `subnet/prefix_len` (a prefix
-    /// length above 32 is treated as 32; host bits of `subnet` are ignored).
-    pub fn new(ip: Ipv4Addr, mac: MacAddr, subnet: Ipv4Addr, prefix_len: u8) -> Self {
-        let mask = match prefix_len {
-            0 => 0,
-            p => u32::MAX << (32 - u32::from(p.min(32))),
-        };
-        Gateway {
-            ip,
-            mac,
-            net: u32::from(subnet) & mask,
-            mask,
-        }
+    /// A gateway answering as `ip`/`mac` for `subnet`.
+    pub fn new(ip: Ipv4Addr, mac: MacAddr, subnet: Ipv4Cidr) -> Self {
+        Gateway { ip, mac, subnet }
     }
 
     /// `true` if `addr` is in the local subnet.
     pub fn is_local(&self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & self.mask == self.net
+        self.subnet.contains(addr)
     }
 
     /// Handles ARP sent to the gateway MAC or a broadcast ARP request for the gateway IP.
@@ -207,8 +197,7 @@ mod tests {
         Gateway::new(
             Ipv4Addr::new(10, 244, 1, 1),
             GW_MAC,
-            Ipv4Addr::new(10, 244, 1, 0),
-            24,
+            Ipv4Cidr::new(Ipv4Addr::new(10, 244, 1, 0), 24).unwrap(),
         )
     }
 
@@ -217,9 +206,10 @@ mod tests {
         let r = gateway();
         assert!(r.is_local(Ipv4Addr::new(10, 244, 1, 200)));
         assert!(!r.is_local(Ipv4Addr::new(10, 244, 2, 1)));
-        let all = Gateway::new(Ipv4Addr::UNSPECIFIED, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), 0);
+        let cidr = |len| Ipv4Cidr::new(Ipv4Addr::new(1, 2, 3, 4), len).unwrap();
+        let all = Gateway::new(Ipv4Addr::UNSPECIFIED, GW_MAC, cidr(0));
         assert!(all.is_local(Ipv4Addr::new(8, 8, 8, 8)));
-        let host = Gateway::new(Ipv4Addr::UNSPECIFIED, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), 40);
+        let host = Gateway::new(Ipv4Addr::UNSPECIFIED, GW_MAC, cidr(32));
         assert!(host.is_local(Ipv4Addr::new(1, 2, 3, 4)));
         assert!(!host.is_local(Ipv4Addr::new(1, 2, 3, 5)));
     }

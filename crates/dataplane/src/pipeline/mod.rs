@@ -92,16 +92,13 @@ impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Self {
         Pipeline {
             stages: Stages {
-                gateway: Gateway::new(cfg.gateway_ip, cfg.gateway_mac, cfg.subnet, cfg.prefix_len),
+                gateway: Gateway::new(cfg.gateway_ip, cfg.gateway_mac, cfg.subnet),
                 ports: Ports::new(cfg.host_ip, cfg.host_mac),
                 macs: MacTable::new(cfg.mac_capacity, cfg.mac_aging),
                 lb: Lb::new(cfg.conntrack_capacity),
                 origin: Origin::new(cfg.icmp_errors_per_sec),
             },
-            routes: Arc::new(ArcSwap::from_pointee(RouteSnapshot::empty_for(
-                cfg.subnet,
-                cfg.prefix_len,
-            ))),
+            routes: Arc::new(ArcSwap::from_pointee(RouteSnapshot::empty_for(cfg.subnet))),
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::empty())),
             counters: Arc::new(Counters::default()),
             cfg,
@@ -115,7 +112,7 @@ impl Pipeline {
 
     /// The handle the control thread stores new route snapshots into; the pipeline
     /// `load()`s it per packet (no lock, no allocation). Initially
-    /// `RouteSnapshot::empty_for(subnet, prefix_len)`.
+    /// `RouteSnapshot::empty_for(subnet)`.
     pub fn routes(&self) -> &Arc<ArcSwap<RouteSnapshot>> {
         &self.routes
     }

@@ -15,7 +15,6 @@ use crate::drops::{Counter, Counters, DropReason};
 use crate::hash::fmix64;
 use crate::tables::conntrack::{timeout, Conntrack, Dir, Flow, FlowInfo, FlowState, Tuple};
 use crate::tables::fragments::FragTable;
-use crate::tables::routes::prefix_mask;
 use crate::tables::service_table::ServiceTable;
 use crate::types::{Backend, Ingress, L4Proto, Nanos};
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_SYN};
@@ -141,9 +140,7 @@ impl Lb {
         if ctx.ingress == Ingress::Tunnel || !ctx.to_gateway {
             return Verdict::Continue;
         }
-        let in_cidr = env.cfg.service_cidr.is_some_and(|(net, len)| {
-            ip.dst.to_bits() & prefix_mask(len) == net.to_bits() & prefix_mask(len)
-        });
+        let in_cidr = env.cfg.service_cidr.is_some_and(|c| c.contains(ip.dst));
         let services = env.services.load();
         let is_vip = services.is_vip(ip.dst);
         if !is_vip && !in_cidr {

@@ -27,6 +27,7 @@ use core::net::Ipv4Addr;
 use std::collections::HashMap;
 
 use crate::wire::MacAddr;
+use tapestry_net::Ipv4Cidr;
 
 /// Mask of a prefix length (0..=32; longer lengths are treated as 32).
 #[inline]
@@ -188,10 +189,8 @@ pub struct Peer {
     /// The MAC of the node's VTEP: the inner destination MAC of frames sent to it
     /// (flannel publishes it as the `flannel.alpha.coreos.com/backend-data` VtepMAC).
     pub vtep_mac: MacAddr,
-    /// The node's pod subnet ...
-    pub subnet: Ipv4Addr,
-    /// ... and its prefix length.
-    pub prefix_len: u8,
+    /// The node's pod subnet.
+    pub subnet: Ipv4Cidr,
 }
 
 /// Where a route leads.
@@ -206,22 +205,13 @@ pub enum RouteTarget {
 /// Why a route snapshot could not be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    /// A prefix length above 32.
-    #[error("{owner}: bad prefix {subnet}/{prefix_len}: prefix length above 32")]
-    BadPrefix {
-        owner: String,
-        subnet: Ipv4Addr,
-        prefix_len: u8,
-    },
     /// Two nodes' subnets overlap (the local node is named "local").
-    #[error("{first}'s subnet {first_subnet}/{first_prefix} overlaps {second}'s {second_subnet}/{second_prefix}")]
+    #[error("{first}'s subnet {first_subnet} overlaps {second}'s {second_subnet}")]
     Overlap {
         first: String,
-        first_subnet: Ipv4Addr,
-        first_prefix: u8,
+        first_subnet: Ipv4Cidr,
         second: String,
-        second_subnet: Ipv4Addr,
-        second_prefix: u8,
+        second_subnet: Ipv4Cidr,
     },
     /// Two peers claim the same underlay address: ingress could not tell them apart.
     #[error("peers {first} and {second} share the underlay IP {underlay_ip}")]
@@ -242,50 +232,29 @@ pub struct RouteSnapshot {
     table: Lpm<RouteTarget>,
     peers: Vec<Peer>,
     by_underlay: PrefixMap<usize>,
-    local: (Ipv4Addr, u8),
-    cluster: (Ipv4Addr, u8),
+    local: Ipv4Cidr,
+    cluster: Ipv4Cidr,
 }
 
 impl RouteSnapshot {
-    /// Routes `local_subnet/local_prefix` to [`RouteTarget::Local`] and each peer's
-    /// subnet to [`RouteTarget::Peer`] (its index in `peers`). `cluster`/`cluster_prefix`
-    /// (e.g. 10.244.0.0/16) tells "in the cluster but nobody owns it" (ICMP host
-    /// unreachable) from "outside the cluster" (ICMP net unreachable). Host bits of
-    /// the subnets are ignored. Errors: a prefix length above 32, overlapping subnets
+    /// Routes `local` to [`RouteTarget::Local`] and each peer's subnet to
+    /// [`RouteTarget::Peer`] (its index in `peers`). `cluster` (e.g. 10.244.0.0/16)
+    /// tells "in the cluster but nobody owns it" (ICMP host unreachable) from
+    /// "outside the cluster" (ICMP net unreachable). Errors: overlapping subnets
     /// (local included), two peers with one underlay IP.
     pub fn build(
-        local_subnet: Ipv4Addr,
-        local_prefix: u8,
-        cluster: Ipv4Addr,
-        cluster_prefix: u8,
+        local: Ipv4Cidr,
+        cluster: Ipv4Cidr,
         peers: Vec<Peer>,
     ) -> Result<RouteSnapshot, RouteError> {
-        let bad = |owner: &str, subnet, prefix_len| RouteError::BadPrefix {
-            owner: owner.to_string(),
-            subnet,
-            prefix_len,
-        };
-        if cluster_prefix > 32 {
-            return Err(bad("cluster", cluster, cluster_prefix));
-        }
-        if local_prefix > 32 {
-            return Err(bad(LOCAL_NAME, local_subnet, local_prefix));
-        }
         // (first address, last address, owner index: 0 = local, i + 1 = peer i)
         let mut ranges: Vec<(u32, u32, usize)> = Vec::with_capacity(peers.len() + 1);
-        let range = |net: Ipv4Addr, len: u8| {
-            let mask = prefix_mask(len);
-            let first = u32::from(net) & mask;
-            (first, first | !mask)
-        };
-        let (f, l) = range(local_subnet, local_prefix);
+        let range = |net: Ipv4Cidr| (u32::from(net.network()), u32::from(net.broadcast()));
+        let (f, l) = range(local);
         ranges.push((f, l, 0));
         let mut by_underlay = PrefixMap::default();
         for (i, p) in peers.iter().enumerate() {
-            if p.prefix_len > 32 {
-                return Err(bad(&p.name, p.subnet, p.prefix_len));
-            }
-            let (f, l) = range(p.subnet, p.prefix_len);
+            let (f, l) = range(p.subnet);
             ranges.push((f, l, i + 1));
             if let Some(prev) = by_underlay.insert(u32::from(p.underlay_ip), i) {
                 return Err(RouteError::DuplicateUnderlay {
@@ -296,10 +265,10 @@ impl RouteSnapshot {
             }
         }
         ranges.sort_unstable();
-        let describe = |owner: usize| -> (String, Ipv4Addr, u8) {
+        let describe = |owner: usize| -> (String, Ipv4Cidr) {
             match owner.checked_sub(1).and_then(|i| peers.get(i)) {
-                Some(p) => (p.name.clone(), p.subnet, p.prefix_len),
-                None => (LOCAL_NAME.to_string(), local_subnet, local_prefix),
+                Some(p) => (p.name.clone(), p.subnet),
+                None => (LOCAL_NAME.to_string(), local),
             }
         };
         // Sorted by first address: disjoint iff each range starts after the furthest
@@ -308,15 +277,13 @@ impl RouteSnapshot {
         for &(first, last, owner) in &ranges {
             if let Some((end, prev)) = furthest {
                 if first <= end {
-                    let (a, a_net, a_len) = describe(prev);
-                    let (b, b_net, b_len) = describe(owner);
+                    let (first, first_subnet) = describe(prev);
+                    let (second, second_subnet) = describe(owner);
                     return Err(RouteError::Overlap {
-                        first: a,
-                        first_subnet: a_net,
-                        first_prefix: a_len,
-                        second: b,
-                        second_subnet: b_net,
-                        second_prefix: b_len,
+                        first,
+                        first_subnet,
+                        second,
+                        second_subnet,
                     });
                 }
             }
@@ -326,37 +293,31 @@ impl RouteSnapshot {
             }
         }
         let mut table = Lpm::new();
-        // Prefix lengths were checked above, so these inserts cannot fail.
-        let _ = table.insert(local_subnet, local_prefix, RouteTarget::Local);
+        // An Ipv4Cidr's prefix length is at most 32, so these inserts cannot fail.
+        let _ = table.insert(local.network(), local.prefix_len(), RouteTarget::Local);
         for (i, p) in peers.iter().enumerate() {
-            let _ = table.insert(p.subnet, p.prefix_len, RouteTarget::Peer(i));
+            let (net, len) = (p.subnet.network(), p.subnet.prefix_len());
+            let _ = table.insert(net, len, RouteTarget::Peer(i));
         }
-        let mask = prefix_mask(cluster_prefix);
         Ok(RouteSnapshot {
             table,
             peers,
             by_underlay,
-            local: (
-                Ipv4Addr::from(u32::from(local_subnet) & prefix_mask(local_prefix)),
-                local_prefix,
-            ),
-            cluster: (Ipv4Addr::from(u32::from(cluster) & mask), cluster_prefix),
+            local,
+            cluster,
         })
     }
 
-    /// Only the local subnet: no peers, and the cluster is the local subnet. A prefix
-    /// length above 32 is treated as 32.
-    pub fn empty_for(local_subnet: Ipv4Addr, local_prefix: u8) -> RouteSnapshot {
-        let len = local_prefix.min(32);
+    /// Only the local subnet: no peers, and the cluster is the local subnet.
+    pub fn empty_for(local: Ipv4Cidr) -> RouteSnapshot {
         let mut table = Lpm::new();
-        let _ = table.insert(local_subnet, len, RouteTarget::Local);
-        let net = Ipv4Addr::from(u32::from(local_subnet) & prefix_mask(len));
+        let _ = table.insert(local.network(), local.prefix_len(), RouteTarget::Local);
         RouteSnapshot {
             table,
             peers: Vec::new(),
             by_underlay: PrefixMap::default(),
-            local: (net, len),
-            cluster: (net, len),
+            local,
+            cluster: local,
         }
     }
 
@@ -386,8 +347,7 @@ impl RouteSnapshot {
     /// `true` if `dst` is inside the cluster CIDR.
     #[inline]
     pub fn in_cluster(&self, dst: Ipv4Addr) -> bool {
-        let (net, len) = self.cluster;
-        u32::from(dst) & prefix_mask(len) == u32::from(net)
+        self.cluster.contains(dst)
     }
 
     /// Number of routes (the local subnet plus one per peer).
@@ -400,13 +360,13 @@ impl RouteSnapshot {
         self.table.is_empty()
     }
 
-    /// The local subnet and prefix length (host bits cleared).
-    pub fn local_subnet(&self) -> (Ipv4Addr, u8) {
+    /// The local subnet.
+    pub fn local_subnet(&self) -> Ipv4Cidr {
         self.local
     }
 
-    /// The cluster CIDR and prefix length (host bits cleared).
-    pub fn cluster(&self) -> (Ipv4Addr, u8) {
+    /// The cluster CIDR.
+    pub fn cluster(&self) -> Ipv4Cidr {
         self.cluster
     }
 }
@@ -421,22 +381,23 @@ mod tests {
         Ipv4Addr::new(a, b, c, d)
     }
 
+    fn net(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Cidr {
+        Ipv4Cidr::new(ip(a, b, c, d), len).unwrap()
+    }
+
     fn peer(n: u8) -> Peer {
         Peer {
             name: format!("node-{n}"),
             underlay_ip: ip(198, 18, 0, n),
             vtep_mac: MacAddr::new(0x0a, 0x58, 0xc6, 0x12, 0, n),
-            subnet: ip(10, 244, n, 0),
-            prefix_len: 24,
+            subnet: net(10, 244, n, 0, 24),
         }
     }
 
     fn three_nodes() -> RouteSnapshot {
         RouteSnapshot::build(
-            ip(10, 244, 1, 0),
-            24,
-            ip(10, 244, 0, 0),
-            16,
+            net(10, 244, 1, 0, 24),
+            net(10, 244, 0, 0, 16),
             vec![peer(2), peer(3)],
         )
         .unwrap()
@@ -458,59 +419,45 @@ mod tests {
         assert_eq!(r.peer_by_underlay(ip(198, 18, 0, 3)), Some(1));
         assert_eq!(r.peer_by_underlay(ip(198, 18, 0, 1)), None);
         assert_eq!(r.peers().len(), 2);
-        assert_eq!(r.local_subnet(), (ip(10, 244, 1, 0), 24));
-        assert_eq!(r.cluster(), (ip(10, 244, 0, 0), 16));
+        assert_eq!(r.local_subnet(), net(10, 244, 1, 0, 24));
+        assert_eq!(r.cluster(), net(10, 244, 0, 0, 16));
     }
 
     #[test]
     fn empty_snapshot_is_just_the_local_subnet() {
-        let r = RouteSnapshot::empty_for(ip(10, 244, 1, 9), 24);
+        let r = RouteSnapshot::empty_for(net(10, 244, 1, 9, 24));
         assert_eq!(r.len(), 1);
         assert!(!r.is_empty());
         assert_eq!(r.lookup(ip(10, 244, 1, 200)), Some(RouteTarget::Local));
         assert_eq!(r.lookup(ip(10, 244, 2, 1)), None);
         assert!(r.in_cluster(ip(10, 244, 1, 3)));
         assert!(!r.in_cluster(ip(10, 244, 2, 3)));
-        assert_eq!(r.local_subnet(), (ip(10, 244, 1, 0), 24));
-        let r = RouteSnapshot::empty_for(ip(10, 244, 1, 9), 99);
+        assert_eq!(r.local_subnet(), net(10, 244, 1, 0, 24));
+        let r = RouteSnapshot::empty_for(net(10, 244, 1, 9, 32));
         assert_eq!(r.lookup(ip(10, 244, 1, 9)), Some(RouteTarget::Local));
         assert_eq!(r.lookup(ip(10, 244, 1, 8)), None);
     }
 
     #[test]
-    fn build_rejects_overlap_bad_prefix_and_duplicate_underlay() {
-        let local = ip(10, 244, 1, 0);
-        let cl = ip(10, 244, 0, 0);
+    fn build_rejects_overlap_and_duplicate_underlay() {
+        let local = net(10, 244, 1, 0, 24);
+        let cl = net(10, 244, 0, 0, 16);
         let mut same = peer(2);
-        same.subnet = ip(10, 244, 1, 0);
-        let err = RouteSnapshot::build(local, 24, cl, 16, vec![same]).unwrap_err();
+        same.subnet = local;
+        let err = RouteSnapshot::build(local, cl, vec![same]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "local's subnet 10.244.1.0/24 overlaps node-2's 10.244.1.0/24"
         );
         // A wider peer subnet swallowing another peer.
         let mut wide = peer(4);
-        wide.subnet = ip(10, 244, 0, 0);
-        wide.prefix_len = 22;
-        let err =
-            RouteSnapshot::build(ip(10, 244, 9, 0), 24, cl, 16, vec![peer(2), wide]).unwrap_err();
+        wide.subnet = net(10, 244, 0, 0, 22);
+        let nine = net(10, 244, 9, 0, 24);
+        let err = RouteSnapshot::build(nine, cl, vec![peer(2), wide]).unwrap_err();
         assert!(matches!(err, RouteError::Overlap { .. }), "{err}");
-        let mut bad = peer(2);
-        bad.prefix_len = 33;
-        let err = RouteSnapshot::build(local, 24, cl, 16, vec![bad]).unwrap_err();
-        assert_eq!(
-            err,
-            RouteError::BadPrefix {
-                owner: "node-2".into(),
-                subnet: ip(10, 244, 2, 0),
-                prefix_len: 33
-            }
-        );
-        assert!(RouteSnapshot::build(local, 40, cl, 16, vec![]).is_err());
-        assert!(RouteSnapshot::build(local, 24, cl, 33, vec![]).is_err());
         let mut twin = peer(3);
         twin.underlay_ip = peer(2).underlay_ip;
-        let err = RouteSnapshot::build(local, 24, cl, 16, vec![peer(2), twin]).unwrap_err();
+        let err = RouteSnapshot::build(local, cl, vec![peer(2), twin]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "peers node-2 and node-3 share the underlay IP 198.18.0.2"
@@ -520,13 +467,11 @@ mod tests {
     #[test]
     fn adjacent_subnets_do_not_overlap() {
         let mut a = peer(2);
-        a.subnet = ip(10, 244, 2, 0);
-        a.prefix_len = 23; // 10.244.2.0 - 10.244.3.255
+        a.subnet = net(10, 244, 2, 0, 23); // 10.244.2.0 - 10.244.3.255
         let mut b = peer(4);
-        b.subnet = ip(10, 244, 4, 0);
-        b.prefix_len = 22;
-        let r =
-            RouteSnapshot::build(ip(10, 244, 1, 0), 24, ip(10, 244, 0, 0), 16, vec![a, b]).unwrap();
+        b.subnet = net(10, 244, 4, 0, 22);
+        let (local, cluster) = (net(10, 244, 1, 0, 24), net(10, 244, 0, 0, 16));
+        let r = RouteSnapshot::build(local, cluster, vec![a, b]).unwrap();
         assert_eq!(r.lookup(ip(10, 244, 3, 1)), Some(RouteTarget::Peer(0)));
         assert_eq!(r.lookup(ip(10, 244, 7, 1)), Some(RouteTarget::Peer(1)));
         assert_eq!(r.lookup(ip(10, 244, 8, 1)), None);

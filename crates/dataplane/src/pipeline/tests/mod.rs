@@ -11,6 +11,7 @@ use crate::wire::checksum;
 use crate::wire::VNET_HDR_LEN;
 use core::net::Ipv4Addr;
 use proptest::prelude::*;
+use tapestry_net::Ipv4Cidr;
 
 const SEC: Nanos = 1_000_000_000;
 const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
@@ -27,7 +28,11 @@ const B: PortId = PortId(2);
 const OUT_LEN: usize = 65_546;
 
 fn config() -> PipelineConfig {
-    PipelineConfig::new(GW_IP, GW_MAC, Ipv4Addr::new(10, 244, 1, 0), 24)
+    PipelineConfig::new(
+        GW_IP,
+        GW_MAC,
+        Ipv4Cidr::new(Ipv4Addr::new(10, 244, 1, 0), 24).unwrap(),
+    )
 }
 
 fn pipeline_with(cfg: PipelineConfig) -> Pipeline {

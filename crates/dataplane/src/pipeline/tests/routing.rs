@@ -24,13 +24,22 @@ const HOST2_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 254);
 const HOST2_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0xfe);
 const MTU: u16 = 1450;
 
+/// The /24 at `net`.
+fn net24(net: Ipv4Addr) -> Ipv4Cidr {
+    Ipv4Cidr::new(net, 24).unwrap()
+}
+
+/// The cluster CIDR, 10.244.0.0/16.
+fn cluster() -> Ipv4Cidr {
+    Ipv4Cidr::new(CLUSTER, 16).unwrap()
+}
+
 fn peer(name: &str, underlay: Ipv4Addr, vtep: MacAddr, subnet: Ipv4Addr) -> Peer {
     Peer {
         name: name.into(),
         underlay_ip: underlay,
         vtep_mac: vtep,
-        subnet,
-        prefix_len: 24,
+        subnet: net24(subnet),
     }
 }
 
@@ -41,7 +50,7 @@ fn node1_with(cfg: impl FnOnce(&mut PipelineConfig)) -> Pipeline {
     cfg(&mut c);
     let p = pipeline_with(c);
     let n2 = peer("node-2", N2_UNDERLAY, VTEP2, Ipv4Addr::new(10, 244, 2, 0));
-    let snap = RouteSnapshot::build(Ipv4Addr::new(10, 244, 1, 0), 24, CLUSTER, 16, vec![n2]);
+    let snap = RouteSnapshot::build(net24(Ipv4Addr::new(10, 244, 1, 0)), cluster(), vec![n2]);
     p.routes().store(Arc::new(snap.unwrap()));
     p
 }
@@ -52,7 +61,7 @@ pub(super) fn node1() -> Pipeline {
 
 /// Node 2: pod C, a host port at 10.244.2.254; node 1 is its peer.
 pub(super) fn node2() -> Pipeline {
-    let mut c = PipelineConfig::new(GW2_IP, GW2_MAC, Ipv4Addr::new(10, 244, 2, 0), 24);
+    let mut c = PipelineConfig::new(GW2_IP, GW2_MAC, net24(Ipv4Addr::new(10, 244, 2, 0)));
     c.tunnel = Some(TunnelConfig::new(N2_UNDERLAY, VTEP2, 1500));
     c.host_ip = Some(HOST2_IP);
     let mut p = Pipeline::new(c);
@@ -65,7 +74,7 @@ pub(super) fn node2() -> Pipeline {
         },
     );
     let n1 = peer("node-1", N1_UNDERLAY, VTEP1, Ipv4Addr::new(10, 244, 1, 0));
-    let snap = RouteSnapshot::build(Ipv4Addr::new(10, 244, 2, 0), 24, CLUSTER, 16, vec![n1]);
+    let snap = RouteSnapshot::build(net24(Ipv4Addr::new(10, 244, 2, 0)), cluster(), vec![n1]);
     p.routes().store(Arc::new(snap.unwrap()));
     p
 }
@@ -1007,10 +1016,10 @@ fn decapsulated_traffic_never_goes_back_into_the_tunnel() {
 #[test]
 fn route_snapshots_are_swapped_in() {
     let mut p = node1();
-    p.routes().store(Arc::new(RouteSnapshot::empty_for(
-        Ipv4Addr::new(10, 244, 1, 0),
-        24,
-    )));
+    p.routes()
+        .store(Arc::new(RouteSnapshot::empty_for(net24(Ipv4Addr::new(
+            10, 244, 1, 0,
+        )))));
     let ip = ip_pkt(A_IP, C_IP, 17, 64, 0, &udp(1, 2, b""));
     // Without the peer (and with the cluster = the local subnet): net unreachable.
     let Ok(Reply(r)) = run(&mut p, A, &from_a(&ip), 0) else {
@@ -1018,7 +1027,7 @@ fn route_snapshots_are_swapped_in() {
     };
     assert_eq!(&r[24 + 20..24 + 22], &[3, 0]);
     let n2 = peer("node-2", N2_UNDERLAY, VTEP2, Ipv4Addr::new(10, 244, 2, 0));
-    let snap = RouteSnapshot::build(Ipv4Addr::new(10, 244, 1, 0), 24, CLUSTER, 16, vec![n2]);
+    let snap = RouteSnapshot::build(net24(Ipv4Addr::new(10, 244, 1, 0)), cluster(), vec![n2]);
     p.routes().store(Arc::new(snap.unwrap()));
     assert_eq!(
         datagrams_of(run(&mut p, A, &from_a(&ip), 0), N2_UNDERLAY).len(),
