@@ -24,7 +24,6 @@ use super::config::PipelineConfig;
 use super::context::{Ctx, IcmpError, Verdict};
 use crate::codec::vxlan::{Datagrams, Encap, ENCAP_PREFIX_LEN};
 use crate::drops::{Counter, Counters, DropReason};
-use crate::hash::flow_hash;
 use crate::ratelimit::TokenBucket;
 use crate::tables::ports::Ports;
 use crate::tables::routes::{RouteSnapshot, RouteTarget};
@@ -131,18 +130,19 @@ pub(crate) fn write_prefix(
 }
 
 /// The verdict for tunnel datagrams written into `out`.
-pub(crate) fn tunnel_verdict(peer: Ipv4Addr, flow_hash: u32, d: Datagrams) -> Verdict {
-    Verdict::Tunnel {
-        peer,
-        flow_hash,
-        len: d.len,
-        segment_len: d.segment_len,
-        count: d.count,
+pub(crate) fn tunnel_verdict(peer: Ipv4Addr, d: Datagrams) -> Verdict {
+    match (u32::try_from(d.len), u32::try_from(d.segment_len)) {
+        (Ok(len), Ok(segment_len)) => Verdict::Tunnel {
+            peer,
+            len,
+            segment_len,
+        },
+        _ => DropReason::ReplyTooLarge.into(),
     }
 }
 
 /// The verdict for a packet we originated.
-pub(crate) fn originated(routes: &RouteSnapshot, o: Originated, out: &[u8]) -> Verdict {
+pub(crate) fn originated(routes: &RouteSnapshot, o: Originated) -> Verdict {
     match o.egress {
         Egress::Reply(_) => Verdict::Reply(o.end),
         Egress::Port(port, _) => Verdict::ToPort(port, o.end),
@@ -150,13 +150,12 @@ pub(crate) fn originated(routes: &RouteSnapshot, o: Originated, out: &[u8]) -> V
             let Some(peer) = routes.peer(i) else {
                 return DropReason::NoRoute.into();
             };
-            let ip = Ipv4Packet::new_unchecked(out.get(o.ip_at..o.end).unwrap_or(&[]));
             let d = Datagrams {
                 len: o.end,
                 segment_len: o.end,
                 count: 1,
             };
-            tunnel_verdict(peer.underlay_ip, flow_hash(&ip), d)
+            tunnel_verdict(peer.underlay_ip, d)
         }
     }
 }

@@ -11,7 +11,6 @@ use crate::codec::vxlan::{
     L4Checksum,
 };
 use crate::drops::{drop_for, Counter, Counters, DropReason};
-use crate::hash::flow_hash;
 use crate::tables::mac_table::MacTable;
 use crate::tables::ports::Ports;
 use crate::tables::routes::{RouteSnapshot, RouteTarget};
@@ -37,7 +36,7 @@ struct RouteEnv<'a> {
 }
 
 /// The stage: bridge, gateway or route. See the module docs.
-#[inline]
+#[inline(always)]
 pub(crate) fn forward(
     env: &FwdEnv,
     routes: &mut Lazy<RouteSnapshot>,
@@ -268,14 +267,13 @@ fn send_to_peer(
         return DropReason::Truncated.into();
     };
     Ipv4Packet::new_unchecked(&mut *ip_slice).decrement_ttl();
-    let hash = flow_hash(&Ipv4Packet::new_unchecked(&*ip_slice));
     let result = match mss {
         Some(mss) => segment_tcp(&enc, ip_slice, mss, out),
         None if ip.total_len <= mtu => encapsulate(&enc, ip_slice, out),
         None => fragment(&enc, ip_slice, mtu, out),
     };
     match result {
-        Ok(d) => tunnel_verdict(peer.underlay_ip, hash, d),
+        Ok(d) => tunnel_verdict(peer.underlay_ip, d),
         Err(r) => r.into(),
     }
 }

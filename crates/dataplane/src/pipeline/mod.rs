@@ -28,7 +28,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::codec::nat::Addressing;
+use crate::codec::vxlan::ENCAP_PREFIX_LEN;
 use crate::drops::{Counter, Counters, DropReason};
+use crate::hash::flow_hash;
 use crate::tables::conntrack::FlowInfo;
 use crate::tables::mac_table::MacTable;
 use crate::tables::ports::Ports;
@@ -209,8 +211,11 @@ impl Pipeline {
         };
         let mut routes = Lazy::new(&self.routes);
         let tun = self.cfg.tunnel.as_ref();
-        let verdict = match parse::from_tunnel(tun, routes.get(), *src.ip(), payload, sh.counters) {
-            Ok(mut ctx) => {
+        let mut ctx = Ctx::new(Ingress::Tunnel);
+        let (from, counters) = (*src.ip(), sh.counters);
+        let verdict = match parse::from_tunnel(tun, routes.get(), from, payload, counters, &mut ctx)
+        {
+            Ok(()) => {
                 let st = &mut self.stages;
                 st.after_admit(&sh, &mut routes, &mut ctx, payload, now, out)
             }
@@ -220,6 +225,7 @@ impl Pipeline {
     }
 
     /// Counts the outcome and lends the caller the bytes it refers to.
+    #[inline(always)]
     fn finish<'a>(&self, verdict: Verdict, out: &'a [u8]) -> Action<'a> {
         let c = &self.counters;
         let lend = |len: usize, counter: Counter| {
@@ -246,22 +252,28 @@ impl Pipeline {
             }
             Verdict::Tunnel {
                 peer,
-                flow_hash,
                 len,
                 segment_len,
-                count,
-            } => match lend(len, Counter::TunneledOut) {
-                Some(datagrams) => {
-                    c.add(Counter::TunnelDatagramsOut, count as u64);
-                    Action::Tunnel {
-                        peer,
-                        flow_hash,
-                        datagrams,
-                        segment_len,
+            } => {
+                let (len, segment_len) = (len as usize, segment_len.max(1) as usize);
+                match lend(len, Counter::TunneledOut) {
+                    Some(datagrams) => {
+                        c.add(
+                            Counter::TunnelDatagramsOut,
+                            len.div_ceil(segment_len) as u64,
+                        );
+                        // The inner flow of the first datagram: every one has the same.
+                        let inner = datagrams.get(ENCAP_PREFIX_LEN..).unwrap_or(&[]);
+                        Action::Tunnel {
+                            peer,
+                            flow_hash: flow_hash(&Ipv4Packet::new_unchecked(inner)),
+                            datagrams,
+                            segment_len,
+                        }
                     }
+                    None => too_large,
                 }
-                None => too_large,
-            },
+            }
             Verdict::Drop(reason) => {
                 c.bump_drop(reason);
                 Action::Drop(reason)
@@ -315,6 +327,7 @@ impl Pipeline {
 
 impl Stages {
     /// Stages 1 and 2 for a frame from a port, then the rest.
+    #[inline(always)]
     fn port_path(
         &mut self,
         sh: &Shared,
@@ -327,10 +340,10 @@ impl Stages {
         let Some(role) = self.ports.role(port) else {
             return DropReason::UnknownIngress.into();
         };
-        let mut ctx = match parse::from_port(port, role, sh.cfg.gateway_mac, pkt) {
-            Ok(ctx) => ctx,
-            Err(r) => return r.into(),
-        };
+        let mut ctx = Ctx::new(Ingress::Port(port));
+        if let Err(r) = parse::from_port(role, sh.cfg.gateway_mac, pkt, &mut ctx) {
+            return r.into();
+        }
         let v = admit::admit(
             &ctx,
             port,
@@ -346,7 +359,10 @@ impl Stages {
         self.after_admit(sh, routes, &mut ctx, pkt, now, out)
     }
 
-    /// Service, (policy,) forward, and what they asked the node to answer.
+    /// Service, (policy,) forward, and what they asked the node to answer. Inlined
+    /// into both drivers so that the verdicts stay in registers (a verdict stored
+    /// piecewise and reloaded whole stalls store forwarding: measured +15 ns a frame).
+    #[inline(always)]
     fn after_admit(
         &mut self,
         sh: &Shared,
@@ -418,7 +434,7 @@ impl Stages {
             }
             sh.counters.bump(Counter::IcmpErrorsSent);
         }
-        originated(routes, o, out)
+        originated(routes, o)
     }
 
     /// The gateway's own answers: ARP and echo from a port, echo from the tunnel
@@ -445,7 +461,7 @@ impl Stages {
                     })
                 });
                 return match sent {
-                    Ok(o) => originated(env.routes, o, out),
+                    Ok(o) => originated(env.routes, o),
                     Err(r) => r.into(),
                 };
             }

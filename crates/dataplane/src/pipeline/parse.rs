@@ -18,7 +18,7 @@ use super::config::TunnelConfig;
 use super::context::{Ctx, Ip};
 use crate::drops::{drop_for, Counter, Counters, DropReason};
 use crate::tables::routes::RouteSnapshot;
-use crate::types::{Ingress, PortId, PortRole};
+use crate::types::PortRole;
 use crate::wire::{
     ArpPacket, ArpRepr, EtherType, EthernetFrame, IpProtocol, Ipv4Packet, MacAddr, TcpPacket,
     UdpPacket, VnetHdr, VnetHdrRepr, VxlanPacket, VxlanRepr, WireError, UDP_HEADER_LEN,
@@ -67,14 +67,16 @@ fn ipv4(bytes: &[u8]) -> Result<Ip, DropReason> {
         .map_err(drop_for)
 }
 
-/// A frame read from port `port` (virtio-net header + Ethernet frame).
+/// A frame read from a port (virtio-net header + Ethernet frame) whose role is
+/// `role`, into `ctx` (made by [`Ctx::new`] for that port). The context is filled
+/// in place, field by field, and never moved: it is read by every stage.
 #[inline]
 pub(crate) fn from_port(
-    port: PortId,
     role: PortRole,
     gateway_mac: MacAddr,
     pkt: &[u8],
-) -> Result<Ctx, DropReason> {
+    ctx: &mut Ctx,
+) -> Result<(), DropReason> {
     if pkt.len() < VNET_HDR_LEN {
         return Err(DropReason::Truncated);
     }
@@ -103,28 +105,26 @@ pub(crate) fn from_port(
         EtherType::Ipv4 if to_gateway || from_pod => Some(ipv4(eth.payload())?),
         _ => None,
     };
-    Ok(Ctx {
-        ingress: Ingress::Port(port),
-        src_mac,
-        dst_mac,
-        eth_at: VNET_HDR_LEN,
-        vnet,
-        to_gateway,
-        arp,
-        ip,
-        translated: false,
-        l4_checksum: None,
-    })
+    ctx.src_mac = src_mac;
+    ctx.dst_mac = dst_mac;
+    ctx.vnet = vnet;
+    ctx.to_gateway = to_gateway;
+    ctx.arp = arp;
+    ctx.ip = ip;
+    Ok(())
 }
 
-/// A VXLAN datagram (UDP payload) from `src` on the underlay.
+/// A VXLAN datagram (UDP payload) from `src` on the underlay, into `ctx` (made by
+/// [`Ctx::new`] for the tunnel).
+#[inline]
 pub(crate) fn from_tunnel(
     tun: Option<&TunnelConfig>,
     routes: &RouteSnapshot,
     src: Ipv4Addr,
     payload: &[u8],
     counters: &Counters,
-) -> Result<Ctx, DropReason> {
+    ctx: &mut Ctx,
+) -> Result<(), DropReason> {
     let tun = tun.ok_or(DropReason::TunnelNotConfigured)?;
     if src == tun.underlay_ip || routes.peer_by_underlay(src).is_none() {
         return Err(DropReason::NotClusterNode);
@@ -146,16 +146,9 @@ pub(crate) fn from_tunnel(
     if eth.ethertype() != EtherType::Ipv4 {
         return Err(DropReason::UnsupportedProtocol);
     }
-    Ok(Ctx {
-        ingress: Ingress::Tunnel,
-        src_mac: eth.src_addr(),
-        dst_mac: eth.dst_addr(),
-        eth_at: VXLAN_HEADER_LEN,
-        vnet: VnetHdrRepr::default(),
-        to_gateway: true,
-        arp: None,
-        ip: Some(ipv4(eth.payload())?),
-        translated: false,
-        l4_checksum: None,
-    })
+    ctx.src_mac = eth.src_addr();
+    ctx.dst_mac = eth.dst_addr();
+    ctx.to_gateway = true;
+    ctx.ip = Some(ipv4(eth.payload())?);
+    Ok(())
 }
