@@ -69,7 +69,7 @@ pub(crate) fn forward(
 }
 
 /// The learning bridge's decision for a frame not sent to the gateway MAC.
-#[inline]
+#[inline(always)]
 fn bridge(
     cfg: &PipelineConfig,
     macs: &mut MacTable,
@@ -94,6 +94,8 @@ fn bridge(
 }
 
 /// The forwarding decision for the IPv4 packet `ip` of `pkt`. See the module docs.
+/// Inlined, as the other stages, so that its verdict is not copied through memory.
+#[inline(always)]
 fn route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
     let (cfg, routes) = (env.cfg, env.routes);
     let Some(frame) = pkt.get_mut(ctx.eth_at..) else {
