@@ -19,70 +19,20 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use tapestry_benches::lb_node::{self, backend_ip, vip, CLIENT, CLIENT_IP, CLIENT_MAC, GW_MAC};
 use tapestry_benches::{eth_ipv4, put16, tap_frame, L4_AT};
 use tapestry_dataplane::{
-    Action, Affinity, Backend, L4Proto, MacAddr, Maglev, Pipeline, PipelineConfig, PortId,
-    PortRole, ServiceEntry, ServiceTable, MAGLEV_DEFAULT_SIZE, OUT_BUF_LEN, VNET_HDR_LEN,
+    Action, Backend, L4Proto, Maglev, Pipeline, MAGLEV_DEFAULT_SIZE, OUT_BUF_LEN, VNET_HDR_LEN,
 };
 
-const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
-const GW_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01);
-const CLIENT: PortId = PortId(1);
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const CLIENT_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02);
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 const NOW: u64 = 1_000_000_000;
 
-fn vip(i: usize) -> Ipv4Addr {
-    let [_, _, a, b] = u32::try_from(i).unwrap_or(0).to_be_bytes();
-    Ipv4Addr::new(10, 96, a, b)
-}
-
-fn backend_ip(k: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, 1, 10 + k)
-}
-
 /// A client pod, three backend pods, and `n` UDP services on port 53 over them.
 fn node(n: usize) -> Pipeline {
-    let cfg = PipelineConfig::new(
-        GW_IP,
-        GW_MAC,
-        tapestry_benches::cidr(Ipv4Addr::new(10, 244, 1, 0), 24),
-    );
-    let mut p = Pipeline::new(cfg);
-    p.add_port(
-        CLIENT,
-        PortRole::Pod {
-            mac: CLIENT_MAC,
-            ip: CLIENT_IP,
-        },
-    );
-    for k in 0..3u8 {
-        p.add_port(
-            PortId(2 + u16::from(k)),
-            PortRole::Pod {
-                mac: MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 10 + k),
-                ip: backend_ip(k),
-            },
-        );
-    }
-    let entries = (0..n)
-        .map(|i| ServiceEntry {
-            name: format!("default/svc-{i}:53"),
-            vip: vip(i),
-            port: 53,
-            proto: L4Proto::Udp,
-            backends: (0..3)
-                .map(|k| Backend {
-                    ip: backend_ip(k),
-                    port: 5353,
-                })
-                .collect(),
-            affinity: Affinity::None,
-        })
-        .collect();
-    let table = ServiceTable::build(entries).unwrap_or_else(|e| panic!("bench table: {e}"));
-    p.services().store(std::sync::Arc::new(table));
+    let p = lb_node::node();
+    p.services()
+        .store(lb_node::table(lb_node::services(n, 53, L4Proto::Udp, 5353)));
     p
 }
 

@@ -27,82 +27,26 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use tapestry_agent::service_sync::{self, Reconciled};
+use tapestry_benches::lb_node::{self, table, vip, CLIENT, CLIENT_IP, CLIENT_MAC, GW_MAC};
 use tapestry_benches::{group, retarget, tcp_frame, Tcp, NOW, TCP_SYN};
 use tapestry_cluster::{parse_manifests, ClusterState, Object, PodRunStatus};
-use tapestry_dataplane::{
-    Action, Affinity, Backend, L4Proto, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
-    ServiceEntry, ServiceTable, OUT_BUF_LEN,
-};
+use tapestry_dataplane::{Action, L4Proto, Pipeline, ServiceEntry, ServiceTable, OUT_BUF_LEN};
 
-const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
-const GW_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01);
-const CLIENT: PortId = PortId(1);
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const CLIENT_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02);
-/// Tracked flows in the conntrack benches.
 const FLOWS: usize = 10_000;
 /// Services, in both groups.
 const SERVICES: usize = 100;
 /// Ready pods per service in the agent benches.
 const PODS_PER_SERVICE: usize = 10;
 
-fn vip(i: usize) -> Ipv4Addr {
-    let [_, _, a, b] = u32::try_from(i).unwrap_or(0).to_be_bytes();
-    Ipv4Addr::new(10, 96, a, b)
-}
-
-fn backend_ip(k: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, 1, 10 + k)
-}
-
 /// `SERVICES` TCP services on port 80, each over the three local backends.
 fn pipeline_entries() -> Vec<ServiceEntry> {
-    (0..SERVICES)
-        .map(|i| ServiceEntry {
-            name: format!("default/svc-{i}:80"),
-            vip: vip(i),
-            port: 80,
-            proto: L4Proto::Tcp,
-            backends: (0..3)
-                .map(|k| Backend {
-                    ip: backend_ip(k),
-                    port: 8080,
-                })
-                .collect(),
-            affinity: Affinity::None,
-        })
-        .collect()
-}
-
-fn table(entries: Vec<ServiceEntry>) -> Arc<ServiceTable> {
-    Arc::new(ServiceTable::build(entries).unwrap_or_else(|e| panic!("bench table: {e}")))
+    lb_node::services(SERVICES, 80, L4Proto::Tcp, 8080)
 }
 
 /// A node with a client pod, three backend pods, the services, and `FLOWS` flows
 /// the client opened (SYNs from distinct ports, spread over the services).
 fn node_with_flows() -> Pipeline {
-    let cfg = PipelineConfig::new(
-        GW_IP,
-        GW_MAC,
-        tapestry_benches::cidr(Ipv4Addr::new(10, 244, 1, 0), 24),
-    );
-    let mut p = Pipeline::new(cfg);
-    p.add_port(
-        CLIENT,
-        PortRole::Pod {
-            mac: CLIENT_MAC,
-            ip: CLIENT_IP,
-        },
-    );
-    for k in 0..3u8 {
-        p.add_port(
-            PortId(2 + u16::from(k)),
-            PortRole::Pod {
-                mac: MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 10 + k),
-                ip: backend_ip(k),
-            },
-        );
-    }
+    let mut p = lb_node::node();
     p.services().store(table(pipeline_entries()));
     let syn = tcp_frame(
         GW_MAC,

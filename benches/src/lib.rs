@@ -235,3 +235,73 @@ impl Rng {
 pub fn cidr(addr: Ipv4Addr, len: u8) -> Ipv4Cidr {
     Ipv4Cidr::new(addr, len).unwrap_or_else(|| panic!("bad bench CIDR {addr}/{len}"))
 }
+
+/// The node of the load-balancer benches (`lb`, `reconcile`): on 10.244.1.0/24, a
+/// client pod on port 1 and three backend pods on ports 2 to 4.
+pub mod lb_node {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    use tapestry_dataplane::{
+        Affinity, Backend, L4Proto, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
+        ServiceEntry, ServiceTable,
+    };
+
+    pub const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+    pub const GW_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01);
+    pub const CLIENT: PortId = PortId(1);
+    pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+    pub const CLIENT_MAC: MacAddr = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02);
+
+    /// The ClusterIP of service `i`: 10.96.x.y.
+    pub fn vip(i: usize) -> Ipv4Addr {
+        let [_, _, a, b] = u32::try_from(i).unwrap_or(0).to_be_bytes();
+        Ipv4Addr::new(10, 96, a, b)
+    }
+
+    /// Backend pod `k` (0 to 2).
+    pub fn backend_ip(k: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, 1, 10 + k)
+    }
+
+    /// The node with its four pods and no service.
+    pub fn node() -> Pipeline {
+        let subnet = super::cidr(Ipv4Addr::new(10, 244, 1, 0), 24);
+        let mut p = Pipeline::new(PipelineConfig::new(GW_IP, GW_MAC, subnet));
+        let client = PortRole::Pod {
+            mac: CLIENT_MAC,
+            ip: CLIENT_IP,
+        };
+        p.add_port(CLIENT, client);
+        for k in 0..3u8 {
+            let mac = MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x01, 10 + k);
+            let ip = backend_ip(k);
+            p.add_port(PortId(2 + u16::from(k)), PortRole::Pod { mac, ip });
+        }
+        p
+    }
+
+    /// `n` services `vip(i):port/proto`, each over the three backends' `target`.
+    pub fn services(n: usize, port: u16, proto: L4Proto, target: u16) -> Vec<ServiceEntry> {
+        (0..n)
+            .map(|i| ServiceEntry {
+                name: format!("default/svc-{i}:{port}"),
+                vip: vip(i),
+                port,
+                proto,
+                backends: (0..3)
+                    .map(|k| Backend {
+                        ip: backend_ip(k),
+                        port: target,
+                    })
+                    .collect(),
+                affinity: Affinity::None,
+            })
+            .collect()
+    }
+
+    /// The table of `entries` (setup only: panics if it cannot be built).
+    pub fn table(entries: Vec<ServiceEntry>) -> Arc<ServiceTable> {
+        Arc::new(ServiceTable::build(entries).unwrap_or_else(|e| panic!("bench table: {e}")))
+    }
+}
