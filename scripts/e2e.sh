@@ -160,6 +160,108 @@ check_tshark_vxlan() {
         grep -q "^1[[:space:]]198.18.0.1,${CLIENT_IP}[[:space:]]198.18.0.3,${IP3}" <<<"$decoded"
 }
 
+# --- isolation holes -----------------------------------------------------------------
+# drops_n1 REASON: node1's drop counter for REASON (0 while it has never counted).
+drops_n1() { counter_n1 "$1" 2>/dev/null || echo 0; }
+check_control_socket_mode() {
+    verdict "the control socket is mode 0600" test "$(stat -c %a "$N1SOCK")" = 600
+}
+check_pod_ipv6_disabled() {
+    verdict "pod namespaces are made with IPv6 disabled" \
+        test "$(in_pod client cat /proc/sys/net/ipv6/conf/all/disable_ipv6)" = 1
+}
+# send_ra POD COUNT: COUNT IPv6 router advertisements (ICMPv6 134 to ff02::1, from
+# the pod's own MAC and link-local address) out of POD's eth0, on a raw socket.
+send_ra() {
+    in_pod "$1" python3 - "$2" <<'PY'
+import socket, struct, sys
+
+def csum(b):
+    b += b"\0" * (len(b) % 2)
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16:
+        t = (t & 0xFFFF) + (t >> 16)
+    return ~t & 0xFFFF
+
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+mac = s.getsockname()[4]
+src = bytes.fromhex("fe80000000000000") + bytes([mac[0] ^ 2]) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+dst = bytes.fromhex("ff020000000000000000000000000001")
+ra = bytes([134, 0, 0, 0, 64, 0]) + struct.pack("!H", 1800) + bytes(8) + bytes([1, 1]) + mac
+pseudo = src + dst + struct.pack("!I", len(ra)) + bytes([0, 0, 0, 58])
+ra = ra[:2] + struct.pack("!H", csum(pseudo + ra)) + ra[4:]
+ip6 = struct.pack("!IHBB", 6 << 28, len(ra), 58, 255) + src + dst
+for _ in range(int(sys.argv[1])):
+    s.send(bytes.fromhex("333300000001") + mac + b"\x86\xdd" + ip6 + ra)
+PY
+}
+# capture POD FILTER SECONDS: tshark on POD's eth0 into $TMP/iso.pcap for SECONDS,
+# in the background (TSHARK is its pid), once it has started.
+capture() {
+    in_pod "$1" tshark -i eth0 -f "$2" -a "duration:$3" -w "$TMP/iso.pcap" >"$TMP/tshark.log" 2>&1 &
+    TSHARK=$!
+    POLL_SLEEP=0.1 poll_until 10000 capture_started
+}
+ra_isolated() {
+    local mac before after seen
+    mac=$(ip -n "$(pod_ns client)" -j link show eth0 | jq -r '.[0].address')
+    before=$(drops_n1 forbidden_ethertype)
+    capture web-b "ether src $mac and (ether proto 0x86dd or udp port 9999)" 4
+    send_ra client 3 || return 1
+    # The marker after them: the capture works and the client's frames reach web-b.
+    in_pod client bash -c "echo marker >/dev/udp/$IP_B/9999" || return 1
+    wait "$TSHARK" 2>/dev/null
+    seen=$(tshark -r "$TMP/iso.pcap" -T fields -e eth.type 2>/dev/null | sort | uniq -c | tr '\n' ' ')
+    after=$(drops_n1 forbidden_ethertype)
+    echo "      web-b captured from client (count, ethertype): $seen; forbidden_ethertype $before -> $after"
+    grep -q 0x0800 <<<"$seen" && ! grep -q 0x86dd <<<"$seen" && [ "$after" -ge $((before + 3)) ]
+}
+check_ra_from_pod_dropped() {
+    verdict "an IPv6 router advertisement from a pod reaches no other pod (forbidden_ethertype counted)" ra_isolated
+}
+# send_vxlan VTEP_MAC DST SRC…: from node2's namespace, one VXLAN datagram (VNI 1) to
+# node1's underlay address per SRC, carrying UDP from SRC to DST:9999 for node1's
+# VTEP MAC, as node2 would send it.
+send_vxlan() {
+    ip netns exec "$LAB-node2" python3 - "$@" <<'PY'
+import socket, struct, sys
+
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16:
+        t = (t & 0xFFFF) + (t >> 16)
+    return ~t & 0xFFFF
+
+vtep, dst = bytes.fromhex(sys.argv[1].replace(":", "")), socket.inet_aton(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for src in sys.argv[3:]:
+    data = b"from " + src.encode()
+    udp = struct.pack("!HHHH", 40000, 9999, 8 + len(data), 0) + data
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0, 64, 17, 0, socket.inet_aton(src), dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    eth = vtep + bytes.fromhex("0a58c6120002") + b"\x08\x00"
+    s.sendto(struct.pack("!II", 0x08000000, 1 << 8) + eth + ip + udp, ("198.18.0.1", 4789))
+PY
+}
+tunnel_spoof_isolated() {
+    local before after seen
+    before=$(drops_n1 spoofed_tunnel_source)
+    capture web-b "udp port 9999" 4
+    # 10.244.3.77 is node3's, not node2's; 10.244.2.77 (node2's) shows the datagram
+    # is otherwise one node1 delivers.
+    send_vxlan "$(node_vtep_mac node1)" "$IP_B" 10.244.3.77 10.244.2.77 || return 1
+    wait "$TSHARK" 2>/dev/null
+    seen=$(tshark -r "$TMP/iso.pcap" -T fields -e ip.src 2>/dev/null | sort -u | tr '\n' ' ')
+    after=$(drops_n1 spoofed_tunnel_source)
+    echo "      web-b received UDP from: $seen; spoofed_tunnel_source $before -> $after"
+    grep -q 10.244.2.77 <<<"$seen" && ! grep -q 10.244.3.77 <<<"$seen" && [ "$after" -ge $((before + 1)) ]
+}
+check_spoofed_tunnel_source_dropped() {
+    verdict "a spoofed inner source over the tunnel reaches no pod (spoofed_tunnel_source counted)" \
+        tunnel_spoof_isolated
+}
+
 # A Linux kernel VXLAN endpoint configured the flannel way (lib.sh's flannel_node,
 # as bench.sh's kernel reference) exchanges traffic with Tapestry's node1.
 KVX="$LAB-kvx"
@@ -465,6 +567,7 @@ cni() { # cni COMMAND: runs the plugin with CNI's environment and the config on 
 check_cni_add() {
     local out
     ip netns add "$CNI_NS"
+    ip netns exec "$CNI_NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
     out=$(cni ADD)
     echo "      CNI ADD: $out"
     CNI_IP=$(sed -n 's/.*"address":"\([0-9.]*\)\/24".*/\1/p' <<<"$out")
@@ -539,6 +642,8 @@ STEPS=(
     check_unowned_address check_pod_mac check_pod_tap check_pod_mtu check_cni_check_attached
     check_web_on_node3 check_curl_across check_traceroute check_node_to_remote_pod
     check_unowned_subnet check_frag_needed check_df_fits check_fragments_cross check_tshark_vxlan
+    check_control_socket_mode check_pod_ipv6_disabled check_ra_from_pod_dropped
+    check_spoofed_tunnel_source_dropped
     setup_kernel_vxlan_node check_kvx_pings_pod check_pod_pings_kvx check_kvx_curls_pod
     check_bad_manifest check_get_nodes check_get_pods_yaml
     check_late_pod_reachable check_late_pod_removed check_late_pod_silent
@@ -574,7 +679,7 @@ run_steps() {
 }
 
 need_root e2e.sh
-ensure_commands "${LAB_COMMANDS[@]}" tshark:tshark
+ensure_commands "${LAB_COMMANDS[@]}" tshark:tshark python3:python3
 run_steps
 echo "e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -2,19 +2,35 @@
 //! per line, one JSON [`Reply`] per line (the protocol and the client call are in
 //! `tapestry-proto`). Each connection is served on its own thread; the node
 //! serialises changes itself.
+//!
+//! The socket attaches interfaces into namespaces as root, so it is guarded: the
+//! file is mode `0600`; a client must be root or the agent's own user
+//! (`SO_PEERCRED`); at most [`MAX_CLIENTS`] are served at once (one more is told so
+//! and closed, not queued); a client that sends or reads nothing for
+//! [`IO_TIMEOUT`] is dropped; and the namespace of an ADD or CHECK must be a pod's
+//! ([`crate::netns::check_pod_netns`]).
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tapestry_proto::{Reply, Request};
 
+use crate::netns::check_pod_netns;
 use crate::node::Node;
 
 /// Longest request line accepted (a request is a few hundred bytes).
 const MAX_LINE: u64 = 64 * 1024;
+
+/// Clients served at once (CNI calls and `tapestry` commands are short).
+pub const MAX_CLIENTS: usize = 8;
+
+/// How long a read or a write on a client connection may wait.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the control socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +49,12 @@ pub enum BindError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make {} mode 0600: {source}", path.display())]
+    Mode {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Binds `path`. Refuses when another agent answers there; removes a stale
@@ -47,32 +69,113 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
             source,
         })?;
     }
-    UnixListener::bind(path).map_err(|source| BindError::Listen {
+    let listener = UnixListener::bind(path).map_err(|source| BindError::Listen {
         path: path.to_owned(),
         source,
-    })
+    })?;
+    // Until this returns the mode follows the umask; the credential check guards
+    // that moment.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        BindError::Mode {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(listener)
 }
 
 /// Serves requests until the listener fails.
 pub fn serve(listener: UnixListener, node: Arc<Node>) {
+    serve_with(listener, IO_TIMEOUT, move |req| dispatch(&node, req));
+}
+
+/// Serves requests with `handler`: the guards of the module docs, with reads and
+/// writes bounded by `timeout`.
+pub fn serve_with<H>(listener: UnixListener, timeout: Duration, handler: H)
+where
+    H: Fn(Request) -> Reply + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
+    let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
-                let node = Arc::clone(&node);
-                let spawned = std::thread::Builder::new()
-                    .name("control".into())
-                    .spawn(move || handle(stream, &node));
-                if let Err(e) = spawned {
-                    tracing::error!(error = %e, "cannot spawn a control thread");
-                }
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                continue;
             }
-            Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+        };
+        if let Err(why) = permitted(&stream) {
+            tracing::warn!(%why, "control client refused");
+            refuse(stream, timeout, &why);
+            continue;
+        }
+        let Some(slot) = Slot::take(&active) else {
+            refuse(stream, timeout, "too many control clients: try again");
+            continue;
+        };
+        let handler = Arc::clone(&handler);
+        let spawned = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                let _slot = slot;
+                handle(stream, timeout, &*handler);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot spawn a control thread");
         }
     }
 }
 
-fn handle(stream: UnixStream, node: &Node) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+/// One of the [`MAX_CLIENTS`] places, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Option<Slot> {
+        let taken = active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_CLIENTS).then_some(n + 1)
+        });
+        taken.ok().map(|_| Slot(Arc::clone(active)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Root or the agent's own user may talk to the agent (`SO_PEERCRED`).
+fn permitted(stream: &UnixStream) -> Result<(), String> {
+    let cred = rustix::net::sockopt::socket_peercred(stream)
+        .map_err(|e| format!("cannot read the client's credentials: {e}"))?;
+    let me = rustix::process::getuid();
+    if cred.uid.is_root() || cred.uid == me {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {} may not use the control socket (root or uid {} only)",
+            cred.uid.as_raw(),
+            me.as_raw()
+        ))
+    }
+}
+
+/// Tells a client why it is not served, without waiting on it for long.
+fn refuse(mut stream: UnixStream, timeout: Duration, why: &str) {
+    let _ = stream.set_write_timeout(Some(timeout));
+    if let Ok(mut out) = serde_json::to_vec(&Reply::error(why.to_owned())) {
+        out.push(b'\n');
+        let _ = stream.write_all(&out);
+    }
+}
+
+fn handle(stream: UnixStream, timeout: Duration, handler: &dyn Fn(Request) -> Reply) {
+    if stream.set_read_timeout(Some(timeout)).is_err()
+        || stream.set_write_timeout(Some(timeout)).is_err()
+    {
+        return;
+    }
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -88,7 +191,7 @@ fn handle(stream: UnixStream, node: &Node) {
             continue;
         }
         let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => dispatch(node, req),
+            Ok(req) => handler(req),
             Err(e) => Reply::error(format!("bad request: {e}")),
         };
         let Ok(mut out) = serde_json::to_vec(&reply) else {
@@ -103,6 +206,14 @@ fn handle(stream: UnixStream, node: &Node) {
 
 /// Runs one request against the node.
 pub fn dispatch(node: &Node, req: Request) -> Reply {
+    if let Request::Add(a) | Request::Check(a) = &req {
+        // An empty path is the node's to name (`netns is empty`).
+        if !a.netns.as_os_str().is_empty() {
+            if let Err(e) = check_pod_netns(&a.netns) {
+                return Reply::error(e.to_string());
+            }
+        }
+    }
     let res = match req {
         Request::Add(a) => node.add(&a).map(|r| Reply {
             result: Some(r),
@@ -116,4 +227,78 @@ pub fn dispatch(node: &Node, req: Request) -> Reply {
         }),
     };
     res.unwrap_or_else(|e| Reply::error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    use std::time::Instant;
+
+    fn socket_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tapestry-ctl-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("sock")
+    }
+
+    fn read_reply(s: &mut UnixStream) -> String {
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    }
+
+    #[test]
+    fn socket_is_mode_0600() {
+        let path = socket_path("mode");
+        let _l = bind(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn excess_clients_are_refused_and_slow_ones_dropped() {
+        let path = socket_path("limits");
+        let listener = bind(&path).unwrap();
+        let timeout = Duration::from_millis(1500);
+        std::thread::spawn(move || serve_with(listener, timeout, |_| Reply::done()));
+        // MAX_CLIENTS clients that send nothing hold every place.
+        let mut idle: Vec<UnixStream> = (0..MAX_CLIENTS)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let mut extra = UnixStream::connect(&path).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let start = Instant::now();
+        let reply = read_reply(&mut extra);
+        assert!(reply.contains("too many control clients"), "{reply}");
+        assert!(start.elapsed() < timeout, "refused at once, not queued");
+        // The idle ones are closed once the timeout passes.
+        for s in &mut idle {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 1];
+            assert_eq!(s.read(&mut buf).unwrap(), 0, "closed by the agent");
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drop(idle);
+        // Their places are free again: a client is served. (The slots are given
+        // back when the threads end, just after they close the connections.)
+        let served = (0..50).any(|_| {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+            let r = read_reply(&mut s);
+            if r.contains("\"ok\":true") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            false
+        });
+        assert!(served);
+    }
 }

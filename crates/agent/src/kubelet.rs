@@ -3,7 +3,7 @@
 //! It follows the Pods of the agent's `ClusterCache` (one list-and-watch of the
 //! store, shared with route and service sync). For each Pod whose
 //! `spec.nodeName` is this node it creates the pod's network namespace
-//! (`PREFIX-NAMESPACE-NAME`), starts the pause process that holds it, attaches
+//! (`PREFIX-NAMESPACE-NAME`, IPv6 disabled until Tapestry carries it), starts the pause process that holds it, attaches
 //! the pod (the same code path as CNI ADD on the control socket), starts each
 //! container as a process inside the namespace, and publishes the pod's status
 //! (`podstatus/NAMESPACE/NAME`: IP, node, phase, ready) once the pod answers ping
@@ -235,6 +235,11 @@ impl Kubelet {
         if !Path::new("/run/netns").join(&netns).exists() {
             run("ip", &["netns", "add", &netns])?;
             run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+            if let Err(e) = disable_ipv6(&netns) {
+                // Made again, IPv6 off, on the next try: never left half set up.
+                let _ = run("ip", &["netns", "del", &netns]);
+                return Err(e);
+            }
         }
         if let Some(dns) = &self.dns {
             // `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
@@ -441,6 +446,28 @@ pub fn stop(pidfile: &Path) {
         }
     }
     let _ = fs::remove_file(pidfile);
+}
+
+/// Turns IPv6 off in the pod namespace `netns` (all interfaces, and those made
+/// later): Tapestry carries only IPv4, and a pod port drops every other EtherType,
+/// so a pod must not believe it has IPv6 (link-local addresses, router
+/// solicitations, DAD). Nothing to do on a kernel without IPv6 at all.
+fn disable_ipv6(netns: &str) -> Result<(), KubeletError> {
+    if !Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(());
+    }
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            netns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+    )
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), KubeletError> {

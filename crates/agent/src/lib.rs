@@ -12,5 +12,6 @@ pub mod cluster_sync;
 pub mod control;
 pub mod kubelet;
 pub mod netconf;
+pub mod netns;
 pub mod node;
 pub mod service_sync;

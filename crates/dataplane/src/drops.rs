@@ -118,6 +118,14 @@ pub enum DropReason {
     /// No source port left for the NAT of a new flow: every candidate port gives a
     /// reply 5-tuple another live flow already uses.
     NatPortsExhausted,
+    /// A pod sent a frame that is neither ARP nor IPv4 (IPv6, router advertisements
+    /// included, VLAN tags, any other EtherType): a pod port carries only what
+    /// Tapestry routes and checks. The host port is not restricted.
+    ForbiddenEthertype,
+    /// A decapsulated packet whose inner source is outside the pod subnet of the node
+    /// that sent it (the peer of the outer source address), and that is no reply of a
+    /// flow the load balancer tracks: a node cannot speak for another node's pods.
+    SpoofedTunnelSource,
 }
 
 impl DropReason {
@@ -154,6 +162,8 @@ impl DropReason {
         DropReason::LbNoEndpoint,
         DropReason::ServiceFragment,
         DropReason::NatPortsExhausted,
+        DropReason::ForbiddenEthertype,
+        DropReason::SpoofedTunnelSource,
     ];
 
     /// Number of reasons.
@@ -193,6 +203,8 @@ impl DropReason {
             DropReason::LbNoEndpoint => "lb_no_endpoint",
             DropReason::ServiceFragment => "service_fragment",
             DropReason::NatPortsExhausted => "nat_ports_exhausted",
+            DropReason::ForbiddenEthertype => "forbidden_ethertype",
+            DropReason::SpoofedTunnelSource => "spoofed_tunnel_source",
         }
     }
 

@@ -129,12 +129,18 @@ where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    let ns = File::open(netns).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("network namespace {}: {e}", netns.display()),
-        )
-    })?;
+    // Without blocking: a FIFO put at that path must not hang the caller (setns
+    // then refuses it).
+    let ns = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(netns)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("network namespace {}: {e}", netns.display()),
+            )
+        })?;
     let handle = std::thread::Builder::new()
         .name("netns".into())
         .spawn(move || {

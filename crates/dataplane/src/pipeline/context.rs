@@ -216,6 +216,9 @@ pub(crate) struct Ctx {
     pub translated: bool,
     /// The TCP/UDP checksum, once settled (tunnel input only).
     pub l4_checksum: Option<L4Checksum>,
+    /// From the tunnel: the index, in the route snapshot, of the peer whose underlay
+    /// address sent the datagram.
+    pub peer: Option<usize>,
 }
 
 impl Ctx {
@@ -244,6 +247,7 @@ impl Ctx {
             ip: None,
             translated: false,
             l4_checksum: None,
+            peer: None,
         }
     }
 

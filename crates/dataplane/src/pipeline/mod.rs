@@ -4,11 +4,12 @@
 //!
 //! ```text
 //! port ─► parse ─► admit ─► service ─► (policy) ─► forward ─► emit ─► Action
-//! tunnel ─► parse (decap) ──┘
+//! tunnel ─► parse (decap) ─► admit ──┘
 //! ```
 //!
 //! - `parse.rs`: headers checked once into the context;
-//! - `admit.rs`: anti-spoofing of pod ports, learning;
+//! - `admit.rs`: anti-spoofing of pod ports (ARP and IPv4 only), learning; for the
+//!   tunnel, the inner source must belong to the sending peer's pod subnet;
 //! - `service.rs`: the load balancer, DNAT to a backend and un-NAT of replies;
 //! - (policy: NetworkPolicy will sit between service, which knows the backend, and
 //!   forward);
@@ -217,7 +218,15 @@ impl Pipeline {
         {
             Ok(()) => {
                 let st = &mut self.stages;
-                st.after_admit(&sh, &mut routes, &mut ctx, payload, now, out)
+                let lb = &mut st.lb;
+                let v = admit::admit_tunnel(&ctx, routes.get(), |ip| {
+                    lb.expects_reply(ip, counters, now)
+                });
+                if v == Verdict::Continue {
+                    st.after_admit(&sh, &mut routes, &mut ctx, payload, now, out)
+                } else {
+                    v
+                }
             }
             Err(r) => r.into(),
         };

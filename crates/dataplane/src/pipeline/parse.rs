@@ -10,7 +10,7 @@
 //! From the tunnel (a VXLAN datagram, RFC 7348): the outer source must be a known
 //! peer (`NotClusterNode`), the VXLAN header valid (`BadVxlan`) with our VNI
 //! (`WrongVni`), the inner frame addressed to our VTEP MAC (`NotOurVtep`) and IPv4
-//! (`UnsupportedProtocol`).
+//! (`UnsupportedProtocol`). The peer's index is recorded for admission.
 
 use core::net::Ipv4Addr;
 
@@ -125,9 +125,10 @@ pub(crate) fn from_tunnel(
     ctx: &mut Ctx,
 ) -> Result<(), DropReason> {
     let tun = tun.ok_or(DropReason::TunnelNotConfigured)?;
-    if src == tun.underlay_ip || routes.peer_by_underlay(src).is_none() {
-        return Err(DropReason::NotClusterNode);
-    }
+    let peer = match routes.peer_by_underlay(src) {
+        Some(i) if src != tun.underlay_ip => i,
+        _ => return Err(DropReason::NotClusterNode),
+    };
     let vxlan = VxlanPacket::new_checked(payload)
         .and_then(|v| VxlanRepr::parse(&v))
         .map_err(|_| DropReason::BadVxlan)?;
@@ -148,6 +149,7 @@ pub(crate) fn from_tunnel(
     ctx.src_mac = eth.src_addr();
     ctx.dst_mac = eth.dst_addr();
     ctx.to_gateway = true;
+    ctx.peer = Some(peer);
     ipv4(eth.payload(), &mut ctx.ip)?;
     Ok(())
 }

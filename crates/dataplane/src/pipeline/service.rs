@@ -154,6 +154,17 @@ impl Lb {
         self.balance(&env, is_vip, ctx, &ip, pkt, now)
     }
 
+    /// Whether `ip` (TCP/UDP with ports) is the reply of a tracked flow. Read only:
+    /// the flow is not advanced (the stage does that when it un-NATs the packet).
+    pub(crate) fn expects_reply(&mut self, ip: &Ip, counters: &Counters, now: Nanos) -> bool {
+        if self.conntrack.is_empty() {
+            return false;
+        }
+        ip.tuple()
+            .and_then(|t| self.conntrack.find(Dir::Reply, &t, now, counters))
+            .is_some()
+    }
+
     /// Un-NATs the reply of a tracked flow; `None` if it is none.
     fn reply(
         &mut self,

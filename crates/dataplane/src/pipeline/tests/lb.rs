@@ -1005,3 +1005,86 @@ proptest! {
         assert_counters_balance(&p);
     }
 }
+
+// ---------------------------------------------------------------- tunnel sources
+
+/// What node 2's host port sends through its gateway to `ip`'s destination: the
+/// host is trusted, so whatever source it writes reaches the tunnel.
+fn from_node2_host(n2: &mut Pipeline, ip: &[u8]) -> Vec<u8> {
+    let f = frame(
+        GW2_MAC,
+        MacAddr::new(0x0a, 0x58, 0x0a, 0xf4, 0x02, 0xfe),
+        0x0800,
+        ip,
+    );
+    let (o, _) = go(n2, HOST, &f, SEC);
+    datagrams_of(o, N1_UNDERLAY).remove(0)
+}
+
+#[test]
+fn tunnel_sources_must_belong_to_the_sending_node() {
+    let mut n1 = node1();
+    let mut n2 = node2();
+    let host2 = Ipv4Addr::new(10, 244, 2, 254);
+    // Node 2's pod, host port and gateway are in its subnet: delivered.
+    for src in [C_IP, host2, Ipv4Addr::new(10, 244, 2, 1)] {
+        let d = from_node2_host(&mut n2, &udp(src, 1000, A_IP, 53, b"q"));
+        assert!(
+            matches!(
+                tunnel_in(&mut n1, N2_UNDERLAY, &d, SEC),
+                Ok(Outcome::ToPort(A, _))
+            ),
+            "{src}"
+        );
+    }
+    // Another node's pod, one of node 1's own pods, an address outside the cluster:
+    // node 2 cannot speak for them.
+    let spoofed = [
+        Ipv4Addr::new(10, 244, 3, 9),
+        B_IP,
+        Ipv4Addr::new(192, 0, 2, 7),
+    ];
+    for src in spoofed {
+        let d = from_node2_host(&mut n2, &udp(src, 1000, A_IP, 53, b"q"));
+        assert_eq!(
+            tunnel_in(&mut n1, N2_UNDERLAY, &d, SEC),
+            Err(DropReason::SpoofedTunnelSource),
+            "{src}"
+        );
+    }
+    assert_eq!(
+        n1.counters().drop_count(DropReason::SpoofedTunnelSource),
+        spoofed.len() as u64
+    );
+    assert_counters_balance(&n1);
+}
+
+/// A backend that is no pod of its node (a host-network endpoint answers from the
+/// node's underlay address): its replies to a tracked flow pass, nothing else does.
+#[test]
+fn tunnel_replies_of_tracked_flows_pass_from_outside_the_subnet() {
+    let mut n1 = node1();
+    let mut n2 = node2();
+    install(
+        &n1,
+        vec![svc(VIP, 80, L4Proto::Tcp, vec![be(N2_UNDERLAY, 6443)])],
+    );
+    let syn = to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, 1, 0, TCP_SYN, b""));
+    let _ = go(&mut n1, A, &syn, SEC);
+    assert_eq!(n1.conntrack_len(), 1);
+    let reply = tcp(N2_UNDERLAY, 6443, A_IP, 40000, 9, 2, TCP_SYN | TCP_ACK, b"");
+    let d = from_node2_host(&mut n2, &reply);
+    let Ok(Outcome::ToPort(port, f)) = tunnel_in(&mut n1, N2_UNDERLAY, &d, SEC) else {
+        panic!("the reply of a tracked flow is dropped")
+    };
+    assert_eq!(port, A);
+    assert_eq!(endpoints(ip_of(&f, A_MAC, GW_MAC)), (VIP, 80, A_IP, 40000));
+    // The same source on a port no flow expects.
+    let stray = tcp(N2_UNDERLAY, 6443, A_IP, 40001, 9, 2, TCP_SYN | TCP_ACK, b"");
+    let d = from_node2_host(&mut n2, &stray);
+    assert_eq!(
+        tunnel_in(&mut n1, N2_UNDERLAY, &d, SEC),
+        Err(DropReason::SpoofedTunnelSource)
+    );
+    assert_counters_balance(&n1);
+}

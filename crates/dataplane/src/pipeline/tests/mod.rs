@@ -446,15 +446,52 @@ fn pod_arp_sender_is_checked() {
 }
 
 #[test]
-fn pod_ipv6_and_other_ethertypes_are_bridged() {
+fn pod_may_send_only_arp_and_ipv4() {
     let mut p = pipeline();
-    let f = frame(
-        MacAddr::new(0x33, 0x33, 0, 0, 0, 1),
-        A_MAC,
-        0x86dd,
-        &[0x60; 40],
+    // An IPv6 router advertisement (ICMPv6 type 134) to all-nodes, built by etherparse.
+    let ra = {
+        let icmp = [134u8, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut h = etherparse::Ipv6Header {
+            next_header: etherparse::IpNumber::IPV6_ICMP,
+            hop_limit: 255,
+            source: [
+                0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x08, 0x58, 0x0a, 0xff, 0xfe, 0xf4, 1, 2,
+            ],
+            destination: [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            ..Default::default()
+        };
+        h.set_payload_length(icmp.len()).unwrap();
+        let mut v = h.to_bytes().to_vec();
+        v.extend_from_slice(&icmp);
+        v
+    };
+    let all_nodes = MacAddr::new(0x33, 0x33, 0, 0, 0, 1);
+    let cases = [
+        frame(all_nodes, A_MAC, 0x86dd, &ra),
+        frame(B_MAC, A_MAC, 0x86dd, &[0x60; 40]),
+        frame(GW_MAC, A_MAC, 0x86dd, &[0x60; 40]),
+        // A VLAN tag in front of IPv4, and an unknown EtherType.
+        frame(B_MAC, A_MAC, 0x8100, &[0, 5, 0x08, 0x00, 0x45, 0, 0, 20]),
+        frame(MacAddr::BROADCAST, A_MAC, 0x1234, &[0; 46]),
+    ];
+    for f in &cases {
+        assert_eq!(run(&mut p, A, f, 0), Err(DropReason::ForbiddenEthertype));
+    }
+    assert_eq!(
+        p.counters().drop_count(DropReason::ForbiddenEthertype),
+        cases.len() as u64
     );
-    assert_eq!(run(&mut p, A, &f, 0), Ok(Flood));
+    // Nothing was learned from them: B's frame to A's MAC is flooded, not forwarded.
+    let to_a = frame(A_MAC, B_MAC, 0x0800, &ipv4(B_IP, A_IP, 17, &[0; 8]));
+    assert_eq!(run(&mut p, B, &to_a, 0), Ok(Flood));
+    // ARP and IPv4 still pass; the host port may still send anything.
+    assert_eq!(
+        run(&mut p, A, &data_frame(B_MAC, A_MAC, A_IP, B_IP), 0),
+        Ok(Forward(B))
+    );
+    let v6_host = frame(all_nodes, HOST_MAC, 0x86dd, &ra);
+    assert_eq!(run(&mut p, HOST, &v6_host, 0), Ok(Flood));
+    assert_counters_balance(&p);
 }
 
 // ---------------------------------------------------------------- router: ARP
@@ -705,9 +742,13 @@ fn gateway_drops_what_it_does_not_serve() {
     // Inside the subnet but not the gateway: routed to the pod (see routing tests).
     let local = frame(GW_MAC, A_MAC, 0x0800, &ipv4(A_IP, B_IP, 17, &[0; 8]));
     assert_eq!(run(&mut p, A, &local, 0), Ok(Forward(B)));
-    // IPv6 to the gateway MAC.
-    let v6 = frame(GW_MAC, A_MAC, 0x86dd, &[0x60; 40]);
-    assert_eq!(run(&mut p, A, &v6, 0), Err(DropReason::UnsupportedProtocol));
+    // IPv6 to the gateway MAC: from the host port, the gateway does not serve it (a
+    // pod may not send it at all: `pod_may_send_only_arp_and_ipv4`).
+    let v6 = frame(GW_MAC, HOST_MAC, 0x86dd, &[0x60; 40]);
+    assert_eq!(
+        run(&mut p, HOST, &v6, 0),
+        Err(DropReason::UnsupportedProtocol)
+    );
     // A fragment of an echo request.
     let mut frag = ipv4(A_IP, GW_IP, 1, &echo_request(1, 1, b"frag"));
     frag[6] = 0x20; // MF

@@ -1000,8 +1000,8 @@ fn truncated_at_every_length() {
 #[test]
 fn decapsulated_traffic_never_goes_back_into_the_tunnel() {
     let mut n2 = node2();
-    // Node 1 sends node 2 a packet for node 1's own subnet.
-    let ip = ip_pkt(C_IP, A_IP, 17, 64, 0, &udp(1, 2, b"loop"));
+    // Node 1 sends node 2 a packet from one of its pods for its own subnet.
+    let ip = ip_pkt(A_IP, B_IP, 17, 64, 0, &udp(1, 2, b"loop"));
     let mut d = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
     d.extend_from_slice(&VTEP2.0);
     d.extend_from_slice(&VTEP1.0);
