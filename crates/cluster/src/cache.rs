@@ -130,14 +130,18 @@ impl ClusterState {
             .collect()
     }
 
-    /// The labels of the namespace `name`: its Namespace object's, or, when
-    /// none is stored (yet), only `kubernetes.io/metadata.name`, which every
-    /// namespace carries.
+    /// The labels of the namespace `name` as namespace selectors see them:
+    /// its Namespace object's (none when none is stored yet), always with
+    /// `kubernetes.io/metadata.name` set to `name`, which every namespace
+    /// carries.
     pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
-        match self.namespaces.get(name) {
-            Some(ns) => ns.metadata.labels.clone(),
-            None => Namespace::new(name).metadata.labels,
-        }
+        let mut ns = self
+            .namespaces
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Namespace::new(name));
+        ns.set_name_label();
+        ns.metadata.labels
     }
 
     /// Applies one store change; `false` if the key is not one the cache
