@@ -351,7 +351,27 @@ fn get_network_policies(policies: Vec<NetworkPolicy>, format: Format) -> Result<
         return Ok(());
     }
     let wide = format == Format::Wide;
-    print!("{:<12} {:<24} {:<24}", "NAMESPACE", "NAME", "POD-SELECTOR");
+    // Policy names and selectors run long: size the columns to them.
+    let selectors: Vec<String> = policies
+        .iter()
+        .map(|p| p.spec.pod_selector.to_string())
+        .collect();
+    let name_w = policies
+        .iter()
+        .map(|p| p.metadata.name.len())
+        .chain([4])
+        .max()
+        .unwrap_or(4);
+    let sel_w = selectors
+        .iter()
+        .map(String::len)
+        .chain([12])
+        .max()
+        .unwrap_or(12);
+    print!(
+        "{:<12} {:<name_w$} {:<sel_w$}",
+        "NAMESPACE", "NAME", "POD-SELECTOR"
+    );
     println!(
         "{}",
         if wide {
@@ -360,10 +380,10 @@ fn get_network_policies(policies: Vec<NetworkPolicy>, format: Format) -> Result<
             ""
         }
     );
-    for p in policies {
+    for (p, selector) in policies.iter().zip(&selectors) {
         print!(
-            "{:<12} {:<24} {:<24}",
-            p.metadata.namespace, p.metadata.name, p.spec.pod_selector
+            "{:<12} {:<name_w$} {:<sel_w$}",
+            p.metadata.namespace, p.metadata.name, selector
         );
         if wide {
             let types: Vec<String> = p.policy_types().iter().map(|t| format!("{t:?}")).collect();
