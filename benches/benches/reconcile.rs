@@ -142,7 +142,7 @@ fn cluster() -> ClusterState {
                 state.pod_status.insert(key.clone(), status);
                 state.pods.insert(key, pod);
             }
-            Object::Node(_) => {}
+            _ => {}
         }
     }
     state

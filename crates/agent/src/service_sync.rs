@@ -206,7 +206,7 @@ spec:
                     let key = format!("{}/{}", s.metadata.namespace, s.metadata.name);
                     state.services.insert(key, s);
                 }
-                Object::Node(_) => {}
+                _ => {}
             }
         }
         let statuses = [

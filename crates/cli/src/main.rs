@@ -64,13 +64,14 @@ enum Cmd {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// List nodes or pods.
+    /// List nodes, pods, services, endpoints, namespaces or network policies.
     Get {
         #[command(flatten)]
         store: StoreArg,
-        /// `nodes` or `pods`.
+        /// `nodes` (`no`), `pods` (`po`), `services` (`svc`), `endpoints` (`ep`),
+        /// `namespaces` (`ns`) or `networkpolicies` (`netpol`).
         kind: String,
-        /// Only this namespace (pods, services, endpoints) [default: default].
+        /// Only this namespace (pods, services, endpoints, networkpolicies) [default: default].
         #[arg(short, long)]
         namespace: Option<String>,
         /// Every namespace.
@@ -79,13 +80,14 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
-    /// Delete the objects of a manifest (-f), or `pod NAME…` / `node NAME…`.
+    /// Delete the objects of a manifest (-f), or `KIND NAME…` (pod, service, node,
+    /// namespace, networkpolicy).
     Delete {
         #[command(flatten)]
         store: StoreArg,
         #[arg(short = 'f', long = "filename")]
         file: Option<PathBuf>,
-        /// Namespace of the pods named.
+        /// Namespace of the pods, services or network policies named.
         #[arg(short, long, default_value = "default")]
         namespace: String,
         /// KIND NAME…
@@ -199,21 +201,24 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let keys = match (file, args.as_slice()) {
                 (Some(f), []) => objects::keys_of(&f)?,
                 (None, [kind, names @ ..]) if !names.is_empty() => {
-                    let prefix = match kind.as_str() {
-                        "pod" | "pods" | "po" => format!("pods/{namespace}/"),
-                        "node" | "nodes" | "no" => "nodes/".to_owned(),
-                        "service" | "services" | "svc" => format!("services/{namespace}/"),
+                    let (prefix, shown) = match kind.as_str() {
+                        "pod" | "pods" | "po" => (format!("pods/{namespace}/"), "Pod"),
+                        "node" | "nodes" | "no" => ("nodes/".to_owned(), "Node"),
+                        "service" | "services" | "svc" => {
+                            (format!("services/{namespace}/"), "Service")
+                        }
+                        "namespace" | "namespaces" | "ns" => {
+                            ("namespaces/".to_owned(), "Namespace")
+                        }
+                        "networkpolicy" | "networkpolicies" | "netpol" => {
+                            (format!("networkpolicies/{namespace}/"), "NetworkPolicy")
+                        }
                         other => {
                             return Err(CliError::UnknownKind {
                                 kind: other.to_owned(),
-                                expected: "pod, service or node",
+                                expected: "pod, service, node, namespace or networkpolicy",
                             })
                         }
-                    };
-                    let shown = match prefix.split('/').next() {
-                        Some("pods") => "Pod",
-                        Some("services") => "Service",
-                        _ => "Node",
                     };
                     names
                         .iter()

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::{
-    admission, compute_endpoints, load_path, ClusterIp, Node, Object, Pod, Protocol, Service,
-    ServiceType, Store,
+    admission, compute_endpoints, load_path, ClusterIp, Namespace, NetworkPolicy, Node, Object,
+    Pod, PolicyType, Protocol, Service, ServiceType, Store,
 };
 
 use crate::error::CliError;
@@ -69,6 +69,26 @@ fn services(store: &dyn Store) -> Result<Vec<Service>, CliError> {
     })
 }
 
+fn namespaces(store: &dyn Store) -> Result<Vec<Namespace>, CliError> {
+    list(store, "namespaces/", |o| {
+        if let Object::Namespace(n) = o {
+            Some(n)
+        } else {
+            None
+        }
+    })
+}
+
+fn network_policies(store: &dyn Store) -> Result<Vec<NetworkPolicy>, CliError> {
+    list(store, "networkpolicies/", |o| {
+        if let Object::NetworkPolicy(p) = o {
+            Some(p)
+        } else {
+            None
+        }
+    })
+}
+
 fn status(store: &dyn Store, pod: &Pod) -> Option<PodRunStatus> {
     let e = store
         .get(&status_key(&pod.metadata.namespace, &pod.metadata.name))
@@ -112,7 +132,7 @@ pub fn keys_of(path: &Path) -> Result<Vec<(String, String)>, CliError> {
         .collect())
 }
 
-/// `tapestry get nodes|pods|services|endpoints`.
+/// `tapestry get nodes|pods|services|endpoints|namespaces|networkpolicies`.
 pub fn get(
     store: &dyn Store,
     kind: &str,
@@ -143,9 +163,18 @@ pub fn get(
                 .collect();
             get_endpoints(store, services, format)
         }
+        // Cluster-scoped: every namespace, whatever -n says.
+        "namespaces" | "namespace" | "ns" => get_namespaces(namespaces(store)?, format),
+        "networkpolicies" | "networkpolicy" | "netpol" => {
+            let policies = network_policies(store)?
+                .into_iter()
+                .filter(|p| in_namespace(&p.metadata.namespace))
+                .collect();
+            get_network_policies(policies, format)
+        }
         other => Err(CliError::UnknownKind {
             kind: other.to_owned(),
-            expected: "nodes, pods, services or endpoints",
+            expected: "nodes, pods, services, endpoints, namespaces or networkpolicies",
         }),
     }
 }
@@ -280,6 +309,101 @@ fn get_services(services: Vec<Service>, format: Format) -> Result<(), CliError> 
             joined_or_none(&ports),
             joined_or_none(&sel)
         );
+    }
+    Ok(())
+}
+
+fn get_namespaces(namespaces: Vec<Namespace>, format: Format) -> Result<(), CliError> {
+    if print_documents(
+        namespaces.iter().cloned().map(Object::Namespace).collect(),
+        format,
+    )? {
+        return Ok(());
+    }
+    let wide = format == Format::Wide;
+    print!("{:<16} {:<8}", "NAME", "STATUS");
+    println!("{}", if wide { " LABELS" } else { "" });
+    for ns in namespaces {
+        print!("{:<16} {:<8}", ns.metadata.name, "Active");
+        if wide {
+            let labels: Vec<String> = ns
+                .metadata
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            print!(" {}", joined_or_none(&labels));
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn get_network_policies(policies: Vec<NetworkPolicy>, format: Format) -> Result<(), CliError> {
+    if print_documents(
+        policies
+            .iter()
+            .cloned()
+            .map(Object::NetworkPolicy)
+            .collect(),
+        format,
+    )? {
+        return Ok(());
+    }
+    let wide = format == Format::Wide;
+    // Policy names and selectors run long: size the columns to them.
+    let selectors: Vec<String> = policies
+        .iter()
+        .map(|p| p.spec.pod_selector.to_string())
+        .collect();
+    let name_w = policies
+        .iter()
+        .map(|p| p.metadata.name.len())
+        .chain([4])
+        .max()
+        .unwrap_or(4);
+    let sel_w = selectors
+        .iter()
+        .map(String::len)
+        .chain([12])
+        .max()
+        .unwrap_or(12);
+    print!(
+        "{:<12} {:<name_w$} {:<sel_w$}",
+        "NAMESPACE", "NAME", "POD-SELECTOR"
+    );
+    println!(
+        "{}",
+        if wide {
+            " POLICY-TYPES    INGRESS-RULES EGRESS-RULES"
+        } else {
+            ""
+        }
+    );
+    for (p, selector) in policies.iter().zip(&selectors) {
+        print!(
+            "{:<12} {:<name_w$} {:<sel_w$}",
+            p.metadata.namespace, p.metadata.name, selector
+        );
+        if wide {
+            let types: Vec<String> = p.policy_types().iter().map(|t| format!("{t:?}")).collect();
+            // `-` for a direction the policy does not isolate, else the
+            // number of rules (0 is deny all).
+            let count = |t: PolicyType, n: usize| {
+                if p.has_policy_type(t) {
+                    n.to_string()
+                } else {
+                    "-".into()
+                }
+            };
+            print!(
+                " {:<15} {:<13} {}",
+                types.join(","),
+                count(PolicyType::Ingress, p.spec.ingress.len()),
+                count(PolicyType::Egress, p.spec.egress.len())
+            );
+        }
+        println!();
     }
     Ok(())
 }

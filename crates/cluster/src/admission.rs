@@ -9,16 +9,27 @@
 //!   or its requested one confirmed, from the cluster's Service CIDR as
 //!   recorded in the store by the first agent ([`crate::config`]), the way
 //!   kube-apiserver allocates from its `--service-cluster-ip-range`.
+//! - A Namespace gets the label `kubernetes.io/metadata.name` set to its
+//!   name ([`crate::namespace`]).
+//! - A NetworkPolicy gets its `policyTypes` defaulted and stored, as the API
+//!   server's defaulting does ([`crate::policy`]).
+//! - An object in a namespace that has no Namespace object creates that
+//!   Namespace (with only its name label) before the object is stored: an
+//!   implicit namespace, where Kubernetes would reject the object.
 //! - The result is validated again, and written with compare-and-swap, so a
 //!   concurrent writer is reported rather than overwritten.
 //!
-//! Deleting a Service releases its ClusterIP ([`delete`]).
+//! Deleting a Service releases its ClusterIP ([`delete`]). Deleting a
+//! Namespace is refused for `default` and `kube-system`, and while any pod,
+//! service or network policy is stored in it (there is no cascading
+//! deletion).
 
 use std::collections::BTreeMap;
 
 use crate::cluster_ip::{allocate_cluster_ip, release_cluster_ip, ServiceError};
 use crate::config::{read_cluster_config, ConfigError, CLUSTER_CONFIG_KEY};
 use crate::manifest::{ManifestError, Object, Pod, KUBELET_LABEL};
+use crate::namespace::{ensure_namespace, NamespaceError, BUILTIN_NAMESPACES};
 use crate::net::Ipv4Cidr;
 use crate::service::{ClusterIp, ServiceType};
 use crate::store::{Entry, Store, StoreError};
@@ -89,6 +100,25 @@ pub enum AdmissionError {
     /// Another writer changed the object between our read and our write.
     #[error("{key}: changed meanwhile by another writer; apply again")]
     Conflict { key: String },
+    /// The implicit Namespace of an object could not be created.
+    #[error("namespace {namespace}: {source}")]
+    Namespace {
+        namespace: String,
+        source: NamespaceError,
+    },
+    /// `default` and `kube-system` always exist.
+    #[error("namespaces/{name}: namespace {name} may not be deleted")]
+    BuiltinNamespace { name: String },
+    /// A namespace still holding objects (deletion does not cascade).
+    #[error(
+        "namespaces/{name}: namespace {name} still holds {count} object(s) (first: {first}); \
+         delete them first"
+    )]
+    NamespaceNotEmpty {
+        name: String,
+        count: usize,
+        first: String,
+    },
 }
 
 /// Pods per node that can run them: what the scheduler places by.
@@ -194,6 +224,14 @@ impl<'s> Admission<'s> {
                 svc.spec.cluster_ip = ClusterIp::Ip(ip);
                 Object::Service(svc)
             }
+            Object::Namespace(mut ns) => {
+                ns.set_name_label();
+                Object::Namespace(ns)
+            }
+            Object::NetworkPolicy(mut np) => {
+                np.apply_defaults();
+                Object::NetworkPolicy(np)
+            }
             other => other,
         };
         obj.validate().map_err(|source| AdmissionError::Invalid {
@@ -236,6 +274,13 @@ pub fn apply(
         let key = obj.key();
         let current = store.get(&key)?;
         let obj = admission.admit(obj, current.as_ref())?;
+        if obj.is_namespaced() {
+            let namespace = obj.namespace();
+            ensure_namespace(store, namespace).map_err(|source| AdmissionError::Namespace {
+                namespace: namespace.to_owned(),
+                source,
+            })?;
+        }
         let bytes = obj.to_json()?;
         let outcome = match &current {
             Some(e) if e.value == bytes => Outcome::Unchanged,
@@ -256,13 +301,41 @@ pub fn apply(
 }
 
 /// Deletes the object stored under `key`; a Service's ClusterIP is released.
-/// `false` if nothing was stored there.
+/// `false` if nothing was stored there. A built-in or non-empty Namespace is
+/// an error and stays.
 pub fn delete(store: &dyn Store, key: &str) -> Result<bool, AdmissionError> {
+    if let Some(name) = key.strip_prefix("namespaces/") {
+        check_namespace_deletable(store, name)?;
+    }
     let deleted = store.delete(key)?.is_some();
     if key.starts_with("services/") {
         release_cluster_ip(store, key)?;
     }
     Ok(deleted)
+}
+
+/// The prefixes of the namespaced kinds, whose objects keep a namespace
+/// from being deleted.
+const NAMESPACED_PREFIXES: [&str; 3] = ["pods/", "services/", "networkpolicies/"];
+
+/// Refuses to delete `default`, `kube-system` and namespaces with objects.
+fn check_namespace_deletable(store: &dyn Store, name: &str) -> Result<(), AdmissionError> {
+    if BUILTIN_NAMESPACES.contains(&name) {
+        return Err(AdmissionError::BuiltinNamespace { name: name.into() });
+    }
+    let mut held = Vec::new();
+    for prefix in NAMESPACED_PREFIXES {
+        let (entries, _) = store.list(&format!("{prefix}{name}/"))?;
+        held.extend(entries.into_iter().map(|e| e.key));
+    }
+    match held.first() {
+        None => Ok(()),
+        Some(first) => Err(AdmissionError::NamespaceNotEmpty {
+            name: name.into(),
+            count: held.len(),
+            first: first.clone(),
+        }),
+    }
 }
 
 #[cfg(test)]

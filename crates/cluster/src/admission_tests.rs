@@ -247,3 +247,103 @@ fn the_cluster_configuration_is_recorded_once_and_checked() {
     assert!(err.to_string().contains("networking.podSubnet"), "{err}");
     assert_eq!(read_cluster_config(&s).unwrap().unwrap().networking, first);
 }
+
+fn namespace_labels(store: &MemStore, name: &str) -> BTreeMap<String, String> {
+    match stored(store, &format!("namespaces/{name}")) {
+        Object::Namespace(ns) => ns.metadata.labels,
+        other => panic!("not a namespace: {other:?}"),
+    }
+}
+
+#[test]
+fn builtin_namespaces_exist_once_the_configuration_is_recorded() {
+    let store = cluster("10.96.0.0/16");
+    for name in ["default", "kube-system"] {
+        assert_eq!(
+            namespace_labels(&store, name),
+            BTreeMap::from([("kubernetes.io/metadata.name".into(), name.into())])
+        );
+    }
+    // A second agent's start leaves them as they are (labels added by a user stay).
+    apply(
+        &store,
+        objects(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n  labels: {team: core}\n",
+        ),
+        |_, _| {},
+    )
+    .unwrap();
+    ensure_cluster_config(
+        &store,
+        Networking {
+            service_subnet: cidr("10.96.0.0/16"),
+            pod_subnet: cidr("10.244.0.0/16"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        namespace_labels(&store, "default").get("team").unwrap(),
+        "core"
+    );
+    for name in ["default", "kube-system"] {
+        let e = delete(&store, &format!("namespaces/{name}")).unwrap_err();
+        assert!(e.to_string().contains("may not be deleted"), "{e}");
+    }
+}
+
+#[test]
+fn an_object_in_an_unknown_namespace_creates_it() {
+    let store = cluster("10.96.0.0/16");
+    node(&store, "node1", true);
+    let yaml = pod_yaml("web", None).replace("name: web\n", "name: web\n  namespace: shop\n");
+    let mut seen = Vec::new();
+    apply(&store, objects(&yaml), |o, outcome| {
+        seen.push((o.display_name(), outcome))
+    })
+    .unwrap();
+    assert_eq!(seen, vec![("Pod shop/web".to_string(), Outcome::Created)]);
+    assert_eq!(
+        namespace_labels(&store, "shop"),
+        BTreeMap::from([("kubernetes.io/metadata.name".into(), "shop".into())])
+    );
+    // A policy in another new namespace creates that one too.
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny\n  namespace: bank\nspec:\n  podSelector: {}\n";
+    apply(&store, objects(np), |_, _| {}).unwrap();
+    assert!(store.get("namespaces/bank").unwrap().is_some());
+    // Declaring the namespace later adds its labels; the name label is
+    // admission's, whatever the manifest says.
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    env: prod\n    kubernetes.io/metadata.name: other\n";
+    let mut outcome = None;
+    apply(&store, objects(ns), |_, o| outcome = Some(o)).unwrap();
+    assert_eq!(outcome, Some(Outcome::Configured));
+    let labels = namespace_labels(&store, "shop");
+    assert_eq!(labels.get("env").unwrap(), "prod");
+    assert_eq!(labels.get("kubernetes.io/metadata.name").unwrap(), "shop");
+    // A namespace is not deleted while it holds objects; then it is.
+    let e = delete(&store, "namespaces/shop").unwrap_err();
+    assert!(e.to_string().contains("pods/shop/web"), "{e}");
+    assert!(delete(&store, "pods/shop/web").unwrap());
+    assert!(delete(&store, "namespaces/shop").unwrap());
+    assert!(!delete(&store, "namespaces/shop").unwrap());
+}
+
+#[test]
+fn a_policy_is_stored_with_its_policy_types_defaulted() {
+    let store = cluster("10.96.0.0/16");
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\nspec:\n  podSelector: {}\n  egress:\n  - {}\n";
+    apply(&store, objects(np), |_, _| {}).unwrap();
+    let Object::NetworkPolicy(p) = stored(&store, "networkpolicies/default/p") else {
+        panic!("not a policy")
+    };
+    assert_eq!(
+        p.spec.policy_types,
+        vec![
+            crate::policy::PolicyType::Ingress,
+            crate::policy::PolicyType::Egress
+        ]
+    );
+    // Applying the same manifest again changes nothing.
+    let mut outcome = None;
+    apply(&store, objects(np), |_, o| outcome = Some(o)).unwrap();
+    assert_eq!(outcome, Some(Outcome::Unchanged));
+}

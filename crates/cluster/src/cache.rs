@@ -7,7 +7,8 @@
 //! what the cluster looks like. [`ClusterCache`] runs the informer pattern of
 //! Kubernetes' client-go once: one background thread lists the store, then
 //! watches it from the listed revision (so nothing between the two is lost),
-//! keeps decoded maps of `nodes/`, `pods/`, `podstatus/` and `services/`,
+//! keeps decoded maps of `nodes/`, `pods/`, `podstatus/`, `services/`,
+//! `namespaces/` and `networkpolicies/`,
 //! and after every batch of events publishes a new immutable
 //! [`ClusterState`] (RCU through `arc-swap`, CONVENTIONS.md §6): readers call
 //! [`ClusterCache::snapshot`] and never wait on the writer. A watch that ends
@@ -34,12 +35,21 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::endpoints::{compute_endpoints, Endpoints};
 use crate::manifest::{Node, Object, Pod};
+use crate::namespace::Namespace;
+use crate::policy::NetworkPolicy;
 use crate::service::Service;
 use crate::status::PodRunStatus;
 use crate::store::{Entry, Event, Revision, Store, StoreError, Watch};
 
 /// The key prefixes the cache keeps.
-pub const CACHED_PREFIXES: [&str; 4] = ["nodes/", "pods/", "podstatus/", "services/"];
+pub const CACHED_PREFIXES: [&str; 6] = [
+    "nodes/",
+    "pods/",
+    "podstatus/",
+    "services/",
+    "namespaces/",
+    "networkpolicies/",
+];
 
 /// First wait before retrying a failed list or a watch that keeps breaking;
 /// doubles up to [`MAX_BACKOFF`].
@@ -78,6 +88,10 @@ pub struct ClusterState {
     pub pod_status: BTreeMap<String, PodRunStatus>,
     /// Services by `NAMESPACE/NAME`.
     pub services: BTreeMap<String, Service>,
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Network policies by `NAMESPACE/NAME`.
+    pub network_policies: BTreeMap<String, NetworkPolicy>,
     /// Store keys whose values could not be decoded, with the reason.
     pub decode_errors: BTreeMap<String, DecodeError>,
     /// How often the watch broke (e.g. compacted) and the cache relisted.
@@ -114,6 +128,20 @@ impl ClusterState {
             .iter()
             .map(|(k, p)| (p.clone(), self.pod_status.get(k).cloned()))
             .collect()
+    }
+
+    /// The labels of the namespace `name` as namespace selectors see them:
+    /// its Namespace object's (none when none is stored yet), always with
+    /// `kubernetes.io/metadata.name` set to `name`, which every namespace
+    /// carries.
+    pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
+        let mut ns = self
+            .namespaces
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Namespace::new(name));
+        ns.set_name_label();
+        ns.metadata.labels
     }
 
     /// Applies one store change; `false` if the key is not one the cache
@@ -165,6 +193,22 @@ impl ClusterState {
                 }
                 other => Err(wrong_kind(&other, "Service")),
             })
+        } else if let Some(name) = key.strip_prefix("namespaces/") {
+            decode_object(&value, &key).and_then(|o| match o {
+                Object::Namespace(n) => {
+                    self.namespaces.insert(name.to_string(), n);
+                    Ok(())
+                }
+                other => Err(wrong_kind(&other, "Namespace")),
+            })
+        } else if let Some(name) = key.strip_prefix("networkpolicies/") {
+            decode_object(&value, &key).and_then(|o| match o {
+                Object::NetworkPolicy(p) => {
+                    self.network_policies.insert(name.to_string(), p);
+                    Ok(())
+                }
+                other => Err(wrong_kind(&other, "NetworkPolicy")),
+            })
         } else {
             return false;
         };
@@ -192,6 +236,10 @@ impl ClusterState {
             self.pod_status.remove(name);
         } else if let Some(name) = key.strip_prefix("services/") {
             self.services.remove(name);
+        } else if let Some(name) = key.strip_prefix("namespaces/") {
+            self.namespaces.remove(name);
+        } else if let Some(name) = key.strip_prefix("networkpolicies/") {
+            self.network_policies.remove(name);
         } else {
             return false;
         }

@@ -299,3 +299,37 @@ fn drop_stops_promptly() {
     drop(cache);
     assert!(t.elapsed() < WAIT);
 }
+
+#[test]
+fn namespaces_and_network_policies_are_cached() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let cache = ClusterCache::start(Arc::clone(&store)).unwrap();
+    let rx = cache.subscribe();
+    // No Namespace object yet: the name label alone.
+    assert_eq!(
+        cache.snapshot().namespace_labels("shop"),
+        BTreeMap::from([("kubernetes.io/metadata.name".into(), "shop".into())])
+    );
+    put_object(
+        &*store,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: a}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\n\
+         spec: {podSelector: {}}\n",
+    );
+    let snap = wait_for(&cache, &rx, "a namespace and a policy", |s| {
+        s.namespaces.contains_key("shop") && s.network_policies.contains_key("shop/deny")
+    });
+    // Stored without the name label (not through admission): still there.
+    assert_eq!(
+        snap.namespace_labels("shop"),
+        BTreeMap::from([
+            ("kubernetes.io/metadata.name".into(), "shop".into()),
+            ("team".into(), "a".into())
+        ])
+    );
+    store.delete("networkpolicies/shop/deny").unwrap();
+    store.delete("namespaces/shop").unwrap();
+    wait_for(&cache, &rx, "both gone", |s| {
+        s.namespaces.is_empty() && s.network_policies.is_empty()
+    });
+}

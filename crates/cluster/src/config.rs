@@ -10,9 +10,14 @@
 //! agents starting at once agree on one); every later agent must have been
 //! given the same values and refuses to start otherwise. Admission reads it
 //! to allocate ClusterIPs (see [`crate::admission`]).
+//!
+//! Recording the configuration also creates the built-in namespaces
+//! `default` and `kube-system` if they are absent ([`ensure_cluster_config`]
+//! on every agent start), so they exist from the cluster's first moment.
 
 use serde::{Deserialize, Serialize};
 
+use crate::namespace::{ensure_namespace, NamespaceError, BUILTIN_NAMESPACES};
 use crate::net::Ipv4Cidr;
 use crate::store::{Store, StoreError};
 
@@ -77,6 +82,12 @@ pub enum ConfigError {
         stored: Ipv4Cidr,
         given: Ipv4Cidr,
     },
+    /// A built-in namespace could not be created.
+    #[error("namespace {name}: {source}")]
+    Namespace {
+        name: &'static str,
+        source: NamespaceError,
+    },
 }
 
 /// The stored configuration, if an agent has recorded one.
@@ -91,8 +102,20 @@ pub fn read_cluster_config(store: &dyn Store) -> Result<Option<ClusterConfig>, C
 
 /// Records `want` unless a configuration is already stored, and returns the
 /// stored one; an existing configuration that differs is an error naming the
-/// field.
+/// field. Creates the namespaces `default` and `kube-system` if absent.
 pub fn ensure_cluster_config(
+    store: &dyn Store,
+    want: Networking,
+) -> Result<ClusterConfig, ConfigError> {
+    let config = record_cluster_config(store, want)?;
+    for name in BUILTIN_NAMESPACES {
+        ensure_namespace(store, name).map_err(|source| ConfigError::Namespace { name, source })?;
+    }
+    Ok(config)
+}
+
+/// [`ensure_cluster_config`] without the namespaces.
+fn record_cluster_config(
     store: &dyn Store,
     want: Networking,
 ) -> Result<ClusterConfig, ConfigError> {

@@ -7,8 +7,10 @@
 //! the data plane or does network I/O.
 //!
 //! - [`net`]: IPv4 CIDR and MAC address types.
-//! - [`manifest`]: Kubernetes-shaped objects (Pod, Node, Service) and YAML
-//!   loading; [`service`] holds the Service type and its rules.
+//! - [`manifest`]: Kubernetes-shaped objects (Pod, Node, Service,
+//!   Namespace, NetworkPolicy) and YAML loading; [`service`] holds the
+//!   Service type and its rules, [`namespace`] the Namespace, [`policy`] the
+//!   NetworkPolicy and its matching logic, [`selector`] label selectors.
 //! - [`validate`]: Kubernetes naming rules and field errors.
 //! - [`store`]: the revisioned key-value store with watch, and its backends.
 //! - [`ipam`]: node subnet leases and pod IP allocation over the store.
@@ -27,7 +29,10 @@ pub mod config;
 pub mod endpoints;
 pub mod ipam;
 pub mod manifest;
+pub mod namespace;
 pub mod net;
+pub mod policy;
+pub mod selector;
 pub mod service;
 pub mod status;
 pub mod store;
@@ -49,7 +54,17 @@ pub use manifest::{
     ManifestError, Node, NodeSpec, NodeStatus, Object, ObjectMeta, Pod, PodSpec, PodStatus,
     Protocol, KUBELET_LABEL,
 };
+pub use namespace::{
+    ensure_namespace, namespace_key, Namespace, NamespaceError, BUILTIN_NAMESPACES,
+    NAMESPACE_NAME_LABEL,
+};
 pub use net::{Ipv4Cidr, MacAddr};
+pub use policy::{
+    network_policy_key, ports_allow, IpBlock, NetworkPolicy, NetworkPolicyEgressRule,
+    NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, PodRef,
+    PolicyPortRef, PolicyProtocol, PolicyRule, PolicyType, PortRange,
+};
+pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 pub use service::{
     ClusterIp, Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity, TargetPort,
 };

@@ -20,7 +20,9 @@
 //! [`Object::to_json`] / [`Object::from_json`] are the encoding the store keeps.
 //!
 //! Kinds: Pod and Node here; Service in [`crate::service`] (re-exported
-//! here), because its rules are a module's worth on their own.
+//! here), Namespace in [`crate::namespace`] and NetworkPolicy
+//! (`networking.k8s.io/v1`) in [`crate::policy`], because their rules are a
+//! module's worth on their own.
 //!
 //! Deviation from Kubernetes: a Node's underlay address and VTEP MAC are the
 //! plain fields `status.underlayIP` and `status.vtepMAC` (Kubernetes keeps the
@@ -34,7 +36,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::namespace::Namespace;
 use crate::net::{Ipv4Cidr, MacAddr};
+use crate::policy::NetworkPolicy;
 pub use crate::service::{
     service_key, ClusterIp, Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity,
     TargetPort,
@@ -42,7 +46,7 @@ pub use crate::service::{
 use crate::validate::{check_name, FieldError, NameRule, Problem};
 
 /// The kinds [`parse_manifests`] accepts, for error messages.
-pub const SUPPORTED_KINDS: &str = "Pod, Node, Service";
+pub const SUPPORTED_KINDS: &str = "Pod, Node, Service, Namespace, NetworkPolicy";
 
 /// Where a document came from: file (or other source name) and 1-based index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -486,21 +490,40 @@ pub enum Object {
     Pod(Pod),
     Node(Node),
     Service(Service),
+    Namespace(Namespace),
+    NetworkPolicy(NetworkPolicy),
+}
+
+/// The apiVersion NetworkPolicy is served at.
+pub const NETWORKING_API_VERSION: &str = "networking.k8s.io/v1";
+
+/// The apiVersion a kind is served at, if Tapestry models the kind.
+fn api_version_of(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" | "Node" | "Service" | "Namespace" => Some("v1"),
+        "NetworkPolicy" => Some(NETWORKING_API_VERSION),
+        _ => None,
+    }
 }
 
 impl Object {
-    /// `Pod`, `Node`, `Service`.
+    /// `Pod`, `Node`, `Service`, `Namespace`, `NetworkPolicy`.
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Pod(_) => "Pod",
             Object::Node(_) => "Node",
             Object::Service(_) => "Service",
+            Object::Namespace(_) => "Namespace",
+            Object::NetworkPolicy(_) => "NetworkPolicy",
         }
     }
 
     /// The apiVersion the kind is served at.
     pub fn api_version(&self) -> &'static str {
-        "v1"
+        match self {
+            Object::NetworkPolicy(_) => NETWORKING_API_VERSION,
+            Object::Pod(_) | Object::Node(_) | Object::Service(_) | Object::Namespace(_) => "v1",
+        }
     }
 
     pub fn metadata(&self) -> &ObjectMeta {
@@ -508,7 +531,14 @@ impl Object {
             Object::Pod(p) => &p.metadata,
             Object::Node(n) => &n.metadata,
             Object::Service(s) => &s.metadata,
+            Object::Namespace(n) => &n.metadata,
+            Object::NetworkPolicy(p) => &p.metadata,
         }
+    }
+
+    /// Whether the kind lives in a namespace (Node and Namespace do not).
+    pub fn is_namespaced(&self) -> bool {
+        !matches!(self, Object::Node(_) | Object::Namespace(_))
     }
 
     pub fn name(&self) -> &str {
@@ -521,12 +551,15 @@ impl Object {
     }
 
     /// Store key: `pods/default/web-a`, `nodes/node1`,
-    /// `services/kube-system/kube-dns`.
+    /// `services/kube-system/kube-dns`, `namespaces/default`,
+    /// `networkpolicies/default/deny-all`.
     pub fn key(&self) -> String {
         match self {
             Object::Pod(p) => p.key(),
             Object::Node(n) => n.key(),
             Object::Service(s) => s.key(),
+            Object::Namespace(n) => n.key(),
+            Object::NetworkPolicy(p) => p.key(),
         }
     }
 
@@ -541,6 +574,8 @@ impl Object {
             Object::Pod(p) => p.validate(),
             Object::Node(n) => n.validate(),
             Object::Service(s) => s.validate(),
+            Object::Namespace(n) => n.validate(),
+            Object::NetworkPolicy(p) => p.validate(),
         }
     }
 
@@ -571,8 +606,11 @@ impl Object {
 
     /// Sets cluster-scoped kinds' namespace to empty.
     fn normalize(&mut self) {
-        if let Object::Node(n) = self {
-            n.metadata.namespace.clear();
+        match self {
+            Object::Node(Node { metadata, .. }) | Object::Namespace(Namespace { metadata }) => {
+                metadata.namespace.clear()
+            }
+            Object::Pod(_) | Object::Service(_) | Object::NetworkPolicy(_) => {}
         }
     }
 }
@@ -617,6 +655,18 @@ impl Serialize for Object {
                 inner: svc,
             }
             .serialize(s),
+            Object::Namespace(ns) => Tagged {
+                api_version,
+                kind,
+                inner: ns,
+            }
+            .serialize(s),
+            Object::NetworkPolicy(np) => Tagged {
+                api_version,
+                kind,
+                inner: np,
+            }
+            .serialize(s),
         }
     }
 }
@@ -627,6 +677,8 @@ enum TaggedIn {
     Pod(Pod),
     Node(Node),
     Service(Service),
+    Namespace(Namespace),
+    NetworkPolicy(NetworkPolicy),
 }
 
 impl<'de> Deserialize<'de> for Object {
@@ -635,6 +687,8 @@ impl<'de> Deserialize<'de> for Object {
             TaggedIn::Pod(p) => Object::Pod(p),
             TaggedIn::Node(n) => Object::Node(n),
             TaggedIn::Service(s) => Object::Service(s),
+            TaggedIn::Namespace(n) => Object::Namespace(n),
+            TaggedIn::NetworkPolicy(p) => Object::NetworkPolicy(p),
         };
         obj.normalize();
         obj.validate()
@@ -809,18 +863,26 @@ fn parse_document(doc: &Document<'_>, at: &Location) -> Result<Option<Object>, M
             message,
         }
     };
+    let Some(supported) = api_version_of(&kind) else {
+        return Err(ManifestError::UnknownKind {
+            at: at.clone(),
+            kind,
+        });
+    };
+    if api_version != supported {
+        return Err(ManifestError::UnsupportedApiVersion {
+            at: at.clone(),
+            kind,
+            api_version,
+            supported,
+        });
+    }
     let mut obj = match kind.as_str() {
-        "Pod" | "Node" | "Service" if api_version != "v1" => {
-            return Err(ManifestError::UnsupportedApiVersion {
-                at: at.clone(),
-                kind,
-                api_version,
-                supported: "v1",
-            })
-        }
         "Pod" => Object::Pod(serde_yaml::from_str(doc.text).map_err(schema)?),
         "Node" => Object::Node(serde_yaml::from_str(doc.text).map_err(schema)?),
         "Service" => Object::Service(serde_yaml::from_str(doc.text).map_err(schema)?),
+        "Namespace" => Object::Namespace(serde_yaml::from_str(doc.text).map_err(schema)?),
+        "NetworkPolicy" => Object::NetworkPolicy(serde_yaml::from_str(doc.text).map_err(schema)?),
         _ => {
             return Err(ManifestError::UnknownKind {
                 at: at.clone(),

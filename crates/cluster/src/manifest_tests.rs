@@ -106,7 +106,7 @@ fn unknown_kind_names_file_document_and_kinds() {
     let text = format!("{NODE}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n");
     assert_eq!(
         err(&text),
-        "lab/x.yaml document 2: unknown kind `Deployment`; supported: Pod, Node, Service"
+        "lab/x.yaml document 2: unknown kind `Deployment`; supported: Pod, Node, Service, Namespace, NetworkPolicy"
     );
 }
 

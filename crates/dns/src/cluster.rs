@@ -148,7 +148,7 @@ spec:
                     );
                     state.pods.insert(key, p);
                 }
-                Object::Node(_) => {}
+                _ => {}
             }
         }
         let data = dns_data(&state);
