@@ -118,6 +118,11 @@ pub enum DropReason {
     /// No source port left for the NAT of a new flow: every candidate port gives a
     /// reply 5-tuple another live flow already uses.
     NatPortsExhausted,
+    /// NetworkPolicy: the first packet of a connection (or any packet of an untracked
+    /// protocol) that no rule of the policies selecting its sender (egress) or its
+    /// receiver (ingress) admits, or a packet of a flow a newly published policy table
+    /// no longer allows. Dropped without a reset; also counted per policy.
+    PolicyDenied,
 }
 
 impl DropReason {
@@ -154,6 +159,7 @@ impl DropReason {
         DropReason::LbNoEndpoint,
         DropReason::ServiceFragment,
         DropReason::NatPortsExhausted,
+        DropReason::PolicyDenied,
     ];
 
     /// Number of reasons.
@@ -193,6 +199,7 @@ impl DropReason {
             DropReason::LbNoEndpoint => "lb_no_endpoint",
             DropReason::ServiceFragment => "service_fragment",
             DropReason::NatPortsExhausted => "nat_ports_exhausted",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 
