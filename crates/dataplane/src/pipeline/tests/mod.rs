@@ -913,3 +913,5 @@ proptest! {
 mod routing;
 
 mod lb;
+
+mod policy;
