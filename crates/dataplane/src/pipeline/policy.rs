@@ -107,7 +107,9 @@ impl Policy {
     }
 
     /// The stage: see the module docs. `pre` is the packet's IPv4 facts before the
-    /// load balancer, `ctx` after it.
+    /// load balancer, `ctx` after it. Kept out of line: the drivers' inlined path
+    /// carries only the `active` branch when no policy is published.
+    #[inline(never)]
     pub(crate) fn stage(&mut self, env: &PolicyEnv, pre: &Ip, ctx: &Ctx, now: Nanos) -> Verdict {
         let Some(ip) = ctx.ip else {
             return Verdict::Continue;
