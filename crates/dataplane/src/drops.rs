@@ -126,6 +126,11 @@ pub enum DropReason {
     /// that sent it (the peer of the outer source address), and that is no reply of a
     /// flow the load balancer tracks: a node cannot speak for another node's pods.
     SpoofedTunnelSource,
+    /// NetworkPolicy: the first packet of a connection (or any packet of an untracked
+    /// protocol) that no rule of the policies selecting its sender (egress) or its
+    /// receiver (ingress) admits, or a packet of a flow a newly published policy table
+    /// no longer allows. Dropped without a reset; also counted per policy.
+    PolicyDenied,
 }
 
 impl DropReason {
@@ -164,6 +169,7 @@ impl DropReason {
         DropReason::NatPortsExhausted,
         DropReason::ForbiddenEthertype,
         DropReason::SpoofedTunnelSource,
+        DropReason::PolicyDenied,
     ];
 
     /// Number of reasons.
@@ -205,6 +211,7 @@ impl DropReason {
             DropReason::NatPortsExhausted => "nat_ports_exhausted",
             DropReason::ForbiddenEthertype => "forbidden_ethertype",
             DropReason::SpoofedTunnelSource => "spoofed_tunnel_source",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 

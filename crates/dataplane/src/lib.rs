@@ -17,8 +17,8 @@
 //!   counters, the ICMP token bucket; [`wire`]: views and `Repr`s of each header;
 //! - `codec`: VXLAN encapsulation and software TSO, NAT rewrites, software GRO;
 //! - `tables`: ports, MAC table, routes, service table and Maglev, conntrack,
-//!   fragment translations;
-//! - `pipeline`: the stages (parse, admit, service, forward, gateway, emit) and the
+//!   fragment translations, the compiled NetworkPolicy table;
+//! - `pipeline`: the stages (parse, admit, service, policy, forward, gateway, emit) and the
 //!   driver that sequences them.
 
 #![forbid(unsafe_code)]
@@ -41,6 +41,11 @@ pub use pipeline::{
 };
 pub use tables::conntrack::{ConntrackTimeouts, FlowInfo, FlowState, DEFAULT_CONNTRACK_CAPACITY};
 pub use tables::maglev::{Maglev, MAGLEV_DEFAULT_SIZE};
+pub use tables::policy::{
+    IpBlock, PodPolicy, PolicyCounters, PolicyDirection, PolicyError, PolicyId, PolicyPeers,
+    PolicyPort, PolicyPorts, PolicyRule, PolicyTable, PortProtocol, RuleSet, RuleSetSpec,
+    MAX_POLICY_IDS,
+};
 pub use tables::routes::{Peer, RouteError, RouteSnapshot, RouteTarget};
 pub use tables::service_table::{Affinity, LbError, ServiceEntry, ServiceTable};
 pub use tapestry_net::Ipv4Cidr;

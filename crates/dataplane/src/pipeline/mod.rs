@@ -3,7 +3,7 @@
 //! return a [`Verdict`]. Only the driver below sequences them; no stage calls another.
 //!
 //! ```text
-//! port ─► parse ─► admit ─► service ─► (policy) ─► forward ─► emit ─► Action
+//! port ─► parse ─► admit ─► service ─► policy ─► forward ─► emit ─► Action
 //! tunnel ─► parse (decap) ─► admit ──┘
 //! ```
 //!
@@ -11,8 +11,8 @@
 //! - `admit.rs`: anti-spoofing of pod ports (ARP and IPv4 only), learning; for the
 //!   tunnel, the inner source must belong to the sending peer's pod subnet;
 //! - `service.rs`: the load balancer, DNAT to a backend and un-NAT of replies;
-//! - (policy: NetworkPolicy will sit between service, which knows the backend, and
-//!   forward);
+//! - `policy.rs`: NetworkPolicy, between service (which knows the backend) and
+//!   forward, stateful (its own flow table), skipped while no policy selects a pod;
 //! - `forward.rs`: bridge, route, tunnel; `gateway.rs`: the gateway's own answers;
 //! - `emit.rs`: framing, ICMP errors and resets the node originates;
 //! - here: counting each outcome and lending the caller the bytes in `out`.
@@ -34,6 +34,7 @@ use crate::drops::{Counter, Counters, DropReason};
 use crate::hash::flow_hash;
 use crate::tables::conntrack::FlowInfo;
 use crate::tables::mac_table::MacTable;
+use crate::tables::policy::{PolicyCounters, PolicyTable};
 use crate::tables::ports::Ports;
 use crate::tables::routes::RouteSnapshot;
 use crate::tables::service_table::ServiceTable;
@@ -47,6 +48,7 @@ mod emit;
 mod forward;
 mod gateway;
 mod parse;
+mod policy;
 mod service;
 
 pub use config::{
@@ -58,6 +60,7 @@ use context::{Ctx, Lazy, Verdict};
 use emit::{egress_for, originated, write_prefix, Env, Origin, Originated};
 use forward::FwdEnv;
 use gateway::Gateway;
+use policy::{Policy, PolicyEnv};
 pub use service::MAINTAIN_BUDGET;
 use service::{Lb, LbEnv};
 
@@ -68,7 +71,9 @@ pub struct Pipeline {
     stages: Stages,
     routes: Arc<ArcSwap<RouteSnapshot>>,
     services: Arc<ArcSwap<ServiceTable>>,
+    policies: Arc<ArcSwap<PolicyTable>>,
     counters: Arc<Counters>,
+    policy_counters: Arc<PolicyCounters>,
 }
 
 /// The state the stages change, apart from what they only read ([`Shared`]), so
@@ -79,6 +84,7 @@ struct Stages {
     ports: Ports,
     macs: MacTable,
     lb: Lb,
+    policy: Policy,
     origin: Origin,
 }
 
@@ -87,23 +93,28 @@ struct Shared<'a> {
     cfg: &'a PipelineConfig,
     services: &'a ArcSwap<ServiceTable>,
     counters: &'a Counters,
+    denials: &'a PolicyCounters,
 }
 
 impl Pipeline {
     /// Builds the pipeline and allocates its tables (`cfg.mac_capacity` MACs,
     /// `cfg.conntrack_capacity` flows) up front.
     pub fn new(cfg: PipelineConfig) -> Self {
+        let policies = Arc::new(ArcSwap::from_pointee(PolicyTable::empty()));
         Pipeline {
             stages: Stages {
                 gateway: Gateway::new(cfg.gateway_ip, cfg.gateway_mac, cfg.subnet),
                 ports: Ports::new(cfg.host_ip, cfg.host_mac),
                 macs: MacTable::new(cfg.mac_capacity, cfg.mac_aging),
                 lb: Lb::new(cfg.conntrack_capacity),
+                policy: Policy::new(&policies, cfg.conntrack_capacity),
                 origin: Origin::new(cfg.icmp_errors_per_sec),
             },
             routes: Arc::new(ArcSwap::from_pointee(RouteSnapshot::empty_for(cfg.subnet))),
             services: Arc::new(ArcSwap::from_pointee(ServiceTable::empty())),
+            policies,
             counters: Arc::new(Counters::default()),
+            policy_counters: Arc::new(PolicyCounters::default()),
             cfg,
         }
     }
@@ -124,6 +135,24 @@ impl Pipeline {
     /// `load()`s it per packet (no lock). Initially [`ServiceTable::empty`].
     pub fn services(&self) -> &Arc<ArcSwap<ServiceTable>> {
         &self.services
+    }
+
+    /// The handle the control thread stores new policy tables into (compare with
+    /// `==` and store only on change: a new table makes every tracked flow be judged
+    /// again at its next packet). Initially [`PolicyTable::empty`]: every pod open,
+    /// and the policy stage costs one branch.
+    pub fn policies(&self) -> &Arc<ArcSwap<PolicyTable>> {
+        &self.policies
+    }
+
+    /// Denials per policy id, shared with the control thread for stats.
+    pub fn policy_counters(&self) -> &Arc<PolicyCounters> {
+        &self.policy_counters
+    }
+
+    /// Flows the policy stage tracks (expired ones not yet reclaimed included).
+    pub fn policy_flows_len(&self) -> usize {
+        self.stages.policy.len()
     }
 
     /// The host port's MAC, configured or learned.
@@ -182,6 +211,7 @@ impl Pipeline {
             cfg: &self.cfg,
             services: &self.services,
             counters: &self.counters,
+            denials: &self.policy_counters,
         };
         let mut routes = Lazy::new(&self.routes);
         let verdict = self
@@ -209,6 +239,7 @@ impl Pipeline {
             cfg: &self.cfg,
             services: &self.services,
             counters: &self.counters,
+            denials: &self.policy_counters,
         };
         let mut routes = Lazy::new(&self.routes);
         let tun = self.cfg.tunnel.as_ref();
@@ -316,11 +347,16 @@ impl Pipeline {
     /// table, every flow is checked against it and those whose backend is gone are
     /// removed (`conntrack_flushed`: the reconcile that catches flows no packet
     /// touched); otherwise up to [`MAINTAIN_BUDGET`] flows are visited in turn.
-    /// Expired flows met either way are removed (`conntrack_expired`). Returns how
-    /// many flows were removed.
+    /// Expired flows met either way are removed (`conntrack_expired`), and up to
+    /// [`MAINTAIN_BUDGET`] flows of the policy stage are visited for expiry. Returns
+    /// how many flows were removed.
     pub fn maintain(&mut self, now: Nanos) -> usize {
         let services = self.services.load();
-        self.stages.lb.maintain(&services, &self.counters, now)
+        let lb = self.stages.lb.maintain(&services, &self.counters, now);
+        lb + self
+            .stages
+            .policy
+            .maintain(&self.counters, now, MAINTAIN_BUDGET)
     }
 
     /// Live tracked flows, for status (allocates).
@@ -368,7 +404,7 @@ impl Stages {
         self.after_admit(sh, routes, &mut ctx, pkt, now, out)
     }
 
-    /// Service, (policy,) forward, and what they asked the node to answer. Inlined
+    /// Service, policy, forward, and what they asked the node to answer. Inlined
     /// into both drivers so that the verdicts stay in registers (a verdict stored
     /// piecewise and reloaded whole stalls store forwarding: measured +15 ns a frame).
     #[inline(always)]
@@ -386,8 +422,19 @@ impl Stages {
             services: sh.services,
             counters: sh.counters,
         };
+        // Policy needs the sender as it was before the load balancer's NAT; copied
+        // only while some policy selects a pod (one branch otherwise).
+        let pre = if self.policy.active() { ctx.ip } else { None };
         let mut v = self.lb.stage(&env, ctx, pkt, now);
-        // NetworkPolicy goes here: after service (the backend is known), before forward.
+        if let (Verdict::Continue, Some(pre)) = (v, pre) {
+            let env = PolicyEnv {
+                cfg: sh.cfg,
+                counters: sh.counters,
+                denials: sh.denials,
+                role: ctx.port().and_then(|p| self.ports.role(p)),
+            };
+            v = self.policy.stage(&env, &pre, ctx, now);
+        }
         if v == Verdict::Continue {
             let env = FwdEnv {
                 cfg: sh.cfg,

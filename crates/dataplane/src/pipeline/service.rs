@@ -91,8 +91,9 @@ impl Lb {
     }
 
     /// The stage: see the module docs. `Continue` with `ctx.translated` set when the
-    /// packet was rewritten (DNAT, or un-NAT of a reply or an ICMP error).
-    #[inline]
+    /// packet was rewritten (DNAT, or un-NAT of a reply or an ICMP error). Always
+    /// inlined: its idle check is the bridged path's whole cost of this stage.
+    #[inline(always)]
     pub(crate) fn stage(
         &mut self,
         env: &LbEnv,

@@ -14,7 +14,7 @@ use crate::wire::tcp::{pseudo_header_partial, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 use crate::wire::{TcpPacket, UdpPacket, VNET_HDR_F_NEEDS_CSUM, VNET_HDR_GSO_TCPV4};
 use crate::FlowState;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub(super) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const D: PortId = PortId(3);
 const D_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
@@ -66,7 +66,7 @@ fn lb_node_with(cfg: impl FnOnce(&mut PipelineConfig)) -> Pipeline {
     p
 }
 
-fn lb_node() -> Pipeline {
+pub(super) fn lb_node() -> Pipeline {
     lb_node_with(|_| {})
 }
 
@@ -82,7 +82,7 @@ fn tcp_header(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> etherpar
 /// An IPv4/TCP packet with full checksums (20-byte TCP header, no options), the
 /// TCP header and checksum from etherparse.
 #[allow(clippy::too_many_arguments)]
-fn tcp(
+pub(super) fn tcp(
     src: Ipv4Addr,
     sport: u16,
     dst: Ipv4Addr,
@@ -102,7 +102,7 @@ fn tcp(
 }
 
 /// An IPv4/UDP packet with a full checksum (the UDP header from etherparse).
-fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, data: &[u8]) -> Vec<u8> {
+pub(super) fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, data: &[u8]) -> Vec<u8> {
     let mut u = etherparse::UdpHeader {
         source_port: sport,
         destination_port: dport,
@@ -117,12 +117,12 @@ fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, data: &[u8]) -> Vec
     ipv4(src, dst, 17, &d)
 }
 
-fn to_gw(src_mac: MacAddr, ip: &[u8]) -> Vec<u8> {
+pub(super) fn to_gw(src_mac: MacAddr, ip: &[u8]) -> Vec<u8> {
     frame(GW_MAC, src_mac, 0x0800, ip)
 }
 
 /// Runs a frame; returns the outcome and the (possibly rewritten) input.
-fn go(
+pub(super) fn go(
     p: &mut Pipeline,
     port: PortId,
     pkt: &[u8],
@@ -136,7 +136,7 @@ fn go(
 
 /// Checks the IPv4 header and the TCP/UDP checksum of `ip`, returns
 /// `(src, sport, dst, dport)`.
-fn endpoints(ip: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+pub(super) fn endpoints(ip: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
     let p = Ipv4Packet::new_checked(ip).unwrap();
     assert!(p.verify_checksum(), "IPv4 checksum");
     let (s, d) = (p.src_addr(), p.dst_addr());
@@ -151,7 +151,7 @@ fn endpoints(ip: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
 }
 
 /// The IPv4 packet of a virtio-net + Ethernet frame, after checking its MACs.
-fn ip_of(f: &[u8], dst: MacAddr, src: MacAddr) -> &[u8] {
+pub(super) fn ip_of(f: &[u8], dst: MacAddr, src: MacAddr) -> &[u8] {
     assert_eq!(&f[10..16], &dst.0, "destination MAC");
     assert_eq!(&f[16..22], &src.0, "source MAC");
     &f[24..]

@@ -954,3 +954,5 @@ proptest! {
 mod routing;
 
 mod lb;
+
+mod policy;
