@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::metrics::Better;
-use crate::report::Meta;
+use crate::samples::Meta;
 use crate::samples::{MetricReport, Stats};
 
 #[derive(Serialize)]

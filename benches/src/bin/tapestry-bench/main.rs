@@ -99,7 +99,7 @@ fn main() -> ExitCode {
             machine,
             date,
         } => {
-            let meta = report::Meta {
+            let meta = samples::Meta {
                 title,
                 machine,
                 generated_at: date.unwrap_or_else(report::now_rfc3339),

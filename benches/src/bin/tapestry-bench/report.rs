@@ -24,18 +24,13 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::json::json_report;
-use crate::samples::{first_repeated_rep, parse_samples, summarise, InputError, MetricReport};
+use crate::samples::{
+    first_repeated_rep, parse_samples, summarise, InputError, Meta, MetricReport,
+};
 use crate::svg::svg_chart;
 use crate::table::{markdown, text_table};
 
 pub const DEFAULT_TITLE: &str = "Tapestry vs the Linux kernel datapath";
-
-/// What the report is about, beyond the numbers.
-pub struct Meta {
-    pub title: String,
-    pub machine: Option<String>,
-    pub generated_at: String,
-}
 
 /// Why no report was written.
 #[derive(Debug, thiserror::Error)]

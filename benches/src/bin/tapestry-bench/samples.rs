@@ -283,10 +283,17 @@ pub fn first_repeated_rep(samples: &[Sample]) -> Option<&Sample> {
 }
 
 /// Raw results and their summary, shared by the tests of every output.
+
+/// What the report is about, beyond the numbers.
+pub struct Meta {
+    pub title: String,
+    pub machine: Option<String>,
+    pub generated_at: String,
+}
+
 #[cfg(test)]
 pub mod fixture {
     use super::*;
-    use crate::report::Meta;
 
     pub const FIXTURE: &str = r#"
 {"system":"tapestry","metric":"tcp_same_node","unit":"Gbit/s","value":9.71,"rep":1}

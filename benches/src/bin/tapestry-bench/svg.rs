@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::metrics::Verdict;
-use crate::report::Meta;
+use crate::samples::Meta;
 use crate::samples::MetricReport;
 
 const GREEN: &str = "#2e7d32";

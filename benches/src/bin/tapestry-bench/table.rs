@@ -1,7 +1,7 @@
 //! The report as a fixed-width text table (stdout) and as Markdown
 //! (`benchmarks-table.md`, pasted into docs/benchmarks.md).
 
-use crate::report::Meta;
+use crate::samples::Meta;
 use crate::samples::MetricReport;
 
 const HEADERS: [&str; 6] = ["Metric", "Tapestry", "Kernel", "Ratio", "Target", "Verdict"];
