@@ -282,8 +282,6 @@ pub fn first_repeated_rep(samples: &[Sample]) -> Option<&Sample> {
     None
 }
 
-/// Raw results and their summary, shared by the tests of every output.
-
 /// What the report is about, beyond the numbers.
 pub struct Meta {
     pub title: String,
@@ -291,6 +289,7 @@ pub struct Meta {
     pub generated_at: String,
 }
 
+/// Raw results and their summary, shared by the tests of every output.
 #[cfg(test)]
 pub mod fixture {
     use super::*;
