@@ -94,8 +94,9 @@ fn bridge(
 }
 
 /// The forwarding decision for the IPv4 packet `ip` of `pkt`. See the module docs.
-/// Inlined, as the other stages, so that its verdict is not copied through memory.
-#[inline(always)]
+/// Kept out of line: inlined into both drivers it doubled the hot code for no
+/// measurable gain (alternating runs pinned to one CPU, docs/benchmarks.md).
+#[inline(never)]
 fn route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
     let (cfg, routes) = (env.cfg, env.routes);
     let Some(frame) = pkt.get_mut(ctx.eth_at..) else {
