@@ -167,6 +167,9 @@ pub(crate) struct Ip {
     pub ident: u16,
     /// TCP flags (0 otherwise).
     pub tcp_flags: u8,
+    /// `ports` and `tcp_flags` were read (decapsulated packets leave them for
+    /// `parse::read_l4`, called by the stages that need them).
+    pub l4_read: bool,
 }
 
 impl Ip {

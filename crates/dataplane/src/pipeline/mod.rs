@@ -249,6 +249,10 @@ impl Pipeline {
         {
             Ok(()) => {
                 let st = &mut self.stages;
+                if st.lb.len() != 0 {
+                    // The inner-source check may ask whether this is a tracked reply.
+                    parse::read_l4(&mut ctx, payload);
+                }
                 let lb = &mut st.lb;
                 let v = admit::admit_tunnel(&ctx, routes.get(), |ip| {
                     lb.expects_reply(ip, counters, now)
@@ -424,7 +428,12 @@ impl Stages {
         };
         // Policy needs the sender as it was before the load balancer's NAT; copied
         // only while some policy selects a pod (one branch otherwise).
-        let pre = if self.policy.active() { ctx.ip } else { None };
+        let pre = if self.policy.active() {
+            parse::read_l4(ctx, pkt);
+            ctx.ip
+        } else {
+            None
+        };
         let mut v = self.lb.stage(&env, ctx, pkt, now);
         if let (Verdict::Continue, Some(pre)) = (v, pre) {
             let env = PolicyEnv {

@@ -25,14 +25,13 @@ use crate::wire::{
     VNET_HDR_LEN, VXLAN_HEADER_LEN,
 };
 
-/// The IPv4 facts of a checked packet.
+/// The ports and TCP flags of the packet `ip` describes (`None`, 0 when it has no
+/// TCP/UDP header to read: another protocol, a later fragment, a short header).
 #[inline(always)]
-fn ip_facts(ip: &Ipv4Packet<&[u8]>) -> Ip {
-    let fragment = ip.is_fragment();
-    let later_fragment = ip.frag_offset() != 0;
+pub(crate) fn l4_facts(ip: &Ipv4Packet<&[u8]>) -> (Option<(u16, u16)>, u8) {
     let l4 = ip.payload();
-    let (ports, tcp_flags) = match ip.protocol() {
-        _ if later_fragment => (None, 0),
+    match ip.protocol() {
+        _ if ip.frag_offset() != 0 => (None, 0),
         IpProtocol::Tcp => match TcpPacket::new_checked(l4) {
             Ok(t) => (Some((t.src_port(), t.dst_port())), t.flags()),
             Err(_) => (None, 0),
@@ -42,7 +41,30 @@ fn ip_facts(ip: &Ipv4Packet<&[u8]>) -> Ip {
             (Some((u.src_port(), u.dst_port())), 0)
         }
         _ => (None, 0),
+    }
+}
+
+/// Reads the ports and flags of a packet whose IPv4 facts were parsed without them
+/// (`Ip::l4_read` false), once: the stages that need them call this first.
+#[inline]
+pub(crate) fn read_l4(ctx: &mut Ctx, pkt: &[u8]) {
+    let at = ctx.ip_at();
+    let Some(ip) = ctx.ip.as_mut().filter(|ip| !ip.l4_read) else {
+        return;
     };
+    let bytes = pkt.get(at..).unwrap_or(&[]);
+    let (ports, tcp_flags) = l4_facts(&Ipv4Packet::new_unchecked(bytes));
+    ip.ports = ports;
+    ip.tcp_flags = tcp_flags;
+    ip.l4_read = true;
+}
+
+/// The IPv4 facts of a checked packet; its ports and TCP flags only if `with_l4`.
+#[inline(always)]
+fn ip_facts(ip: &Ipv4Packet<&[u8]>, with_l4: bool) -> Ip {
+    let fragment = ip.is_fragment();
+    let later_fragment = ip.frag_offset() != 0;
+    let (ports, tcp_flags) = if with_l4 { l4_facts(ip) } else { (None, 0) };
     Ip {
         src: ip.src_addr(),
         dst: ip.dst_addr(),
@@ -56,15 +78,16 @@ fn ip_facts(ip: &Ipv4Packet<&[u8]>) -> Ip {
         later_fragment,
         ident: ip.ident(),
         tcp_flags,
+        l4_read: with_l4,
     }
 }
 
 /// Checks an IPv4 packet and writes its facts into `slot` (in place: no copy of
 /// the facts through a `Result`).
 #[inline(always)]
-fn ipv4(bytes: &[u8], slot: &mut Option<Ip>) -> Result<(), DropReason> {
+fn ipv4(bytes: &[u8], with_l4: bool, slot: &mut Option<Ip>) -> Result<(), DropReason> {
     let p = Ipv4Packet::new_checked(bytes).map_err(drop_for)?;
-    *slot = Some(ip_facts(&p));
+    *slot = Some(ip_facts(&p, with_l4));
     Ok(())
 }
 
@@ -103,7 +126,7 @@ pub(crate) fn from_port(
         _ => None,
     };
     if ethertype == EtherType::Ipv4 && (to_gateway || from_pod) {
-        ipv4(eth.payload(), &mut ctx.ip)?;
+        ipv4(eth.payload(), true, &mut ctx.ip)?;
     }
     ctx.src_mac = src_mac;
     ctx.dst_mac = dst_mac;
@@ -150,6 +173,8 @@ pub(crate) fn from_tunnel(
     ctx.dst_mac = eth.dst_addr();
     ctx.to_gateway = true;
     ctx.peer = Some(peer);
-    ipv4(eth.payload(), &mut ctx.ip)?;
+    // The ports are read later, by the stages that need them (a tracked flow, a
+    // policy): most decapsulated packets are routed on their addresses alone.
+    ipv4(eth.payload(), false, &mut ctx.ip)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use core::net::Ipv4Addr;
 
 use super::config::PipelineConfig;
 use super::context::{Ctx, IcmpError, Ip, Verdict};
+use super::parse::read_l4;
 use crate::codec::nat::{
     rewrite_addresses_checked, rewrite_checked, rewrite_quoted, Addressing, Endpoint, L4Sum, Quoted,
 };
@@ -112,6 +113,7 @@ impl Lb {
 
     /// The stage for a packet it may have to translate or balance.
     fn busy(&mut self, env: &LbEnv, ctx: &mut Ctx, pkt: &mut [u8], now: Nanos) -> Verdict {
+        read_l4(ctx, pkt);
         let Some(ip) = ctx.ip else {
             return Verdict::Continue;
         };
