@@ -26,6 +26,18 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> the fuzz targets compile (cargo clippy on fuzz/, warnings are errors)"
 cargo clippy --manifest-path fuzz/Cargo.toml --bins --target-dir target/fuzz-check --quiet -- -D warnings
 echo "==> cargo test --workspace"
-cargo test --workspace --quiet 2>&1 | tail -n 40
+# Every test binary's result line is printed, then the sum over all of them,
+# so the log shows how many tests ran (a run of zero tests fails).
+TEST_LOG=$(mktemp)
+trap 'rm -f "$TEST_LOG"' EXIT
+cargo test --workspace --quiet 2>&1 | tee "$TEST_LOG" | grep -E '^(test result|running [0-9]+ test|failures:|---- )' || true
+if grep -qE '^test result: FAILED' "$TEST_LOG" || ! grep -q '^test result' "$TEST_LOG"; then
+    cat "$TEST_LOG"
+    echo "cargo test failed" >&2
+    exit 1
+fi
+awk '/^test result:/ { p += $4; f += $6; i += $8; n++ }
+     END { printf "cargo test: %d passed, %d failed, %d ignored, in %d test binaries\n", p, f, i, n;
+           if (p == 0) exit 1 }' "$TEST_LOG"
 echo "==> end-to-end lab checks"
 bash scripts/e2e.sh
