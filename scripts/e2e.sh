@@ -9,6 +9,9 @@ set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$REPO/scripts/lib.sh"
+# The NetworkPolicy truth table: NETPOL_STEPS and their functions.
+# shellcheck source-path=SCRIPTDIR source=e2e_netpol.sh
+source "$REPO/scripts/e2e_netpol.sh"
 LAB="e2e$$"
 LAB=${LAB:0:12}
 LABSH=("$REPO/scripts/lab.sh" --name "$LAB")
@@ -656,6 +659,7 @@ STEPS=(
     setup_empty_service check_empty_tcp_rst check_empty_udp_unreachable
     setup_noudp_service check_udp_icmp_rewritten check_udp_fragments_refused
     check_deleted_web_leaves_dns check_deleted_web_leaves_lb
+    "${NETPOL_STEPS[@]}"
     check_cni_add check_cni_reaches check_cni_add_again check_cni_check check_cni_del
     check_cni_del_again check_cni_check_gone check_cni_version
     check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
