@@ -238,11 +238,95 @@ fact5() {
     fi
 }
 
+# The exit status of curl from POD to URL with a short timeout: 0 answered,
+# 28 timed out (a dropped packet), 7 refused (a reset).
+curl_status() { in_pod "$1" curl -s -o /dev/null --max-time 1 "$2" >/dev/null 2>&1; echo $?; }
+# nc_open POD IP PORT: a TCP connection from POD to IP:PORT is accepted.
+nc_open() { in_pod "$1" nc -z -w 1 "$2" "$3" >/dev/null 2>&1; }
+curl_blocked() { [ "$(curl_status "$1" "$2")" = 28 ]; }
+curl_answers() { [ "$(curl_status "$1" "$2")" = 0 ]; }
+demo_pods_up() {
+    [ -n "$(pod_ip web shop)" ] && [ -n "$(pod_ip probe monitoring)" ] &&
+        curl_answers client "http://$(pod_ip web shop)/"
+}
+policy_denials() { # the node's count of packets dropped by policy
+    tapestry status --socket "$(node_sock "$1")" --counter policy_denied
+}
+
+policy() {
+    echo
+    echo "Policy: NetworkPolicy keeps pods apart (lab/policy/)"
+    echo "  Namespaces shop (team=shop) and monitoring (team=ops); shop/web (app=web) serves"
+    echo "  HTTP on ports 80 and 8080 on node2; monitoring/probe and default/client run on node1."
+    local f
+    for f in 00-namespaces.yaml demo-pods.yaml; do
+        show "tapestry apply -f lab/policy/$f"
+        tapestry apply -f "$REPO/lab/policy/$f" | indent
+    done
+    local web before
+    poll_until 30000 demo_pods_up
+    web=$(pod_ip web shop)
+    if [ -z "$web" ]; then
+        fail "policy: shop/web did not start"
+        return
+    fi
+    echo "  Without a policy every pod reaches every pod:"
+    show "scripts/lab.sh exec client -- curl http://$web/"
+    in_pod client curl -s --max-time 2 "http://$web/" 2>&1 | indent
+    if curl_answers client "http://$web/" && nc_open monitoring/probe "$web" 8080; then
+        pass "policy: before any policy, client (default) and probe (monitoring) reach shop/web"
+    else
+        fail "policy: before any policy, shop/web did not answer client and probe"
+    fi
+
+    echo "  A default deny: a policy that selects every pod of shop and allows no ingress."
+    show "tapestry apply -f lab/policy/10-default-deny-ingress.yaml"
+    before=$(policy_denials node2)
+    tapestry apply -f "$REPO/lab/policy/10-default-deny-ingress.yaml" | indent
+    POLL_SLEEP=0.05 poll_until 5000 curl_blocked client "http://$web/"
+    echo "    enforced after ${POLL_MS:-never} ms"
+    show "scripts/lab.sh exec client -- curl --max-time 1 http://$web/"
+    echo "    curl exit status $(curl_status client "http://$web/") (28: timed out; the SYN was dropped, not reset)"
+    if [ -n "$POLL_MS" ] && ! nc_open monitoring/probe "$web" 80; then
+        pass "policy: default deny ingress: neither client nor probe reaches shop/web (dropped, not reset)"
+    else
+        fail "policy: default deny ingress did not stop client and probe"
+    fi
+    echo "    node2's packets dropped by policy: $before -> $(policy_denials node2)"
+
+    echo "  Then allow by namespace label and port: pods of namespaces labelled team=ops may"
+    echo "  reach app=web in shop on TCP port 80 (policies add up; the default deny stays)."
+    show "tapestry apply -f lab/policy/20-allow-ops-to-web-http.yaml"
+    tapestry apply -f "$REPO/lab/policy/20-allow-ops-to-web-http.yaml" | indent
+    POLL_SLEEP=0.05 poll_until 5000 nc_open monitoring/probe "$web" 80
+    echo "    enforced after ${POLL_MS:-never} ms"
+    show "scripts/lab.sh exec monitoring/probe -- nc -z -v -w 1 $web 80"
+    in_pod monitoring/probe nc -z -v -w 1 "$web" 80 2>&1 | indent
+    show "scripts/lab.sh exec monitoring/probe -- nc -z -v -w 1 $web 8080"
+    in_pod monitoring/probe nc -z -v -w 1 "$web" 8080 2>&1 | indent
+    if [ -n "$POLL_MS" ] && curl_answers monitoring/probe "http://$web/"; then
+        pass "policy: probe (monitoring, team=ops) reaches shop/web on port 80"
+    else
+        fail "policy: the allow by namespace label did not let probe reach port 80"
+    fi
+    if ! nc_open monitoring/probe "$web" 8080 && curl_blocked client "http://$web/"; then
+        pass "policy: port 8080, and client (default: no team=ops label), stay denied"
+    else
+        fail "policy: the allow opened more than TCP port 80 from team=ops"
+    fi
+
+    echo "  Cleaning up: the policies, pods and namespaces go again."
+    for f in 20-allow-ops-to-web-http.yaml 10-default-deny-ingress.yaml demo-pods.yaml 00-namespaces.yaml; do
+        tapestry delete -f "$REPO/lab/policy/$f" | indent
+    done
+}
+
 fact1
 fact2
 fact3
 fact4
 fact5
+policy
 echo
 echo "demo: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

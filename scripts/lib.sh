@@ -23,7 +23,7 @@ ensure_commands() {
 # them; test.sh adds its own).
 # shellcheck disable=SC2034 # used by the scripts that source this
 LAB_COMMANDS=(ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps
-    traceroute:traceroute nsenter:util-linux dig:dnsutils jq:jq)
+    traceroute:traceroute nsenter:util-linux dig:dnsutils jq:jq nc:netcat-openbsd)
 
 # need_root SCRIPT: exits unless running as root.
 need_root() {

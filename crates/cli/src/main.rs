@@ -28,14 +28,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Show a node's ports, pods, MAC table and counters.
+    /// Show a node's ports, pods, MAC table, counters and policy denials.
     Status {
         /// The node agent's control socket.
         #[arg(long)]
         socket: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
-        /// Print only this counter's value (e.g. `forwarded`, `flooded`, a drop reason).
+        /// Print only this counter's value (e.g. `forwarded`, `flooded`, a drop
+        /// reason, or a policy's `namespace/name` for its denials).
         #[arg(long)]
         counter: Option<String>,
     },
@@ -251,6 +252,7 @@ fn status(socket: &Path, output: Output, counter: Option<String>) -> Result<(), 
             .counters
             .iter()
             .chain(status.drops.iter())
+            .chain(status.policy_denials.iter())
             .find(|(k, _)| *k == name)
             .map(|(_, v)| *v);
         match value {
@@ -346,5 +348,16 @@ fn print_status(s: &AgentStatus) {
         println!("drops: none");
     } else {
         println!("drops: {}", drops.join(" "));
+    }
+    let denials: Vec<String> = s
+        .policy_denials
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    match (s.policy_denials.is_empty(), denials.is_empty()) {
+        (true, _) => {}
+        (false, true) => println!("policy denials: none ({} policies)", s.policy_denials.len()),
+        (false, false) => println!("policy denials: {}", denials.join(" ")),
     }
 }

@@ -207,16 +207,8 @@ impl Pipeline {
         out: &'a mut [u8],
     ) -> Action<'a> {
         self.counters.bump(Counter::RxFrames);
-        let sh = Shared {
-            cfg: &self.cfg,
-            services: &self.services,
-            counters: &self.counters,
-            denials: &self.policy_counters,
-        };
-        let mut routes = Lazy::new(&self.routes);
-        let verdict = self
-            .stages
-            .port_path(&sh, &mut routes, ingress, pkt, now, out);
+        let (st, sh, mut routes) = self.split();
+        let verdict = st.port_path(&sh, &mut routes, ingress, pkt, now, out);
         self.finish(verdict, out)
     }
 
@@ -235,20 +227,13 @@ impl Pipeline {
         out: &'a mut [u8],
     ) -> Action<'a> {
         self.counters.bump(Counter::RxFrames);
-        let sh = Shared {
-            cfg: &self.cfg,
-            services: &self.services,
-            counters: &self.counters,
-            denials: &self.policy_counters,
-        };
-        let mut routes = Lazy::new(&self.routes);
-        let tun = self.cfg.tunnel.as_ref();
+        let (st, sh, mut routes) = self.split();
+        let tun = sh.cfg.tunnel.as_ref();
         let mut ctx = Ctx::new(Ingress::Tunnel);
         let (from, counters) = (*src.ip(), sh.counters);
         let verdict = match parse::from_tunnel(tun, routes.get(), from, payload, counters, &mut ctx)
         {
             Ok(()) => {
-                let st = &mut self.stages;
                 if st.lb.len() != 0 {
                     // The inner-source check may ask whether this is a tracked reply.
                     parse::read_l4(&mut ctx, payload);
@@ -266,6 +251,19 @@ impl Pipeline {
             Err(r) => r.into(),
         };
         self.finish(verdict, out)
+    }
+
+    /// The stages, lent mutably beside what they only read, and the route snapshot
+    /// (loaded on first use).
+    #[inline(always)]
+    fn split(&mut self) -> (&mut Stages, Shared<'_>, Lazy<'_, RouteSnapshot>) {
+        let sh = Shared {
+            cfg: &self.cfg,
+            services: &self.services,
+            counters: &self.counters,
+            denials: &self.policy_counters,
+        };
+        (&mut self.stages, sh, Lazy::new(&self.routes))
     }
 
     /// Counts the outcome and lends the caller the bytes it refers to.
