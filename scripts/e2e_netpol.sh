@@ -139,10 +139,28 @@ np_mismatches() {
     done
     echo "$n"
 }
+# np_differing N: the first N differing cells, "FROM TO PROTO/PORT OUTCOME", on one line.
+np_differing() {
+    local key n=0 cells=""
+    for key in $(printf '%s\n' "${!NP_EXP[@]}" | sort); do
+        [ "${NP_EXP[$key]}" = - ] && continue
+        [ "${NP_OBS[$key]:-none}" = "${NP_EXP[$key]}" ] && continue
+        cells+="${cells:+; }${key//|/ } ${NP_RAW[$key]:-nothing}"
+        n=$((n + 1))
+        [ "$n" -lt "$1" ] || break
+    done
+    echo "$cells"
+}
+# One round; a round that does not match is remembered in NP_MISSES (what the
+# step prints if a later round matches: a late policy or a lost probe).
 np_round_matches() {
+    local n
     NP_ROUNDS=$((NP_ROUNDS + 1))
     np_probe_round
-    [ "$(np_mismatches)" -eq 0 ]
+    n=$(np_mismatches)
+    [ "$n" -eq 0 ] && return 0
+    NP_MISSES+=("round $NP_ROUNDS: $n cells differ ($(np_differing 3))")
+    return 1
 }
 
 # np_matrix TABLE PORT: one upstream-style matrix of TABLE (NP_EXP or NP_OBS),
@@ -163,7 +181,7 @@ np_matrix() {
 # Prints expected and observed side by side for every PROTO/PORT that differs,
 # then the raw outcome of the first differing cells.
 np_print_tables() {
-    local p key shown=0
+    local p key
     for p in "${NP_PORTS[@]}"; do
         local differ=0
         for key in "${!NP_EXP[@]}"; do
@@ -176,22 +194,19 @@ np_print_tables() {
         paste -d'|' <(np_matrix NP_EXP "$p") <(np_matrix NP_OBS "$p") |
             awk -F'|' '{ printf "      %-46s   %s\n", $1, $2 }'
     done
-    for key in $(printf '%s\n' "${!NP_EXP[@]}" | sort); do
-        [ "${NP_EXP[$key]}" = - ] && continue
-        [ "${NP_OBS[$key]:-none}" = "${NP_EXP[$key]}" ] && continue
-        echo "      ${key//|/ } expected ${NP_EXP[$key]}, probe said: ${NP_RAW[$key]:-nothing}"
-        shown=$((shown + 1))
-        [ "$shown" -lt 12 ] || break
-    done
+    np_differing 12 | tr ';' '\n' | sed 's/^ */      /'
 }
 
 # np_step WHAT: the expected table is complete; probe until it matches (bounded).
 # Prints the time it took, or both tables.
 np_step() {
     np_expect_finish
+    local miss
     NP_ROUNDS=0
+    NP_MISSES=()
     if POLL_SLEEP=0.05 poll_until "$NP_BOUND_MS" np_round_matches; then
         echo "      $1: table matched after $POLL_MS ms ($NP_ROUNDS probe rounds)"
+        for miss in "${NP_MISSES[@]}"; do echo "        $miss"; done
         return 0
     fi
     echo "      $1: table still differs after $NP_BOUND_MS ms ($NP_ROUNDS probe rounds, $(np_mismatches) cells):"
