@@ -58,7 +58,7 @@ check_up() {
 }
 check_demo() {
     if lab demo >"$TMP/demo.log" 2>&1; then
-        pass "lab.sh demo passes facts 1-5"
+        pass "lab.sh demo passes facts 1-5 and its NetworkPolicy part ($(grep -c "^PASS  policy:" "$TMP/demo.log") policy checks)"
     else
         fail "lab.sh demo (log follows)"
         cat "$TMP/demo.log"
