@@ -284,7 +284,8 @@ policy() {
     before=$(policy_denials node2)
     tapestry apply -f "$REPO/lab/policy/10-default-deny-ingress.yaml" | indent
     POLL_SLEEP=0.05 poll_until 5000 curl_blocked client "http://$web/"
-    echo "    enforced after ${POLL_MS:-never} ms"
+    # A denied connection is only seen as such when curl gives up (1 s).
+    echo "    denied ${POLL_MS:-never} ms after the apply, of which 1,000 ms are curl's own timeout"
     show "scripts/lab.sh exec client -- curl --max-time 1 http://$web/"
     echo "    curl exit status $(curl_status client "http://$web/") (28: timed out; the SYN was dropped, not reset)"
     if [ -n "$POLL_MS" ] && ! nc_open monitoring/probe "$web" 80; then
@@ -293,6 +294,8 @@ policy() {
         fail "policy: default deny ingress did not stop client and probe"
     fi
     echo "    node2's packets dropped by policy: $before -> $(policy_denials node2)"
+    show "tapestry status --socket $LAB_DIR/nodes/node2/tapestryd.sock --counter shop/default-deny-ingress"
+    tapestry status --socket "$(node_sock node2)" --counter shop/default-deny-ingress | indent
 
     echo "  Then allow by namespace label and port: pods of namespaces labelled team=ops may"
     echo "  reach app=web in shop on TCP port 80 (policies add up; the default deny stays)."

@@ -7,7 +7,7 @@
 #   scripts/lab.sh status                             nodes and pods, with IPs and MACs
 #   scripts/lab.sh exec POD [--] CMD...               run CMD inside POD's network namespace
 #                                                     (POD is NAME, or NAMESPACE/NAME)
-#   scripts/lab.sh demo                               show the Kubernetes networking facts, PASS or FAIL each
+#   scripts/lab.sh demo                               the Kubernetes networking facts and NetworkPolicy, PASS or FAIL each
 #   scripts/lab.sh bench [ARGS...]                    Tapestry beside the kernel's data plane
 #                                                     (scripts/bench.sh ARGS; see bench.sh --help)
 #

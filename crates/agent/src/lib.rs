@@ -14,4 +14,5 @@ pub mod kubelet;
 pub mod netconf;
 pub mod netns;
 pub mod node;
+pub mod policy_sync;
 pub mod service_sync;

@@ -15,7 +15,7 @@ use tapestry_agent::control::{self, BindError};
 use tapestry_agent::kubelet::{ClusterDns, Kubelet};
 use tapestry_agent::netconf::mac_for;
 use tapestry_agent::node::{Node, NodeConfig, NodeError, TunnelSetup};
-use tapestry_agent::{cluster_sync, service_sync};
+use tapestry_agent::{cluster_sync, policy_sync, service_sync};
 use tapestry_cluster::ipam::{self, PodIpam};
 use tapestry_cluster::{
     ensure_cluster_config, ClusterCache, ConfigError, DirStore, IpamError, Ipv4Cidr, MacAddr,
@@ -279,8 +279,8 @@ fn pod_mtu(wanted: Option<u32>, tunnel_inner: Option<u16>) -> Result<u32, StartE
     }
 }
 
-/// Starts the threads that follow the cluster store: routes, services and the
-/// kubelet, fed by one list-and-watch ([`ClusterCache`]).
+/// Starts the threads that follow the cluster store: routes, services,
+/// network policies and the kubelet, fed by one list-and-watch ([`ClusterCache`]).
 fn start_cluster_sync(
     args: &Args,
     store: &Arc<dyn Store>,
@@ -296,6 +296,11 @@ fn start_cluster_sync(
     spawn("services", {
         let cache = Arc::clone(&cache);
         move || service_sync::run(cache, services)
+    })?;
+    let (me, policies) = (args.node.clone(), node.policies());
+    spawn("policies", {
+        let cache = Arc::clone(&cache);
+        move || policy_sync::run(cache, me, policies)
     })?;
     let kubelet = Arc::new(Kubelet {
         node: Arc::clone(node),

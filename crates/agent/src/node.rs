@@ -27,6 +27,7 @@ use tapestry_io::tunnel::TunnelSocket;
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
 use crate::netconf::{self, mac_for, mac_string, NetconfError};
+use crate::policy_sync::{PolicyHandles, PolicyNames};
 use tapestry_proto::{
     AgentStatus, AttachResult, Attachment, FlowEntry, Interface, IpConfig, MacEntry, PortStatus,
     Route, RouteEntry,
@@ -231,6 +232,8 @@ pub struct Node {
     counters: Arc<Counters>,
     routes: Arc<ArcSwap<RouteSnapshot>>,
     services: Arc<ArcSwap<ServiceTable>>,
+    /// The policy table, its denial counters and the names of its ids.
+    policies: PolicyHandles,
     mac_capacity: usize,
     /// Control-path state; serialises attach/detach (never touched per packet).
     state: Mutex<State>,
@@ -268,6 +271,11 @@ impl Node {
         let counters = Arc::clone(pipeline.counters());
         let routes = Arc::clone(pipeline.routes());
         let services = Arc::clone(pipeline.services());
+        let policies = PolicyHandles {
+            table: Arc::clone(pipeline.policies()),
+            counters: Arc::clone(pipeline.policy_counters()),
+            names: Arc::new(ArcSwap::from_pointee(PolicyNames::default())),
+        };
         let worker = tapestry_io::spawn(pipeline, socket).map_err(NodeError::Worker)?;
 
         let host_tap = Tap::open(&cfg.host_port, true).map_err(|source| NodeError::HostTap {
@@ -305,6 +313,7 @@ impl Node {
             counters,
             routes,
             services,
+            policies,
             mac_capacity,
             state: Mutex::new(State {
                 pods: BTreeMap::new(),
@@ -592,6 +601,7 @@ impl Node {
             routes: self.route_entries(),
             tunnel_tx_errors,
             flows,
+            policy_denials: self.policies.names.load().denials(&*self.policies.counters),
         })
     }
 
@@ -671,6 +681,11 @@ impl Node {
     /// The handle service tables are published into.
     pub fn services(&self) -> Arc<ArcSwap<ServiceTable>> {
         Arc::clone(&self.services)
+    }
+
+    /// The handles policy tables and their names are published into.
+    pub fn policies(&self) -> PolicyHandles {
+        self.policies.clone()
     }
 
     /// The handle route snapshots are published into. Its snapshot carries this

@@ -9,6 +9,10 @@ use tapestry_proto::CallError;
 /// An error of one `tapestry` command; printed as `tapestry: <message>`.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// Standard output could not be written (a closed pipe is not reported:
+    /// `tapestry get pods | head -1` ends quietly).
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
     /// The agent could not be asked.
     #[error(transparent)]
     Call(#[from] CallError),

@@ -3,6 +3,23 @@
 //! `delete`, `wait`; admission itself is the cluster crate's).
 #![forbid(unsafe_code)]
 
+/// `print!` that returns a closed pipe or any write error as `CliError::Stdout`
+/// (the standard macros panic on them).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err($crate::error::CliError::Stdout)?
+    }};
+}
+
+/// `println!`, as [`out!`] is `print!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::error::CliError::Stdout)?
+    }};
+}
+
 mod error;
 mod objects;
 
@@ -28,14 +45,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Show a node's ports, pods, MAC table and counters.
+    /// Show a node's ports, pods, MAC table, counters and policy denials.
     Status {
         /// The node agent's control socket.
         #[arg(long)]
         socket: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
-        /// Print only this counter's value (e.g. `forwarded`, `flooded`, a drop reason).
+        /// Print only this counter's value (e.g. `forwarded`, `flooded`, a drop
+        /// reason, or a policy's `namespace/name` for its denials).
         #[arg(long)]
         counter: Option<String>,
     },
@@ -144,6 +162,8 @@ enum Output {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it wanted it got.
+        Err(CliError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tapestry: {e}");
             ExitCode::FAILURE
@@ -251,18 +271,19 @@ fn status(socket: &Path, output: Output, counter: Option<String>) -> Result<(), 
             .counters
             .iter()
             .chain(status.drops.iter())
+            .chain(status.policy_denials.iter())
             .find(|(k, _)| *k == name)
             .map(|(_, v)| *v);
         match value {
-            Some(v) => println!("{v}"),
+            Some(v) => outln!("{v}"),
             None => return Err(CliError::NoCounter { name }),
         }
         return Ok(());
     }
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print_status(&status);
+        print_status(&status)?;
     }
     Ok(())
 }
@@ -281,61 +302,90 @@ fn cni(socket: &Path, op: CniOp, a: Attachment) -> Result<(), CliError> {
         });
     }
     if let Some(r) = reply.result {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
     }
     Ok(())
 }
 
-fn print_status(s: &AgentStatus) {
-    println!(
+fn print_status(s: &AgentStatus) -> Result<(), CliError> {
+    outln!(
         "node {}  subnet {}  gateway {} ({})  mtu {}",
-        s.node, s.subnet, s.gateway_ip, s.gateway_mac, s.mtu
+        s.node,
+        s.subnet,
+        s.gateway_ip,
+        s.gateway_mac,
+        s.mtu
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<5} {:<5} {:<8} {:<24} {:<15} {:<18} {:>10} {:>10}",
-        "PORT", "KIND", "TAP", "OWNER", "IP", "MAC", "RX", "TX"
+        "PORT",
+        "KIND",
+        "TAP",
+        "OWNER",
+        "IP",
+        "MAC",
+        "RX",
+        "TX"
     );
     for p in &s.ports {
-        println!(
+        outln!(
             "{:<5} {:<5} {:<8} {:<24} {:<15} {:<18} {:>10} {:>10}",
-            p.port, p.kind, p.tap, p.owner, p.ip, p.mac, p.rx_frames, p.tx_frames
+            p.port,
+            p.kind,
+            p.tap,
+            p.owner,
+            p.ip,
+            p.mac,
+            p.rx_frames,
+            p.tx_frames
         );
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<18} {:<14} {:<15} VTEP-MAC",
-        "ROUTE", "VIA", "UNDERLAY-IP"
+        "ROUTE",
+        "VIA",
+        "UNDERLAY-IP"
     );
     for r in &s.routes {
-        println!(
+        outln!(
             "{:<18} {:<14} {:<15} {}",
-            r.subnet, r.via, r.underlay_ip, r.vtep_mac
+            r.subnet,
+            r.via,
+            r.underlay_ip,
+            r.vtep_mac
         );
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "MAC table ({} of {} entries)",
         s.mac_table.len(),
         s.mac_table_capacity
     );
     for m in &s.mac_table {
-        println!("  {}  port {:<3} age {} ms", m.mac, m.port, m.age_ms);
+        outln!("  {}  port {:<3} age {} ms", m.mac, m.port, m.age_ms);
     }
-    println!();
+    outln!();
     if !s.flows.is_empty() {
-        println!("Service flows ({})", s.flows.len());
+        outln!("Service flows ({})", s.flows.len());
         for f in s.flows.iter().take(20) {
-            println!(
+            outln!(
                 "  {:<4} {:<21} -> {:<21} -> {:<21} {:<12} age {} ms, expires in {} ms",
-                f.proto, f.client, f.service, f.backend, f.state, f.age_ms, f.expires_in_ms
+                f.proto,
+                f.client,
+                f.service,
+                f.backend,
+                f.state,
+                f.age_ms,
+                f.expires_in_ms
             );
         }
-        println!();
+        outln!();
     }
     let mut counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
     counters.push(format!("tunnel_tx_errors={}", s.tunnel_tx_errors));
-    println!("counters: {}", counters.join(" "));
+    outln!("counters: {}", counters.join(" "));
     let drops: Vec<String> = s
         .drops
         .iter()
@@ -343,8 +393,20 @@ fn print_status(s: &AgentStatus) {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     if drops.is_empty() {
-        println!("drops: none");
+        outln!("drops: none");
     } else {
-        println!("drops: {}", drops.join(" "));
+        outln!("drops: {}", drops.join(" "));
     }
+    let denials: Vec<String> = s
+        .policy_denials
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    match (s.policy_denials.is_empty(), denials.is_empty()) {
+        (true, _) => {}
+        (false, true) => outln!("policy denials: none ({} policies)", s.policy_denials.len()),
+        (false, false) => outln!("policy denials: {}", denials.join(" ")),
+    }
+    Ok(())
 }

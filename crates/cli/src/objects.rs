@@ -100,10 +100,22 @@ fn status(store: &dyn Store, pod: &Pod) -> Option<PodRunStatus> {
 /// cluster crate's; this prints what it did, as `kubectl apply` does.
 pub fn apply(store: &dyn Store, path: &Path) -> Result<(), CliError> {
     let objects = load_path(path)?;
+    // Every object is applied even if standard output went away; the first
+    // write error is reported at the end.
+    let mut written = Ok(());
     admission::apply(store, objects, |obj, outcome| {
-        println!("{} {}", obj.display_name(), outcome.as_str());
+        use std::io::Write as _;
+        let line = writeln!(
+            std::io::stdout().lock(),
+            "{} {}",
+            obj.display_name(),
+            outcome.as_str()
+        );
+        if written.is_ok() {
+            written = line;
+        }
     })?;
-    Ok(())
+    written.map_err(CliError::Stdout)
 }
 
 /// `tapestry delete -f PATH` or `tapestry delete KIND NAME…`.
@@ -111,7 +123,7 @@ pub fn delete(store: &dyn Store, keys: Vec<(String, String)>) -> Result<(), CliE
     let mut missing = Vec::new();
     for (key, shown) in keys {
         if admission::delete(store, &key)? {
-            println!("{shown} deleted");
+            outln!("{shown} deleted");
         } else {
             missing.push(shown);
         }
@@ -183,8 +195,8 @@ pub fn get(
 /// table formats.
 fn print_documents(objects: Vec<Object>, format: Format) -> Result<bool, CliError> {
     match format {
-        Format::Yaml => print!("{}", tapestry_cluster::emit_yaml(&objects)?),
-        Format::Json => println!("{}", tapestry_cluster::emit_json(&objects)?),
+        Format::Yaml => out!("{}", tapestry_cluster::emit_yaml(&objects)?),
+        Format::Json => outln!("{}", tapestry_cluster::emit_json(&objects)?),
         Format::Table | Format::Wide => return Ok(false),
     }
     Ok(true)
@@ -198,12 +210,14 @@ fn get_nodes(nodes: Vec<Node>, format: Format) -> Result<(), CliError> {
     if print_documents(nodes.iter().cloned().map(Object::Node).collect(), format)? {
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<14} {:<16} {:<15} VTEP-MAC",
-        "NAME", "POD-CIDR", "UNDERLAY-IP"
+        "NAME",
+        "POD-CIDR",
+        "UNDERLAY-IP"
     );
     for n in nodes {
-        println!(
+        outln!(
             "{:<14} {:<16} {:<15} {}",
             n.metadata.name,
             or_dash(n.spec.pod_cidr),
@@ -225,11 +239,16 @@ fn get_pods(store: &dyn Store, mut pods: Vec<Pod>, format: Format) -> Result<(),
         return Ok(());
     }
     let wide = format == Format::Wide;
-    print!(
+    out!(
         "{:<12} {:<16} {:<6} {:<8} {:<15} {:<8}",
-        "NAMESPACE", "NAME", "READY", "STATUS", "IP", "NODE"
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "STATUS",
+        "IP",
+        "NODE"
     );
-    println!("{}", if wide { " CONTAINERS" } else { "" });
+    outln!("{}", if wide { " CONTAINERS" } else { "" });
     for (p, st) in pods.iter().zip(&statuses) {
         let ready = if st.as_ref().is_some_and(|s| s.ready) {
             "1/1"
@@ -239,7 +258,7 @@ fn get_pods(store: &dyn Store, mut pods: Vec<Pod>, format: Format) -> Result<(),
         let phase = st
             .as_ref()
             .map_or("Pending".to_owned(), |s| s.phase.clone());
-        print!(
+        out!(
             "{:<12} {:<16} {:<6} {:<8} {:<15} {:<8}",
             p.metadata.namespace,
             p.metadata.name,
@@ -250,9 +269,9 @@ fn get_pods(store: &dyn Store, mut pods: Vec<Pod>, format: Format) -> Result<(),
         );
         if wide {
             let cs: Vec<&str> = p.spec.containers.iter().map(|c| c.name.as_str()).collect();
-            print!(" {}", cs.join(","));
+            out!(" {}", cs.join(","));
         }
-        println!();
+        outln!();
     }
     Ok(())
 }
@@ -273,9 +292,13 @@ fn get_services(services: Vec<Service>, format: Format) -> Result<(), CliError> 
     )? {
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<12} {:<12} {:<13} {:<17} {:<20} SELECTOR",
-        "NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)"
+        "NAMESPACE",
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "PORT(S)"
     );
     for svc in services {
         let ip = match svc.spec.cluster_ip {
@@ -300,7 +323,7 @@ fn get_services(services: Vec<Service>, format: Format) -> Result<(), CliError> 
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!(
+        outln!(
             "{:<12} {:<12} {:<13} {:<17} {:<20} {}",
             svc.metadata.namespace,
             svc.metadata.name,
@@ -321,10 +344,10 @@ fn get_namespaces(namespaces: Vec<Namespace>, format: Format) -> Result<(), CliE
         return Ok(());
     }
     let wide = format == Format::Wide;
-    print!("{:<16} {:<8}", "NAME", "STATUS");
-    println!("{}", if wide { " LABELS" } else { "" });
+    out!("{:<16} {:<8}", "NAME", "STATUS");
+    outln!("{}", if wide { " LABELS" } else { "" });
     for ns in namespaces {
-        print!("{:<16} {:<8}", ns.metadata.name, "Active");
+        out!("{:<16} {:<8}", ns.metadata.name, "Active");
         if wide {
             let labels: Vec<String> = ns
                 .metadata
@@ -332,9 +355,9 @@ fn get_namespaces(namespaces: Vec<Namespace>, format: Format) -> Result<(), CliE
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            print!(" {}", joined_or_none(&labels));
+            out!(" {}", joined_or_none(&labels));
         }
-        println!();
+        outln!();
     }
     Ok(())
 }
@@ -368,11 +391,13 @@ fn get_network_policies(policies: Vec<NetworkPolicy>, format: Format) -> Result<
         .chain([12])
         .max()
         .unwrap_or(12);
-    print!(
+    out!(
         "{:<12} {:<name_w$} {:<sel_w$}",
-        "NAMESPACE", "NAME", "POD-SELECTOR"
+        "NAMESPACE",
+        "NAME",
+        "POD-SELECTOR"
     );
-    println!(
+    outln!(
         "{}",
         if wide {
             " POLICY-TYPES    INGRESS-RULES EGRESS-RULES"
@@ -381,9 +406,11 @@ fn get_network_policies(policies: Vec<NetworkPolicy>, format: Format) -> Result<
         }
     );
     for (p, selector) in policies.iter().zip(&selectors) {
-        print!(
+        out!(
             "{:<12} {:<name_w$} {:<sel_w$}",
-            p.metadata.namespace, p.metadata.name, selector
+            p.metadata.namespace,
+            p.metadata.name,
+            selector
         );
         if wide {
             let types: Vec<String> = p.policy_types().iter().map(|t| format!("{t:?}")).collect();
@@ -396,14 +423,14 @@ fn get_network_policies(policies: Vec<NetworkPolicy>, format: Format) -> Result<
                     "-".into()
                 }
             };
-            print!(
+            out!(
                 " {:<15} {:<13} {}",
                 types.join(","),
                 count(PolicyType::Ingress, p.spec.ingress.len()),
                 count(PolicyType::Egress, p.spec.egress.len())
             );
         }
-        println!();
+        outln!();
     }
     Ok(())
 }
@@ -420,7 +447,7 @@ fn get_endpoints(
             (p, st)
         })
         .collect();
-    println!("{:<12} {:<12} ENDPOINTS", "NAMESPACE", "NAME");
+    outln!("{:<12} {:<12} ENDPOINTS", "NAMESPACE", "NAME");
     for svc in services {
         if svc.spec.type_ == ServiceType::ExternalName {
             continue;
@@ -456,9 +483,11 @@ fn get_endpoints(
                 list.len() - 6
             )
         };
-        println!(
+        outln!(
             "{:<12} {:<12} {}",
-            svc.metadata.namespace, svc.metadata.name, shown
+            svc.metadata.namespace,
+            svc.metadata.name,
+            shown
         );
     }
     Ok(())
@@ -476,7 +505,7 @@ pub fn wait_ready(store: &dyn Store, timeout: Duration) -> Result<(), CliError> 
             .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
             .collect();
         if waiting.is_empty() {
-            println!("{} pod(s) ready", pods.len());
+            outln!("{} pod(s) ready", pods.len());
             return Ok(());
         }
         if started.elapsed() > timeout {

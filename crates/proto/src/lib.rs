@@ -143,6 +143,11 @@ pub struct AgentStatus {
     /// The service load balancer's tracked flows (client -> ClusterIP -> backend).
     #[serde(default)]
     pub flows: Vec<FlowEntry>,
+    /// Packets denied by NetworkPolicy, per policy (`namespace/name`) selecting a
+    /// pod of this node, since the agent gave it its id. A denial counts under
+    /// every policy selecting the pod in that direction.
+    #[serde(default)]
+    pub policy_denials: Vec<(String, u64)>,
 }
 
 /// One tracked flow of the service load balancer.
