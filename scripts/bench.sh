@@ -201,6 +201,10 @@ latency() {
 }
 
 # --- the policy rows ----------------------------------------------------------
+node_status() { tapestry status --socket "/run/tapestry/$LAB/nodes/$1/tapestryd.sock" "${@:2}"; }
+# policy_denied NODE: NODE's count of packets dropped by policy.
+policy_denied() { node_status "$1" --counter policy_denied; }
+
 # Applies the policies and waits (bounded) until the client reaches both servers
 # through them and the intruder is turned away. Sets PC_NS, PI_NS (client and
 # intruder namespaces), PS_SAME_NODE and PS_CROSS_NODE (the servers' addresses).
@@ -225,21 +229,27 @@ policies_up() {
     else
         echo "    WARNING: the intruder still reaches $PS_SAME_NODE:5201 after 10 s ($PROBE): policy is not enforced" >&2
     fi
+    local node
+    for node in node1 node2; do
+        echo "    $node: $(node_status "$node" | grep '^policy denials' || echo 'no policy denials line')"
+    done
 }
 
 # policy_row WHERE REP: the probe, then TCP from the client to the server
-# WHERE (same_node, cross_node) through the policies, if the probe was denied.
+# WHERE (same_node, cross_node) through the policies, if the probe was denied:
+# no answer, and the server node's count of packets dropped by policy rose.
 policy_row() {
-    local where=$1 rep=$2 dst metric
+    local where=$1 rep=$2 dst metric node before after
     metric="tcp_${where}_policy$POLICIES"
-    if [ "$where" = same_node ]; then dst=$PS_SAME_NODE; else dst=$PS_CROSS_NODE; fi
-    if probe_denied "$PI_NS" "$dst"; then
+    if [ "$where" = same_node ]; then dst=$PS_SAME_NODE node=node1; else dst=$PS_CROSS_NODE node=node2; fi
+    before=$(policy_denied "$node")
+    if probe_denied "$PI_NS" "$dst" && after=$(policy_denied "$node") && [ "$after" -gt "$before" ]; then
         PROBES_DENIED=$((PROBES_DENIED + 1))
-        echo "      probe intruder -> $dst:5201: $PROBE (denied)"
+        echo "      probe intruder -> $dst:5201: $PROBE, $node's policy drops $before -> $after (denied)"
         tcp tapestry "$PC_NS" "$dst" "$metric" "$rep"
     else
         PROBES_PASSED=$((PROBES_PASSED + 1))
-        progress "rep $rep/$REPS tapestry: $metric SKIPPED: probe intruder -> $dst:5201 $PROBE, so the path is not policed"
+        progress "rep $rep/$REPS tapestry: $metric SKIPPED: probe intruder -> $dst:5201: $PROBE, $node's policy drops $before -> ${after:-?}: the path is not policed"
     fi
 }
 
