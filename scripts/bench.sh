@@ -231,7 +231,7 @@ policies_up() {
     fi
     local node
     for node in node1 node2; do
-        echo "    $node: $(node_status "$node" | grep '^policy denials' || echo 'no policy denials line')"
+        echo "    $node: $(node_status "$node" -o json | jq '.policy_denials | length') policies select its pods"
     done
 }
 
