@@ -9,6 +9,9 @@ set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$REPO/scripts/lib.sh"
+# The NetworkPolicy truth table: NETPOL_STEPS and their functions.
+# shellcheck source-path=SCRIPTDIR source=e2e_netpol.sh
+source "$REPO/scripts/e2e_netpol.sh"
 LAB="e2e$$"
 LAB=${LAB:0:12}
 LABSH=("$REPO/scripts/lab.sh" --name "$LAB")
@@ -557,6 +560,96 @@ check_deleted_web_leaves_lb() {
     verdict "after that, 30 requests to the ClusterIP: none failed, none reached $GONE_POD" test "$bad" -eq 0
 }
 
+# --- a policy change cuts a connection it no longer allows --------------------------
+# A pod on node2 counts the lines a client on node1 streams to it over one TCP
+# connection; a policy that isolates the server must stop that stream at its next
+# packet, within a second of the apply, and it must not resume.
+CUT_MANIFEST="$TMP/cut.yaml"
+CUT_POLICY="$TMP/cut-policy.yaml"
+cut_lines() { wc -l <"/run/tapestry/$LAB/nodes/node2/pods/default_cut-srv/count.log" 2>/dev/null || echo 0; }
+cut_at_least() { [ "$(cut_lines)" -ge "$1" ]; }
+# cut_stalled: no new line arrived in 300 ms (one sample of the stream's rate,
+# which sends a line every 20 ms).
+cut_stalled() {
+    local before
+    before=$(cut_lines)
+    sleep 0.3
+    [ "$(cut_lines)" -eq "$before" ]
+}
+cut_srv_up() { [ -n "$(pod_ip cut-srv)" ]; }
+setup_cut() {
+    cat >"$CUT_MANIFEST" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: cut-srv
+  labels:
+    app: cut-srv
+spec:
+  nodeName: node2
+  containers:
+    - name: count
+      command: ["nc", "-lk", "9000"]
+      ports:
+        - containerPort: 9000
+YAML
+    cat >"$CUT_POLICY" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: isolate-cut-srv
+spec:
+  podSelector:
+    matchLabels:
+      app: cut-srv
+  policyTypes:
+    - Ingress
+YAML
+    quiet tapestry apply -f "$CUT_MANIFEST"
+    POLL_SLEEP=0.2 poll_until 20000 cut_srv_up
+    CUT_IP=$(pod_ip cut-srv)
+}
+cut_stop() { # the client's nc; its loop then ends on the closed pipe (and within 30 s regardless)
+    pkill -f "nc -N $CUT_IP 9000" 2>/dev/null
+    wait "$1" 2>/dev/null
+}
+check_policy_cuts_established() {
+    local what="a policy that isolates a pod cuts its established connection at the next packet"
+    local stream_pid at_cut
+    if [ -z "${CUT_IP:-}" ]; then fail "$what (cut-srv did not start)"; return; fi
+    in_pod client timeout 30 bash -c "for i in \$(seq 1 1000); do echo tick-\$i; sleep 0.02; done | nc -N $CUT_IP 9000" >/dev/null 2>&1 &
+    stream_pid=$!
+    POLL_SLEEP=0.05 poll_until 5000 cut_at_least 20
+    if [ -z "$POLL_MS" ]; then
+        cut_stop "$stream_pid"
+        fail "$what (the stream never started: $(cut_lines) lines)"
+        return
+    fi
+    # Flowing right before the policy: the stall that follows is the policy's.
+    if cut_stalled; then
+        cut_stop "$stream_pid"
+        fail "$what (the stream stalled before any policy: $(cut_lines) lines)"
+        return
+    fi
+    quiet tapestry apply -f "$CUT_POLICY"
+    POLL_SLEEP=0 poll_until 3000 cut_stalled
+    local stalled_ms=$POLL_MS
+    at_cut=$(cut_lines)
+    # It stays cut: a second later not one line more (the client keeps sending).
+    sleep 1
+    local after
+    after=$(cut_lines)
+    cut_stop "$stream_pid"
+    echo "      stream stalled ${stalled_ms:-never} ms after the apply, at line $at_cut; 1 s later: $after"
+    if [ -n "$stalled_ms" ] && [ "$stalled_ms" -le 1300 ] && [ "$after" -eq "$at_cut" ] && [ "$at_cut" -ge 20 ] && [ "$at_cut" -lt 1000 ]; then
+        pass "$what"
+    else
+        fail "$what"
+    fi
+    quiet tapestry delete -f "$CUT_POLICY"
+    quiet tapestry delete -f "$CUT_MANIFEST"
+}
+
 # --- the CNI plugin, as a container runtime would call it ---------------------------
 CNI_NS="$LAB-cnitest"
 cni() { # cni COMMAND: runs the plugin with CNI's environment and the config on stdin
@@ -656,6 +749,8 @@ STEPS=(
     setup_empty_service check_empty_tcp_rst check_empty_udp_unreachable
     setup_noudp_service check_udp_icmp_rewritten check_udp_fragments_refused
     check_deleted_web_leaves_dns check_deleted_web_leaves_lb
+    "${NETPOL_STEPS[@]}"
+    setup_cut check_policy_cuts_established
     check_cni_add check_cni_reaches check_cni_add_again check_cni_check check_cni_del
     check_cni_del_again check_cni_check_gone check_cni_version
     check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
@@ -678,6 +773,9 @@ run_steps() {
     done
 }
 
+# E2E_STEPS="check_up setup_cut check_policy_cuts_established" runs only those
+# steps (a developer's shortcut; the lab is torn down on exit as always).
+if [ -n "${E2E_STEPS:-}" ]; then read -r -a STEPS <<<"$E2E_STEPS"; fi
 need_root e2e.sh
 ensure_commands "${LAB_COMMANDS[@]}" tshark:tshark python3:python3
 run_steps

@@ -48,7 +48,7 @@ node_ns() { echo "$LAB-$1"; }
 
 build() {
     say "building release binaries"
-    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-pause --bin tapestry-dns --bin tapestry-cni)
+    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-probe --bin tapestry-pause --bin tapestry-dns --bin tapestry-cni)
 }
 
 store() { echo "$(lab_dir)/store"; }

@@ -27,9 +27,11 @@
 use std::collections::BTreeMap;
 
 use crate::cluster_ip::{allocate_cluster_ip, release_cluster_ip, ServiceError};
-use crate::config::{read_cluster_config, ConfigError, CLUSTER_CONFIG_KEY};
+use crate::config::{
+    ensure_namespace, read_cluster_config, ConfigError, NamespaceError, CLUSTER_CONFIG_KEY,
+};
 use crate::manifest::{ManifestError, Object, Pod, KUBELET_LABEL};
-use crate::namespace::{ensure_namespace, NamespaceError, BUILTIN_NAMESPACES};
+use crate::namespace::BUILTIN_NAMESPACES;
 use crate::net::Ipv4Cidr;
 use crate::service::{ClusterIp, ServiceType};
 use crate::store::{Entry, Store, StoreError};

@@ -14,10 +14,15 @@
 //! Recording the configuration also creates the built-in namespaces
 //! `default` and `kube-system` if they are absent ([`ensure_cluster_config`]
 //! on every agent start), so they exist from the cluster's first moment.
+//! [`ensure_namespace`], which does that, lives here rather than in
+//! [`crate::namespace`] because it stores an [`Object`], and
+//! [`crate::manifest`] (where `Object` is) is built on the Namespace type;
+//! admission uses it too, for implicit namespaces.
 
 use serde::{Deserialize, Serialize};
 
-use crate::namespace::{ensure_namespace, NamespaceError, BUILTIN_NAMESPACES};
+use crate::manifest::{ManifestError, Object};
+use crate::namespace::{namespace_key, Namespace, BUILTIN_NAMESPACES};
 use crate::net::Ipv4Cidr;
 use crate::store::{Store, StoreError};
 
@@ -153,4 +158,37 @@ fn record_cluster_config(
         });
     }
     Ok(stored)
+}
+
+/// Why [`ensure_namespace`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    /// The store failed.
+    #[error(transparent)]
+    Store {
+        #[from]
+        source: StoreError,
+    },
+    /// The namespace could not be encoded.
+    #[error(transparent)]
+    Encode {
+        #[from]
+        source: ManifestError,
+    },
+}
+
+/// Creates the Namespace `name` (with only its name label) unless one is
+/// stored; `true` if this call created it. Two writers racing agree: the
+/// loser of the compare-and-swap finds it stored.
+pub fn ensure_namespace(store: &dyn Store, name: &str) -> Result<bool, NamespaceError> {
+    let key = namespace_key(name);
+    if store.get(&key)?.is_some() {
+        return Ok(false);
+    }
+    let bytes = Object::Namespace(Namespace::new(name)).to_json()?;
+    match store.compare_and_swap(&key, 0, &bytes) {
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }

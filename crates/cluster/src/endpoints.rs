@@ -31,7 +31,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Pod, Protocol};
+use crate::meta::Protocol;
+use crate::pod::Pod;
 use crate::service::{Service, ServiceType, TargetPort};
 use crate::status::PodRunStatus;
 

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::manifest::{Container, ContainerPort, ObjectMeta, PodSpec, PodStatus};
+use crate::meta::ObjectMeta;
+use crate::pod::{Container, ContainerPort, PodSpec, PodStatus};
 use crate::service::{ClusterIp, ServicePort, ServiceSpec};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

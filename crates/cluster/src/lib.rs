@@ -8,14 +8,17 @@
 //!
 //! - [`net`]: IPv4 CIDR and MAC address types.
 //! - [`manifest`]: Kubernetes-shaped objects (Pod, Node, Service,
-//!   Namespace, NetworkPolicy) and YAML loading; [`service`] holds the
-//!   Service type and its rules, [`namespace`] the Namespace, [`policy`] the
-//!   NetworkPolicy and its matching logic, [`selector`] label selectors.
+//!   Namespace, NetworkPolicy) and YAML loading; [`pod`] holds the Pod type
+//!   and its rules, [`service`] the Service, [`namespace`] the Namespace,
+//!   [`policy`] the NetworkPolicy and its matching logic, [`selector`] label
+//!   selectors, and [`meta`] what they all share (object metadata, the port
+//!   protocol), at the bottom so imports run one way.
 //! - [`validate`]: Kubernetes naming rules and field errors.
 //! - [`store`]: the revisioned key-value store with watch, and its backends.
 //! - [`ipam`]: node subnet leases and pod IP allocation over the store.
 //! - [`cluster_ip`]: service virtual IP allocation over the store.
-//! - [`config`]: the cluster's Service and pod CIDRs, recorded in the store.
+//! - [`config`]: the cluster's Service and pod CIDRs, recorded in the store,
+//!   and the built-in namespaces created with them.
 //! - [`admission`]: what `apply` does before storing: scheduling pods,
 //!   allocating ClusterIPs from the recorded Service CIDR.
 //! - [`endpoints`]: a service's backends, computed from pods and status.
@@ -29,8 +32,10 @@ pub mod config;
 pub mod endpoints;
 pub mod ipam;
 pub mod manifest;
+pub mod meta;
 pub mod namespace;
 pub mod net;
+pub mod pod;
 pub mod policy;
 pub mod selector;
 pub mod service;
@@ -45,20 +50,19 @@ pub use cluster_ip::{
     CLUSTER_DNS_IP, DEFAULT_SERVICE_CIDR,
 };
 pub use config::{
-    ensure_cluster_config, read_cluster_config, ClusterConfig, ConfigError, Networking,
+    ensure_cluster_config, ensure_namespace, read_cluster_config, ClusterConfig, ConfigError,
+    NamespaceError, Networking,
 };
 pub use endpoints::{compute_endpoints, EndpointAddress, EndpointPort, Endpoints};
 pub use ipam::{lease_node_subnet, IpamError, PodIpam};
 pub use manifest::{
-    emit_json, emit_yaml, load_path, parse_manifests, Container, ContainerPort, EnvVar,
-    ManifestError, Node, NodeSpec, NodeStatus, Object, ObjectMeta, Pod, PodSpec, PodStatus,
-    Protocol, KUBELET_LABEL,
+    emit_json, emit_yaml, load_path, parse_manifests, ManifestError, Node, NodeSpec, NodeStatus,
+    Object, KUBELET_LABEL,
 };
-pub use namespace::{
-    ensure_namespace, namespace_key, Namespace, NamespaceError, BUILTIN_NAMESPACES,
-    NAMESPACE_NAME_LABEL,
-};
+pub use meta::{ObjectMeta, Protocol};
+pub use namespace::{namespace_key, Namespace, BUILTIN_NAMESPACES, NAMESPACE_NAME_LABEL};
 pub use net::{Ipv4Cidr, MacAddr};
+pub use pod::{Container, ContainerPort, EnvVar, Pod, PodSpec, PodStatus};
 pub use policy::{
     network_policy_key, ports_allow, IpBlock, NetworkPolicy, NetworkPolicyEgressRule,
     NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, PodRef,

@@ -19,25 +19,30 @@
 //! [`emit_yaml`] output parses back into equal objects (`get -o yaml`), and
 //! [`Object::to_json`] / [`Object::from_json`] are the encoding the store keeps.
 //!
-//! Kinds: Pod and Node here; Service in [`crate::service`] (re-exported
-//! here), Namespace in [`crate::namespace`] and NetworkPolicy
-//! (`networking.k8s.io/v1`) in [`crate::policy`], because their rules are a
-//! module's worth on their own.
+//! Kinds: Node here; Pod in [`crate::pod`] and Service in [`crate::service`]
+//! (both re-exported here), Namespace in [`crate::namespace`] and
+//! NetworkPolicy (`networking.k8s.io/v1`) in [`crate::policy`], because their
+//! rules are a module's worth on their own. What they all share
+//! ([`ObjectMeta`], [`Protocol`], also re-exported here) is defined in
+//! [`crate::meta`], below them, so no kind imports this module.
 //!
 //! Deviation from Kubernetes: a Node's underlay address and VTEP MAC are the
 //! plain fields `status.underlayIP` and `status.vtepMAC` (Kubernetes keeps the
 //! first in `status.addresses[type=InternalIP]`, which is also read as a
 //! fallback, and flannel keeps the second in an annotation).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::meta::null_default;
+pub use crate::meta::{ObjectMeta, Protocol};
 use crate::namespace::Namespace;
 use crate::net::{Ipv4Cidr, MacAddr};
+pub use crate::pod::{Container, ContainerPort, EnvVar, Pod, PodSpec, PodStatus};
 use crate::policy::NetworkPolicy;
 pub use crate::service::{
     service_key, ClusterIp, Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity,
@@ -128,208 +133,6 @@ fn line_suffix(line: Option<usize>) -> String {
     line.map(|l| format!(" (line {l})")).unwrap_or_default()
 }
 
-fn default_namespace() -> String {
-    "default".to_string()
-}
-
-/// Accepts an explicit YAML `null` (`labels:` with nothing after it) as the
-/// default value, as Kubernetes does.
-pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-/// A port number 1..=65535 with a message that says so, instead of serde's
-/// "expected u16".
-/// The error is raised inside the visitor so the decoder reports it at the
-/// field's own path.
-pub(crate) fn port_number<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    struct PortVisitor;
-    impl serde::de::Visitor<'_> for PortVisitor {
-        type Value = u16;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a port number from 1 to 65535")
-        }
-        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u16, E> {
-            u16::try_from(n)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| E::custom(format!("{n} is out of range; must be from 1 to 65535")))
-        }
-        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u16, E> {
-            self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
-        }
-    }
-    d.deserialize_any(PortVisitor)
-}
-
-/// Standard object metadata. `namespace` defaults to `default` for
-/// namespaced kinds and is empty for cluster-scoped ones (Node).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    #[serde(default)]
-    pub name: String,
-    #[serde(
-        default = "default_namespace",
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub namespace: String,
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub labels: BTreeMap<String, String>,
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Default for ObjectMeta {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            namespace: default_namespace(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-        }
-    }
-}
-
-impl ObjectMeta {
-    /// Metadata with a name in the `default` namespace.
-    pub fn named(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
-}
-
-/// A pod: one network namespace, its containers share it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pod {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: PodSpec,
-    #[serde(default, skip_serializing_if = "PodStatus::is_empty")]
-    pub status: PodStatus,
-}
-
-/// The networking-relevant part of a pod spec.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodSpec {
-    /// The node the pod runs on: the manifest says, or admission schedules
-    /// it (`crate::admission`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subdomain: Option<String>,
-    #[serde(default, deserialize_with = "null_default")]
-    pub containers: Vec<Container>,
-}
-
-/// What the cluster recorded about a running pod.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodStatus {
-    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
-    pub pod_ip: Option<Ipv4Addr>,
-    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
-    pub host_ip: Option<Ipv4Addr>,
-}
-
-impl PodStatus {
-    fn is_empty(&self) -> bool {
-        self.pod_ip.is_none() && self.host_ip.is_none()
-    }
-}
-
-/// One process started inside the pod's network namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Container {
-    #[serde(default)]
-    pub name: String,
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub command: Vec<String>,
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub args: Vec<String>,
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub ports: Vec<ContainerPort>,
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub env: Vec<EnvVar>,
-}
-
-/// A port a container listens on (informational, and the target of named
-/// service ports).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerPort {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(deserialize_with = "port_number")]
-    pub container_port: u16,
-    #[serde(default)]
-    pub protocol: Protocol,
-}
-
-/// Transport protocol of a port.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-pub enum Protocol {
-    #[default]
-    #[serde(rename = "TCP")]
-    Tcp,
-    #[serde(rename = "UDP")]
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
-    }
-}
-
-/// An environment variable with a literal value (`valueFrom` is ignored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnvVar {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, deserialize_with = "null_default")]
-    pub value: String,
-}
-
 /// The label an agent puts on its Node (value `true`): the node runs a kubelet,
 /// so admission may schedule pods there. A Node registered by hand (a kernel
 /// VXLAN peer, say) has no such label and gets no pods.
@@ -408,79 +211,6 @@ impl Node {
             &self.metadata.name,
             NameRule::Dns1123Subdomain,
         )
-    }
-}
-
-impl Pod {
-    /// Store key, `pods/<namespace>/<name>`.
-    pub fn key(&self) -> String {
-        format!("pods/{}/{}", self.metadata.namespace, self.metadata.name)
-    }
-
-    /// Checks every modelled field.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        let m = &self.metadata;
-        check_name("metadata.name", &m.name, NameRule::Dns1123Subdomain)?;
-        check_name("metadata.namespace", &m.namespace, NameRule::Dns1123Label)?;
-        let s = &self.spec;
-        if let Some(n) = &s.node_name {
-            check_name("spec.nodeName", n, NameRule::Dns1123Subdomain)?;
-        }
-        if let Some(h) = &s.hostname {
-            check_name("spec.hostname", h, NameRule::Dns1123Label)?;
-        }
-        if let Some(d) = &s.subdomain {
-            check_name("spec.subdomain", d, NameRule::Dns1123Label)?;
-        }
-        if s.containers.is_empty() {
-            return Err(FieldError::new("spec.containers", Problem::Empty));
-        }
-        let mut names = HashMap::new();
-        let mut port_names = HashMap::new();
-        for (i, c) in s.containers.iter().enumerate() {
-            let at = format!("spec.containers[{i}]");
-            check_name(&format!("{at}.name"), &c.name, NameRule::Dns1123Label)?;
-            if names.insert(c.name.as_str(), i).is_some() {
-                return Err(FieldError::new(
-                    format!("{at}.name"),
-                    Problem::Duplicate {
-                        value: c.name.clone(),
-                    },
-                ));
-            }
-            for (j, p) in c.ports.iter().enumerate() {
-                let pat = format!("{at}.ports[{j}]");
-                if p.container_port == 0 {
-                    return Err(FieldError::new(
-                        format!("{pat}.containerPort"),
-                        Problem::OutOfRange {
-                            value: 0,
-                            min: 1,
-                            max: 65535,
-                        },
-                    ));
-                }
-                if let Some(name) = &p.name {
-                    check_name(&format!("{pat}.name"), name, NameRule::IanaServiceName)?;
-                    if port_names.insert(name.as_str(), (i, j)).is_some() {
-                        return Err(FieldError::new(
-                            format!("{pat}.name"),
-                            Problem::Duplicate {
-                                value: name.clone(),
-                            },
-                        ));
-                    }
-                }
-            }
-            for (j, e) in c.env.iter().enumerate() {
-                check_name(
-                    &format!("{at}.env[{j}].name"),
-                    &e.name,
-                    NameRule::EnvVarName,
-                )?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -9,12 +9,13 @@
 //!   policy can select one namespace by name.
 //! - `default` and `kube-system` always exist: they are created (if absent)
 //!   when a node agent records the cluster configuration
-//!   ([`crate::config::ensure_cluster_config`], run by every agent at start),
-//!   and they cannot be deleted.
+//!   ([`crate::config::ensure_cluster_config`], run by every agent at start,
+//!   through [`crate::config::ensure_namespace`]), and they cannot be deleted.
 //!
 //! Deviation: Kubernetes rejects a namespaced object whose namespace does
 //! not exist; Tapestry's admission creates the Namespace instead (an
-//! implicit namespace, no labels but the name label), so manifests that
+//! implicit namespace, no labels but the name label, written by
+//! [`crate::config::ensure_namespace`]), so manifests that
 //! never declare their namespace keep applying. Deleting a namespace does not
 //! cascade: it is refused while pods, services or network policies are
 //! stored in it (see [`crate::admission::delete`]).
@@ -23,8 +24,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{ManifestError, Object, ObjectMeta};
-use crate::store::{Store, StoreError};
+use crate::meta::ObjectMeta;
 use crate::validate::{check_labels, check_name, FieldError, NameRule};
 
 /// The label every namespace carries, with its own name as the value.
@@ -73,38 +73,5 @@ impl Namespace {
     pub fn validate(&self) -> Result<(), FieldError> {
         check_name("metadata.name", &self.metadata.name, NameRule::Dns1123Label)?;
         check_labels("metadata.labels", &self.metadata.labels)
-    }
-}
-
-/// Why [`ensure_namespace`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum NamespaceError {
-    /// The store failed.
-    #[error(transparent)]
-    Store {
-        #[from]
-        source: StoreError,
-    },
-    /// The namespace could not be encoded.
-    #[error(transparent)]
-    Encode {
-        #[from]
-        source: ManifestError,
-    },
-}
-
-/// Creates the Namespace `name` (with only its name label) unless one is
-/// stored; `true` if this call created it. Two writers racing agree: the
-/// loser of the compare-and-swap finds it stored.
-pub fn ensure_namespace(store: &dyn Store, name: &str) -> Result<bool, NamespaceError> {
-    let key = namespace_key(name);
-    if store.get(&key)?.is_some() {
-        return Ok(false);
-    }
-    let bytes = Object::Namespace(Namespace::new(name)).to_json()?;
-    match store.compare_and_swap(&key, 0, &bytes) {
-        Ok(_) => Ok(true),
-        Err(StoreError::Conflict { .. }) => Ok(false),
-        Err(e) => Err(e.into()),
     }
 }

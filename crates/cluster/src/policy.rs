@@ -43,8 +43,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::manifest::{null_default, ObjectMeta, Pod, Protocol};
+use crate::meta::{null_default, ObjectMeta, Protocol};
 use crate::net::Ipv4Cidr;
+use crate::pod::Pod;
 use crate::selector::LabelSelector;
 use crate::validate::{check_labels, check_name, FieldError, NameRule, Problem};
 

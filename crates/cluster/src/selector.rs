@@ -23,7 +23,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::null_default;
+use crate::meta::null_default;
 use crate::validate::{check_labels, check_name, FieldError, NameRule, Problem};
 
 /// A label selector: `matchLabels` AND `matchExpressions`.

@@ -34,7 +34,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::manifest::{null_default, port_number, ObjectMeta, Protocol};
+use crate::meta::{null_default, port_number, ObjectMeta, Protocol};
 use crate::validate::{check_labels, check_name, FieldError, NameRule, Problem};
 
 /// A Service: a stable address for the pods its selector picks.
