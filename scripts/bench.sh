@@ -12,7 +12,11 @@
 # Then measures both with iperf3 and ping, interleaved rep by rep so drift hits
 # both: TCP throughput (same node, across nodes, through the ClusterIP), 64-byte
 # UDP packet rate under a flood and at most 1% loss (same node, across nodes),
-# round-trip latency (median, p99) and the CPU spent per gigabyte. Writes the
+# round-trip latency (median, p99) and the CPU spent per gigabyte. Tapestry
+# alone also measures TCP (same node, across nodes) between pods that 1,000
+# NetworkPolicies select (namespace bench-policy), beside the same rows without
+# policies, after a probe from a pod they do not allow has been turned away
+# (the row is skipped, and the run fails, if it got through). Writes the
 # raw samples, the table (stdout), JSON, Markdown and an SVG chart (through
 # `tapestry-bench report`); docs/benchmarks.md gets the table. Cleans up on exit.
 set -euo pipefail
@@ -40,7 +44,14 @@ need_root bench.sh
 
 RAW="$OUT/raw.jsonl"
 STEP=0
-TOTAL=$((REPS * 2 * 9))
+# The policy rows: 1,000 NetworkPolicies select the servers of POLICY_NS (see
+# `tapestry-bench policies` and lab/bench/bench.yaml). The count is in the
+# metrics' names, which the report knows, so it is fixed.
+POLICIES=1000
+POLICY_NS=bench-policy
+PROBES_DENIED=0
+PROBES_PASSED=0
+TOTAL=$((REPS * (2 * 9 + 2)))
 LOSSFREE_STEPS=6
 LOSSFREE_SECONDS=2
 progress() { STEP=$((STEP + 1)); printf '==> [%3d/%d] %s\n' "$STEP" "$TOTAL" "$*"; }
@@ -94,11 +105,24 @@ record() { # record SYSTEM METRIC UNIT VALUE REP
 busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 server_answers() { ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/5201" 2>/dev/null; }
-# Polls (bounded: 5 s) until an iperf3 server answers at $2:5201 from namespace $1.
+# Polls (bounded: 5 s, or $3 ms) until an iperf3 server answers at $2:5201 from namespace $1.
 wait_server() {
-    POLL_SLEEP=0.1 poll_until 5000 server_answers "$1" "$2" && return 0
-    echo "bench.sh: no iperf3 server at $2:5201" >&2
+    POLL_SLEEP=0.1 poll_until "${3:-5000}" server_answers "$1" "$2" && return 0
+    echo "bench.sh: no iperf3 server at $2:5201 from $1" >&2
     return 1
+}
+
+# probe_denied NS IP: whether a TCP connection from namespace NS to IP:5201 gets
+# no answer within 1 s, as a connection a policy denies does (the SYN is
+# dropped, not reset). Sets PROBE to what happened, for the log.
+probe_denied() {
+    local rc=0
+    timeout 1 ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/5201" 2>/dev/null || rc=$?
+    case $rc in
+        0) PROBE="connected"; return 1 ;;
+        124) PROBE="no answer in 1 s"; return 0 ;;
+        *) PROBE="failed at once (exit $rc: refused or unreachable, not a policy drop)"; return 1 ;;
+    esac
 }
 
 # tcp SYSTEM CLIENT_NS DST METRIC REP [CPU_METRIC]
@@ -176,6 +200,68 @@ latency() {
     record "$sys" "latency_p99_$where" "us" "$p99" "$rep"
 }
 
+# --- the policy rows ----------------------------------------------------------
+node_status() { tapestry status --socket "/run/tapestry/$LAB/nodes/$1/tapestryd.sock" "${@:2}"; }
+# policy_denied NODE: NODE's count of packets dropped by policy.
+policy_denied() { node_status "$1" --counter policy_denied; }
+
+# Applies the policies and waits (bounded) until the client reaches both servers
+# through them and the intruder is turned away. Sets PC_NS, PI_NS (client and
+# intruder namespaces), PS_SAME_NODE and PS_CROSS_NODE (the servers' addresses).
+policies_up() {
+    PC_NS="$LAB-$POLICY_NS-client"
+    PI_NS="$LAB-$POLICY_NS-intruder"
+    PS_SAME_NODE=$(pod_ip server "$POLICY_NS")
+    PS_CROSS_NODE=$(pod_ip server-remote "$POLICY_NS")
+    echo "==> applying $POLICIES NetworkPolicies that select the servers of $POLICY_NS"
+    "$BIN/tapestry-bench" policies --count "$POLICIES" --namespace "$POLICY_NS" --port 5201 >"$OUT/policies.yaml"
+    local t0
+    t0=$(now_ms)
+    tapestry apply -f "$OUT/policies.yaml" >"$OUT/policies-apply.log"
+    echo "    applied in $(($(now_ms) - t0)) ms"
+    # The agents compile them as they arrive, the client's allow last: the client
+    # may be turned away for a while before it.
+    wait_server "$PC_NS" "$PS_SAME_NODE" 60000
+    wait_server "$PC_NS" "$PS_CROSS_NODE" 60000
+    echo "    the client reaches both servers $(($(now_ms) - t0)) ms after the apply began"
+    if POLL_SLEEP=0.1 poll_until 10000 probe_denied "$PI_NS" "$PS_SAME_NODE"; then
+        echo "    the intruder is turned away: $PROBE"
+    else
+        echo "    WARNING: the intruder still reaches $PS_SAME_NODE:5201 after 10 s ($PROBE): policy is not enforced" >&2
+    fi
+    local node
+    for node in node1 node2; do
+        echo "    $node: $(node_status "$node" -o json | jq '.policy_denials | length') policies select its pods"
+    done
+}
+
+# policy_row WHERE REP: the probe, then TCP from the client to the server
+# WHERE (same_node, cross_node) through the policies, if the probe was denied:
+# no answer, and the server node's count of packets dropped by policy rose.
+policy_row() {
+    local where=$1 rep=$2 dst metric node before after
+    metric="tcp_${where}_policy$POLICIES"
+    if [ "$where" = same_node ]; then dst=$PS_SAME_NODE node=node1; else dst=$PS_CROSS_NODE node=node2; fi
+    before=$(policy_denied "$node")
+    if probe_denied "$PI_NS" "$dst" && after=$(policy_denied "$node") && [ "$after" -gt "$before" ]; then
+        PROBES_DENIED=$((PROBES_DENIED + 1))
+        echo "      probe intruder -> $dst:5201: $PROBE, $node's policy drops $before -> $after (denied)"
+        tcp tapestry "$PC_NS" "$dst" "$metric" "$rep"
+    else
+        PROBES_PASSED=$((PROBES_PASSED + 1))
+        progress "rep $rep/$REPS tapestry: $metric SKIPPED: probe intruder -> $dst:5201: $PROBE, $node's policy drops $before -> ${after:-?}: the path is not policed"
+    fi
+}
+
+# tcp_beside_policy A DST WHERE REP: Tapestry's row WHERE without policies
+# (pod A to DST) and its policy row, in an order that alternates by rep.
+tcp_beside_policy() {
+    local a=$1 dst=$2 where=$3 rep=$4
+    if [ $((rep % 2)) -eq 0 ]; then policy_row "$where" "$rep"; fi
+    tcp tapestry "$a" "$dst" "tcp_$where" "$rep" "cpu_s_per_gb_tcp_$where"
+    if [ $((rep % 2)) -eq 1 ]; then policy_row "$where" "$rep"; fi
+}
+
 run_system() { # run_system SYSTEM REP
     local sys=$1 rep=$2 a b c vip
     if [ "$sys" = tapestry ]; then
@@ -184,8 +270,13 @@ run_system() { # run_system SYSTEM REP
     else
         a="$K-a"; b=10.245.1.3; c=10.245.2.2; vip=10.97.0.1
     fi
-    tcp "$sys" "$a" "$b" tcp_same_node "$rep" cpu_s_per_gb_tcp_same_node
-    tcp "$sys" "$a" "$c" tcp_cross_node "$rep" cpu_s_per_gb_tcp_cross_node
+    if [ "$sys" = tapestry ]; then
+        tcp_beside_policy "$a" "$b" same_node "$rep"
+        tcp_beside_policy "$a" "$c" cross_node "$rep"
+    else
+        tcp "$sys" "$a" "$b" tcp_same_node "$rep" cpu_s_per_gb_tcp_same_node
+        tcp "$sys" "$a" "$c" tcp_cross_node "$rep" cpu_s_per_gb_tcp_cross_node
+    fi
     tcp "$sys" "$a" "$vip" tcp_cluster_ip "$rep"
     udp "$sys" "$a" "$b" udp64_pps_same_node "$rep"
     udp_lossfree "$sys" "$a" "$b" udp64_lossfree_same_node "$rep"
@@ -219,6 +310,7 @@ main() {
     wait_server "$K-a" 10.245.2.2
     wait_server "$LAB-default-bench-a" "$(pod_ip bench-b)"
     wait_server "$LAB-default-bench-a" "$(pod_ip bench-c)"
+    policies_up
     for rep in $(seq 1 "$REPS"); do
         # Alternate which system goes first, so neither always runs on a warmer machine.
         if [ $((rep % 2)) -eq 1 ]; then sys="tapestry kernel"; else sys="kernel tapestry"; fi
@@ -227,6 +319,11 @@ main() {
     echo "==> report ($(($(date +%s) - started)) s so far)"
     "$BIN/tapestry-bench" report --raw "$RAW" --out-dir "$OUT" \
         --title "Tapestry vs the Linux kernel data plane" --machine "$(machine)"
+    echo "==> policy probes (intruder -> servers): $PROBES_DENIED denied, $PROBES_PASSED got through"
+    if [ "$PROBES_PASSED" -gt 0 ]; then
+        echo "bench.sh: policy was not enforced for $PROBES_PASSED probe(s); those policy rows were skipped, and docs/ is left as it was" >&2
+        exit 1
+    fi
     cp "$OUT/benchmarks.json" "$OUT/benchmarks.svg" "$REPO/docs/"
     update_doc
     echo "==> done in $(($(date +%s) - started)) s: $OUT/{raw.jsonl,benchmarks.json,benchmarks-table.md,benchmarks.svg}, docs/benchmarks.md"

@@ -24,8 +24,12 @@ struct JsonMetric<'a> {
     /// "higher" or "lower"; null for a metric this tool does not know.
     better: Option<&'static str>,
     tapestry: JsonStats<'a>,
-    kernel: JsonStats<'a>,
-    /// null when the kernel's median is zero.
+    /// null for a Tapestry-only metric.
+    kernel: Option<JsonStats<'a>>,
+    /// What the ratio divides by: "kernel", or "tapestry:METRIC" for a
+    /// Tapestry-only metric compared with Tapestry's METRIC.
+    ratio_to: String,
+    /// null when the divisor's median is zero.
     ratio: Option<f64>,
     /// null when the metric has no target.
     target: Option<JsonTarget>,
@@ -62,7 +66,7 @@ pub fn json_report<'a>(meta: &'a Meta, reports: &'a [MetricReport]) -> JsonRepor
         title: &meta.title,
         machine: meta.machine.as_deref(),
         generated_at: &meta.generated_at,
-        ratio: "tapestry median / kernel median",
+        ratio: "tapestry median / kernel median, or / tapestry's median of the metric in ratio_to",
         metrics: reports
             .iter()
             .map(|r| JsonMetric {
@@ -71,7 +75,11 @@ pub fn json_report<'a>(meta: &'a Meta, reports: &'a [MetricReport]) -> JsonRepor
                 unit: &r.unit,
                 better: r.kind.better().map(Better::as_str),
                 tapestry: JsonStats::of(&r.tapestry),
-                kernel: JsonStats::of(&r.kernel),
+                kernel: r.kernel.as_ref().map(JsonStats::of),
+                ratio_to: r
+                    .baseline
+                    .as_ref()
+                    .map_or_else(|| "kernel".to_owned(), |b| format!("tapestry:{}", b.metric)),
                 ratio: r.ratio,
                 target: r.target.map(|t| JsonTarget {
                     op: t.op(),
@@ -86,7 +94,7 @@ pub fn json_report<'a>(meta: &'a Meta, reports: &'a [MetricReport]) -> JsonRepor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::samples::fixture::{fixture, meta};
+    use crate::samples::fixture::{fixture, meta, policy_fixture};
 
     #[test]
     fn json_report_shape() {
@@ -107,5 +115,19 @@ mod tests {
         assert_eq!(at("/metrics/2/better"), "lower");
         assert!(v.pointer("/metrics/3/target").is_some_and(|t| t.is_null()));
         assert_eq!(at("/metrics/3/verdict"), "no target");
+        assert_eq!(at("/metrics/0/ratio_to"), "kernel");
+    }
+
+    #[test]
+    fn tapestry_only_metric_has_null_kernel() {
+        let (meta, reports) = (meta(), policy_fixture());
+        let v = serde_json::to_value(json_report(&meta, &reports)).expect("encodes");
+        let at = |ptr: &str| v.pointer(ptr).cloned().unwrap_or_default();
+        assert_eq!(at("/metrics/1/metric"), "tcp_same_node_policy1000");
+        assert!(v.pointer("/metrics/1/kernel").is_some_and(|k| k.is_null()));
+        assert_eq!(at("/metrics/1/ratio_to"), "tapestry:tcp_same_node");
+        assert_eq!(at("/metrics/1/tapestry/median"), 9.6);
+        assert_eq!(at("/metrics/1/target/ratio"), 0.95);
+        assert_eq!(at("/metrics/1/verdict"), "meets");
     }
 }

@@ -7,12 +7,14 @@
 //!   (latency from `ping`'s round-trip times).
 //! - `lossfree`: the next step of the RFC 2544 throughput search by bisection,
 //!   given the trials so far.
+//! - `policies`: the NetworkPolicies of the policy rows (see [`policies`]).
 #![forbid(unsafe_code)]
 
 mod json;
 mod lossfree;
 mod metrics;
 mod percentile;
+mod policies;
 mod report;
 mod samples;
 mod svg;
@@ -77,6 +79,26 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         max_loss: f64,
     },
+    /// Print COUNT NetworkPolicies (YAML) that all select the server pods of
+    /// NAMESPACE: COUNT - 1 that allow other peers and ports, then one that
+    /// allows the client pods on TCP PORT.
+    Policies {
+        /// How many policies, the client's allow included.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// The namespace of the policies and their pods.
+        #[arg(long, default_value = "bench-policy")]
+        namespace: String,
+        /// The server's TCP port the client is allowed on.
+        #[arg(long, default_value_t = 5201)]
+        port: u16,
+        /// The label that picks the server pods.
+        #[arg(long, value_name = "KEY=VALUE", default_value = "role=server")]
+        server: String,
+        /// The label that picks the client pods.
+        #[arg(long, value_name = "KEY=VALUE", default_value = "role=client")]
+        client: String,
+    },
 }
 
 fn stdin_text() -> Result<String, std::io::Error> {
@@ -137,6 +159,30 @@ fn main() -> ExitCode {
             match step {
                 Ok(step) => {
                     println!("{step}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e, 2),
+            }
+        }
+        Cmd::Policies {
+            count,
+            namespace,
+            port,
+            server,
+            client,
+        } => {
+            let set = policies::Label::parse("--server", &server).and_then(|server| {
+                Ok(policies::PolicySet {
+                    namespace,
+                    count,
+                    port,
+                    server,
+                    client: policies::Label::parse("--client", &client)?,
+                })
+            });
+            match set.and_then(|s| policies::generate(&s)) {
+                Ok(text) => {
+                    print!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e, 2),

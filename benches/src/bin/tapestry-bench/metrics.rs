@@ -34,14 +34,59 @@ pub enum Kind {
     Unknown,
 }
 
+/// What a metric's ratio divides by.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Against {
+    /// The kernel's median of the same metric; the target is the kind's.
+    Kernel,
+    /// Tapestry's own median of another metric, with a target of its own: a
+    /// measurement the kernel reference has no counterpart of (it enforces no
+    /// NetworkPolicy), judged against Tapestry's row without the feature.
+    Tapestry {
+        baseline: &'static str,
+        target: Target,
+    },
+}
+
 pub struct KnownMetric {
     pub name: &'static str,
     pub label: &'static str,
     pub kind: Kind,
+    pub against: Against,
 }
 
 const fn known(name: &'static str, label: &'static str, kind: Kind) -> KnownMetric {
-    KnownMetric { name, label, kind }
+    KnownMetric {
+        name,
+        label,
+        kind,
+        against: Against::Kernel,
+    }
+}
+
+/// A Tapestry-only metric whose ratio is to Tapestry's `baseline` metric.
+const fn against_tapestry(
+    name: &'static str,
+    label: &'static str,
+    kind: Kind,
+    baseline: &'static str,
+    target: Target,
+) -> KnownMetric {
+    KnownMetric {
+        name,
+        label,
+        kind,
+        against: Against::Tapestry { baseline, target },
+    }
+}
+
+/// Issue 10: pod-to-pod TCP with 1,000 NetworkPolicies selecting the server
+/// must stay within 5% of the same path without policies.
+const POLICY_TARGET: Target = Target::AtLeast(0.95);
+
+/// The known metric called `name`, if any.
+pub fn known_metric(name: &str) -> Option<&'static KnownMetric> {
+    KNOWN.iter().find(|k| k.name == name)
 }
 
 /// Known metrics in display order.
@@ -51,10 +96,24 @@ pub const KNOWN: &[KnownMetric] = &[
         "TCP throughput, pod to pod, same node",
         Kind::Throughput,
     ),
+    against_tapestry(
+        "tcp_same_node_policy1000",
+        "TCP throughput, pod to pod, same node, 1,000 policies",
+        Kind::Throughput,
+        "tcp_same_node",
+        POLICY_TARGET,
+    ),
     known(
         "tcp_cross_node",
         "TCP throughput, pod to pod, cross node",
         Kind::Throughput,
+    ),
+    against_tapestry(
+        "tcp_cross_node_policy1000",
+        "TCP throughput, pod to pod, cross node, 1,000 policies",
+        Kind::Throughput,
+        "tcp_cross_node",
+        POLICY_TARGET,
     ),
     known(
         "tcp_cluster_ip",

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::metrics::{Kind, Target, Verdict, KNOWN};
+use crate::metrics::{known_metric, Against, Kind, Target, Verdict, KNOWN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
@@ -59,6 +59,12 @@ pub enum InputError {
         first: String,
         found: String,
     },
+    /// A Tapestry-only metric whose baseline has no Tapestry results.
+    #[error("{metric} is compared with Tapestry's {baseline}, which has no tapestry results")]
+    MissingBaseline { metric: String, baseline: String },
+    /// Kernel results for a metric only Tapestry has.
+    #[error("{metric} is measured for Tapestry only, but has kernel results")]
+    KernelOfTapestryOnly { metric: String },
     /// Metrics measured for only one of the two systems.
     #[error("no ratio without both systems; measured for one only: {}", one_sided(.0))]
     OneSided(Vec<(String, System)>),
@@ -143,6 +149,14 @@ impl Stats {
     }
 }
 
+/// The Tapestry metric a Tapestry-only metric's ratio divides by.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Baseline {
+    pub metric: String,
+    pub label: String,
+    pub median: f64,
+}
+
 /// Everything known about one metric.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricReport {
@@ -151,8 +165,12 @@ pub struct MetricReport {
     pub unit: String,
     pub kind: Kind,
     pub tapestry: Stats,
-    pub kernel: Stats,
-    /// tapestry median / kernel median; `None` when the kernel's median is zero.
+    /// `None` for a Tapestry-only metric (one with a `baseline`).
+    pub kernel: Option<Stats>,
+    /// For a Tapestry-only metric, the Tapestry metric its ratio is to.
+    pub baseline: Option<Baseline>,
+    /// tapestry median / kernel median (or / the baseline's median); `None`
+    /// when the divisor is zero.
     pub ratio: Option<f64>,
     pub target: Option<Target>,
     pub verdict: Verdict,
@@ -215,39 +233,71 @@ fn metrics_in_order(samples: &[Sample]) -> Result<Vec<(&str, &str)>, InputError>
     Ok(order.into_iter().map(|(_, m, u)| (m, u)).collect())
 }
 
+fn values_of(samples: &[Sample], metric: &str, system: System) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric && s.system == system)
+        .map(|s| s.value)
+        .collect()
+}
+
+/// `tapestry / divisor`, `None` if the divisor is zero.
+fn ratio_of(tapestry: f64, divisor: f64) -> Option<f64> {
+    (divisor > 0.0).then(|| tapestry / divisor)
+}
+
 /// Groups samples by metric and system, and computes medians, ratios and
-/// verdicts.
+/// verdicts. A metric is compared with the kernel's measurement of it, except
+/// a Tapestry-only one ([`Against::Tapestry`]), which is compared with
+/// Tapestry's baseline metric and must have no kernel samples.
 pub fn summarise(samples: &[Sample]) -> Result<Vec<MetricReport>, InputError> {
     let mut reports = Vec::new();
     let mut one_sided = Vec::new();
     for (metric, unit) in metrics_in_order(samples)? {
-        let values = |sys: System| -> Vec<f64> {
-            samples
-                .iter()
-                .filter(|s| s.metric == metric && s.system == sys)
-                .map(|s| s.value)
-                .collect()
-        };
-        let (tapestry, kernel) = match (
-            Stats::of(values(System::Tapestry)),
-            Stats::of(values(System::Kernel)),
-        ) {
-            (Some(t), Some(k)) => (t, k),
-            (Some(_), None) => {
-                one_sided.push((metric.to_owned(), System::Tapestry));
-                continue;
-            }
-            (None, _) => {
-                one_sided.push((metric.to_owned(), System::Kernel));
-                continue;
-            }
-        };
-        let (label, kind) = match KNOWN.iter().find(|k| k.name == metric) {
+        let known = known_metric(metric);
+        let against = known.map_or(Against::Kernel, |k| k.against);
+        let (label, kind) = match known {
             Some(k) => (k.label.to_owned(), k.kind),
             None => (metric.to_owned(), Kind::Unknown),
         };
-        let ratio = (kernel.median > 0.0).then(|| tapestry.median / kernel.median);
-        let target = kind.target();
+        let tapestry = Stats::of(values_of(samples, metric, System::Tapestry));
+        let kernel = Stats::of(values_of(samples, metric, System::Kernel));
+        let (tapestry, kernel, baseline, ratio, target) =
+            match (against, tapestry, kernel) {
+                (Against::Kernel, Some(t), Some(k)) => {
+                    let ratio = ratio_of(t.median, k.median);
+                    (t, Some(k), None, ratio, kind.target())
+                }
+                (Against::Tapestry { baseline, target }, Some(t), None) => {
+                    let base = Stats::of(values_of(samples, baseline, System::Tapestry))
+                        .ok_or_else(|| InputError::MissingBaseline {
+                            metric: metric.to_owned(),
+                            baseline: baseline.to_owned(),
+                        })?;
+                    let ratio = ratio_of(t.median, base.median);
+                    let base = Baseline {
+                        metric: baseline.to_owned(),
+                        label: known_metric(baseline)
+                            .map_or(baseline, |k| k.label)
+                            .to_owned(),
+                        median: base.median,
+                    };
+                    (t, None, Some(base), ratio, Some(target))
+                }
+                (Against::Tapestry { .. }, _, Some(_)) => {
+                    return Err(InputError::KernelOfTapestryOnly {
+                        metric: metric.to_owned(),
+                    })
+                }
+                (_, Some(_), None) => {
+                    one_sided.push((metric.to_owned(), System::Tapestry));
+                    continue;
+                }
+                (_, None, _) => {
+                    one_sided.push((metric.to_owned(), System::Kernel));
+                    continue;
+                }
+            };
         reports.push(MetricReport {
             name: metric.to_owned(),
             label,
@@ -255,6 +305,7 @@ pub fn summarise(samples: &[Sample]) -> Result<Vec<MetricReport>, InputError> {
             kind,
             tapestry,
             kernel,
+            baseline,
             ratio,
             target,
             verdict: Verdict::of(target, ratio),
@@ -312,6 +363,22 @@ pub mod fixture {
 {"system":"kernel","metric":"zz_custom","unit":"ops","value":2,"rep":1}
 "#;
 
+    /// A run with Tapestry-only policy rows beside their baselines: same node
+    /// 9.6 / 10.0 = 0.96 (meets ≥ 0.95), cross node 5.0 / 6.0 = 0.83 (misses).
+    pub const POLICY_FIXTURE: &str = r#"
+{"system":"tapestry","metric":"tcp_same_node","unit":"Gbit/s","value":10.0,"rep":1}
+{"system":"tapestry","metric":"tcp_same_node_policy1000","unit":"Gbit/s","value":9.6,"rep":1}
+{"system":"kernel","metric":"tcp_same_node","unit":"Gbit/s","value":16.0,"rep":1}
+{"system":"tapestry","metric":"tcp_cross_node_policy1000","unit":"Gbit/s","value":5.0,"rep":1}
+{"system":"tapestry","metric":"tcp_cross_node","unit":"Gbit/s","value":6.0,"rep":1}
+{"system":"kernel","metric":"tcp_cross_node","unit":"Gbit/s","value":10.0,"rep":1}
+"#;
+
+    pub fn policy_fixture() -> Vec<MetricReport> {
+        let samples = parse_samples(POLICY_FIXTURE).expect("policy fixture parses");
+        summarise(&samples).expect("policy fixture summarises")
+    }
+
     pub fn meta() -> Meta {
         Meta {
             title: "Fixture <&> run".into(),
@@ -335,7 +402,7 @@ pub mod fixture {
 
 #[cfg(test)]
 mod tests {
-    use super::fixture::{find, fixture, FIXTURE};
+    use super::fixture::{find, fixture, policy_fixture, FIXTURE};
     use super::*;
     use crate::metrics::Better;
 
@@ -368,7 +435,7 @@ mod tests {
         let reports = fixture();
         let tcp = find(&reports, "tcp_same_node");
         assert_eq!(tcp.tapestry.median, 9.71);
-        assert_eq!(tcp.kernel.median, 11.2);
+        assert_eq!(tcp.kernel.as_ref().map(|k| k.median), Some(11.2));
         assert_eq!(tcp.tapestry.values.len(), 3);
         assert_eq!(tcp.ratio, Some(9.71 / 11.2));
         assert_eq!(tcp.verdict, Verdict::Misses);
@@ -441,6 +508,83 @@ mod tests {
             InputError::OneSided(vec![("tcp_cross_node".into(), System::Tapestry)])
         );
         assert!(err.to_string().contains("tcp_cross_node (only tapestry)"));
+    }
+
+    #[test]
+    fn tapestry_only_metrics_divide_by_their_baseline() {
+        let reports = policy_fixture();
+        let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "tcp_same_node",
+                "tcp_same_node_policy1000",
+                "tcp_cross_node",
+                "tcp_cross_node_policy1000"
+            ]
+        );
+        let same = find(&reports, "tcp_same_node_policy1000");
+        assert_eq!(same.kernel, None);
+        assert_eq!(
+            same.baseline
+                .as_ref()
+                .map(|b| (b.metric.as_str(), b.median)),
+            Some(("tcp_same_node", 10.0))
+        );
+        assert_eq!(same.ratio, Some(9.6 / 10.0));
+        assert_eq!(same.target, Some(Target::AtLeast(0.95)));
+        assert_eq!(same.verdict, Verdict::Meets);
+        let cross = find(&reports, "tcp_cross_node_policy1000");
+        assert_eq!(cross.ratio, Some(5.0 / 6.0));
+        assert_eq!(cross.verdict, Verdict::Misses);
+        // The baseline rows keep their kernel comparison.
+        let base = find(&reports, "tcp_same_node");
+        assert_eq!(base.baseline, None);
+        assert_eq!(base.kernel.as_ref().map(|k| k.median), Some(16.0));
+        assert_eq!(base.ratio, Some(10.0 / 16.0));
+    }
+
+    #[test]
+    fn tapestry_only_metric_errors() {
+        let line = |system: &str, metric: &str, value: f64| {
+            format!("{{\"system\":\"{system}\",\"metric\":\"{metric}\",\"unit\":\"Gbit/s\",\"value\":{value}}}\n")
+        };
+        // No baseline: no ratio to compute, said by name.
+        let text = line("tapestry", "tcp_same_node_policy1000", 9.0);
+        let err = summarise(&parse_samples(&text).expect("parses")).expect_err("no baseline");
+        assert_eq!(
+            err,
+            InputError::MissingBaseline {
+                metric: "tcp_same_node_policy1000".into(),
+                baseline: "tcp_same_node".into()
+            }
+        );
+        // A kernel result for it is a mistake in the run, not a second column.
+        let text = line("tapestry", "tcp_same_node", 10.0)
+            + &line("kernel", "tcp_same_node", 12.0)
+            + &line("tapestry", "tcp_same_node_policy1000", 9.0)
+            + &line("kernel", "tcp_same_node_policy1000", 9.0);
+        let err = summarise(&parse_samples(&text).expect("parses")).expect_err("kernel row");
+        assert!(
+            matches!(err, InputError::KernelOfTapestryOnly { .. }),
+            "{err}"
+        );
+        // Kernel-only results of it are that too.
+        let text = line("tapestry", "tcp_same_node", 10.0)
+            + &line("kernel", "tcp_same_node", 12.0)
+            + &line("kernel", "tcp_same_node_policy1000", 9.0);
+        let err = summarise(&parse_samples(&text).expect("parses")).expect_err("kernel only");
+        assert!(
+            matches!(err, InputError::KernelOfTapestryOnly { .. }),
+            "{err}"
+        );
+        // A zero baseline gives no ratio, and the verdict says so.
+        let text = line("tapestry", "tcp_same_node", 0.0)
+            + &line("kernel", "tcp_same_node", 12.0)
+            + &line("tapestry", "tcp_same_node_policy1000", 9.0);
+        let reports = summarise(&parse_samples(&text).expect("parses")).expect("summarises");
+        let r = find(&reports, "tcp_same_node_policy1000");
+        assert_eq!((r.ratio, r.verdict), (None, Verdict::NoRatio));
     }
 
     #[test]

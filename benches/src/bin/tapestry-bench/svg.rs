@@ -201,9 +201,17 @@ fn row(s: &mut String, values: &mut String, l: &Layout, r: &MetricReport, y: f64
         Some(b) => format!("{} is better", b.as_str()),
         None => "direction unknown".to_owned(),
     };
-    let hint = match r.target {
+    let mut hint = match r.target {
         Some(t) => format!("{direction} · target {t}"),
         None => direction,
+    };
+    // What the ratio divides by, and that median, for the tooltip.
+    let (divisor, divisor_median) = match &r.baseline {
+        Some(b) => {
+            hint += &format!(" · ratio to {}", b.metric);
+            (format!("tapestry {}", b.metric), Some(b.median))
+        }
+        None => ("kernel".to_owned(), r.kernel.as_ref().map(|k| k.median)),
     };
     let _ = writeln!(
         s,
@@ -217,10 +225,10 @@ fn row(s: &mut String, values: &mut String, l: &Layout, r: &MetricReport, y: f64
         Some(ratio) => {
             let end = l.x(ratio);
             let tip = format!(
-                "{}: tapestry {} vs kernel {} {} (ratio {})",
+                "{}: tapestry {} vs {divisor} {} {} (ratio {})",
                 r.name,
                 r.kind.format_value(r.tapestry.median),
-                r.kind.format_value(r.kernel.median),
+                divisor_median.map_or_else(|| "n/a".to_owned(), |m| r.kind.format_value(m)),
                 r.unit,
                 r.ratio_text()
             );
@@ -248,10 +256,13 @@ fn row(s: &mut String, values: &mut String, l: &Layout, r: &MetricReport, y: f64
         None => {
             let _ = writeln!(
                 values,
-                r##"<rect class="label-backing" x="{}" y="{bar_y}" width="160" height="{BAR}" fill="white" fill-opacity="0.85"/><text x="{}" y="{}" font-size="12" fill="#777">n/a (kernel median is 0)</text>"##,
+                r##"<rect class="label-backing" x="{}" y="{bar_y}" width="{:.0}" height="{BAR}" fill="white" fill-opacity="0.85"/><text x="{}" y="{}" font-size="12" fill="#777">n/a ({} median is 0)</text>"##,
                 x0 + 3.0,
+                // About 7 px a character at 12 px, for "n/a (", " median is 0)" and the divisor.
+                7.0 * (18 + divisor.chars().count()) as f64,
                 x0 + 5.0,
-                bar_y + 13.5
+                bar_y + 13.5,
+                xml_escape(&divisor)
             );
         }
     }
@@ -294,7 +305,7 @@ pub fn svg_chart(meta: &Meta, reports: &[MetricReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::samples::fixture::{fixture, meta};
+    use crate::samples::fixture::{fixture, meta, policy_fixture};
 
     /// A small stack-based check: every tag is closed in order, and attribute
     /// values carry no raw `<` or `&` that is not an entity.
@@ -343,6 +354,18 @@ mod tests {
         assert!(svg.contains("Fixture &lt;&amp;&gt; run"));
         assert!(svg.contains(RED) && svg.contains(GREEN) && svg.contains(GREY));
         assert!(svg.contains(">0.87×</text>"));
+    }
+
+    #[test]
+    fn tapestry_only_rows_are_drawn_against_their_baseline() {
+        let reports = policy_fixture();
+        let svg = svg_chart(&meta(), &reports);
+        assert_well_formed(&svg);
+        assert_eq!(svg.matches(r#"<rect class="bar""#).count(), reports.len());
+        assert!(svg.contains("ratio to tcp_same_node"));
+        assert!(svg.contains(
+            "tcp_same_node_policy1000: tapestry 9.60 vs tapestry tcp_same_node 10.00 Gbit/s (ratio 0.96)"
+        ));
     }
 
     #[test]

@@ -10,7 +10,9 @@ fn table_cells(r: &MetricReport) -> [String; 6] {
     [
         r.label_with_unit(),
         r.kind.format_value(r.tapestry.median),
-        r.kind.format_value(r.kernel.median),
+        r.kernel
+            .as_ref()
+            .map_or_else(|| "n/a".to_owned(), |k| r.kind.format_value(k.median)),
         r.ratio_text(),
         r.target.map_or_else(|| "—".to_owned(), |t| t.to_string()),
         r.verdict.as_str().to_owned(),
@@ -24,6 +26,21 @@ fn pad(s: &str, width: usize, right: bool) -> String {
     } else {
         s.to_owned() + &fill
     }
+}
+
+/// One note per Tapestry-only row: why its kernel column is empty and what
+/// its ratio divides by.
+fn baseline_notes(reports: &[MetricReport]) -> Vec<String> {
+    reports
+        .iter()
+        .filter_map(|r| {
+            let b = r.baseline.as_ref()?;
+            Some(format!(
+                "{}: Tapestry only (the kernel reference enforces no NetworkPolicy), so the kernel column is n/a; its ratio is to Tapestry's own \"{}\" row of the same run.",
+                r.label, b.label
+            ))
+        })
+        .collect()
 }
 
 /// Fixed-width table: the metric left-aligned, numbers right-aligned.
@@ -49,6 +66,9 @@ pub fn text_table(reports: &[MetricReport]) -> String {
     for row in &rows {
         out += &line(row);
     }
+    for note in baseline_notes(reports) {
+        out += &format!("Note: {note}\n");
+    }
     out
 }
 
@@ -65,6 +85,9 @@ pub fn markdown(meta: &Meta, reports: &[MetricReport]) -> String {
         out += &format!("| {} |\n", cells.join(" | "));
     }
     out += "\nValues are medians over the reps; ratio = tapestry median / kernel median.\n";
+    for note in baseline_notes(reports) {
+        out += &format!("\n{}\n", md_escape(&note));
+    }
     match &meta.machine {
         Some(m) => out += &format!("\nMachine: {}\n", md_escape(m)),
         None => out += "\nMachine: not recorded (pass --machine).\n",
@@ -75,7 +98,7 @@ pub fn markdown(meta: &Meta, reports: &[MetricReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::samples::fixture::{fixture, meta};
+    use crate::samples::fixture::{fixture, meta, policy_fixture};
 
     #[test]
     fn text_table_of_fixture() {
@@ -104,5 +127,28 @@ zz_custom (ops)                                             3.00    2.00   1.50 
             "| TCP throughput, pod to pod, same node (Gbit/s) | 9.71 | 11.20 | 0.87 | ≥ 1.00 | misses |"
         ));
         assert!(md.contains("Machine: test box"));
+    }
+
+    #[test]
+    fn tapestry_only_rows_say_n_a_and_what_they_divide_by() {
+        let table = text_table(&policy_fixture());
+        let expected = "\
+Metric                                                           Tapestry  Kernel  Ratio  Target  Verdict
+---------------------------------------------------------------  --------  ------  -----  ------  -------
+TCP throughput, pod to pod, same node (Gbit/s)                      10.00   16.00   0.62  ≥ 1.00  misses
+TCP throughput, pod to pod, same node, 1,000 policies (Gbit/s)       9.60     n/a   0.96  ≥ 0.95  meets
+TCP throughput, pod to pod, cross node (Gbit/s)                      6.00   10.00   0.60  ≥ 1.00  misses
+TCP throughput, pod to pod, cross node, 1,000 policies (Gbit/s)      5.00     n/a   0.83  ≥ 0.95  misses
+Note: TCP throughput, pod to pod, same node, 1,000 policies: Tapestry only (the kernel reference enforces no NetworkPolicy), so the kernel column is n/a; its ratio is to Tapestry's own \"TCP throughput, pod to pod, same node\" row of the same run.
+Note: TCP throughput, pod to pod, cross node, 1,000 policies: Tapestry only (the kernel reference enforces no NetworkPolicy), so the kernel column is n/a; its ratio is to Tapestry's own \"TCP throughput, pod to pod, cross node\" row of the same run.
+";
+        assert_eq!(table, expected);
+        let md = markdown(&meta(), &policy_fixture());
+        assert!(md.contains(
+            "| TCP throughput, pod to pod, same node, 1,000 policies (Gbit/s) | 9.60 | n/a | 0.96 | ≥ 0.95 | meets |"
+        ), "{md}");
+        assert!(md.contains("so the kernel column is n/a; its ratio is to Tapestry's own \"TCP throughput, pod to pod, same node\" row"));
+        // A run without such rows has no note.
+        assert!(!markdown(&meta(), &fixture()).contains("Tapestry only"));
     }
 }
