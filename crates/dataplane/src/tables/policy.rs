@@ -447,18 +447,56 @@ impl RuleSet {
 
 /// The compiled rule sets of one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct PodRules {
+pub(crate) struct PodRules {
     ingress: Option<RuleSet>,
     egress: Option<RuleSet>,
 }
 
+impl PodRules {
+    /// [`PolicyTable::allows`] for this pod.
+    #[inline]
+    pub(crate) fn allows(
+        &self,
+        dir: PolicyDirection,
+        remote: Ipv4Addr,
+        proto: IpProtocol,
+        dport: Option<u16>,
+    ) -> Result<(), &[PolicyId]> {
+        let rules = match dir {
+            PolicyDirection::Ingress => self.ingress.as_ref(),
+            PolicyDirection::Egress => self.egress.as_ref(),
+        };
+        match rules {
+            Some(r) if !r.admits(remote, proto, dport) => Err(r.policies()),
+            _ => Ok(()),
+        }
+    }
+}
+
 type PodMap = HashMap<u32, PodRules, BuildHasherDefault<PrefixHasher>>;
+
+/// Bits of the selected-pod filter: one per value of an address's low 12 bits.
+const FILTER_BITS: u32 = 4_096;
+
+/// Words of the filter.
+const FILTER_WORDS: usize = FILTER_BITS as usize / 64;
 
 /// Every local pod's compiled rules: one immutable snapshot. See the module docs.
 #[derive(Clone, Debug)]
 pub struct PolicyTable {
     pods: PodMap,
+    /// Bit `a & 0xfff` set for every selected pod `a`: a clear bit proves an address
+    /// selected by nothing without a hash probe (a node's pods share a /24, so they
+    /// never share a bit; other addresses may, and then take the probe).
+    filter: [u64; FILTER_WORDS],
     generation: u64,
+}
+
+/// The filter bit of `a`: (word, mask).
+#[inline]
+fn filter_bit(a: Ipv4Addr) -> (usize, u64) {
+    let b = a.to_bits() & (FILTER_BITS - 1);
+    ((b >> 6) as usize, 1 << (b & 63))
 }
 
 /// Equal tables hold equal rules; the generation is not compared.
@@ -475,6 +513,7 @@ impl PolicyTable {
     pub fn empty() -> PolicyTable {
         PolicyTable {
             pods: PodMap::default(),
+            filter: [0; FILTER_WORDS],
             generation: NEXT_GENERATION.fetch_add(1, Relaxed),
         }
     }
@@ -498,8 +537,16 @@ impl PolicyTable {
                 map.insert(u32::from(p.pod), rules);
             }
         }
+        let mut filter = [0; FILTER_WORDS];
+        for pod in map.keys() {
+            let (word, bit) = filter_bit(Ipv4Addr::from_bits(*pod));
+            if let Some(w) = filter.get_mut(word) {
+                *w |= bit;
+            }
+        }
         Ok(PolicyTable {
             pods: map,
+            filter,
             generation: NEXT_GENERATION.fetch_add(1, Relaxed),
         })
     }
@@ -527,6 +574,23 @@ impl PolicyTable {
         self.pods.contains_key(&u32::from(pod))
     }
 
+    /// `false`: `a` is selected by no policy (proved by one bit). `true`: it may be
+    /// ([`PolicyTable::pod`] says).
+    #[inline]
+    pub(crate) fn may_select(&self, a: Ipv4Addr) -> bool {
+        let (word, bit) = filter_bit(a);
+        self.filter.get(word).is_some_and(|w| w & bit != 0)
+    }
+
+    /// The rules of a selected pod; `None`: selected by no policy.
+    #[inline]
+    pub(crate) fn pod(&self, pod: Ipv4Addr) -> Option<&PodRules> {
+        if !self.may_select(pod) {
+            return None;
+        }
+        self.pods.get(&u32::from(pod))
+    }
+
     /// The rules of `pod` in `dir`; `None`: open.
     #[inline]
     pub fn rules(&self, dir: PolicyDirection, pod: Ipv4Addr) -> Option<&RuleSet> {
@@ -551,10 +615,8 @@ impl PolicyTable {
         proto: IpProtocol,
         dport: Option<u16>,
     ) -> Result<(), &[PolicyId]> {
-        match self.rules(dir, pod) {
-            Some(r) if !r.admits(remote, proto, dport) => Err(r.policies()),
-            _ => Ok(()),
-        }
+        self.pod(pod)
+            .map_or(Ok(()), |r| r.allows(dir, remote, proto, dport))
     }
 }
 
