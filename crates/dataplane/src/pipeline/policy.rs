@@ -38,7 +38,7 @@ use super::context::{Ctx, Ip, Verdict};
 use crate::drops::{Counter, Counters, DropReason};
 use crate::tables::conntrack::{timeout, Dir, Flow, FlowState, Tuple};
 use crate::tables::policy::{PodRules, PolicyCounters, PolicyDirection, PolicyId, PolicyTable};
-use crate::tables::policy_flows::{PolicyFlow, PolicyFlows, Slot};
+use crate::tables::policy_flows::{Hit, PolicyFlow, PolicyFlows};
 use crate::types::{L4Proto, Nanos, PortRole};
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_SYN};
 use crate::wire::IpProtocol;
@@ -127,41 +127,37 @@ impl Policy {
     /// carries only the `active` branch when no policy is published.
     #[inline(never)]
     pub(crate) fn stage(&mut self, env: &PolicyEnv, pre: &Ip, ctx: &Ctx, now: Nanos) -> Verdict {
-        let Some(ip) = ctx.ip else {
+        let Some(ip) = ctx.ip.as_ref() else {
             return Verdict::Continue;
         };
         let table: &PolicyTable = self.table.load();
         if !table.may_select(pre.src) && !table.may_select(ip.dst) {
             return Verdict::Continue;
         }
-        let p = Judged {
-            sender: pre.src,
-            src: ip.src,
-            dst: ip.dst,
-            proto: ip.proto,
-            dport: if ip.later_fragment {
-                None
-            } else {
-                ip.ports.map(|(_, d)| d)
-            },
-            from_host_port: env.role == Some(PortRole::Host),
-        };
-        let (Some(t), Some(before)) = (ip.tuple(), pre.tuple()) else {
-            return match env.judge_in(table, &p) {
+        let from_host_port = env.role == Some(PortRole::Host);
+        let (Some(ports), Some(pre_ports), Some(proto)) =
+            (ip.ports, pre.ports, L4Proto::from_ip(ip.proto))
+        else {
+            return match env.judge_in(table, &judged(pre, ip, from_host_port)) {
                 Ok(()) => Verdict::Continue,
                 Err(policies) => env.deny(policies),
             };
         };
         let flows = &mut self.flows;
-        let probe = flows.probe(&t, &before);
-        if let Some((slot, dir)) = flows.find(&probe, now, env.counters) {
+        let mut probe = flows.probe_parts(
+            proto,
+            ([ip.src, ip.dst], ports),
+            ([pre.src, pre.dst], pre_ports),
+        );
+        if let Some(hit) = flows.find(&mut probe, now, env.counters) {
             // Every packet of a flow has the flow's sender and destination as its
             // `pre.src` and `ip.dst`, one way or the other: if neither is selected
             // now, judging again allows it, as not tracking it would.
-            if let Some(v) = tracked(flows, env, table, slot, dir, &ip, now) {
+            if let Some(v) = tracked(flows, env, table, hit, ip, now) {
                 return v;
             }
         }
+        let p = judged(pre, ip, from_host_port);
         let (sender, dst) = (table.pod(p.sender), table.pod(p.dst));
         if sender.is_none() && dst.is_none() {
             return Verdict::Continue;
@@ -169,8 +165,10 @@ impl Policy {
         if let Err(policies) = env.judge(sender, dst, &p) {
             return env.deny(policies);
         }
-        let flow = new_flow(&t, &before, ip.tcp_flags, p.from_host_port, table, env, now);
-        flows.insert(&probe, &flow, now, env.counters);
+        if let (Some(t), Some(before)) = (ip.tuple(), pre.tuple()) {
+            let flow = new_flow(&t, &before, ip.tcp_flags, from_host_port, table, env, now);
+            flows.insert(&mut probe, &flow, now, env.counters);
+        }
         Verdict::Continue
     }
 
@@ -185,28 +183,42 @@ impl Policy {
     }
 }
 
-/// A packet of the tracked flow at `slot`: passes (judged again first if the table
+/// The packet as judged: `pre` before the load balancer, `ip` after it.
+fn judged(pre: &Ip, ip: &Ip, from_host_port: bool) -> Judged {
+    Judged {
+        sender: pre.src,
+        src: ip.src,
+        dst: ip.dst,
+        proto: ip.proto,
+        dport: if ip.later_fragment {
+            None
+        } else {
+            ip.ports.map(|(_, d)| d)
+        },
+        from_host_port,
+    }
+}
+
+/// A packet of the tracked flow `hit`: passes (judged again first if the table
 /// changed since, and cut if no longer allowed). `None`: a new connection on the
 /// 5-tuple of a closed one, removed, to be judged as a first packet.
 fn tracked(
     flows: &mut PolicyFlows,
     env: &PolicyEnv,
     table: &PolicyTable,
-    slot: Slot,
-    dir: Dir,
+    hit: Hit,
     ip: &Ip,
     now: Nanos,
 ) -> Option<Verdict> {
-    let (state, generation) = flows.status(slot);
-    if dir == Dir::Forward
-        && state == FlowState::Closing
+    if hit.dir == Dir::Forward
+        && hit.state == FlowState::Closing
         && ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     {
-        flows.remove(slot);
+        flows.remove(hit.slot);
         return None;
     }
-    if generation != table.generation() {
-        let f = flows.get(slot)?;
+    if hit.generation != table.generation() {
+        let f = flows.get(hit.slot)?;
         let first = Judged {
             sender: f.before.src,
             src: f.after.src,
@@ -216,13 +228,14 @@ fn tracked(
             from_host_port: f.from_host_port,
         };
         if let Err(policies) = env.judge_in(table, &first) {
-            flows.remove(slot);
+            flows.remove(hit.slot);
             env.counters.bump(Counter::ConntrackFlushed);
             return Some(env.deny(policies));
         }
-        flows.set_generation(slot, table.generation());
+        flows.set_generation(hit.slot, table.generation());
     }
-    flows.on_packet(slot, dir, ip.tcp_flags, now, &env.cfg.conntrack_timeouts);
+    let timeouts = &env.cfg.conntrack_timeouts;
+    flows.on_packet(hit.slot, hit.dir, ip.tcp_flags, now, timeouts);
     Some(Verdict::Continue)
 }
 

@@ -57,25 +57,36 @@ fn flow(after: Tuple, before: Tuple, expires: Nanos, generation: u64) -> PolicyF
 
 /// Inserts the flow of `after`/`before` (it must be absent), returning its probe.
 fn add(t: &mut PolicyFlows, f: &PolicyFlow, now: Nanos, c: &Counters) -> Probe {
-    let p = t.probe(&f.after, &f.before);
-    assert_eq!(t.find(&p, now, c), None, "{f:?} already stored");
-    t.insert(&p, f, now, c);
+    let mut p = t.probe(&f.after, &f.before);
+    assert!(t.find(&mut p, now, c).is_none(), "{f:?} already stored");
+    t.insert(&mut p, f, now, c);
     p
 }
 
 fn find(t: &mut PolicyFlows, after: &Tuple, before: &Tuple, now: Nanos) -> Option<(Slot, Dir)> {
-    let p = t.probe(after, before);
-    t.find(&p, now, &Counters::default())
+    let mut p = t.probe(after, before);
+    let hit = t.find(&mut p, now, &Counters::default())?;
+    let f = t.get(hit.slot).unwrap();
+    assert_eq!((hit.state, hit.generation), (f.state, f.generation));
+    Some((hit.slot, hit.dir))
 }
 
 #[test]
 fn sets_are_aligned_on_cache_lines() {
     for capacity in [1, 8, 100, 4_096] {
         let t = PolicyFlows::new(capacity);
-        let first = t.words.as_ptr() as usize + t.base * 8;
-        assert_eq!(first % 64, 0, "capacity {capacity}");
+        assert_eq!((t.meta.as_ptr() as usize + t.meta_base * 4) % 64, 0);
+        assert_eq!((t.flows.as_ptr() as usize + t.flows_base * 8) % 64, 0);
         assert!(t.capacity() >= capacity);
-        assert!(t.words.len() >= t.base + (t.mask + 1) * SET_WORDS);
+        let sets = t.mask + 1;
+        assert!(t.meta.len() >= t.meta_base + sets * META_WORDS);
+        assert!(t.flows.len() >= t.flows_base + sets * WAYS * FLOW_WORDS);
+        // The last way of the last set is reachable.
+        let last = Slot {
+            set: t.mask,
+            way: WAYS - 1,
+        };
+        assert!(t.flow(last).is_some() && t.meta(last.set).is_some());
     }
 }
 
@@ -90,7 +101,6 @@ fn both_directions_find_one_flow() {
     let (s, dir) = find(&mut t, &a, &a, SEC).unwrap();
     assert_eq!(dir, Dir::Forward);
     assert_eq!(t.get(s), Some(f));
-    assert_eq!(t.status(s), (FlowState::SynSent, 7));
     assert_eq!(find(&mut t, &rev(&a), &rev(&a), SEC), Some((s, Dir::Reply)));
     // Another port, another protocol, another address: other flows.
     let mut other = a;
@@ -202,7 +212,8 @@ fn tcp_state_and_generation_are_kept() {
     add(&mut t, &f, 0, &c);
     let (s, _) = find(&mut t, &a, &a, 0).unwrap();
     t.set_generation(s, 4);
-    assert_eq!(t.status(s), (FlowState::SynSent, 4));
+    let g = t.get(s).unwrap();
+    assert_eq!((g.state, g.generation), (FlowState::SynSent, 4));
     t.on_packet(s, Dir::Reply, TCP_SYN | TCP_ACK, SEC, &timeouts);
     t.on_packet(s, Dir::Forward, TCP_FIN | TCP_ACK, 2 * SEC, &timeouts);
     assert_eq!(t.get(s).unwrap().fins, 0b01);
@@ -225,9 +236,9 @@ fn expired_flows_vanish_on_lookup_and_sweep() {
         let a = conn(i);
         add(&mut t, &flow(a, a, 30 * SEC, 1), 0, &c);
     }
-    let p = t.probe(&conn(3), &conn(3));
-    assert!(t.find(&p, 30 * SEC - 1, &c).is_some());
-    assert_eq!(t.find(&p, 30 * SEC, &c), None);
+    let mut p = t.probe(&conn(3), &conn(3));
+    assert!(t.find(&mut p, 30 * SEC - 1, &c).is_some());
+    assert_eq!(t.find(&mut p, 30 * SEC, &c), None);
     assert_eq!(t.len(), 9);
     assert_eq!(c.snapshot().get(Counter::ConntrackExpired), 1);
     // Nothing expired yet: a sweep of the whole table removes nothing.
@@ -240,7 +251,7 @@ fn expired_flows_vanish_on_lookup_and_sweep() {
     assert_eq!(removed, 9);
     assert_eq!(t.len(), 0);
     assert_eq!(c.snapshot().get(Counter::ConntrackExpired), 10);
-    assert_eq!(t.find(&t.probe(&conn(4), &conn(4)), 0, &c), None);
+    assert_eq!(t.find(&mut t.probe(&conn(4), &conn(4)), 0, &c), None);
 }
 
 #[test]
@@ -289,4 +300,35 @@ fn ties_are_evicted_in_turn() {
     for i in 0..16 {
         assert_eq!(find(&mut t, &conn(i), &conn(i), 0).is_some(), i >= 8, "{i}");
     }
+}
+
+#[test]
+fn the_last_flow_is_forgotten_with_its_slot() {
+    let c = Counters::default();
+    let mut t = PolicyFlows::new(WAYS);
+    let a = conn(0);
+    add(&mut t, &flow(a, a, 30 * SEC, 1), 0, &c);
+    // Both directions of the last flow, without a search.
+    let (s, _) = find(&mut t, &rev(&a), &rev(&a), 0).unwrap();
+    assert_eq!(t.last.unwrap().slot, s);
+    assert_eq!(find(&mut t, &a, &a, 0), Some((s, Dir::Forward)));
+    // Its slot emptied: gone, cache and all.
+    t.remove(s);
+    assert!(t.last.is_none());
+    assert_eq!(find(&mut t, &a, &a, 0), None);
+    // Its slot taken by another flow (a full set of ties evicts each way in turn).
+    add(&mut t, &flow(a, a, 30 * SEC, 1), 0, &c);
+    for i in 1..=8 {
+        let b = conn(i);
+        add(&mut t, &flow(b, b, 30 * SEC, 1), 0, &c);
+        assert_eq!(t.last.unwrap().forward, t.probe(&b, &b).keys);
+    }
+    assert_eq!(find(&mut t, &a, &a, 0), None, "overwritten");
+    assert_eq!(find(&mut t, &rev(&a), &rev(&a), 0), None);
+    // The last flow expired: removed and counted as any other.
+    let b = conn(8);
+    assert!(find(&mut t, &b, &b, 0).is_some());
+    assert_eq!(t.find(&mut t.probe(&b, &b), 30 * SEC, &c), None);
+    assert!(t.last.is_none());
+    assert_eq!(c.snapshot().get(Counter::ConntrackExpired), 1);
 }
