@@ -9,17 +9,21 @@
 //! always allowed, as kubelet probes need.
 //!
 //! Stateful: while the published [`PolicyTable`] is not empty, every TCP/UDP flow
-//! from or to a pod it selects is tracked in this stage's own connection table (both
-//! directions' 5-tuples, as the packets look after the load balancer). Its first
-//! packet is judged; an allowed flow is stored with the table generation it was
-//! judged under, and its later packets and its replies cost one lookup, whatever the
-//! other side's policies. A denied packet is dropped (no reset) and not stored (a
-//! scan cannot fill the table). A flow found under an older table generation is judged
-//! again from its first packet's addresses and cut if no longer allowed. ICMP, other
-//! protocols and later fragments are not tracked: each packet is judged (only rules
-//! without a port list admit them).
+//! from or to a pod it selects is tracked in this stage's own flow table
+//! ([`PolicyFlows`]: one probe finds a flow from either direction's packets, hashed
+//! once). Its first packet is judged; an allowed flow is stored with the table
+//! generation it was judged under, and its later packets and its replies cost one
+//! lookup, whatever the other side's policies. A denied packet is dropped (no reset)
+//! and not stored (a scan cannot fill the table). A flow found under an older table
+//! generation is judged again from its first packet (addresses, port, ingress on the
+//! host port) and cut if no longer allowed. ICMP, other protocols and later fragments
+//! are not tracked: each packet is judged (only rules without a port list admit
+//! them).
 //!
-//! An empty table costs one load and one branch (`Policy::active`).
+//! An empty table costs one load and one branch (`Policy::active`); a packet whose
+//! two pods are selected by nothing, two bit tests ([`PolicyTable::may_select`]);
+//! a packet of a flow judged under the current table, the bit tests and one probe:
+//! the pods' rules are looked up only to judge.
 //!
 //! In full: docs/dataplane.md, "The policy stage".
 
@@ -32,9 +36,10 @@ use arc_swap::ArcSwap;
 use super::config::PipelineConfig;
 use super::context::{Ctx, Ip, Verdict};
 use crate::drops::{Counter, Counters, DropReason};
-use crate::tables::conntrack::{Conntrack, Dir, Flow, FlowState, Tuple};
-use crate::tables::policy::{PolicyCounters, PolicyDirection, PolicyId, PolicyTable};
-use crate::types::{Backend, L4Proto, Nanos, PortRole};
+use crate::tables::conntrack::{timeout, Dir, Flow, FlowState, Tuple};
+use crate::tables::policy::{PodRules, PolicyCounters, PolicyDirection, PolicyId, PolicyTable};
+use crate::tables::policy_flows::{Hit, PolicyFlow, PolicyFlows};
+use crate::types::{L4Proto, Nanos, PortRole};
 use crate::wire::tcp::{TCP_ACK, TCP_FIN, TCP_SYN};
 use crate::wire::IpProtocol;
 
@@ -52,7 +57,7 @@ pub(crate) struct PolicyEnv<'a> {
 #[derive(Debug)]
 pub(crate) struct Policy {
     table: Cache<Arc<ArcSwap<PolicyTable>>, Arc<PolicyTable>>,
-    flows: Conntrack,
+    flows: PolicyFlows,
 }
 
 /// A packet as policy judges it: after the load balancer, with the sender before it.
@@ -75,15 +80,26 @@ impl PolicyEnv<'_> {
     }
 
     /// The decision: egress of the sender unless to the node, ingress of the
-    /// destination unless from the node.
-    fn judge<'t>(&self, table: &'t PolicyTable, p: &Judged) -> Result<(), &'t [PolicyId]> {
-        if !self.is_node(p.dst) {
-            table.allows(PolicyDirection::Egress, p.sender, p.dst, p.proto, p.dport)?;
+    /// destination unless from the node. `sender` and `dst` are the rules of
+    /// `p.sender` and `p.dst` (`None`: selected by nothing).
+    fn judge<'t>(
+        &self,
+        sender: Option<&'t PodRules>,
+        dst: Option<&'t PodRules>,
+        p: &Judged,
+    ) -> Result<(), &'t [PolicyId]> {
+        if let Some(r) = sender.filter(|_| !self.is_node(p.dst)) {
+            r.allows(PolicyDirection::Egress, p.dst, p.proto, p.dport)?;
         }
-        if !(p.from_host_port || self.is_node(p.src)) {
-            table.allows(PolicyDirection::Ingress, p.dst, p.src, p.proto, p.dport)?;
+        if let Some(r) = dst.filter(|_| !(p.from_host_port || self.is_node(p.src))) {
+            r.allows(PolicyDirection::Ingress, p.src, p.proto, p.dport)?;
         }
         Ok(())
+    }
+
+    /// [`PolicyEnv::judge`], the rules looked up in `table`.
+    fn judge_in<'t>(&self, table: &'t PolicyTable, p: &Judged) -> Result<(), &'t [PolicyId]> {
+        self.judge(table.pod(p.sender), table.pod(p.dst), p)
     }
 
     fn deny(&self, policies: &[PolicyId]) -> Verdict {
@@ -96,7 +112,7 @@ impl Policy {
     pub(crate) fn new(table: &Arc<ArcSwap<PolicyTable>>, capacity: usize) -> Policy {
         Policy {
             table: Cache::new(Arc::clone(table)),
-            flows: Conntrack::new(capacity),
+            flows: PolicyFlows::new(capacity),
         }
     }
 
@@ -111,81 +127,54 @@ impl Policy {
     /// carries only the `active` branch when no policy is published.
     #[inline(never)]
     pub(crate) fn stage(&mut self, env: &PolicyEnv, pre: &Ip, ctx: &Ctx, now: Nanos) -> Verdict {
-        let Some(ip) = ctx.ip else {
+        let Some(ip) = ctx.ip.as_ref() else {
             return Verdict::Continue;
         };
         let table: &PolicyTable = self.table.load();
-        if !table.selects(pre.src) && !table.selects(ip.dst) {
+        if !table.may_select(pre.src) && !table.may_select(ip.dst) {
             return Verdict::Continue;
         }
-        let p = Judged {
-            sender: pre.src,
-            src: ip.src,
-            dst: ip.dst,
-            proto: ip.proto,
-            dport: if ip.later_fragment {
-                None
-            } else {
-                ip.ports.map(|(_, d)| d)
-            },
-            from_host_port: env.role == Some(PortRole::Host),
-        };
-        let (Some(t), Some(before)) = (ip.tuple(), pre.tuple()) else {
-            return match env.judge(table, &p) {
+        let from_host_port = env.role == Some(PortRole::Host);
+        let (Some(ports), Some(pre_ports), Some(proto)) =
+            (ip.ports, pre.ports, L4Proto::from_ip(ip.proto))
+        else {
+            return match env.judge_in(table, &judged(pre, ip, from_host_port)) {
                 Ok(()) => Verdict::Continue,
                 Err(policies) => env.deny(policies),
             };
         };
-        let gen = table.generation();
         let flows = &mut self.flows;
-        for dir in [Dir::Forward, Dir::Reply] {
-            let Some(f) = flows.find(dir, &t, now, env.counters) else {
-                continue;
-            };
-            let Some(flow) = flows.get_mut(f) else {
-                continue;
-            };
-            if dir == Dir::Forward
-                && flow.state == FlowState::Closing
-                && ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            {
-                // A new connection on the 5-tuple of a closed one: judged afresh.
-                flows.remove(f);
-                break;
+        let mut probe = flows.probe_parts(
+            proto,
+            ([ip.src, ip.dst], ports),
+            ([pre.src, pre.dst], pre_ports),
+        );
+        if let Some(hit) = flows.find(&mut probe, now, env.counters) {
+            // Every packet of a flow has the flow's sender and destination as its
+            // `pre.src` and `ip.dst`, one way or the other: if neither is selected
+            // now, judging again allows it, as not tracking it would.
+            if let Some(v) = tracked(flows, env, table, hit, ip, now) {
+                return v;
             }
-            if flow.generation != gen {
-                let first = Judged {
-                    sender: flow.nat.0,
-                    src: flow.client.0,
-                    dst: flow.vip.0,
-                    proto: ip.proto,
-                    dport: Some(flow.vip.1),
-                    from_host_port: false,
-                };
-                if let Err(policies) = env.judge(table, &first) {
-                    flows.remove(f);
-                    env.counters.bump(Counter::ConntrackFlushed);
-                    return env.deny(policies);
-                }
-                flow.generation = gen;
-            }
-            flow.on_packet(dir, ip.tcp_flags, now, &env.cfg.conntrack_timeouts);
+        }
+        let p = judged(pre, ip, from_host_port);
+        let (sender, dst) = (table.pod(p.sender), table.pod(p.dst));
+        if sender.is_none() && dst.is_none() {
             return Verdict::Continue;
         }
-        if let Err(policies) = env.judge(table, &p) {
+        if let Err(policies) = env.judge(sender, dst, &p) {
             return env.deny(policies);
         }
-        self.flows.insert(
-            new_flow(&t, &before, ip.tcp_flags, gen, env, now),
-            now,
-            env.counters,
-        );
+        if let (Some(t), Some(before)) = (ip.tuple(), pre.tuple()) {
+            let flow = new_flow(&t, &before, ip.tcp_flags, from_host_port, table, env, now);
+            flows.insert(&mut probe, &flow, now, env.counters);
+        }
         Verdict::Continue
     }
 
     /// Periodic upkeep: up to `budget` flows visited, expired ones removed.
     pub(crate) fn maintain(&mut self, counters: &Counters, now: Nanos, budget: usize) -> usize {
-        self.flows.sweep(now, budget, false, counters, |_| true)
+        self.flows.sweep(now, budget, counters)
     }
 
     /// Flows stored (expired ones not yet reclaimed included).
@@ -194,34 +183,81 @@ impl Policy {
     }
 }
 
-/// The entry of an allowed flow whose first packet is `t` after the load balancer and
-/// `before` it. The connection table's fields, read for a policy flow: `client` →
-/// `vip` is the first packet's key (after the load balancer); `backend` → `nat` the
-/// key of its replies after the load balancer (the first packet's key before it,
-/// reversed: a reply the balancer un-NATs comes from the ClusterIP); `nat.0` is the
-/// sender.
-fn new_flow(t: &Tuple, before: &Tuple, flags: u8, gen: u64, env: &PolicyEnv, now: Nanos) -> Flow {
-    let state = Flow::initial_state(t.proto, flags);
-    Flow {
-        client: (t.src, t.sport),
-        vip: (t.dst, t.dport),
-        backend: Backend {
-            ip: before.dst,
-            port: before.dport,
-        },
-        nat: (before.src, before.sport),
-        proto: t.proto,
-        state,
-        fins: if t.proto == L4Proto::Tcp && flags & TCP_FIN != 0 {
-            1
+/// The packet as judged: `pre` before the load balancer, `ip` after it.
+fn judged(pre: &Ip, ip: &Ip, from_host_port: bool) -> Judged {
+    Judged {
+        sender: pre.src,
+        src: ip.src,
+        dst: ip.dst,
+        proto: ip.proto,
+        dport: if ip.later_fragment {
+            None
         } else {
-            0
+            ip.ports.map(|(_, d)| d)
         },
-        created: now,
-        expires: now.saturating_add(crate::tables::conntrack::timeout(
-            state,
-            &env.cfg.conntrack_timeouts,
-        )),
-        generation: gen,
+        from_host_port,
+    }
+}
+
+/// A packet of the tracked flow `hit`: passes (judged again first if the table
+/// changed since, and cut if no longer allowed). `None`: a new connection on the
+/// 5-tuple of a closed one, removed, to be judged as a first packet.
+fn tracked(
+    flows: &mut PolicyFlows,
+    env: &PolicyEnv,
+    table: &PolicyTable,
+    hit: Hit,
+    ip: &Ip,
+    now: Nanos,
+) -> Option<Verdict> {
+    if hit.dir == Dir::Forward
+        && hit.state == FlowState::Closing
+        && ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    {
+        flows.remove(hit.slot);
+        return None;
+    }
+    if hit.generation != table.generation() {
+        let f = flows.get(hit.slot)?;
+        let first = Judged {
+            sender: f.before.src,
+            src: f.after.src,
+            dst: f.after.dst,
+            proto: ip.proto,
+            dport: Some(f.after.dport),
+            from_host_port: f.from_host_port,
+        };
+        if let Err(policies) = env.judge_in(table, &first) {
+            flows.remove(hit.slot);
+            env.counters.bump(Counter::ConntrackFlushed);
+            return Some(env.deny(policies));
+        }
+        flows.set_generation(hit.slot, table.generation());
+    }
+    let timeouts = &env.cfg.conntrack_timeouts;
+    flows.on_packet(hit.slot, hit.dir, ip.tcp_flags, now, timeouts);
+    Some(Verdict::Continue)
+}
+
+/// The entry of an allowed flow whose first packet is `t` after the load balancer and
+/// `before` it.
+fn new_flow(
+    t: &Tuple,
+    before: &Tuple,
+    flags: u8,
+    from_host_port: bool,
+    table: &PolicyTable,
+    env: &PolicyEnv,
+    now: Nanos,
+) -> PolicyFlow {
+    let state = Flow::initial_state(t.proto, flags);
+    PolicyFlow {
+        after: *t,
+        before: *before,
+        state,
+        fins: u8::from(t.proto == L4Proto::Tcp && flags & TCP_FIN != 0),
+        from_host_port,
+        expires: now.saturating_add(timeout(state, &env.cfg.conntrack_timeouts)),
+        generation: table.generation(),
     }
 }

@@ -134,21 +134,7 @@ impl Flow {
     /// the timeout.
     #[inline]
     pub(crate) fn on_packet(&mut self, dir: Dir, flags: u8, now: Nanos, t: &ConntrackTimeouts) {
-        if self.proto == L4Proto::Tcp {
-            if flags & TCP_RST != 0 {
-                self.state = FlowState::Closing;
-            } else {
-                if flags & TCP_FIN != 0 {
-                    self.fins |= 1 << (dir as u8);
-                    if self.fins == 0b11 {
-                        self.state = FlowState::Closing;
-                    }
-                }
-                if self.state == FlowState::SynSent && dir == Dir::Reply && flags & TCP_ACK != 0 {
-                    self.state = FlowState::Established;
-                }
-            }
-        }
+        advance(self.proto, &mut self.state, &mut self.fins, dir, flags);
         self.expires = now.saturating_add(timeout(self.state, t));
     }
 
@@ -164,6 +150,29 @@ impl Flow {
             age: now.saturating_sub(self.created),
             expires_in: self.expires.saturating_sub(now),
         }
+    }
+}
+
+/// A flow's state after a packet of direction `dir` with TCP flags `flags` (ignored
+/// for UDP); `fins`: FIN seen, bit 0 forward, bit 1 reply. Shared by the load
+/// balancer's flows and the policy stage's (`tables/policy_flows.rs`).
+#[inline]
+pub(crate) fn advance(proto: L4Proto, state: &mut FlowState, fins: &mut u8, dir: Dir, flags: u8) {
+    if proto != L4Proto::Tcp {
+        return;
+    }
+    if flags & TCP_RST != 0 {
+        *state = FlowState::Closing;
+        return;
+    }
+    if flags & TCP_FIN != 0 {
+        *fins |= 1 << (dir as u8);
+        if *fins == 0b11 {
+            *state = FlowState::Closing;
+        }
+    }
+    if *state == FlowState::SynSent && dir == Dir::Reply && flags & TCP_ACK != 0 {
+        *state = FlowState::Established;
     }
 }
 

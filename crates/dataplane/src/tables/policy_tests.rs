@@ -381,3 +381,82 @@ proptest! {
             reference(&rules, Ipv4Addr::new(10, 0, 1, 0), TCP, Some(1)));
     }
 }
+
+/// A rule set over these interval starts (sorted, unique, the first 0), with the
+/// radix its size calls for.
+fn over(starts: Vec<u32>) -> RuleSet {
+    let n = starts.len();
+    RuleSet {
+        radix: Radix::build(&starts),
+        starts: starts.into_boxed_slice(),
+        sets: vec![0; n].into_boxed_slice(),
+        port_sets: Box::new([]),
+        policies: Box::new([]),
+    }
+}
+
+/// The interval of `a` by a plain binary search over every start.
+fn plain(r: &RuleSet, a: u32) -> usize {
+    r.starts.partition_point(|s| *s <= a) - 1
+}
+
+fn starts_strategy() -> impl Strategy<Value = Vec<u32>> {
+    // Spread over the whole space, or packed in one corner (one /20), and sizes on
+    // both sides of the radix threshold.
+    (
+        proptest::collection::btree_set(any::<u32>(), 1..400),
+        any::<bool>(),
+        any::<u32>(),
+    )
+        .prop_map(|(set, packed, base)| {
+            let mut v: Vec<u32> = set
+                .into_iter()
+                .map(|s| {
+                    if packed {
+                        (base & !0xfff) | (s & 0xfff)
+                    } else {
+                        s
+                    }
+                })
+                .collect();
+            v.push(0);
+            v.sort_unstable();
+            v.dedup();
+            v
+        })
+}
+
+proptest! {
+    #[test]
+    fn the_radix_finds_the_interval_a_binary_search_finds(
+        starts in starts_strategy(),
+        probes in proptest::collection::vec(any::<u32>(), 64),
+    ) {
+        let r = over(starts.clone());
+        prop_assert_eq!(r.radix.index.is_empty(), starts.len() < RADIX_MIN);
+        let edges = starts
+            .iter()
+            .flat_map(|s| [s.saturating_sub(1), *s, s.saturating_add(1)]);
+        for a in edges.chain(probes).chain([0, u32::MAX]) {
+            prop_assert_eq!(r.interval(a), plain(&r, a), "address {:#x}", a);
+        }
+    }
+}
+
+#[test]
+fn the_radix_spreads_rules_over_buckets() {
+    // 10,000 /24s every other /24 of 11.0.0.0/8, as the benchmark has them: about
+    // four starts a bucket, none with more than a handful.
+    let mut starts = vec![0u32];
+    for i in 0..10_000u32 {
+        let lo = u32::from(Ipv4Addr::new(11, 0, 0, 0)) + ((2 * i) << 8);
+        starts.extend([lo, lo + 256]);
+    }
+    let r = over(starts);
+    let widest = r.radix.index.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(r.radix.index.len() >= 4_096, "{}", r.radix.index.len());
+    assert!(widest <= 8, "{widest}");
+    for a in [0, u32::from(Ipv4Addr::new(11, 0, 0, 5)), u32::MAX] {
+        assert_eq!(r.interval(a), plain(&r, a));
+    }
+}
