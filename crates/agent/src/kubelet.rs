@@ -4,9 +4,11 @@
 //! store, shared with route and service sync). For each Pod whose
 //! `spec.nodeName` is this node it creates the pod's network namespace
 //! (`PREFIX-NAMESPACE-NAME`, IPv6 disabled until Tapestry carries it), starts the pause process that holds it, attaches
-//! the pod (the same code path as CNI ADD on the control socket), starts each
-//! container as a process inside the namespace, and publishes the pod's status
-//! (`podstatus/NAMESPACE/NAME`: IP, node, phase, ready) once the pod answers ping
+//! the pod (the same code path as CNI ADD on the control socket), publishes its
+//! address (`podstatus/NAMESPACE/NAME`: IP, node, `Pending`, not ready), waits
+//! (bounded) until the data plane's policy table reflects the pod
+//! ([`crate::policy_gate`]), starts each container as a process inside the
+//! namespace, and publishes the pod `Running` and ready once it answers ping
 //! and accepts connections on its declared TCP ports. A Pod deleted from the
 //! store is stopped and detached within a watch event's delay. Every few
 //! seconds it reconciles everything, so a missed event or a dead container is
@@ -295,8 +297,8 @@ impl Kubelet {
         self.publish(ns, name, Some(ip), "Pending", false, "");
         let waited = self.await_policy(ns, name, ip);
         self.start_containers(pod, &netns, &dir, ip, &containers)?;
-        let policy_wait_ms = waited.as_millis();
-        tracing::info!(pod = %format!("{ns}/{name}"), %ip, policy_wait_ms, "pod started");
+        let policy_wait_us = waited.as_micros();
+        tracing::info!(pod = %format!("{ns}/{name}"), %ip, policy_wait_us, "pod started");
         self.watch_readiness(pod, ip);
         Ok(())
     }
