@@ -372,7 +372,7 @@ check_late_pod_silent() {
 # compilation as the table): known at start under the policy, unknown without.
 # In this lab a compile ends well within a container's start-up, so the old order
 # (containers first, then the address) passed this check as well: it guards the
-# property, the agent's unit tests pin the ordering.
+# property; the agent's unit tests pin the gate (the wait, the compiler's record).
 GATE_LOOPS=4
 GATE_SOCK="/run/tapestry/$LAB/nodes/node2/tapestryd.sock"
 gate_pod() { # gate_pod NS
