@@ -360,6 +360,109 @@ check_late_pod_silent() {
     verdict "the deleted pod no longer answers" not pings client "$LATE_IP"
 }
 
+# --- a new pod is isolated from its first moment -------------------------------------
+# Pod `gated` of namespace NS on node2 serves TCP 80; client (node1) probes it from
+# the moment its address is configured in its namespace (before any container
+# starts) until a second after its status says Running, with GATE_LOOPS probe loops
+# at once. Under a default deny ingress applied before the pod, not one connection
+# may get through (the kubelet starts containers only once the policy table
+# reflects the pod); without it (the control), the same probe connects. The
+# container's first act is to ask node2's agent whether the policy NS/deny-ingress
+# selects a pod there (it is in `tapestry status` once it does, in the same
+# compilation as the table): known at start under the policy, unknown without.
+# In this lab a compile ends well within a container's start-up, so the old order
+# (containers first, then the address) passed this check as well: it guards the
+# property; the agent's unit tests pin the gate (the wait, the compiler's record).
+GATE_LOOPS=4
+GATE_SOCK="/run/tapestry/$LAB/nodes/node2/tapestryd.sock"
+gate_pod() { # gate_pod NS
+    printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n---\n' "$1"
+    cat <<YAML
+apiVersion: v1
+kind: Pod
+metadata:
+  name: gated
+  namespace: $1
+spec:
+  nodeName: node2
+  containers:
+    - name: serve
+      command:
+        - sh
+        - -c
+        - >-
+          if tapestry status --socket $GATE_SOCK --counter $1/deny-ingress >/dev/null 2>&1;
+          then echo policy-at-start: known; else echo policy-at-start: unknown; fi;
+          exec tapestry-probe serve --port 80
+      ports:
+        - {containerPort: 80, protocol: TCP}
+YAML
+}
+# gate_at_start NS: what the container saw at its start (known, unknown).
+gate_at_start() { sed -n 's/^policy-at-start: //p' "/run/tapestry/$LAB/nodes/node2/pods/$1_gated/serve.log" 2>/dev/null; }
+# gate_addressed NS: the pod's eth0 has its address (set at attach, before any
+# container starts); it is in GATE_ADDR.
+gate_addressed() {
+    GATE_ADDR=$(ip -n "$LAB-$1-gated" -4 -o addr show dev eth0 2>/dev/null | awk '{ sub("/.*", "", $4); print $4; exit }')
+    [ -n "$GATE_ADDR" ]
+}
+gate_running() { tapestry get pods -n "$1" | awk '$2 == "gated" && $4 == "Running" { ok = 1 } END { exit !ok }'; }
+# gate_probe NS: applies the pod and probes it as above; prints "CONNECTED ATTEMPTS
+# ADDRESS RUNNING_MS AT_START", RUNNING_MS from the first probe to Running ("-" if
+# never), AT_START what gate_at_start says.
+gate_probe() {
+    local ns=$1 addr i pids=() running=- outs
+    gate_pod "$ns" >"$TMP/gate-$ns.yaml"
+    rm -f "$TMP/gate-stop" "$TMP"/gate-"$ns".*.out
+    quiet tapestry apply -f "$TMP/gate-$ns.yaml" || { echo "0 0 - - -"; return; }
+    GATE_ADDR=""
+    POLL_SLEEP=0 poll_until 20000 gate_addressed "$ns"
+    addr=$GATE_ADDR
+    [ -n "$addr" ] || { echo "0 0 - - -"; return; }
+    for i in $(seq 1 "$GATE_LOOPS"); do
+        while [ ! -e "$TMP/gate-stop" ]; do
+            in_pod client "$BIN/tapestry-probe" probe --timeout-ms 100 "tcp:$addr:80" 2>&1
+        done >"$TMP/gate-$ns.$i.out" &
+        pids+=($!)
+    done
+    if POLL_SLEEP=0.05 poll_until 30000 gate_running "$ns"; then running=$POLL_MS; fi
+    sleep 1 # probe a second more: Running must not open it either
+    touch "$TMP/gate-stop"
+    wait "${pids[@]}"
+    outs=("$TMP"/gate-"$ns".*.out)
+    echo "$(cat "${outs[@]}" | grep -c ' connected ') $(cat "${outs[@]}" | wc -l) $addr $running $(gate_at_start "$ns")"
+}
+gate_cleanup() {
+    quiet tapestry delete pod gated -n "$1"
+    POLL_SLEEP=0.1 poll_until 10000 test ! -e "/run/netns/$LAB-$1-gated"
+    quiet tapestry delete networkpolicy deny-ingress -n "$1"
+    quiet tapestry delete namespace "$1"
+}
+check_new_pod_isolated() {
+    local what="a pod created under a default deny ingress is never reachable, even before it is Running; without the policy it is"
+    local open deny
+    open=$(gate_probe gate-open)
+    gate_cleanup gate-open
+    printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gate-deny\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-ingress\n  namespace: gate-deny\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n' >"$TMP/gate-policy.yaml"
+    quiet tapestry apply -f "$TMP/gate-policy.yaml"
+    deny=$(gate_probe gate-deny)
+    gate_cleanup gate-deny
+    local o_conn o_att o_ip o_ms o_start d_conn d_att d_ip d_ms d_start
+    read -r o_conn o_att o_ip o_ms o_start <<<"$open"
+    read -r d_conn d_att d_ip d_ms d_start <<<"$deny"
+    echo "      no policy: $o_conn of $o_att probes of $o_ip connected (Running after $o_ms ms); policy at container start: ${o_start:-?}"
+    echo "      default deny ingress: $d_conn of $d_att probes of $d_ip connected (Running after $d_ms ms); policy at container start: ${d_start:-?}"
+    grep -h 'pod started' "/run/tapestry/$LAB/nodes/node2/tapestryd.log" | grep 'gate-' | sed 's/^/      node2: /' | tail -n 2
+    verdict "$what" gate_judged "$o_conn" "$o_ms" "$o_start" "$d_conn" "$d_att" "$d_ms" "$d_start"
+}
+# gate_judged OPEN_CONNECTED OPEN_MS OPEN_START DENY_CONNECTED DENY_ATTEMPTS DENY_MS
+# DENY_START: both pods got Running; the open one was reached and saw no policy; the
+# denied one was probed but never reached, and its policy was in force at its start.
+gate_judged() {
+    [ "$2" != - ] && [ "$6" != - ] && [ "$1" -gt 0 ] && [ "$3" = unknown ] &&
+        [ "$4" -eq 0 ] && [ "$5" -ge "$GATE_LOOPS" ] && [ "$7" = known ]
+}
+
 # --- services and DNS ---------------------------------------------------------------
 setup_services() { VIP=$(svc_ip web); }
 in_service_cidr() { [[ "$1" == 10.9[6-9].* || "$1" == 10.10[0-9].* || "$1" == 10.11[01].* ]]; }
@@ -740,7 +843,7 @@ STEPS=(
     check_spoofed_tunnel_source_dropped
     setup_kernel_vxlan_node check_kvx_pings_pod check_pod_pings_kvx check_kvx_curls_pod
     check_bad_manifest check_get_nodes check_get_pods_yaml
-    check_late_pod_reachable check_late_pod_removed check_late_pod_silent
+    check_late_pod_reachable check_late_pod_removed check_late_pod_silent check_new_pod_isolated
     setup_services check_cluster_ip_range check_kube_dns_ip check_web_endpoints
     check_lb_from_every_node check_lb_spreads check_curl_short_name check_curl_fqdn
     check_dig_search check_dig_case check_dig_srv check_dig_ptr_service check_dig_headless

@@ -4,9 +4,11 @@
 //! store, shared with route and service sync). For each Pod whose
 //! `spec.nodeName` is this node it creates the pod's network namespace
 //! (`PREFIX-NAMESPACE-NAME`, IPv6 disabled until Tapestry carries it), starts the pause process that holds it, attaches
-//! the pod (the same code path as CNI ADD on the control socket), starts each
-//! container as a process inside the namespace, and publishes the pod's status
-//! (`podstatus/NAMESPACE/NAME`: IP, node, phase, ready) once the pod answers ping
+//! the pod (the same code path as CNI ADD on the control socket), publishes its
+//! address (`podstatus/NAMESPACE/NAME`: IP, node, `Pending`, not ready), waits
+//! (bounded) until the data plane's policy table reflects the pod
+//! ([`crate::policy_gate`]), starts each container as a process inside the
+//! namespace, and publishes the pod `Running` and ready once it answers ping
 //! and accepts connections on its declared TCP ports. A Pod deleted from the
 //! store is stopped and detached within a watch event's delay. Every few
 //! seconds it reconciles everything, so a missed event or a dead container is
@@ -28,15 +30,23 @@ use crossbeam_channel::RecvTimeoutError;
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::store::Store;
 use tapestry_cluster::ClusterCache;
-use tapestry_cluster::{Pod, Protocol};
+use tapestry_cluster::{Container, Pod, Protocol};
 
 use crate::node::{Node, NodeError};
+use crate::policy_gate::Gate;
 use tapestry_proto::Attachment;
 
 /// How often everything is reconciled even without events.
 const RESYNC: Duration = Duration::from_secs(3);
 /// How long a new pod may take to answer before it is reported not ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new pod's containers wait for the policy table to reflect the
+/// pod. The path is one status write, the store's watch (inotify) and one
+/// compile: milliseconds, and under the one second within which a policy
+/// change must reach every node. Five times that budget leaves room for a
+/// loaded two-core machine, while a store or compiler failure holds a pod
+/// back no longer than this (well inside [`READY_TIMEOUT`]).
+const POLICY_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a pod could not be started (published as the pod's `Failed` message).
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +271,71 @@ impl Kubelet {
             .and_then(|c| c.address.split('/').next())
             .and_then(|a| a.parse().ok())
             .ok_or(KubeletError::NoAddress)?;
+        // The containers to start, each with its command line (refused
+        // before anything is published if one has none).
+        let containers = pod
+            .spec
+            .containers
+            .iter()
+            .filter(|c| alive(&dir.join(format!("{}.pid", c.name))).is_none())
+            .map(|c| {
+                let argv: Vec<String> = c.command.iter().chain(&c.args).cloned().collect();
+                if argv.is_empty() {
+                    return Err(KubeletError::NoCommand {
+                        container: c.name.clone(),
+                    });
+                }
+                Ok((c, argv))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !fresh && containers.is_empty() {
+            return Ok(());
+        }
+        // The address first (Pending, not ready: no Service endpoint yet), so
+        // that the policy compiler compiles the pod; its containers only once
+        // the data plane's policy table reflects it.
+        self.publish(ns, name, Some(ip), "Pending", false, "");
+        let waited = self.await_policy(ns, name, ip);
+        self.start_containers(pod, &netns, &dir, ip, &containers)?;
+        let policy_wait_us = waited.as_micros();
+        tracing::info!(pod = %format!("{ns}/{name}"), %ip, policy_wait_us, "pod started");
+        self.watch_readiness(pod, ip);
+        Ok(())
+    }
+
+    /// Blocks until the policy table in the pipeline reflects the pod `ns/name`
+    /// at `ip` (the policies selecting it, or that none does), at most
+    /// [`POLICY_WAIT`]; past that it says so, and the pod starts anyway.
+    /// Returns how long it waited.
+    fn await_policy(&self, ns: &str, name: &str, ip: Ipv4Addr) -> Duration {
+        let key = format!("{ns}/{name}");
+        match self.node.policies().coverage.wait(&key, ip, POLICY_WAIT) {
+            Gate::Covered { waited } => waited,
+            Gate::TimedOut { waited, total } => {
+                tracing::warn!(
+                    pod = %key,
+                    %ip,
+                    waited_ms = waited.as_millis(),
+                    timeouts = total,
+                    "policy table does not reflect the pod within {}s; starting its containers unprotected by its policies until it does",
+                    POLICY_WAIT.as_secs()
+                );
+                waited
+            }
+        }
+    }
+
+    /// Starts `containers` of `pod` (each with its command line) in its
+    /// namespace `netns`.
+    fn start_containers(
+        &self,
+        pod: &Pod,
+        netns: &str,
+        dir: &Path,
+        ip: Ipv4Addr,
+        containers: &[(&Container, Vec<String>)],
+    ) -> Result<(), KubeletError> {
+        let (ns, name) = (pod.metadata.namespace.as_str(), pod.metadata.name.as_str());
         let env = [
             ("POD_NAME", name.to_owned()),
             ("POD_NAMESPACE", ns.to_owned()),
@@ -268,55 +343,45 @@ impl Kubelet {
             ("NODE_NAME", self.node_name.clone()),
             ("TAPESTRY_STORE", self.store_dir.display().to_string()),
         ];
-        let mut started = false;
-        for c in &pod.spec.containers {
-            if alive(&dir.join(format!("{}.pid", c.name))).is_some() {
-                continue;
-            }
-            let mut argv: Vec<String> = c.command.clone();
-            argv.extend(c.args.iter().cloned());
-            if argv.is_empty() {
-                return Err(KubeletError::NoCommand {
-                    container: c.name.clone(),
-                });
-            }
+        for (c, argv) in containers {
             let mut env: Vec<(String, String)> = env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect();
             env.extend(c.env.iter().map(|e| (e.name.clone(), e.value.clone())));
-            self.spawn(&netns, &dir, &c.name, &argv, &env)?;
-            started = true;
-        }
-        if fresh || started {
-            tracing::info!(pod = %format!("{ns}/{name}"), %ip, "pod started");
-            self.publish(ns, name, Some(ip), "Pending", false, "");
-            let ports: Vec<u16> = pod
-                .spec
-                .containers
-                .iter()
-                .flat_map(|c| c.ports.iter())
-                .filter(|p| p.protocol == Protocol::Tcp)
-                .map(|p| p.container_port)
-                .collect();
-            let me = Arc::clone(self);
-            let (ns, name) = (ns.to_owned(), name.to_owned());
-            let _ = std::thread::Builder::new()
-                .name("readiness".into())
-                .spawn(move || {
-                    let ready = wait_ready(ip, &ports, READY_TIMEOUT);
-                    // Publish only if the pod is still ours (it may have been deleted meanwhile).
-                    if me.pod_dir(&ns, &name).exists() {
-                        let msg = if ready {
-                            String::new()
-                        } else {
-                            format!("no answer within {}s", READY_TIMEOUT.as_secs())
-                        };
-                        me.publish(&ns, &name, Some(ip), "Running", ready, &msg);
-                    }
-                });
+            self.spawn(netns, dir, &c.name, argv, &env)?;
         }
         Ok(())
+    }
+
+    /// Publishes the pod `Running` once it answers ping and accepts
+    /// connections on its declared TCP ports (ready), or after
+    /// [`READY_TIMEOUT`] (not ready), from a thread of its own.
+    fn watch_readiness(self: &Arc<Self>, pod: &Pod, ip: Ipv4Addr) {
+        let ports: Vec<u16> = pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter())
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.container_port)
+            .collect();
+        let me = Arc::clone(self);
+        let (ns, name) = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+        let _ = std::thread::Builder::new()
+            .name("readiness".into())
+            .spawn(move || {
+                let ready = wait_ready(ip, &ports, READY_TIMEOUT);
+                // Publish only if the pod is still ours (it may have been deleted meanwhile).
+                if me.pod_dir(&ns, &name).exists() {
+                    let msg = if ready {
+                        String::new()
+                    } else {
+                        format!("no answer within {}s", READY_TIMEOUT.as_secs())
+                    };
+                    me.publish(&ns, &name, Some(ip), "Running", ready, &msg);
+                }
+            });
     }
 
     fn spawn(

@@ -14,5 +14,6 @@ pub mod kubelet;
 pub mod netconf;
 pub mod netns;
 pub mod node;
+pub mod policy_gate;
 pub mod policy_sync;
 pub mod service_sync;

@@ -275,6 +275,7 @@ impl Node {
             table: Arc::clone(pipeline.policies()),
             counters: Arc::clone(pipeline.policy_counters()),
             names: Arc::new(ArcSwap::from_pointee(PolicyNames::default())),
+            coverage: Arc::default(),
         };
         let worker = tapestry_io::spawn(pipeline, socket).map_err(NodeError::Worker)?;
 

@@ -41,12 +41,17 @@
 //! their labels, network policies) the table is compiled again, built, and
 //! published into the pipeline's `ArcSwap` only when it differs from the one
 //! the pipeline holds (CONVENTIONS.md §17): every new table generation makes
-//! the policy stage re-judge each tracked flow at its next packet.
+//! the policy stage re-judge each tracked flow at its next packet. Each
+//! table the pipeline holds is then recorded in the [`PolicyCoverage`] with
+//! the local pods it was compiled with, selected or not: the kubelet starts
+//! a new pod's containers only once its pod is among them
+//! ([`crate::policy_gate`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use crate::policy_gate::PolicyCoverage;
 use arc_swap::ArcSwap;
 use tapestry_cluster::cache::{ClusterCache, ClusterState};
 use tapestry_cluster::{
@@ -199,6 +204,8 @@ impl PolicyNames {
 /// A pod of the cluster that has an address.
 #[derive(Debug, Clone, Copy)]
 struct Addressed<'a> {
+    /// Its key (`namespace/name`).
+    key: &'a str,
     pod: &'a Pod,
     ip: Ipv4Addr,
     /// Its namespace's labels, as namespace selectors see them.
@@ -241,6 +248,7 @@ fn addressed<'a>(
             }
             let ip = status.and_then(|s| s.pod_ip).or(pod.status.pod_ip)?;
             Some(Addressed {
+                key,
                 pod,
                 ip,
                 namespace_labels: labels.get(pod.metadata.namespace.as_str())?,
@@ -517,6 +525,18 @@ pub fn compile(
     ids: &mut PolicyIds,
     counters: &impl DenialCounts,
 ) -> Vec<PodPolicy> {
+    compile_local(me, state, ids, counters).0
+}
+
+/// [`compile`], and every local pod it compiled (key → address), selected
+/// by some policy or by none: what a table built from it covers
+/// ([`PolicyCoverage`]).
+fn compile_local(
+    me: &str,
+    state: &ClusterState,
+    ids: &mut PolicyIds,
+    counters: &impl DenialCounts,
+) -> (Vec<PodPolicy>, BTreeMap<String, Ipv4Addr>) {
     let labels = namespace_labels(state);
     let pods = addressed(state, &labels);
     let mut seen = BTreeSet::new();
@@ -541,11 +561,13 @@ pub fn compile(
         })
         .map(|(key, np)| Compiled::new(np, ids.id(key, counters), &pods))
         .collect();
-    local
+    let covered = local.iter().map(|p| (p.key.to_owned(), p.ip)).collect();
+    let policies = local
         .into_iter()
         .map(|p| pod_policy(p, &compiled))
         .filter(|p| p.ingress.is_some() || p.egress.is_some())
-        .collect()
+        .collect();
+    (policies, covered)
 }
 
 /// Where the compiled table and its names go: the pipeline's handles.
@@ -557,6 +579,9 @@ pub struct PolicyHandles {
     pub counters: Arc<PolicyCounters>,
     /// The names of the ids, for status.
     pub names: Arc<ArcSwap<PolicyNames>>,
+    /// The local pods the table in `table` was compiled with, which the
+    /// kubelet waits on before starting a pod's containers.
+    pub coverage: Arc<PolicyCoverage>,
 }
 
 /// What one [`reconcile`] did.
@@ -571,8 +596,11 @@ pub enum Reconciled {
 /// Compiles the policies for node `me` and publishes a new table only if it
 /// differs from the current one; the names table likewise (before the
 /// table, so a denial under a new id has its name). Ids of policies gone
-/// from the store are released. A table the data plane rejects is an error
-/// and leaves the current one in place.
+/// from the store are released. Then, stored or already equal, the table
+/// reflects every local pod compiled: they are recorded in the coverage
+/// (after the table, so a pod is never reported covered early). A table
+/// the data plane rejects is an error and leaves the current one, and the
+/// coverage, in place.
 pub fn reconcile(
     me: &str,
     state: &ClusterState,
@@ -580,18 +608,20 @@ pub fn reconcile(
     handles: &PolicyHandles,
 ) -> Result<Reconciled, PolicyError> {
     ids.retain(|k| state.network_policies.contains_key(k));
-    let pods = compile(me, state, ids, &*handles.counters);
+    let (pods, covered) = compile_local(me, state, ids, &*handles.counters);
     let names = ids.names();
     if **handles.names.load() != names {
         handles.names.store(Arc::new(names));
     }
     let built = PolicyTable::build(&pods)?;
     if **handles.table.load() == built {
+        handles.coverage.record(covered);
         return Ok(Reconciled::Unchanged);
     }
     let generation = built.generation();
     let selected = built.len();
     handles.table.store(Arc::new(built));
+    handles.coverage.record(covered);
     Ok(Reconciled::Published {
         generation,
         pods: selected,

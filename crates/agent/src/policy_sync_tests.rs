@@ -663,6 +663,7 @@ fn handles() -> PolicyHandles {
         table: Arc::new(ArcSwap::from_pointee(PolicyTable::empty())),
         counters: Arc::new(PolicyCounters::default()),
         names: Arc::new(ArcSwap::from_pointee(PolicyNames::default())),
+        coverage: Arc::new(PolicyCoverage::default()),
     }
 }
 
@@ -720,6 +721,61 @@ spec:
     ));
     assert!(handles.table.load().is_empty());
     assert!(handles.names.load().entries.is_empty());
+}
+
+/// Every local pod a held table was compiled with is covered, selected by a
+/// policy or by none; remote pods, pods without an address and deleted pods
+/// are not.
+#[test]
+fn the_coverage_names_every_local_pod_of_the_held_table() {
+    let handles = handles();
+    let mut ids = PolicyIds::default();
+    let mut state = cluster("");
+    // No policy at all: an empty table, unchanged, still covers x/a and y/c.
+    assert_eq!(
+        reconcile(ME, &state, &mut ids, &handles).unwrap(),
+        Reconciled::Unchanged
+    );
+    let cov = &handles.coverage;
+    assert!(cov.covers("x/a", A) && cov.covers("y/c", C));
+    assert!(!cov.covers("x/b", B), "x/b runs on node2");
+    // A new local pod, in a namespace with a default deny, not yet addressed.
+    add(
+        &mut state,
+        "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: y}
+spec: {podSelector: {}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: e, namespace: y}
+spec:
+  nodeName: node1
+  containers: [{name: sh, command: [sh]}]
+",
+    );
+    let e = Ipv4Addr::new(10, 244, 1, 4);
+    reconcile(ME, &state, &mut ids, &handles).unwrap();
+    assert!(!cov.covers("y/e", e));
+    // Its address published: covered once the table holding its deny is.
+    let mut pending = status(ME, e);
+    pending.phase = "Pending".into();
+    pending.ready = false;
+    state.pod_status.insert("y/e".into(), pending);
+    assert!(matches!(
+        reconcile(ME, &state, &mut ids, &handles).unwrap(),
+        Reconciled::Published { pods: 2, .. }
+    ));
+    assert!(cov.covers("y/e", e));
+    assert!(!tcp(&handles.table.load(), In, e, A, 80));
+    // Covered at its address only (an address another pod held before is not it).
+    assert!(!cov.covers("y/e", C));
+    // Deleted: no longer covered.
+    state.pods.remove("y/e");
+    reconcile(ME, &state, &mut ids, &handles).unwrap();
+    assert!(!cov.covers("y/e", e));
 }
 
 /// The cluster crate's reading of the policies: whether local pod `pod`
