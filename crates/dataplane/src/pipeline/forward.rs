@@ -50,7 +50,7 @@ pub(crate) fn forward(
         if !ctx.transit(env.cfg.gateway_ip) {
             return Verdict::Gateway;
         }
-        let Some(ip) = ctx.ip else {
+        let Some(ip) = ctx.ip.as_ref() else {
             return DropReason::UnsupportedProtocol.into();
         };
         let env = RouteEnv {
@@ -59,11 +59,8 @@ pub(crate) fn forward(
             ports: env.ports,
             counters: env.counters,
         };
-        let v = route(&env, ctx, &ip, pkt, out);
-        if !matches!(v, Verdict::Drop(_) | Verdict::Icmp(_)) {
-            env.counters.bump(Counter::Routed);
-        }
-        return v;
+        // Returned as it is: the verdict is written once, where the driver reads it.
+        return route(&env, ctx, ip, pkt, out);
     }
     bridge(env.cfg, macs, ctx, now, env.counters)
 }
@@ -98,6 +95,16 @@ fn bridge(
 /// measurable gain (alternating runs pinned to one CPU, docs/benchmarks.md).
 #[inline(never)]
 fn route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
+    let v = decide_route(env, ctx, ip, pkt, out);
+    if !matches!(v, Verdict::Drop(_) | Verdict::Icmp(_)) {
+        env.counters.bump(Counter::Routed);
+    }
+    v
+}
+
+/// [`route`]'s decision, before it is counted.
+#[inline(always)]
+fn decide_route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
     let (cfg, routes) = (env.cfg, env.routes);
     let Some(frame) = pkt.get_mut(ctx.eth_at..) else {
         return DropReason::Truncated.into();

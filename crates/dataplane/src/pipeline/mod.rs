@@ -208,8 +208,7 @@ impl Pipeline {
     ) -> Action<'a> {
         self.counters.bump(Counter::RxFrames);
         let (st, sh, mut routes) = self.split();
-        let verdict = st.port_path(&sh, &mut routes, ingress, pkt, now, out);
-        self.finish(verdict, out)
+        st.port_path(&sh, &mut routes, ingress, pkt, now, out)
     }
 
     /// A VXLAN datagram (UDP payload: VXLAN header + inner Ethernet frame) received
@@ -231,26 +230,19 @@ impl Pipeline {
         let tun = sh.cfg.tunnel.as_ref();
         let mut ctx = Ctx::new(Ingress::Tunnel);
         let (from, counters) = (*src.ip(), sh.counters);
-        let verdict = match parse::from_tunnel(tun, routes.get(), from, payload, counters, &mut ctx)
-        {
-            Ok(()) => {
-                if st.lb.len() != 0 {
-                    // The inner-source check may ask whether this is a tracked reply.
-                    parse::read_l4(&mut ctx, payload);
-                }
-                let lb = &mut st.lb;
-                let v = admit::admit_tunnel(&ctx, routes.get(), |ip| {
-                    lb.expects_reply(ip, counters, now)
-                });
-                if v == Verdict::Continue {
-                    st.after_admit(&sh, &mut routes, &mut ctx, payload, now, out)
-                } else {
-                    v
-                }
-            }
-            Err(r) => r.into(),
-        };
-        self.finish(verdict, out)
+        if let Err(r) = parse::from_tunnel(tun, routes.get(), from, payload, counters, &mut ctx) {
+            return finish(counters, r.into(), out);
+        }
+        if st.lb.len() != 0 {
+            // The inner-source check may ask whether this is a tracked reply.
+            parse::read_l4(&mut ctx, payload);
+        }
+        let lb = &mut st.lb;
+        let v = admit::admit_tunnel(&ctx, routes.get(), |ip| lb.expects_reply(ip, counters, now));
+        if v != Verdict::Continue {
+            return finish(counters, v, out);
+        }
+        st.after_admit(&sh, &mut routes, &mut ctx, payload, now, out)
     }
 
     /// The stages, lent mutably beside what they only read, and the route snapshot
@@ -264,70 +256,6 @@ impl Pipeline {
             denials: &self.policy_counters,
         };
         (&mut self.stages, sh, Lazy::new(&self.routes))
-    }
-
-    /// Counts the outcome and lends the caller the bytes it refers to.
-    #[inline(always)]
-    fn finish<'a>(&self, verdict: Verdict, out: &'a [u8]) -> Action<'a> {
-        let c = &self.counters;
-        let lend = |len: usize, counter: Counter| {
-            let bytes = out.get(..len);
-            match bytes {
-                Some(_) => c.bump(counter),
-                None => c.bump_drop(DropReason::ReplyTooLarge),
-            }
-            bytes
-        };
-        let too_large = Action::Drop(DropReason::ReplyTooLarge);
-        match verdict {
-            Verdict::Forward(p) => {
-                c.bump(Counter::Forwarded);
-                Action::Forward(p)
-            }
-            Verdict::Flood => {
-                c.bump(Counter::Flooded);
-                Action::Flood
-            }
-            Verdict::Reply(len) => lend(len, Counter::Replies).map_or(too_large, Action::Reply),
-            Verdict::ToPort(port, len) => {
-                lend(len, Counter::Delivered).map_or(too_large, |bytes| Action::ToPort(port, bytes))
-            }
-            Verdict::Tunnel {
-                peer,
-                len,
-                segment_len,
-            } => {
-                let (len, segment_len) = (len as usize, segment_len.max(1) as usize);
-                match lend(len, Counter::TunneledOut) {
-                    Some(datagrams) => {
-                        c.add(
-                            Counter::TunnelDatagramsOut,
-                            len.div_ceil(segment_len) as u64,
-                        );
-                        // The inner flow of the first datagram: every one has the same.
-                        let inner = datagrams.get(ENCAP_PREFIX_LEN..).unwrap_or(&[]);
-                        Action::Tunnel {
-                            peer,
-                            flow_hash: flow_hash(&Ipv4Packet::new_unchecked(inner)),
-                            datagrams,
-                            segment_len,
-                        }
-                    }
-                    None => too_large,
-                }
-            }
-            Verdict::Drop(reason) => {
-                c.bump_drop(reason);
-                Action::Drop(reason)
-            }
-            // `answer` turned these into packets; a stage that ends the path with
-            // `Continue` has nowhere to send it.
-            Verdict::Continue | Verdict::Icmp(_) | Verdict::Reset | Verdict::Gateway => {
-                debug_assert!(false, "unanswered verdict {verdict:?}");
-                c.bump_drop(DropReason::NoRoute);
-                Action::Drop(DropReason::NoRoute)
-            }
-        }
     }
 
     /// The counters, shared with the control thread for stats.
@@ -375,21 +303,21 @@ impl Pipeline {
 impl Stages {
     /// Stages 1 and 2 for a frame from a port, then the rest.
     #[inline(always)]
-    fn port_path(
+    fn port_path<'a>(
         &mut self,
         sh: &Shared,
         routes: &mut Lazy<RouteSnapshot>,
         port: PortId,
         pkt: &mut [u8],
         now: Nanos,
-        out: &mut [u8],
-    ) -> Verdict {
+        out: &'a mut [u8],
+    ) -> Action<'a> {
         let Some(role) = self.ports.role(port) else {
-            return DropReason::UnknownIngress.into();
+            return finish(sh.counters, DropReason::UnknownIngress.into(), out);
         };
         let mut ctx = Ctx::new(Ingress::Port(port));
         if let Err(r) = parse::from_port(role, sh.cfg.gateway_mac, pkt, &mut ctx) {
-            return r.into();
+            return finish(sh.counters, r.into(), out);
         }
         let v = admit::admit(
             &ctx,
@@ -401,24 +329,25 @@ impl Stages {
             sh.counters,
         );
         if v != Verdict::Continue {
-            return v;
+            return finish(sh.counters, v, out);
         }
         self.after_admit(sh, routes, &mut ctx, pkt, now, out)
     }
 
-    /// Service, policy, forward, and what they asked the node to answer. Inlined
-    /// into both drivers so that the verdicts stay in registers (a verdict stored
-    /// piecewise and reloaded whole stalls store forwarding: measured +15 ns a frame).
+    /// Service, policy, forward, and what they asked the node to answer, counted
+    /// and lent to the caller ([`finish`]). Inlined into both drivers so that the
+    /// verdicts stay in registers (a verdict stored piecewise and reloaded whole
+    /// stalls store forwarding: measured +15 ns a frame).
     #[inline(always)]
-    fn after_admit(
+    fn after_admit<'a>(
         &mut self,
         sh: &Shared,
         routes: &mut Lazy<RouteSnapshot>,
         ctx: &mut Ctx,
         pkt: &mut [u8],
         now: Nanos,
-        out: &mut [u8],
-    ) -> Verdict {
+        out: &'a mut [u8],
+    ) -> Action<'a> {
         let env = LbEnv {
             cfg: sh.cfg,
             services: sh.services,
@@ -432,24 +361,53 @@ impl Stages {
         } else {
             None
         };
-        let mut v = self.lb.stage(&env, ctx, pkt, now);
-        if let (Verdict::Continue, Some(pre)) = (v, pre) {
+        // Each stage's verdict is its own value, returned as it is unless it asks
+        // for an answer: one variable reassigned by every stage was copied field by
+        // field and reloaded whole, a store-forwarding stall on every packet.
+        let v = self.lb.stage(&env, ctx, pkt, now);
+        if v != Verdict::Continue {
+            let v = self.settle(sh, routes, ctx, v, pkt, now, out);
+            return finish(sh.counters, v, out);
+        }
+        if let Some(pre) = pre {
             let env = PolicyEnv {
                 cfg: sh.cfg,
                 counters: sh.counters,
                 denials: sh.denials,
                 role: ctx.port().and_then(|p| self.ports.role(p)),
             };
-            v = self.policy.stage(&env, &pre, ctx, now);
+            let v = self.policy.stage(&env, &pre, ctx, now);
+            if v != Verdict::Continue {
+                let v = self.settle(sh, routes, ctx, v, pkt, now, out);
+                return finish(sh.counters, v, out);
+            }
         }
-        if v == Verdict::Continue {
-            let env = FwdEnv {
-                cfg: sh.cfg,
-                ports: &self.ports,
-                counters: sh.counters,
-            };
-            v = forward::forward(&env, routes, &mut self.macs, ctx, pkt, now, out);
+        let env = FwdEnv {
+            cfg: sh.cfg,
+            ports: &self.ports,
+            counters: sh.counters,
+        };
+        let v = forward::forward(&env, routes, &mut self.macs, ctx, pkt, now, out);
+        if matches!(v, Verdict::Icmp(_) | Verdict::Reset | Verdict::Gateway) {
+            let v = self.settle(sh, routes, ctx, v, pkt, now, out);
+            return finish(sh.counters, v, out);
         }
+        finish(sh.counters, v, out)
+    }
+
+    /// A verdict that asks the node to answer becomes the answer; any other is final.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn settle(
+        &mut self,
+        sh: &Shared,
+        routes: &mut Lazy<RouteSnapshot>,
+        ctx: &Ctx,
+        v: Verdict,
+        pkt: &[u8],
+        now: Nanos,
+        out: &mut [u8],
+    ) -> Verdict {
         match v {
             Verdict::Icmp(_) | Verdict::Reset | Verdict::Gateway => {
                 self.answer(sh, routes.get(), ctx, v, pkt, now, out)
@@ -533,6 +491,73 @@ impl Stages {
         match result {
             Ok(len) => Verdict::Reply(len),
             Err(r) => r.into(),
+        }
+    }
+}
+
+/// Counts the outcome and lends the caller the bytes it refers to. Called where
+/// each path ends rather than once after the paths merge: a verdict merged from
+/// several paths was copied field by field and then read back in other widths, a
+/// store-forwarding stall on every packet (docs/benchmarks.md, the pipeline
+/// restructure).
+#[inline(always)]
+fn finish<'a>(c: &Counters, verdict: Verdict, out: &'a [u8]) -> Action<'a> {
+    let lend = |len: usize, counter: Counter| {
+        let bytes = out.get(..len);
+        match bytes {
+            Some(_) => c.bump(counter),
+            None => c.bump_drop(DropReason::ReplyTooLarge),
+        }
+        bytes
+    };
+    let too_large = Action::Drop(DropReason::ReplyTooLarge);
+    match verdict {
+        Verdict::Forward(p) => {
+            c.bump(Counter::Forwarded);
+            Action::Forward(p)
+        }
+        Verdict::Flood => {
+            c.bump(Counter::Flooded);
+            Action::Flood
+        }
+        Verdict::Reply(len) => lend(len, Counter::Replies).map_or(too_large, Action::Reply),
+        Verdict::ToPort(port, len) => {
+            lend(len, Counter::Delivered).map_or(too_large, |bytes| Action::ToPort(port, bytes))
+        }
+        Verdict::Tunnel {
+            peer,
+            len,
+            segment_len,
+        } => {
+            let (len, segment_len) = (len as usize, segment_len.max(1) as usize);
+            match lend(len, Counter::TunneledOut) {
+                Some(datagrams) => {
+                    c.add(
+                        Counter::TunnelDatagramsOut,
+                        len.div_ceil(segment_len) as u64,
+                    );
+                    // The inner flow of the first datagram: every one has the same.
+                    let inner = datagrams.get(ENCAP_PREFIX_LEN..).unwrap_or(&[]);
+                    Action::Tunnel {
+                        peer,
+                        flow_hash: flow_hash(&Ipv4Packet::new_unchecked(inner)),
+                        datagrams,
+                        segment_len,
+                    }
+                }
+                None => too_large,
+            }
+        }
+        Verdict::Drop(reason) => {
+            c.bump_drop(reason);
+            Action::Drop(reason)
+        }
+        // `answer` turned these into packets; a stage that ends the path with
+        // `Continue` has nowhere to send it.
+        Verdict::Continue | Verdict::Icmp(_) | Verdict::Reset | Verdict::Gateway => {
+            debug_assert!(false, "unanswered verdict {verdict:?}");
+            c.bump_drop(DropReason::NoRoute);
+            Action::Drop(DropReason::NoRoute)
         }
     }
 }
