@@ -29,7 +29,9 @@ pub mod server;
 pub mod wire;
 pub mod zone;
 
-pub use answer::{answer, answer_into, DropReason, Outcome, Transport, Upstream};
+pub use answer::{
+    answer, answer_into, respond, DropReason, Forwarding, Outcome, Transport, Upstream,
+};
 pub use model::{
     DataError, DnsData, EndpointRecord, PodRecord, PortRecord, ServiceKind, ServiceRecord,
 };
