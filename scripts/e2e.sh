@@ -616,7 +616,7 @@ timed_dig() {
     ANS=$(in_pod client dig +time=2 +tries=1 +short "$@" web.default.svc.cluster.local 2>&1 | one_line)
     MS=$(($(now_ms) - t0))
 }
-slowloris_ready() { grep -q '^ready' "$TMP/slowloris.out"; }
+slowloris_ready() { grep -qs '^ready' "$TMP/slowloris.out"; }
 # 200 trickling connections (more than the two DNS pods' 2 x 64 TCP slots) from a
 # web pod; meanwhile the client's dig +tcp and dig through the ClusterIP must still
 # answer promptly, and the server must have cut trickling connections.
