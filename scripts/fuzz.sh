@@ -31,7 +31,9 @@ done
 RUSTFLAGS+=" -Cdebug-assertions -Coverflow-checks"
 export RUSTFLAGS
 
-mapfile -t ALL < <(sed -n '/^\[\[bin\]\]/{n;s/^name = "\(.*\)"$/\1/p}' fuzz/Cargo.toml)
+# The `name` of every [[bin]] section of fuzz/Cargo.toml.
+mapfile -t ALL < <(awk '/^\[\[bin\]\]/ { bin = 1; next } /^\[/ { bin = 0 }
+    bin && /^name *=/ { sub(/^name *= *"/, ""); sub(/".*/, ""); print }' fuzz/Cargo.toml)
 if [ "${#ALL[@]}" -eq 0 ]; then
     echo "fuzz: no [[bin]] targets found in fuzz/Cargo.toml" >&2
     exit 1
