@@ -27,7 +27,25 @@
 //! `max_events / 2` changes once it holds more than `max_events`, and a watch
 //! from before the compaction point gets [`StoreError::Compacted`].
 //! Keys map to file names by percent-escaping everything but `[A-Za-z0-9._-]`
-//! (so `pods/default/web-a` is `k-pods%2Fdefault%2Fweb-a`).
+//! (so `pods/default/web-a` is `k-pods%2Fdefault%2Fweb-a`). The formats are
+//! decoded in [`super::dir_format`].
+//!
+//! Faults, and what each costs (each is logged and counted in
+//! [`StoreFaults`]; the tests inject every one for real):
+//! - a write that fails before it commits (a full disk while appending or
+//!   writing the key file) is undone: its log line is cut off again and the
+//!   caller gets the error. Once the line is logged and applied the write
+//!   has happened and reports success, even if recording `state` or
+//!   compacting then fails (the next operation rebuilds `state` from the
+//!   log; the next write compacts again);
+//! - an unreadable `state` file (or one whose compaction point is past its
+//!   revision) is moved aside to `state.corrupt-<time>`, never overwritten,
+//!   and rebuilt from the log, replaying every line (replay is idempotent);
+//! - an unreadable log line is skipped; a watch that would miss a revision
+//!   because of it ends with an error, so its owner lists again; compaction
+//!   drops it into `events.log.corrupt-<time>`;
+//! - an unreadable key file is skipped by `list`, is an error for `get` and
+//!   compare-and-swap, and is replaced by an unconditional put or delete.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

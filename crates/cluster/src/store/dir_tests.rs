@@ -383,3 +383,112 @@ fn cas_increments_across_processes() {
     assert_eq!(v.revision, 3 * CHILD_INCREMENTS);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A small tmpfs mounted on a fresh directory, unmounted and removed when
+/// dropped (also when the test fails).
+struct SmallTmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl SmallTmpfs {
+    /// `None` (after saying why) when not root or `mount` fails.
+    fn mount(size: &str) -> Option<SmallTmpfs> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = temp_dir("fullfs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "skipping: cannot mount a tmpfs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(SmallTmpfs { dir })
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_full_filesystem_fails_writes_cleanly_and_loses_nothing_committed() {
+    let Some(fs) = SmallTmpfs::mount("64k") else {
+        return;
+    };
+    let root = fs.dir.join("store");
+    // Frequent compactions, so some run out of space too.
+    let opts = DirStoreOptions {
+        sync: true,
+        max_events: 4,
+    };
+    let s = DirStore::open_with(&root, opts.clone()).unwrap();
+    // Room to give back later.
+    let spare = fs.dir.join("spare");
+    std::fs::write(&spare, vec![0u8; 8192]).unwrap();
+    let value = |i: usize| format!("{i}:{}", "v".repeat(1500)).into_bytes();
+    let mut committed = Vec::new();
+    let mut failure = None;
+    for i in 0..200 {
+        let key = format!("pods/p{i}");
+        match s.put(&key, &value(i)) {
+            Ok(rev) => committed.push((key, rev)),
+            Err(e) => {
+                failure = Some((key, e));
+                break;
+            }
+        }
+    }
+    let (failed_key, err) = failure.expect("the filesystem never filled");
+    assert!(
+        err.to_string().contains("No space left") || err.to_string().contains("os error 28"),
+        "{err}"
+    );
+    assert!(committed.len() > 3, "only {} writes fit", committed.len());
+    let check = |s: &DirStore| {
+        let (entries, rev) = s.list("pods/").unwrap();
+        assert_eq!(rev, committed.len() as u64, "one revision per committed write");
+        assert_eq!(entries.len(), committed.len());
+        for (key, want_rev) in &committed {
+            let e = s.get(key).unwrap().unwrap();
+            let i: usize = key.trim_start_matches("pods/p").parse().unwrap();
+            assert_eq!((&e.value, e.revision), (&value(i), *want_rev), "{key}");
+        }
+        assert!(s.get(&failed_key).unwrap().is_none());
+    };
+    check(&s);
+    // Still full: more writes fail the same way and change nothing.
+    assert!(s.put(&failed_key, &value(999)).is_err());
+    let faults = s.faults();
+    assert!(faults.rolled_back_writes >= 2, "{faults:?}");
+    // Some writes committed, then could not compact (or record the state):
+    // they still reported success, and `check` finds them.
+    assert!(faults.compaction_failures >= 1, "{faults:?}");
+    check(&s);
+    // Another process opening the full store finds the same.
+    check(&DirStore::open_with(&root, opts.clone()).unwrap());
+    // With space back, writes succeed again and the log compacts.
+    std::fs::remove_file(&spare).unwrap();
+    let rev = s.put(&failed_key, b"late").unwrap();
+    assert_eq!(rev, committed.len() as u64 + 1);
+    drop(s);
+    let s = DirStore::open_with(&root, opts).unwrap();
+    assert_eq!(s.get(&failed_key).unwrap().unwrap().value, b"late");
+    assert_eq!(s.list("pods/").unwrap().0.len(), committed.len() + 1);
+    eprintln!(
+        "{} writes committed before the disk filled; faults while full: {faults:?}",
+        committed.len()
+    );
+}
