@@ -178,6 +178,14 @@ pub(crate) fn encode_record(rev: Revision, key: &str, mutation: &Mutation) -> Ve
     line
 }
 
+/// The log line (with its newline) recording `ev`.
+pub fn encode_event(ev: &Event) -> Vec<u8> {
+    match ev {
+        Event::Put(e) => encode_record(e.revision, &e.key, &Mutation::Put(e.value.clone())),
+        Event::Delete { key, revision } => encode_record(*revision, key, &Mutation::Delete),
+    }
+}
+
 /// Decodes one log line (without its newline) into the event it records.
 pub fn decode_record(line: &[u8]) -> Result<Event, String> {
     let rec: LogRecord = serde_json::from_slice(line).map_err(|e| e.to_string())?;
