@@ -408,5 +408,14 @@ fn print_status(s: &AgentStatus) -> Result<(), CliError> {
         (false, true) => outln!("policy denials: none ({} policies)", s.policy_denials.len()),
         (false, false) => outln!("policy denials: {}", denials.join(" ")),
     }
+    if s.problems.is_empty() {
+        outln!("problems: none");
+    } else {
+        outln!();
+        outln!("PROBLEMS (skipped or set aside, not failed on)");
+        for p in &s.problems {
+            outln!("{:<9} {}: {}", p.source, p.object, p.reason);
+        }
+    }
     Ok(())
 }

@@ -63,8 +63,7 @@ use super::dir_format::{
 };
 use super::notify::{DirWaiter, StopSignal};
 use super::{
-    check_key, quarantine_file, Entry, Event, Mutation, Revision, Store, StoreError, Watch,
-    WriteOp,
+    check_key, quarantine_file, Entry, Event, Mutation, Revision, Store, StoreError, Watch, WriteOp,
 };
 
 /// Tuning for [`DirStore`].
@@ -314,9 +313,7 @@ impl DirStore {
         let p = &self.paths.state;
         let mut state = match self.read_state() {
             Ok(s) => s,
-            Err(StoreError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 State {
                     revision: 0,
                     compacted: 0,
@@ -626,7 +623,9 @@ impl DirStore {
         let mut bad = Vec::new();
         for line in &log.lines {
             match &line.event {
-                Ok(ev) if ev.revision() > keep_after => out.extend_from_slice(line_bytes(&buf, line)),
+                Ok(ev) if ev.revision() > keep_after => {
+                    out.extend_from_slice(line_bytes(&buf, line))
+                }
                 Ok(_) => {}
                 Err(_) => bad.extend_from_slice(line_bytes(&buf, line)),
             }
@@ -650,7 +649,9 @@ impl DirStore {
             .map_err(|e| e.to_string())
             .and_then(|()| quarantine_file_as(&tmp, p).map_err(|e| e.to_string()));
         match saved {
-            Ok(to) => tracing::error!(saved_to = %to.display(), "compaction dropped unreadable event log lines"),
+            Ok(to) => {
+                tracing::error!(saved_to = %to.display(), "compaction dropped unreadable event log lines")
+            }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 tracing::error!(error = %e, "compaction dropped unreadable event log lines and could not save them")

@@ -233,7 +233,10 @@ fn corrupt_and_truncated_log_lines_are_skipped_and_reported() {
     let w = s.watch("", 0).unwrap();
     assert_eq!(next(&w).unwrap().revision(), 1);
     let err = next(&w).unwrap_err();
-    assert!(err.to_string().contains("revisions 2..=3 are missing"), "{err}");
+    assert!(
+        err.to_string().contains("revisions 2..=3 are missing"),
+        "{err}"
+    );
     assert!(s.faults().bad_log_lines >= 2);
     // A watch from after the damage sees every later change.
     let w = s.watch("", 3).unwrap();
@@ -459,7 +462,11 @@ fn a_full_filesystem_fails_writes_cleanly_and_loses_nothing_committed() {
     assert!(committed.len() > 3, "only {} writes fit", committed.len());
     let check = |s: &DirStore| {
         let (entries, rev) = s.list("pods/").unwrap();
-        assert_eq!(rev, committed.len() as u64, "one revision per committed write");
+        assert_eq!(
+            rev,
+            committed.len() as u64,
+            "one revision per committed write"
+        );
         assert_eq!(entries.len(), committed.len());
         for (key, want_rev) in &committed {
             let e = s.get(key).unwrap().unwrap();
