@@ -45,7 +45,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Show a node's ports, pods, MAC table, counters and policy denials.
+    /// Show a node's ports, pods, MAC table, counters, policy denials and problems
+    /// (objects and files it skipped or set aside).
     Status {
         /// The node agent's control socket.
         #[arg(long)]
