@@ -186,12 +186,16 @@ pub fn reconcile_routes(
     routes: &ArcSwap<RouteSnapshot>,
 ) -> RoutesReconciled {
     let current = routes.load();
-    let (peers, rejected) = admit_peers(
-        current.local_subnet(),
-        cluster,
-        peers(me, nodes),
-        current.peers(),
-    );
+    let all = peers(me, nodes);
+    // The common case, kept cheap: the table already routes to every peer,
+    // so none is rejected.
+    if current.peers() == all.as_slice() && current.cluster() == cluster {
+        return RoutesReconciled {
+            published: false,
+            rejected: Vec::new(),
+        };
+    }
+    let (peers, rejected) = admit_peers(current.local_subnet(), cluster, all, current.peers());
     if current.peers() == peers.as_slice() && current.cluster() == cluster {
         return RoutesReconciled {
             published: false,

@@ -15,6 +15,8 @@
 //! This is kube-proxy's job; like kube-proxy every node programs every
 //! Service, because the load balancing happens on the client's node.
 
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -106,22 +108,19 @@ pub fn admit(
     entries: Vec<ServiceEntry>,
     current: &ServiceTable,
 ) -> (Vec<ServiceEntry>, Vec<LbError>) {
-    let published: Vec<&ServiceEntry> = current.entries().collect();
+    let published: HashSet<&str> = current.entries().map(|e| e.name.as_str()).collect();
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| {
         entries
             .get(i)
-            .is_none_or(|e| !published.iter().any(|p| p.name == e.name))
+            .is_none_or(|e| !published.contains(e.name.as_str()))
     });
-    let mut claimed: Vec<(std::net::Ipv4Addr, u16, L4Proto, String)> = Vec::new();
+    let mut claimed: HashMap<(Ipv4Addr, u16, L4Proto), String> = HashMap::new();
     let mut admitted = vec![false; entries.len()];
     let mut rejected = Vec::new();
     for i in order {
         let Some(e) = entries.get(i) else { continue };
-        if let Some((_, _, _, first)) = claimed
-            .iter()
-            .find(|(vip, port, proto, _)| (*vip, *port, *proto) == (e.vip, e.port, e.proto))
-        {
+        if let Some(first) = claimed.get(&(e.vip, e.port, e.proto)) {
             rejected.push(LbError::Duplicate {
                 first: first.clone(),
                 second: e.name.clone(),
@@ -132,11 +131,11 @@ pub fn admit(
             continue;
         }
         // The table's own checks of one entry (address, port, backends).
-        if let Err(err) = ServiceTable::build(vec![e.clone()]) {
+        if let Err(err) = e.check() {
             rejected.push(err);
             continue;
         }
-        claimed.push((e.vip, e.port, e.proto, e.name.clone()));
+        claimed.insert((e.vip, e.port, e.proto), e.name.clone());
         if let Some(a) = admitted.get_mut(i) {
             *a = true;
         }
@@ -154,7 +153,16 @@ pub fn admit(
 /// table cannot hold (e.g. a second service claiming one ClusterIP and
 /// port) is left out and returned; the rest are published ([`admit`]).
 pub fn reconcile(state: &ClusterState, table: &ArcSwap<ServiceTable>) -> Reconciled {
-    let (entries, rejected) = admit(entries(state), &table.load());
+    let all = entries(state);
+    // The common case, kept cheap: the table already holds every entry, so
+    // none is rejected.
+    if same_entries(&table.load(), &all) {
+        return Reconciled {
+            published: None,
+            rejected: Vec::new(),
+        };
+    }
+    let (entries, rejected) = admit(all, &table.load());
     if same_entries(&table.load(), &entries) {
         return Reconciled {
             published: None,
