@@ -941,6 +941,57 @@ check_traffic_resumes() {
     verdict "traffic resumes after the agent restarts" lab exec client -- curl -s --max-time 3 "http://$IP3/"
 }
 
+# --- bad files and objects -----------------------------------------------------------
+# node1's agent restarts with its pods.json garbled and a Node in the store whose
+# pod subnet overlaps node3's: the file is moved aside (never overwritten), the
+# Node left out of the route table (the rest are routed), both reported by
+# `tapestry status`, and node1's pods answer again (the kubelet reattaches them).
+N1DIR="/run/tapestry/$LAB/nodes/node1"
+setup_bad_files() {
+    local pid
+    cat >"$TMP/rogue.yaml" <<'YAML'
+apiVersion: v1
+kind: Node
+metadata:
+  name: rogue
+spec:
+  podCIDR: 10.244.3.0/25
+status:
+  underlayIP: 198.18.0.251
+  vtepMAC: 0a:58:c6:12:00:fb
+YAML
+    tapestry apply -f "$TMP/rogue.yaml" >/dev/null
+    pid=$(cat "$N1DIR/tapestryd.pid")
+    kill -TERM "$pid"
+    POLL_SLEEP=0.1 poll_until 5000 not kill -0 "$pid" 2>/dev/null
+    printf '[{"attachment": garbled' >"$N1DIR/pods.json"
+    quiet lab up --nodes 3
+}
+bad_state_kept() {
+    local f
+    for f in "$N1DIR"/pods.json.corrupt-*; do grep -q garbled "$f" && return 0; done
+    return 1
+}
+check_bad_state_moved_aside() {
+    verdict "an unreadable pods.json is moved aside with its bytes, not overwritten" bad_state_kept
+}
+check_pods_answer_after_bad_state() {
+    POLL_SLEEP=0.1 poll_until 20000 quiet lab exec client -- curl -s --max-time 1 "http://$IP3/"
+    echo "      client (node1) curls $WEB3 (node3) again after ${POLL_MS:-never} ms"
+    verdict "after the restart node1's pods answer and node3 is routed despite the overlapping Node" test -n "$POLL_MS"
+}
+bad_things_reported() {
+    local out
+    out=$(tapestry status --socket "$N1SOCK")
+    grep -A3 '^PROBLEMS' <<<"$out" | sed 's/^/      /'
+    grep -q "^routes .*nodes/rogue: left out of the route table" <<<"$out" &&
+        grep -q "^state .*pods.json: unreadable" <<<"$out"
+}
+check_bad_things_reported() {
+    verdict "tapestry status lists the moved state file and the Node left out" bad_things_reported
+    quiet tapestry delete node rogue
+}
+
 setup_down() { lab down >/dev/null 2>&1; }
 check_down_netns() { verdict "down leaves no namespace of the lab" test -z "$(netns_with_prefix "$LAB")"; }
 check_down_procs() { verdict "down leaves no process of the lab" test -z "$(lab_procs)"; }
@@ -973,6 +1024,7 @@ STEPS=(
     check_cni_del_again check_cni_check_gone check_cni_version
     check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
     check_lab_rejects_unknown_option check_tap_survives_agent check_up_restarts_agent check_traffic_resumes
+    setup_bad_files check_bad_state_moved_aside check_pods_answer_after_bad_state check_bad_things_reported
     setup_down check_down_netns check_down_procs check_down_state
 )
 

@@ -20,6 +20,8 @@ use tapestry_cluster::{
 };
 use tapestry_dataplane::{Peer, RouteError, RouteSnapshot};
 
+use crate::problems::{Problems, Source};
+
 /// How often [`register`] retries a compare-and-swap that lost to another writer.
 const REGISTER_ATTEMPTS: usize = 20;
 
@@ -117,12 +119,56 @@ pub fn peers(me: &str, nodes: &BTreeMap<String, Node>) -> Vec<Peer> {
 }
 
 /// What one [`reconcile_routes`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoutesReconciled {
-    /// The published snapshot already routes to exactly these peers.
-    Unchanged,
-    /// A new snapshot was built and stored.
-    Published,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutesReconciled {
+    /// Whether a new snapshot was built and stored (else the published one
+    /// already routes to exactly the admitted peers).
+    pub published: bool,
+    /// Nodes left out of the table, each with the error it would cause.
+    pub rejected: Vec<(String, RouteError)>,
+}
+
+/// Splits `peers` into those one route table can hold together and those it
+/// cannot (a subnet overlapping this node's or an admitted peer's, an
+/// underlay address already taken), each with its error. Peers in the
+/// `current` snapshot are admitted first, so a newcomer cannot push out a
+/// node that is already routed to; then the rest in name order. The
+/// admitted keep `peers`' order.
+pub fn admit_peers(
+    local: Ipv4Cidr,
+    cluster: Ipv4Cidr,
+    peers: Vec<Peer>,
+    current: &[Peer],
+) -> (Vec<Peer>, Vec<(String, RouteError)>) {
+    let mut order: Vec<usize> = (0..peers.len()).collect();
+    order.sort_by_key(|&i| peers.get(i).is_none_or(|p| !current.contains(p)));
+    let mut admitted: Vec<bool> = vec![false; peers.len()];
+    let mut rejected = Vec::new();
+    for i in order {
+        let Some(p) = peers.get(i) else { continue };
+        let mut trial: Vec<Peer> = peers
+            .iter()
+            .zip(&admitted)
+            .filter(|(_, a)| **a)
+            .map(|(p, _)| p.clone())
+            .collect();
+        trial.push(p.clone());
+        match RouteSnapshot::build(local, cluster, trial) {
+            Ok(_) => {
+                if let Some(a) = admitted.get_mut(i) {
+                    *a = true;
+                }
+            }
+            Err(e) => rejected.push((p.name.clone(), e)),
+        }
+    }
+    rejected.sort_by(|a, b| a.0.cmp(&b.0));
+    let kept = peers
+        .into_iter()
+        .zip(admitted)
+        .filter_map(|(p, a)| a.then_some(p))
+        .collect();
+    (kept, rejected)
 }
 
 /// Builds the route snapshot for `nodes` and publishes it into `routes` only if
@@ -130,50 +176,91 @@ pub enum RoutesReconciled {
 ///
 /// The local subnet is the current snapshot's: the one the pipeline was built
 /// with ([`tapestry_dataplane::PipelineConfig`]), so the pipeline and its route
-/// table cannot disagree about it. A node list the table rejects (overlapping
-/// subnets, a shared underlay address) is an error and leaves the current
-/// snapshot in place.
+/// table cannot disagree about it. A Node the table cannot hold (a subnet
+/// overlapping another's, a shared underlay address) is left out and
+/// returned with its error; the rest are routed ([`admit_peers`]).
 pub fn reconcile_routes(
     me: &str,
     cluster: Ipv4Cidr,
     nodes: &BTreeMap<String, Node>,
     routes: &ArcSwap<RouteSnapshot>,
-) -> Result<RoutesReconciled, RouteError> {
+) -> RoutesReconciled {
     let current = routes.load();
-    let peers = peers(me, nodes);
-    if current.peers() == peers.as_slice() && current.cluster() == cluster {
-        return Ok(RoutesReconciled::Unchanged);
+    let all = peers(me, nodes);
+    // The common case, kept cheap: the table already routes to every peer,
+    // so none is rejected.
+    if current.peers() == all.as_slice() && current.cluster() == cluster {
+        return RoutesReconciled {
+            published: false,
+            rejected: Vec::new(),
+        };
     }
-    let snap = RouteSnapshot::build(current.local_subnet(), cluster, peers)?;
-    routes.store(Arc::new(snap));
-    Ok(RoutesReconciled::Published)
+    let (peers, rejected) = admit_peers(current.local_subnet(), cluster, all, current.peers());
+    if current.peers() == peers.as_slice() && current.cluster() == cluster {
+        return RoutesReconciled {
+            published: false,
+            rejected,
+        };
+    }
+    match RouteSnapshot::build(current.local_subnet(), cluster, peers) {
+        Ok(snap) => {
+            routes.store(Arc::new(snap));
+            RoutesReconciled {
+                published: true,
+                rejected,
+            }
+        }
+        // Unreachable: the admitted peers built together once already.
+        Err(e) => {
+            tracing::error!(error = %e, "route table rejected; keeping the previous one");
+            RoutesReconciled {
+                published: false,
+                rejected,
+            }
+        }
+    }
 }
 
 /// Reconciles the route table whenever the cluster changes, forever: the
-/// agent's one [`ClusterCache`] does the listing and watching.
+/// agent's one [`ClusterCache`] does the listing and watching. Nodes left
+/// out are logged when the set changes and listed in `problems`.
 pub fn watch_routes(
     cache: Arc<ClusterCache>,
     me: String,
     cluster: Ipv4Cidr,
     routes: Arc<ArcSwap<RouteSnapshot>>,
+    problems: Arc<Problems>,
 ) {
     let changes = cache.subscribe();
+    let mut reported: Vec<(String, String)> = Vec::new();
     loop {
         let state = cache.snapshot();
-        let describe = || -> Vec<String> {
-            peers(&me, &state.nodes)
+        let done = reconcile_routes(&me, cluster, &state.nodes, &routes);
+        if done.published {
+            let peers: Vec<String> = routes
+                .load()
+                .peers()
                 .iter()
                 .map(|p| format!("{}={}@{}", p.name, p.subnet, p.underlay_ip))
-                .collect()
-        };
-        match reconcile_routes(&me, cluster, &state.nodes, &routes) {
-            Ok(RoutesReconciled::Unchanged) => {}
-            Ok(RoutesReconciled::Published) => {
-                tracing::info!(peers = ?describe(), "routes updated")
+                .collect();
+            tracing::info!(?peers, "routes updated");
+        }
+        let now: Vec<(String, String)> = done
+            .rejected
+            .iter()
+            .map(|(name, e)| {
+                (
+                    format!("nodes/{name}"),
+                    format!("left out of the route table: {e}"),
+                )
+            })
+            .collect();
+        if now != reported {
+            for (object, reason) in now.iter().filter(|p| !reported.contains(p)) {
+                tracing::error!(%object, %reason, "node skipped; routing to the rest");
             }
-            Err(e) => {
-                tracing::error!(error = %e, peers = ?describe(), "route table rejected; keeping the previous one")
-            }
+            problems.set(Source::Routes, now.clone());
+            reported = now;
         }
         if changes.recv().is_err() {
             return;
@@ -211,10 +298,17 @@ mod tests {
         let me = node("node1", "10.244.1.0/24", [198, 18, 0, 1]);
         let two = node("node2", "10.244.2.0/24", [198, 18, 0, 2]);
         let mut all = nodes(&[me.clone(), two.clone()]);
-        let published = || RoutesReconciled::Published;
+        let published = || RoutesReconciled {
+            published: true,
+            rejected: Vec::new(),
+        };
+        let unchanged = || RoutesReconciled {
+            published: false,
+            rejected: Vec::new(),
+        };
 
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes).unwrap(),
+            reconcile_routes("node1", cluster, &all, &routes),
             published()
         );
         let first = routes.load_full();
@@ -223,8 +317,8 @@ mod tests {
 
         // Same nodes; then a label on a node: nothing moves.
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes).unwrap(),
-            RoutesReconciled::Unchanged
+            reconcile_routes("node1", cluster, &all, &routes),
+            unchanged()
         );
         all.get_mut("node2")
             .unwrap()
@@ -232,16 +326,16 @@ mod tests {
             .labels
             .insert("zone".into(), "b".into());
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes).unwrap(),
-            RoutesReconciled::Unchanged
+            reconcile_routes("node1", cluster, &all, &routes),
+            unchanged()
         );
         // A node still registering (no underlay address yet) is no peer.
         let mut half = node("node3", "10.244.3.0/24", [198, 18, 0, 3]);
         half.status.underlay_ip = None;
         all.insert("node3".into(), half);
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes).unwrap(),
-            RoutesReconciled::Unchanged
+            reconcile_routes("node1", cluster, &all, &routes),
+            unchanged()
         );
         assert!(Arc::ptr_eq(&first, &routes.load_full()));
 
@@ -251,7 +345,7 @@ mod tests {
             node("node3", "10.244.3.0/24", [198, 18, 0, 3]),
         );
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes).unwrap(),
+            reconcile_routes("node1", cluster, &all, &routes),
             published()
         );
         assert_eq!(routes.load().peers().len(), 2);
@@ -259,15 +353,57 @@ mod tests {
     }
 
     #[test]
-    fn a_rejected_route_table_keeps_the_current_one() {
+    fn a_node_the_table_cannot_hold_is_left_out_and_the_rest_routed() {
         let routes = ArcSwap::from_pointee(RouteSnapshot::empty_for(cidr("10.244.1.0/24")));
+        let cluster = cidr("10.244.0.0/16");
+        let mut all = nodes(&[
+            node("node2", "10.244.2.0/24", [198, 18, 0, 2]),
+            // Claims this node's subnet.
+            node("node3", "10.244.1.0/24", [198, 18, 0, 3]),
+            node("node4", "10.244.4.0/24", [198, 18, 0, 4]),
+        ]);
+        let done = reconcile_routes("node1", cluster, &all, &routes);
+        assert!(done.published);
+        let names: Vec<_> = routes
+            .load()
+            .peers()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        assert_eq!(names, ["node2", "node4"]);
+        assert_eq!(done.rejected.len(), 1);
+        assert_eq!(done.rejected[0].0, "node3");
+        assert!(matches!(done.rejected[0].1, RouteError::Overlap { .. }));
+
+        // A newcomer claiming a routed node's subnet or underlay address
+        // does not push it out, whatever its name.
+        all.insert(
+            "a-dup".into(),
+            node("a-dup", "10.244.2.0/25", [198, 18, 0, 9]),
+        );
+        all.insert(
+            "b-dup".into(),
+            node("b-dup", "10.244.9.0/24", [198, 18, 0, 4]),
+        );
         let before = routes.load_full();
-        // node2 claims this node's subnet.
-        let all = nodes(&[node("node2", "10.244.1.0/24", [198, 18, 0, 2])]);
-        assert!(matches!(
-            reconcile_routes("node1", cidr("10.244.0.0/16"), &all, &routes),
-            Err(RouteError::Overlap { .. })
-        ));
+        let done = reconcile_routes("node1", cluster, &all, &routes);
+        assert!(!done.published);
         assert!(Arc::ptr_eq(&before, &routes.load_full()));
+        let rejected: Vec<_> = done.rejected.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(rejected, ["a-dup", "b-dup", "node3"]);
+        assert!(matches!(
+            done.rejected[1].1,
+            RouteError::DuplicateUnderlay { .. }
+        ));
+
+        // Fixed: node3 moves to a free subnet and is routed.
+        all.insert(
+            "node3".into(),
+            node("node3", "10.244.3.0/24", [198, 18, 0, 3]),
+        );
+        let done = reconcile_routes("node1", cluster, &all, &routes);
+        assert!(done.published);
+        assert_eq!(routes.load().peers().len(), 3);
+        assert_eq!(done.rejected.len(), 2);
     }
 }

@@ -14,6 +14,12 @@
 //! seconds it reconciles everything, so a missed event or a dead container is
 //! repaired.
 //!
+//! A Pod whose stored object stops decoding (a bad write, a damaged file) is
+//! not stopped: it keeps running on the last spec the kubelet decoded for
+//! it, or, if the agent restarted since and never saw one, is left running
+//! as it is; either is logged and listed under PROBLEMS in `tapestry
+//! status` until the object decodes again or is deleted.
+//!
 //! Files per pod under `STATE_DIR/pods/NAMESPACE_NAME/`: `pause.pid`,
 //! `CONTAINER.pid`, `CONTAINER.log`, `netns`.
 
@@ -29,11 +35,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::store::Store;
-use tapestry_cluster::ClusterCache;
+use tapestry_cluster::{ClusterCache, ClusterState};
 use tapestry_cluster::{Container, Pod, Protocol};
 
 use crate::node::{Node, NodeError};
 use crate::policy_gate::Gate;
+use crate::problems::{Problems, Source};
 use tapestry_proto::Attachment;
 
 /// How often everything is reconciled even without events.
@@ -81,6 +88,51 @@ pub enum KubeletError {
     NoCommand { container: String },
 }
 
+/// The pods the kubelet of `node_name` runs from `state`, given the pods
+/// `running` here: remembers the spec of each of this node's pods in
+/// `last_good`, and stands it in for an object that no
+/// longer decodes.
+fn pods_to_run(
+    node_name: &str,
+    running: &[(String, String)],
+    state: &ClusterState,
+    last_good: &mut BTreeMap<String, Pod>,
+) -> ToRun {
+    let mine = |p: &Pod| p.spec.node_name.as_deref() == Some(node_name);
+    let undecodable = |name: &str| state.decode_errors.get(&format!("pods/{name}"));
+    last_good.retain(|name, _| state.pods.contains_key(name) || undecodable(name).is_some());
+    for (name, p) in state.pods.iter().filter(|(_, p)| mine(p)) {
+        last_good.insert(name.clone(), p.clone());
+    }
+    let mut run = ToRun {
+        pods: state.pods.clone(),
+        keep: BTreeSet::new(),
+        problems: Vec::new(),
+    };
+    for (key, err) in &state.decode_errors {
+        let Some(name) = key.strip_prefix("pods/") else {
+            continue;
+        };
+        if let Some(good) = last_good.get(name) {
+            run.pods.insert(name.to_owned(), good.clone());
+            run.problems.push((
+                key.clone(),
+                format!("does not decode ({err}); running on its last good spec"),
+            ));
+        } else if let Some((ns, pod)) = name.split_once('/') {
+            let id = (ns.to_owned(), pod.to_owned());
+            if running.contains(&id) {
+                run.keep.insert(id);
+                run.problems.push((
+                        key.clone(),
+                        format!("does not decode ({err}); left running as it is (no good spec seen since the agent started)"),
+                    ));
+            }
+        }
+    }
+    run
+}
+
 /// The error maker for a file operation on `path`.
 fn file_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> KubeletError {
     let path = path.to_owned();
@@ -101,6 +153,20 @@ pub struct Kubelet {
     /// Cluster DNS written into each pod's resolv.conf, as kubelet's
     /// `--cluster-dns` / `--cluster-domain` do.
     pub dns: Option<ClusterDns>,
+    /// Where pods kept on their last good spec are reported.
+    pub problems: Arc<Problems>,
+}
+
+/// The pods to run, given the last good specs: [`Kubelet::pods_to_run`].
+struct ToRun {
+    /// Decoded pods, plus the last good spec of any of this node's pods
+    /// whose object no longer decodes.
+    pods: BTreeMap<String, Pod>,
+    /// Pods running here whose object does not decode and whose spec was
+    /// never seen: not stopped.
+    keep: BTreeSet<(String, String)>,
+    /// `(store key, what is done about it)` for each undecodable pod of ours.
+    problems: Vec<(String, String)>,
 }
 
 /// The cluster DNS server and domain pods are told about.
@@ -145,8 +211,23 @@ impl Kubelet {
     /// agent's one [`ClusterCache`]) and at least every [`RESYNC`].
     pub fn run(self: Arc<Self>, cache: Arc<ClusterCache>) {
         let changes = cache.subscribe();
+        let mut last_good = BTreeMap::new();
+        let mut reported = Vec::new();
         loop {
-            self.reconcile(&cache.snapshot().pods);
+            let run = pods_to_run(
+                &self.node_name,
+                &self.running(),
+                &cache.snapshot(),
+                &mut last_good,
+            );
+            if run.problems != reported {
+                for (object, reason) in run.problems.iter().filter(|p| !reported.contains(p)) {
+                    tracing::error!(%object, %reason, "pod object undecodable; pod not stopped");
+                }
+                self.problems.set(Source::Kubelet, run.problems.clone());
+                reported = run.problems;
+            }
+            self.reconcile(&run.pods, &run.keep);
             match changes.recv_timeout(RESYNC) {
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -154,8 +235,13 @@ impl Kubelet {
         }
     }
 
-    /// Makes the pods running here match the pods assigned here.
-    fn reconcile(self: &Arc<Self>, pods: &BTreeMap<String, Pod>) {
+    /// Makes the pods running here match the pods assigned here; pods in
+    /// `keep` are left alone.
+    fn reconcile(
+        self: &Arc<Self>,
+        pods: &BTreeMap<String, Pod>,
+        keep: &BTreeSet<(String, String)>,
+    ) {
         let mine: Vec<&Pod> = pods
             .values()
             .filter(|p| p.spec.node_name.as_deref() == Some(self.node_name.as_str()))
@@ -165,7 +251,8 @@ impl Kubelet {
             .map(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()))
             .collect();
         for (ns, name) in self.running() {
-            if !wanted.contains(&(ns.clone(), name.clone())) {
+            let id = (ns.clone(), name.clone());
+            if !wanted.contains(&id) && !keep.contains(&id) {
                 self.stop(&ns, &name);
             }
         }
@@ -554,8 +641,84 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), KubeletError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    fn pod(name: &str, node: &str, command: &str) -> Pod {
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, command: [{command}]}}]\n"
+        );
+        match tapestry_cluster::manifest::parse_manifests(&text, "test")
+            .expect("parse")
+            .pop()
+        {
+            Some(tapestry_cluster::Object::Pod(p)) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn undecodable() -> tapestry_cluster::DecodeError {
+        tapestry_cluster::DecodeError::Undecodable {
+            message: "expected value at line 1".into(),
+        }
+    }
+
+    #[test]
+    fn a_pod_whose_object_stops_decoding_keeps_its_last_good_spec() {
+        let mut state = ClusterState::default();
+        for (name, node) in [("web", "node1"), ("db", "node1"), ("far", "node2")] {
+            state
+                .pods
+                .insert(format!("default/{name}"), pod(name, node, "serve"));
+        }
+        let mut last_good = BTreeMap::new();
+        let run = pods_to_run("node1", &[], &state, &mut last_good);
+        assert_eq!(run.pods.len(), 3);
+        assert!(run.problems.is_empty() && run.keep.is_empty());
+
+        // web's object goes bad: it still runs, on the spec seen before.
+        state.pods.remove("default/web");
+        state
+            .decode_errors
+            .insert("pods/default/web".into(), undecodable());
+        let run = pods_to_run("node1", &[], &state, &mut last_good);
+        let web = run.pods.get("default/web").expect("web still wanted");
+        assert_eq!(web.spec.containers[0].command, ["serve"]);
+        assert_eq!(run.problems.len(), 1);
+        assert!(
+            run.problems[0].1.contains("last good spec"),
+            "{:?}",
+            run.problems
+        );
+
+        // Another node's pod is not ours to keep.
+        state.pods.remove("default/far");
+        state
+            .decode_errors
+            .insert("pods/default/far".into(), undecodable());
+        let run = pods_to_run("node1", &[], &state, &mut last_good);
+        assert!(!run.pods.contains_key("default/far"));
+        assert_eq!(run.problems.len(), 1);
+
+        // After a restart (no spec seen), a pod running here is left alone.
+        let mut fresh = BTreeMap::new();
+        let running = [("default".to_owned(), "web".to_owned())];
+        let run = pods_to_run("node1", &running, &state, &mut fresh);
+        assert!(!run.pods.contains_key("default/web"));
+        assert!(run.keep.contains(&running[0]));
+        assert!(
+            run.problems[0].1.contains("left running"),
+            "{:?}",
+            run.problems
+        );
+
+        // Deleted from the store: forgotten, and stopped like any other.
+        state.decode_errors.remove("pods/default/web");
+        let run = pods_to_run("node1", &running, &state, &mut last_good);
+        assert!(!run.pods.contains_key("default/web") && run.keep.is_empty());
+        assert!(!last_good.contains_key("default/web"));
+    }
 
     #[test]
     fn resolv_conf_has_the_cluster_search_path() {

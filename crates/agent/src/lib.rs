@@ -16,4 +16,5 @@ pub mod netns;
 pub mod node;
 pub mod policy_gate;
 pub mod policy_sync;
+pub mod problems;
 pub mod service_sync;

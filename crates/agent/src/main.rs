@@ -290,12 +290,14 @@ fn start_cluster_sync(
     let (me, cluster, routes) = (args.node.clone(), args.cluster_cidr, node.routes());
     spawn("routes", {
         let cache = Arc::clone(&cache);
-        move || cluster_sync::watch_routes(cache, me, cluster, routes)
+        let problems = node.problems();
+        move || cluster_sync::watch_routes(cache, me, cluster, routes, problems)
     })?;
     let services = node.services();
     spawn("services", {
         let cache = Arc::clone(&cache);
-        move || service_sync::run(cache, services)
+        let problems = node.problems();
+        move || service_sync::run(cache, services, problems)
     })?;
     let (me, policies) = (args.node.clone(), node.policies());
     spawn("policies", {
@@ -313,6 +315,7 @@ fn start_cluster_sync(
             server,
             domain: args.cluster_domain.clone(),
         }),
+        problems: node.problems(),
         bin_dir: std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(PathBuf::from))

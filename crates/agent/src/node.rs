@@ -2,7 +2,13 @@
 //!
 //! Pod attachments are kept in `STATE_DIR/pods.json` (written atomically: temp
 //! file, fsync, rename) so that an agent that restarts reattaches the pods'
-//! persistent TAPs where they are and traffic resumes.
+//! persistent TAPs where they are and traffic resumes. A `pods.json` that
+//! cannot be read is moved aside to `pods.json.corrupt-<time>` (never
+//! overwritten), logged and listed under PROBLEMS in `tapestry status`; the
+//! agent then starts with no pods attached and serves, and in cluster mode
+//! its kubelet attaches its pods again from the store (same addresses: the
+//! store's IPAM remembers them; the persistent TAPs are reopened where they
+//! are).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,6 +34,7 @@ use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
 use crate::netconf::{self, mac_for, mac_string, NetconfError};
 use crate::policy_sync::{PolicyHandles, PolicyNames};
+use crate::problems::{Problems, Source};
 use tapestry_proto::{
     AgentStatus, AttachResult, Attachment, FlowEntry, Interface, IpConfig, MacEntry, PortStatus,
     Route, RouteEntry,
@@ -140,6 +147,12 @@ pub enum NodeError {
         #[source]
         source: io::Error,
     },
+    #[error("state file {} is unreadable and cannot be moved aside ({source}); move it away by hand", path.display())]
+    StateFileStuck {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot encode state: {0}")]
     EncodeState(#[source] serde_json::Error),
     #[error("container {container} is not attached")]
@@ -237,6 +250,8 @@ pub struct Node {
     mac_capacity: usize,
     /// Control-path state; serialises attach/detach (never touched per packet).
     state: Mutex<State>,
+    /// What was skipped or set aside, for `tapestry status`.
+    problems: Arc<Problems>,
 }
 
 impl Node {
@@ -320,9 +335,10 @@ impl Node {
                 pods: BTreeMap::new(),
                 host_counters,
             }),
+            problems: Arc::default(),
             cfg,
         };
-        node.reattach();
+        node.reattach()?;
         Ok(node)
     }
 
@@ -330,18 +346,38 @@ impl Node {
         self.cfg.state_dir.join("pods.json")
     }
 
-    /// Reattaches every pod in the state file whose namespace still exists.
-    fn reattach(&self) {
-        let records: Vec<SavedAttachment> = match fs::read(self.state_file()) {
+    /// Reads the state file: no file is no pods; a file that cannot be read
+    /// or decoded is moved aside (and reported) and is no pods too. Only a
+    /// file that cannot even be moved aside stops the start, so that it is
+    /// never overwritten.
+    fn read_state_file(&self) -> Result<Vec<SavedAttachment>, NodeError> {
+        let path = self.state_file();
+        let why = match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(file = %self.state_file().display(), error = %e, "state file unreadable; starting with no pods");
-                    Vec::new()
-                }
+                Ok(records) => return Ok(records),
+                Err(e) => e.to_string(),
             },
-            Err(_) => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => e.to_string(),
         };
+        let aside = tapestry_cluster::store::quarantine_file(&path).map_err(|source| {
+            NodeError::StateFileStuck {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        tracing::error!(file = %path.display(), moved_to = %aside.display(), error = %why, "state file unreadable: moved aside; starting with no pods attached (the kubelet attaches its pods again)");
+        self.problems.add(
+            Source::State,
+            path.display().to_string(),
+            format!("unreadable ({why}); moved aside to {}", aside.display()),
+        );
+        Ok(Vec::new())
+    }
+
+    /// Reattaches every pod in the state file whose namespace still exists.
+    fn reattach(&self) -> Result<(), NodeError> {
+        let records = self.read_state_file()?;
         let mut st = self.state.lock();
         for rec in records {
             let a = &rec.attachment;
@@ -378,6 +414,7 @@ impl Node {
         if let Err(e) = self.save(&st) {
             tracing::error!(error = %e, "cannot write state");
         }
+        Ok(())
     }
 
     /// Writes the state file: temporary name, fsync, rename.
@@ -603,6 +640,7 @@ impl Node {
             tunnel_tx_errors,
             flows,
             policy_denials: self.policies.names.load().denials(&*self.policies.counters),
+            problems: self.problems.list(),
         })
     }
 
@@ -677,6 +715,11 @@ impl Node {
                 expires_in_ms: f.expires_in / 1_000_000,
             })
             .collect())
+    }
+
+    /// Where route sync, service sync and the kubelet report what they skip.
+    pub fn problems(&self) -> Arc<Problems> {
+        Arc::clone(&self.problems)
     }
 
     /// The handle service tables are published into.

@@ -15,6 +15,8 @@
 //! This is kube-proxy's job; like kube-proxy every node programs every
 //! Service, because the load balancing happens on the client's node.
 
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -22,6 +24,8 @@ use tapestry_cluster::cache::{ClusterCache, ClusterState};
 use tapestry_cluster::service::{ClusterIp, ServiceType, SessionAffinity};
 use tapestry_cluster::Protocol;
 use tapestry_dataplane::{Affinity, Backend, L4Proto, LbError, ServiceEntry, ServiceTable};
+
+use crate::problems::{Problems, Source};
 
 /// The load-balancer entries for the cluster state, in service key order,
 /// each with its backends sorted and deduplicated (the order
@@ -85,53 +89,151 @@ pub fn same_entries(table: &ServiceTable, entries: &[ServiceEntry]) -> bool {
 }
 
 /// What one [`reconcile`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reconciled {
-    /// The published table already holds these entries: nothing was built or stored.
-    Unchanged,
-    /// A new table was built and stored, with this generation.
-    Published { generation: u64 },
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// The generation of the new table, if one was built and stored (else
+    /// the published table already holds the admitted entries).
+    pub published: Option<u64>,
+    /// Entries left out, each with the error it would cause.
+    pub rejected: Vec<LbError>,
+}
+
+/// Splits `entries` into those one table can hold together and those it
+/// cannot (a VIP or backend that is not one unicast host, port 0, a
+/// `(vip, port, proto)` another entry already claims), each with its error.
+/// Entries the `current` table holds claim first, so a newcomer cannot
+/// push out a published service; then the rest in order. The admitted keep
+/// `entries`' order.
+pub fn admit(
+    entries: Vec<ServiceEntry>,
+    current: &ServiceTable,
+) -> (Vec<ServiceEntry>, Vec<LbError>) {
+    let published: HashSet<&str> = current.entries().map(|e| e.name.as_str()).collect();
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| {
+        entries
+            .get(i)
+            .is_none_or(|e| !published.contains(e.name.as_str()))
+    });
+    let mut claimed: HashMap<(Ipv4Addr, u16, L4Proto), String> = HashMap::new();
+    let mut admitted = vec![false; entries.len()];
+    let mut rejected = Vec::new();
+    for i in order {
+        let Some(e) = entries.get(i) else { continue };
+        if let Some(first) = claimed.get(&(e.vip, e.port, e.proto)) {
+            rejected.push(LbError::Duplicate {
+                first: first.clone(),
+                second: e.name.clone(),
+                vip: e.vip,
+                port: e.port,
+                proto: e.proto,
+            });
+            continue;
+        }
+        // The table's own checks of one entry (address, port, backends).
+        if let Err(err) = e.check() {
+            rejected.push(err);
+            continue;
+        }
+        claimed.insert((e.vip, e.port, e.proto), e.name.clone());
+        if let Some(a) = admitted.get_mut(i) {
+            *a = true;
+        }
+    }
+    let kept = entries
+        .into_iter()
+        .zip(admitted)
+        .filter_map(|(e, a)| a.then_some(e))
+        .collect();
+    (kept, rejected)
 }
 
 /// Computes the entries for `state` and publishes a new table into `table`
-/// only if they differ from the current table's. An entry set the table
-/// rejects (e.g. two services claiming one ClusterIP and port) is an error
-/// and leaves the current table in place.
-pub fn reconcile(
-    state: &ClusterState,
-    table: &ArcSwap<ServiceTable>,
-) -> Result<Reconciled, LbError> {
-    let entries = entries(state);
-    if same_entries(&table.load(), &entries) {
-        return Ok(Reconciled::Unchanged);
+/// only if the admitted ones differ from the current table's. An entry the
+/// table cannot hold (e.g. a second service claiming one ClusterIP and
+/// port) is left out and returned; the rest are published ([`admit`]).
+pub fn reconcile(state: &ClusterState, table: &ArcSwap<ServiceTable>) -> Reconciled {
+    let all = entries(state);
+    // The common case, kept cheap: the table already holds every entry, so
+    // none is rejected.
+    if same_entries(&table.load(), &all) {
+        return Reconciled {
+            published: None,
+            rejected: Vec::new(),
+        };
     }
-    let built = ServiceTable::build(entries)?;
-    let generation = built.generation();
-    table.store(Arc::new(built));
-    Ok(Reconciled::Published { generation })
+    let (entries, rejected) = admit(all, &table.load());
+    if same_entries(&table.load(), &entries) {
+        return Reconciled {
+            published: None,
+            rejected,
+        };
+    }
+    match ServiceTable::build(entries) {
+        Ok(built) => {
+            let generation = built.generation();
+            table.store(Arc::new(built));
+            Reconciled {
+                published: Some(generation),
+                rejected,
+            }
+        }
+        // Unreachable: every admitted entry passed the same checks.
+        Err(e) => {
+            tracing::error!(error = %e, "service table rejected; keeping the previous one");
+            Reconciled {
+                published: None,
+                rejected,
+            }
+        }
+    }
 }
 
-/// Reconciles the service table on every cluster change, forever.
-pub fn run(cache: Arc<ClusterCache>, table: Arc<ArcSwap<ServiceTable>>) {
+/// Reconciles the service table on every cluster change, forever. Entries
+/// left out are logged when the set changes and listed in `problems`.
+pub fn run(cache: Arc<ClusterCache>, table: Arc<ArcSwap<ServiceTable>>, problems: Arc<Problems>) {
     let changes = cache.subscribe();
+    let mut reported: Vec<(String, String)> = Vec::new();
     loop {
-        match reconcile(&cache.snapshot(), &table) {
-            Ok(Reconciled::Unchanged) => {}
-            Ok(Reconciled::Published { generation }) => {
-                let summary: Vec<String> = table
-                    .load()
-                    .entries()
-                    .map(|e| format!("{}={}:{}->{}", e.name, e.vip, e.port, e.backends.len()))
-                    .collect();
-                tracing::info!(generation, services = ?summary, "service table updated");
+        let done = reconcile(&cache.snapshot(), &table);
+        if let Some(generation) = done.published {
+            let summary: Vec<String> = table
+                .load()
+                .entries()
+                .map(|e| format!("{}={}:{}->{}", e.name, e.vip, e.port, e.backends.len()))
+                .collect();
+            tracing::info!(generation, services = ?summary, "service table updated");
+        }
+        let now: Vec<(String, String)> = done
+            .rejected
+            .iter()
+            .map(|e| {
+                (
+                    format!("services/{}", rejected_name(e)),
+                    format!("left out of the service table: {e}"),
+                )
+            })
+            .collect();
+        if now != reported {
+            for (object, reason) in now.iter().filter(|p| !reported.contains(p)) {
+                tracing::error!(%object, %reason, "service port skipped; serving the rest");
             }
-            Err(e) => {
-                tracing::error!(error = %e, "service table rejected; keeping the previous one")
-            }
+            problems.set(Source::Services, now.clone());
+            reported = now;
         }
         if changes.recv().is_err() {
             return;
         }
+    }
+}
+
+/// The entry (`NAMESPACE/NAME:PORT`) an error is about: the one left out.
+fn rejected_name(e: &LbError) -> &str {
+    match e {
+        LbError::Duplicate { second, .. } => second,
+        LbError::BadVip { name, .. }
+        | LbError::ZeroPort { name }
+        | LbError::BadBackend { name, .. } => name,
     }
 }
 
@@ -141,6 +243,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use tapestry_cluster::manifest::parse_manifests;
+    use tapestry_cluster::service::ClusterIp;
     use tapestry_cluster::{Object, PodRunStatus};
 
     use super::*;
@@ -220,10 +323,15 @@ spec:
         state
     }
 
-    fn published(r: Result<Reconciled, LbError>) -> u64 {
-        match r.unwrap() {
-            Reconciled::Published { generation } => generation,
-            Reconciled::Unchanged => panic!("expected a new table"),
+    fn published(r: Reconciled) -> u64 {
+        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+        r.published.expect("expected a new table")
+    }
+
+    fn unchanged() -> Reconciled {
+        Reconciled {
+            published: None,
+            rejected: Vec::new(),
         }
     }
 
@@ -251,12 +359,12 @@ spec:
         assert_eq!(table.load().generation(), first);
 
         // The same state again: nothing built, nothing stored.
-        assert_eq!(reconcile(&state, &table).unwrap(), Reconciled::Unchanged);
+        assert_eq!(reconcile(&state, &table), unchanged());
 
         // A status change that moves no endpoint: web-a stays ready at its address.
         let a = state.pod_status.get_mut("default/web-a").unwrap();
         a.message = "probed again".into();
-        assert_eq!(reconcile(&state, &table).unwrap(), Reconciled::Unchanged);
+        assert_eq!(reconcile(&state, &table), unchanged());
 
         // A pod no service selects becomes ready, gets a label and a new IP.
         state.pod_status.insert(
@@ -265,7 +373,7 @@ spec:
         );
         let tools = state.pods.get_mut("default/tools").unwrap();
         tools.metadata.labels.insert("role".into(), "debug".into());
-        assert_eq!(reconcile(&state, &table).unwrap(), Reconciled::Unchanged);
+        assert_eq!(reconcile(&state, &table), unchanged());
         assert_eq!(table.load().generation(), first);
 
         // A real endpoint change: web-b stops being ready.
@@ -279,22 +387,42 @@ spec:
         state.pod_status.get_mut("default/web-b").unwrap().ready = true;
         let third = published(reconcile(&state, &table));
         assert_ne!(third, second);
-        assert_eq!(reconcile(&state, &table).unwrap(), Reconciled::Unchanged);
+        assert_eq!(reconcile(&state, &table), unchanged());
     }
 
     #[test]
-    fn a_rejected_table_keeps_the_current_one() {
+    fn a_service_the_table_cannot_hold_is_left_out_and_the_rest_published() {
         let table = ArcSwap::from_pointee(ServiceTable::empty());
         let mut state = cluster();
         let first = published(reconcile(&state, &table));
-        // A second service claiming web's ClusterIP and port.
-        let mut twin = state.services.get("default/web").unwrap().clone();
-        twin.metadata.name = "twin".into();
-        state.services.insert("default/twin".into(), twin);
-        assert!(matches!(
-            reconcile(&state, &table),
-            Err(LbError::Duplicate { .. })
-        ));
-        assert_eq!(table.load().generation(), first);
+        // A second service claiming web's ClusterIP and port, named to sort
+        // first, and a good one.
+        let web = state.services.get("default/web").unwrap().clone();
+        let mut twin = web.clone();
+        twin.metadata.name = "a-twin".into();
+        state.services.insert("default/a-twin".into(), twin);
+        let mut other = web.clone();
+        other.metadata.name = "other".into();
+        other.spec.cluster_ip = ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 21));
+        state.services.insert("default/other".into(), other);
+        let done = reconcile(&state, &table);
+        let second = done.published.expect("the good service is published");
+        assert_ne!(second, first);
+        let names: Vec<_> = table.load().entries().map(|e| e.name.clone()).collect();
+        assert_eq!(names, ["default/other:http", "default/web:http"]);
+        assert_eq!(done.rejected.len(), 1);
+        assert!(
+            matches!(&done.rejected[0], LbError::Duplicate { first, second, .. }
+                if first == "default/web:http" && second == "default/a-twin:http"),
+            "{:?}",
+            done.rejected
+        );
+        assert_eq!(rejected_name(&done.rejected[0]), "default/a-twin:http");
+        // Nothing else changed: nothing published, still reported.
+        let again = reconcile(&state, &table);
+        assert_eq!((again.published, again.rejected.len()), (None, 1));
+        // The twin goes away: the problem does too.
+        state.services.remove("default/a-twin");
+        assert_eq!(reconcile(&state, &table), unchanged());
     }
 }

@@ -45,7 +45,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Show a node's ports, pods, MAC table, counters and policy denials.
+    /// Show a node's ports, pods, MAC table, counters, policy denials and problems
+    /// (objects and files it skipped or set aside).
     Status {
         /// The node agent's control socket.
         #[arg(long)]
@@ -407,6 +408,15 @@ fn print_status(s: &AgentStatus) -> Result<(), CliError> {
         (true, _) => {}
         (false, true) => outln!("policy denials: none ({} policies)", s.policy_denials.len()),
         (false, false) => outln!("policy denials: {}", denials.join(" ")),
+    }
+    if s.problems.is_empty() {
+        outln!("problems: none");
+    } else {
+        outln!();
+        outln!("PROBLEMS (skipped or set aside, not failed on)");
+        for p in &s.problems {
+            outln!("{:<9} {}: {}", p.source, p.object, p.reason);
+        }
     }
     Ok(())
 }

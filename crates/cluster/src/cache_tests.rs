@@ -333,3 +333,37 @@ fn namespaces_and_network_policies_are_cached() {
         s.namespaces.is_empty() && s.network_policies.is_empty()
     });
 }
+
+/// A corrupt line in the store's event log (here the Node's) costs the
+/// cache nothing: the first list reads key files, the watch skips the line,
+/// and later changes arrive. Before, every watch broke on that line, so the
+/// cache relisted forever and never saw another change.
+#[test]
+fn a_corrupt_log_line_does_not_stop_the_cache() {
+    let (store, dir) = temp_store("badline");
+    put_object(&*store, NODE);
+    put_object(&*store, WEB_POD);
+    let log = dir.join("log").join("events.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let damaged: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            if l.contains("\"nodes/node1\"") {
+                "{\"rev\":1,\"ke"
+            } else {
+                l
+            }
+        })
+        .collect();
+    std::fs::write(&log, damaged.join("\n") + "\n").unwrap();
+    let cache = ClusterCache::start(Arc::clone(&store)).unwrap();
+    let rx = cache.subscribe();
+    assert!(cache.snapshot().nodes.contains_key("node1"));
+    put_object(&*store, WEB_SVC);
+    let snap = wait_for(&cache, &rx, "the service", |s| {
+        s.services.contains_key("default/web")
+    });
+    assert_eq!((snap.pods.len(), snap.relists), (1, 0));
+    drop(cache);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -74,5 +74,6 @@ pub use service::{
 };
 pub use status::PodRunStatus;
 pub use store::{
-    DirStore, DirStoreOptions, Entry, Event, MemStore, Revision, Store, StoreError, Watch,
+    DirStore, DirStoreOptions, Entry, Event, MemStore, Revision, Store, StoreError, StoreFaults,
+    Watch,
 };

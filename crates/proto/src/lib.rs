@@ -156,6 +156,21 @@ pub struct AgentStatus {
     /// every policy selecting the pod in that direction.
     #[serde(default)]
     pub policy_denials: Vec<(String, u64)>,
+    /// What the agent skipped or set aside instead of failing (a state file
+    /// moved aside, an object left out of a table, a pod kept on its last
+    /// good spec), each with why.
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+}
+
+/// One thing the agent skipped or set aside instead of failing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Problem {
+    /// Who reported it: `state`, `routes`, `services` or `kubelet`.
+    pub source: String,
+    /// The file or object concerned (`services/default/web`).
+    pub object: String,
+    pub reason: String,
 }
 
 /// One tracked flow of the service load balancer.

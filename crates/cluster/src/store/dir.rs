@@ -27,7 +27,25 @@
 //! `max_events / 2` changes once it holds more than `max_events`, and a watch
 //! from before the compaction point gets [`StoreError::Compacted`].
 //! Keys map to file names by percent-escaping everything but `[A-Za-z0-9._-]`
-//! (so `pods/default/web-a` is `k-pods%2Fdefault%2Fweb-a`).
+//! (so `pods/default/web-a` is `k-pods%2Fdefault%2Fweb-a`). The formats are
+//! decoded in [`super::dir_format`].
+//!
+//! Faults, and what each costs (each is logged and counted in
+//! [`StoreFaults`]; the tests inject every one for real):
+//! - a write that fails before it commits (a full disk while appending or
+//!   writing the key file) is undone: its log line is cut off again and the
+//!   caller gets the error. Once the line is logged and applied the write
+//!   has happened and reports success, even if recording `state` or
+//!   compacting then fails (the next operation rebuilds `state` from the
+//!   log; the next write compacts again);
+//! - an unreadable `state` file (or one whose compaction point is past its
+//!   revision) is moved aside to `state.corrupt-<time>`, never overwritten,
+//!   and rebuilt from the log, replaying every line (replay is idempotent);
+//! - an unreadable log line is skipped; a watch that would miss a revision
+//!   because of it ends with an error, so its owner lists again; compaction
+//!   drops it into `events.log.corrupt-<time>`;
+//! - an unreadable key file is skipped by `list`, is an error for `get` and
+//!   compare-and-swap, and is replaced by an unconditional put or delete.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -38,10 +56,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
-use serde::{Deserialize, Serialize};
 
+use super::dir_format::{
+    decode_key_file, decode_lines, decode_log, decode_state, encode_header, encode_key_file,
+    encode_record, encode_state, DecodedLog, LogLine, State,
+};
 use super::notify::{DirWaiter, StopSignal};
-use super::{check_key, Entry, Event, Mutation, Revision, Store, StoreError, Watch, WriteOp};
+use super::{
+    check_key, quarantine_file, Entry, Event, Mutation, Revision, Store, StoreError, Watch, WriteOp,
+};
 
 /// Tuning for [`DirStore`].
 #[derive(Debug, Clone)]
@@ -63,11 +86,46 @@ impl Default for DirStoreOptions {
     }
 }
 
+/// Faults a [`DirStore`] handle met and survived since it was opened (its
+/// clones share the counts). Each is also logged when it happens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreFaults {
+    /// Key files a list skipped because they could not be read.
+    pub bad_key_files: u64,
+    /// Event log lines skipped because they could not be decoded.
+    pub bad_log_lines: u64,
+    /// Compactions that failed after their write committed (a later write
+    /// tries again).
+    pub compaction_failures: u64,
+    /// Unreadable `state` files moved aside and rebuilt from the log.
+    pub state_rebuilds: u64,
+    /// `state` files that could not be rewritten after a change committed
+    /// (the state is derived from the log again by the next operation).
+    pub state_write_failures: u64,
+    /// Writes that failed before they committed and were undone.
+    pub rolled_back_writes: u64,
+}
+
+#[derive(Debug, Default)]
+struct FaultCounters {
+    bad_key_files: AtomicU64,
+    bad_log_lines: AtomicU64,
+    compaction_failures: AtomicU64,
+    state_rebuilds: AtomicU64,
+    state_write_failures: AtomicU64,
+    rolled_back_writes: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A [`Store`] in a directory shared by processes on one machine.
 #[derive(Debug, Clone)]
 pub struct DirStore {
     paths: Arc<Paths>,
     opts: DirStoreOptions,
+    faults: Arc<FaultCounters>,
 }
 
 #[derive(Debug)]
@@ -78,39 +136,6 @@ struct Paths {
     keys: PathBuf,
     log_dir: PathBuf,
     log: PathBuf,
-}
-
-/// What the `state` file records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct State {
-    revision: Revision,
-    compacted: Revision,
-    log_len: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct LogHeader {
-    compacted: Revision,
-}
-
-#[derive(Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum LogOp {
-    Put,
-    Delete,
-}
-
-/// One line of the event log. A value that is UTF-8 (JSON always is) is kept
-/// readable in `value`; anything else goes hex-encoded in `hex`.
-#[derive(Serialize, Deserialize)]
-struct LogRecord {
-    rev: Revision,
-    key: String,
-    op: LogOp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    value: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    hex: Option<String>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -128,6 +153,10 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> StoreError {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 /// `pods/default/web-a` → `k-pods%2Fdefault%2Fweb-a`.
@@ -161,84 +190,18 @@ fn file_to_key(name: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect()
-}
-
-impl LogRecord {
-    fn new(rev: Revision, key: &str, mutation: &Mutation) -> Self {
-        let (op, value, hex) = match mutation {
-            Mutation::Put(v) => match std::str::from_utf8(v) {
-                Ok(s) => (LogOp::Put, Some(s.to_string()), None),
-                Err(_) => (LogOp::Put, None, Some(hex_encode(v))),
-            },
-            Mutation::Delete => (LogOp::Delete, None, None),
-        };
-        Self {
-            rev,
-            key: key.to_string(),
-            op,
-            value,
-            hex,
-        }
-    }
-
-    fn parse(line: &[u8], log: &Path) -> Result<Self, StoreError> {
-        serde_json::from_slice(line).map_err(|e| corrupt(log, format!("bad log record: {e}")))
-    }
-
-    fn into_event(self, log: &Path) -> Result<Event, StoreError> {
-        Ok(match self.op {
-            LogOp::Delete => Event::Delete {
-                key: self.key,
-                revision: self.rev,
-            },
-            LogOp::Put => {
-                let value = match (self.value, self.hex) {
-                    (Some(v), _) => v.into_bytes(),
-                    (None, Some(h)) => hex_decode(&h).ok_or_else(|| {
-                        corrupt(log, format!("bad hex value at revision {}", self.rev))
-                    })?,
-                    (None, None) => Vec::new(),
-                };
-                Event::Put(Entry {
-                    key: self.key,
-                    value,
-                    revision: self.rev,
-                })
-            }
-        })
+/// The key and the mutation an event records.
+fn mutation_of(ev: &Event) -> (&str, Mutation) {
+    match ev {
+        Event::Put(e) => (&e.key, Mutation::Put(e.value.clone())),
+        Event::Delete { key, .. } => (key, Mutation::Delete),
     }
 }
 
-/// Splits `buf` into complete `\n`-terminated lines; returns them and the
-/// number of bytes they span (a trailing partial line is not consumed).
-fn complete_lines(buf: &[u8]) -> (Vec<&[u8]>, usize) {
-    let mut lines = Vec::new();
-    let mut consumed = 0;
-    while let Some(pos) = buf
-        .get(consumed..)
-        .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
-    {
-        if let Some(line) = buf.get(consumed..consumed + pos) {
-            lines.push(line);
-        }
-        consumed += pos + 1;
-    }
-    (lines, consumed)
+/// The bytes of `line` in `buf`, newline included.
+fn line_bytes<'a>(buf: &'a [u8], line: &LogLine) -> &'a [u8] {
+    buf.get(line.offset..line.offset + line.len + 1)
+        .unwrap_or_default()
 }
 
 impl DirStore {
@@ -267,32 +230,19 @@ impl DirStore {
                 max_events: opts.max_events.max(2),
                 ..opts
             },
+            faults: Arc::default(),
         };
         let _lock = store.lock(true)?;
         store.remove_temp_files();
         let p = &store.paths;
-        let have_log = p.log.exists();
-        let mut state = if p.state.exists() {
-            if !have_log {
+        if !p.log.exists() {
+            if p.state.exists() {
                 return Err(corrupt(&p.log, "missing, but the state file exists"));
             }
-            store.read_state()?
-        } else {
-            if !have_log {
-                let header = Self::header_line(0)?;
-                store.write_atomic(&p.log_dir, &p.log, &header)?;
-            }
-            // No state yet (new store, or a crash during creation): start
-            // from the log's header and let recovery replay every record.
-            let (compacted, header_len) = store.read_header()?;
-            State {
-                revision: compacted,
-                compacted,
-                log_len: header_len,
-            }
-        };
-        store.recover(&mut state)?;
-        store.write_state(&state)?;
+            // A new store (or a crash during creation): an empty log.
+            store.write_atomic(&p.log_dir, &p.log, &encode_header(0))?;
+        }
+        store.recovered_state()?;
         Ok(store)
     }
 
@@ -301,14 +251,18 @@ impl DirStore {
         &self.paths.root
     }
 
-    fn header_line(compacted: Revision) -> Result<Vec<u8>, StoreError> {
-        let mut line =
-            serde_json::to_vec(&LogHeader { compacted }).map_err(|e| StoreError::Corrupt {
-                path: PathBuf::new(),
-                reason: e.to_string(),
-            })?;
-        line.push(b'\n');
-        Ok(line)
+    /// The faults this handle (and its clones) met and survived so far.
+    pub fn faults(&self) -> StoreFaults {
+        let f = &self.faults;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StoreFaults {
+            bad_key_files: load(&f.bad_key_files),
+            bad_log_lines: load(&f.bad_log_lines),
+            compaction_failures: load(&f.compaction_failures),
+            state_rebuilds: load(&f.state_rebuilds),
+            state_write_failures: load(&f.state_write_failures),
+            rolled_back_writes: load(&f.rolled_back_writes),
+        }
     }
 
     /// Opens the lock file and takes the lock; released when the file drops.
@@ -326,17 +280,18 @@ impl DirStore {
     }
 
     /// Takes the shared lock with fully recovered state; upgrades to the
-    /// exclusive lock only when a crashed writer left work to replay.
+    /// exclusive lock only when the state file is unreadable or a crashed
+    /// writer left work to replay.
     fn read_guard(&self) -> Result<(File, State), StoreError> {
         let guard = self.lock(false)?;
-        let state = self.read_state()?;
-        if self.log_len()? == state.log_len {
-            return Ok((guard, state));
+        if let Ok(state) = self.read_state() {
+            if self.log_len()? == state.log_len {
+                return Ok((guard, state));
+            }
         }
         drop(guard);
         let guard = self.lock(true)?;
-        let mut state = self.read_state()?;
-        self.recover(&mut state)?;
+        let state = self.recovered_state()?;
         Ok((guard, state))
     }
 
@@ -347,37 +302,59 @@ impl DirStore {
 
     fn read_state(&self) -> Result<State, StoreError> {
         let p = &self.paths.state;
-        let text = fs::read_to_string(p).map_err(io_err("read", p))?;
-        let nums: Vec<u64> = text
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .map_err(|_| {
-                corrupt(
-                    p,
-                    format!("expected three numbers, found `{}`", text.trim()),
-                )
-            })?;
-        match nums.as_slice() {
-            [revision, compacted, log_len] => Ok(State {
-                revision: *revision,
-                compacted: *compacted,
-                log_len: *log_len,
-            }),
-            _ => Err(corrupt(
-                p,
-                format!("expected three numbers, found `{}`", text.trim()),
-            )),
+        let bytes = fs::read(p).map_err(io_err("read", p))?;
+        decode_state(&bytes).map_err(|e| corrupt(p, e.to_string()))
+    }
+
+    /// The state, brought up to the log (exclusive lock held). A `state`
+    /// file that cannot be decoded is moved aside, never overwritten, and
+    /// the state is rebuilt from the log; a missing one (a new store) too.
+    fn recovered_state(&self) -> Result<State, StoreError> {
+        let p = &self.paths.state;
+        let mut state = match self.read_state() {
+            Ok(s) => s,
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                State {
+                    revision: 0,
+                    compacted: 0,
+                    log_len: 0,
+                }
+            }
+            Err(StoreError::Corrupt { reason, .. }) => {
+                let aside = quarantine_file(p).map_err(io_err("move aside unreadable", p))?;
+                bump(&self.faults.state_rebuilds);
+                tracing::error!(
+                    file = %p.display(),
+                    moved_to = %aside.display(),
+                    %reason,
+                    "store state file unreadable: moved aside; rebuilding it from the event log"
+                );
+                State {
+                    revision: 0,
+                    compacted: 0,
+                    log_len: 0,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        self.recover(&mut state)?;
+        Ok(state)
+    }
+
+    /// Records `s` after a change committed (to the log and the key files).
+    /// Failing to is not the change's failure: the state file only caches
+    /// what the log says, and the next operation derives it again.
+    fn record_state(&self, s: &State) {
+        if let Err(e) = self.write_atomic(&self.paths.root, &self.paths.state, &encode_state(s)) {
+            bump(&self.faults.state_write_failures);
+            tracing::warn!(error = %e, "cannot record the store state; it is rebuilt from the log next time");
         }
     }
 
-    fn write_state(&self, s: &State) -> Result<(), StoreError> {
-        let text = format!("{} {} {}\n", s.revision, s.compacted, s.log_len);
-        self.write_atomic(&self.paths.root, &self.paths.state, text.as_bytes())
-    }
-
     /// Writes `path` via a temporary file in `dir`, fsync and rename, so
-    /// readers see the old or the new content, never a mix.
+    /// readers see the old or the new content, never a mix. An error means
+    /// `path` was not replaced (failing to sync the directory after the
+    /// rename, which every process already sees, is only logged).
     fn write_atomic(&self, dir: &Path, path: &Path, data: &[u8]) -> Result<(), StoreError> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
@@ -387,22 +364,24 @@ impl DirStore {
             if self.opts.sync {
                 f.sync_all().map_err(io_err("sync", &tmp))?;
             }
-            fs::rename(&tmp, path).map_err(io_err("rename", path))?;
-            self.sync_dir(dir)
+            fs::rename(&tmp, path).map_err(io_err("rename", path))
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    fn sync_dir(&self, dir: &Path) -> Result<(), StoreError> {
-        if self.opts.sync {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("sync", dir))?;
+        match result {
+            Ok(()) => self.sync_dir(dir),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) {
+        if self.opts.sync {
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the store directory");
+            }
+        }
     }
 
     /// Removes temporary files a crashed writer left (exclusive lock held).
@@ -420,13 +399,6 @@ impl DirStore {
         }
     }
 
-    /// The log header's compaction revision and the header's length.
-    fn read_header(&self) -> Result<(Revision, u64), StoreError> {
-        let p = &self.paths.log;
-        let mut f = File::open(p).map_err(io_err("open", p))?;
-        read_header_from(&mut f, p)
-    }
-
     fn key_path(&self, key: &str) -> PathBuf {
         self.paths.keys.join(key_to_file(key))
     }
@@ -439,102 +411,159 @@ impl DirStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("read", &p)(e)),
         };
-        let nl = data
-            .iter()
-            .position(|b| *b == b'\n')
-            .ok_or_else(|| corrupt(&p, "no revision line"))?;
-        let (head, rest) = data.split_at(nl);
-        let rev = std::str::from_utf8(head)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| corrupt(&p, "first line is not a revision number"))?;
-        Ok(Some((rev, rest.get(1..).unwrap_or_default().to_vec())))
+        let (rev, value) = decode_key_file(&data).map_err(|e| corrupt(&p, e.to_string()))?;
+        Ok(Some((rev, value.to_vec())))
     }
 
-    /// Makes the key file reflect `mutation` at `rev`.
+    /// Makes the key file reflect `mutation` at `rev`; an error means the
+    /// key file is unchanged.
     fn apply(&self, key: &str, rev: Revision, mutation: &Mutation) -> Result<(), StoreError> {
         let p = self.key_path(key);
         match mutation {
             Mutation::Put(value) => {
-                let mut data = format!("{rev}\n").into_bytes();
-                data.extend_from_slice(value);
-                self.write_atomic(&self.paths.keys, &p, &data)
+                self.write_atomic(&self.paths.keys, &p, &encode_key_file(rev, value))
             }
             Mutation::Delete => match fs::remove_file(&p) {
-                Ok(()) => self.sync_dir(&self.paths.keys),
+                Ok(()) => {
+                    self.sync_dir(&self.paths.keys);
+                    Ok(())
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(io_err("remove", &p)(e)),
             },
         }
     }
 
+    /// Applies a logged event unless its key file already reflects it or a
+    /// later change (so replaying a line twice, or after later ones, is
+    /// harmless). An unreadable key file is rewritten from the event.
+    fn replay(&self, ev: &Event) -> Result<(), StoreError> {
+        let (key, mutation) = mutation_of(ev);
+        let current = match self.read_key(key) {
+            Ok(found) => found.map_or(0, |(rev, _)| rev),
+            Err(StoreError::Corrupt { reason, .. }) => {
+                tracing::warn!(key, %reason, revision = ev.revision(), "rewriting an unreadable key file from the event log");
+                0
+            }
+            Err(e) => return Err(e),
+        };
+        if current >= ev.revision() {
+            return Ok(());
+        }
+        self.apply(key, ev.revision(), &mutation)
+    }
+
+    fn report_bad_line(&self, offset: u64, reason: &str) {
+        bump(&self.faults.bad_log_lines);
+        tracing::error!(
+            log = %self.paths.log.display(),
+            offset,
+            %reason,
+            "skipping an unreadable event log line"
+        );
+    }
+
+    fn read_log(&self) -> Result<(Vec<u8>, DecodedLog), StoreError> {
+        let p = &self.paths.log;
+        let buf = fs::read(p).map_err(io_err("read", p))?;
+        let log = decode_log(&buf).map_err(|e| corrupt(p, e.to_string()))?;
+        if let Some(reason) = &log.header_error {
+            tracing::error!(log = %p.display(), %reason, compacted = log.compacted, "event log header unreadable; compaction point inferred from the first record");
+        }
+        Ok((buf, log))
+    }
+
     /// Brings key files and `state` up to the log (exclusive lock held):
-    /// replays lines a crashed writer committed but did not apply, cuts off
-    /// a torn last line, and adopts a compaction whose state write was lost.
+    /// replays lines a crashed writer committed but did not apply, skips
+    /// (and reports) lines that cannot be decoded, cuts off a torn last
+    /// line, and adopts a compaction whose state write was lost. When the
+    /// state does not describe this log (rebuilt, or the log was replaced),
+    /// every line is replayed; replaying is idempotent.
     fn recover(&self, state: &mut State) -> Result<(), StoreError> {
         let p = &self.paths.log;
         let len = self.log_len()?;
-        if len == state.log_len {
+        if len == state.log_len && state.log_len > 0 {
             return Ok(());
         }
-        let (compacted, header_len) = self.read_header()?;
-        if compacted != state.compacted {
-            // A compaction replaced the log after the last state write; the
-            // compacted log holds only applied events.
-            state.compacted = compacted;
-            state.log_len = len;
-            return self.write_state(state);
+        let (_, log) = self.read_log()?;
+        let on_boundary = log.compacted == state.compacted
+            && (state.log_len == to_u64(log.header_len)
+                || log
+                    .lines
+                    .iter()
+                    .any(|l| to_u64(l.offset + l.len + 1) == state.log_len));
+        if state.log_len > len {
+            tracing::error!(log = %p.display(), len, recorded = state.log_len, "event log is shorter than the state records; replaying what it holds");
         }
-        if len < state.log_len || state.log_len < header_len {
-            return Err(corrupt(
-                p,
-                format!(
-                    "{len} bytes long, but the state file records {}",
-                    state.log_len
-                ),
-            ));
-        }
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p)
-            .map_err(io_err("open", p))?;
-        f.seek(SeekFrom::Start(state.log_len))
-            .map_err(io_err("seek", p))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(io_err("read", p))?;
-        let (lines, consumed) = complete_lines(&buf);
-        for line in lines {
-            let event = LogRecord::parse(line, p)?.into_event(p)?;
-            if event.revision() != state.revision + 1 {
-                return Err(corrupt(
-                    p,
-                    format!(
-                        "record revision {} follows revision {}",
-                        event.revision(),
-                        state.revision
-                    ),
-                ));
+        let from = if on_boundary { state.log_len } else { 0 };
+        for line in log.lines.iter().filter(|l| to_u64(l.offset) >= from) {
+            match &line.event {
+                Ok(ev) => self.replay(ev)?,
+                Err(reason) => self.report_bad_line(to_u64(line.offset), reason),
             }
-            let (key, mutation) = match event {
-                Event::Put(e) => (e.key, Mutation::Put(e.value)),
-                Event::Delete { key, .. } => (key, Mutation::Delete),
-            };
-            self.apply(&key, state.revision + 1, &mutation)?;
-            state.revision += 1;
         }
-        let good_len = state.log_len + u64::try_from(consumed).unwrap_or(u64::MAX);
+        let good_len = to_u64(log.consumed);
         if good_len < len {
+            // A torn last line: its writer died before it committed.
+            let f = OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(io_err("open", p))?;
             f.set_len(good_len).map_err(io_err("truncate", p))?;
             if self.opts.sync {
                 f.sync_all().map_err(io_err("sync", p))?;
             }
         }
-        state.log_len = good_len;
-        self.write_state(state)
+        *state = State {
+            revision: state.revision.max(log.last_revision()),
+            compacted: log.compacted,
+            log_len: good_len,
+        };
+        self.record_state(state);
+        Ok(())
     }
 
-    /// Every write: lock, recover, decide, log, apply, record state.
+    /// Appends a log line and syncs it: the commit point.
+    fn append(&self, line: &[u8]) -> Result<(), StoreError> {
+        let p = &self.paths.log;
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(p)
+            .map_err(io_err("open", p))?;
+        log.write_all(line).map_err(io_err("append to", p))?;
+        if self.opts.sync {
+            log.sync_data().map_err(io_err("sync", p))?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a write that failed before it committed: cuts the log back to
+    /// `log_len` (shrinking a file needs no free space).
+    fn roll_back(&self, log_len: u64, cause: &StoreError) {
+        bump(&self.faults.rolled_back_writes);
+        let p = &self.paths.log;
+        let cut = OpenOptions::new().write(true).open(p).and_then(|f| {
+            f.set_len(log_len)?;
+            if self.opts.sync {
+                f.sync_all()?;
+            }
+            Ok(())
+        });
+        match cut {
+            Ok(()) => tracing::warn!(error = %cause, "store write failed; undone"),
+            Err(e) => tracing::error!(
+                error = %cause,
+                undo_error = %e,
+                "store write failed and its log line could not be cut off: a later open may still apply it"
+            ),
+        }
+    }
+
+    /// Every write: lock, recover, decide, log (the commit point), apply,
+    /// record state, maybe compact. A failure before the commit is undone
+    /// and returned; once the line is logged and applied the write has
+    /// happened, and failing to record the state or to compact is only
+    /// logged (and repaired or retried by later operations).
     fn write(&self, key: &str, op: WriteOp<'_>) -> Result<Option<Revision>, StoreError> {
         check_key(key)?;
         let file_name_len = key_to_file(key).len();
@@ -545,72 +574,95 @@ impl DirStore {
             });
         }
         let _lock = self.lock(true)?;
-        let mut state = self.read_state()?;
-        self.recover(&mut state)?;
-        let current = self.read_key(key)?.map_or(0, |(rev, _)| rev);
+        let mut state = self.recovered_state()?;
+        let current = match (self.read_key(key), &op) {
+            (Ok(found), _) => found.map_or(0, |(rev, _)| rev),
+            // An unconditional put or delete replaces an unreadable key
+            // file; a compare-and-swap cannot compare with it.
+            (Err(StoreError::Corrupt { reason, .. }), WriteOp::Put(_) | WriteOp::Delete) => {
+                tracing::warn!(key, %reason, "replacing an unreadable key file");
+                Revision::MAX
+            }
+            (Err(e), _) => return Err(e),
+        };
         let Some(mutation) = op.decide(key, current)? else {
             return Ok(None);
         };
-        let rev = state.revision + 1;
-        let mut line = serde_json::to_vec(&LogRecord::new(rev, key, &mutation))
-            .map_err(|e| corrupt(&self.paths.log, e.to_string()))?;
-        line.push(b'\n');
-        let p = &self.paths.log;
-        let mut log = OpenOptions::new()
-            .append(true)
-            .open(p)
-            .map_err(io_err("open", p))?;
-        log.write_all(&line).map_err(io_err("append to", p))?;
-        if self.opts.sync {
-            log.sync_data().map_err(io_err("sync", p))?;
+        let rev = state
+            .revision
+            .checked_add(1)
+            .ok_or_else(|| corrupt(&self.paths.state, "revision counter exhausted"))?;
+        let line = encode_record(rev, key, &mutation);
+        if let Err(e) = self
+            .append(&line)
+            .and_then(|()| self.apply(key, rev, &mutation))
+        {
+            self.roll_back(state.log_len, &e);
+            return Err(e);
         }
-        drop(log);
-        self.apply(key, rev, &mutation)?;
         state.revision = rev;
-        state.log_len += u64::try_from(line.len()).unwrap_or(u64::MAX);
-        self.write_state(&state)?;
-        if state.revision - state.compacted > self.opts.max_events {
-            self.compact(&mut state)?;
+        state.log_len += to_u64(line.len());
+        self.record_state(&state);
+        if state.revision.saturating_sub(state.compacted) > self.opts.max_events {
+            if let Err(e) = self.compact(&mut state) {
+                bump(&self.faults.compaction_failures);
+                tracing::warn!(error = %e, "cannot compact the event log; the next write tries again");
+            }
         }
         Ok(Some(rev))
     }
 
     /// Keeps the newest `max_events / 2` log records (exclusive lock held).
+    /// Lines that cannot be decoded are dropped, copied first to
+    /// `events.log.corrupt-<time>` beside the log for inspection.
     fn compact(&self, state: &mut State) -> Result<(), StoreError> {
         let p = &self.paths.log;
-        let keep_after = state.revision - self.opts.max_events / 2;
-        let mut f = File::open(p).map_err(io_err("open", p))?;
-        read_header_from(&mut f, p)?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(io_err("read", p))?;
-        let mut out = Self::header_line(keep_after)?;
-        let (lines, _) = complete_lines(&buf);
-        for line in lines {
-            if LogRecord::parse(line, p)?.rev > keep_after {
-                out.extend_from_slice(line);
-                out.push(b'\n');
+        let keep_after = state.revision.saturating_sub(self.opts.max_events / 2);
+        let (buf, log) = self.read_log()?;
+        let mut out = encode_header(keep_after);
+        let mut bad = Vec::new();
+        for line in &log.lines {
+            match &line.event {
+                Ok(ev) if ev.revision() > keep_after => {
+                    out.extend_from_slice(line_bytes(&buf, line))
+                }
+                Ok(_) => {}
+                Err(_) => bad.extend_from_slice(line_bytes(&buf, line)),
             }
+        }
+        if !bad.is_empty() {
+            self.quarantine_lines(&bad);
         }
         self.write_atomic(&self.paths.log_dir, p, &out)?;
         state.compacted = keep_after;
-        state.log_len = u64::try_from(out.len()).unwrap_or(u64::MAX);
-        self.write_state(state)
+        state.log_len = to_u64(out.len());
+        self.record_state(state);
+        Ok(())
+    }
+
+    /// Saves unreadable log lines that compaction drops (best effort).
+    fn quarantine_lines(&self, bad: &[u8]) {
+        let p = &self.paths.log;
+        let tmp = self.paths.log_dir.join(".quarantine");
+        let saved = self
+            .write_atomic(&self.paths.log_dir, &tmp, bad)
+            .map_err(|e| e.to_string())
+            .and_then(|()| quarantine_file_as(&tmp, p).map_err(|e| e.to_string()));
+        match saved {
+            Ok(to) => {
+                tracing::error!(saved_to = %to.display(), "compaction dropped unreadable event log lines")
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                tracing::error!(error = %e, "compaction dropped unreadable event log lines and could not save them")
+            }
+        }
     }
 }
 
-fn read_header_from(f: &mut File, p: &Path) -> Result<(Revision, u64), StoreError> {
-    let mut buf = [0u8; 256];
-    let n = f.read(&mut buf).map_err(io_err("read", p))?;
-    let head = buf.get(..n).unwrap_or_default();
-    let nl = head
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(|| corrupt(p, "no header line"))?;
-    let header: LogHeader = serde_json::from_slice(head.get(..nl).unwrap_or_default())
-        .map_err(|e| corrupt(p, format!("bad header: {e}")))?;
-    let len = u64::try_from(nl + 1).unwrap_or(u64::MAX);
-    f.seek(SeekFrom::Start(len)).map_err(io_err("seek", p))?;
-    Ok((header.compacted, len))
+/// Renames `from` to `like`'s quarantine name (`like.corrupt-<time>`).
+fn quarantine_file_as(from: &Path, like: &Path) -> std::io::Result<PathBuf> {
+    super::quarantine_file_to(from, like)
 }
 
 impl Store for DirStore {
@@ -636,12 +688,18 @@ impl Store for DirStore {
             if !key.starts_with(prefix) {
                 continue;
             }
-            if let Some((revision, value)) = self.read_key(&key)? {
-                entries.push(Entry {
+            match self.read_key(&key) {
+                Ok(Some((revision, value))) => entries.push(Entry {
                     key,
                     value,
                     revision,
-                });
+                }),
+                Ok(None) => {}
+                // One bad file costs its key, not the list.
+                Err(e) => {
+                    bump(&self.faults.bad_key_files);
+                    tracing::error!(key, error = %e, "list skips an unreadable key file");
+                }
             }
         }
         entries.sort_by(|a, b| a.key.cmp(&b.key));
@@ -690,6 +748,7 @@ impl Store for DirStore {
             store: self.clone(),
             prefix: prefix.to_string(),
             last: after,
+            prev: 0,
             file: None,
             offset: 0,
             tx,
@@ -741,10 +800,19 @@ impl Drop for WatchGuard {
 }
 
 /// Follows the event log from a revision, sending matching events.
+///
+/// Unreadable lines are skipped and reported. A watch that would miss a
+/// revision after its start (a gap between two readable records: an
+/// unreadable line, or one that compaction dropped) ends with
+/// [`StoreError::Corrupt`], so its owner lists again instead of silently
+/// missing a change; a watch started after the gap does not notice it.
 struct Tailer {
     store: DirStore,
     prefix: String,
     last: Revision,
+    /// The revision of the last readable record read (or the compaction
+    /// point); the next one must be `prev + 1` or revisions are missing.
+    prev: Revision,
     /// Open log file and its inode (a compaction replaces the file).
     file: Option<(File, u64)>,
     offset: u64,
@@ -760,16 +828,19 @@ impl Tailer {
             let ino = fs::metadata(&p).map_err(io_err("stat", &p))?.ino();
             if self.file.as_ref().is_none_or(|(_, i)| *i != ino) {
                 let mut f = File::open(&p).map_err(io_err("open", &p))?;
-                let (compacted, header_len) = read_header_from(&mut f, &p)?;
-                if compacted > self.last {
+                let mut whole = Vec::new();
+                f.read_to_end(&mut whole).map_err(io_err("read", &p))?;
+                let log = decode_log(&whole).map_err(|e| corrupt(&p, e.to_string()))?;
+                if log.compacted > self.last {
                     return Err(StoreError::Compacted {
                         requested: self.last,
-                        oldest: compacted,
+                        oldest: log.compacted,
                     });
                 }
                 let ino = f.metadata().map_err(io_err("stat", &p))?.ino();
                 self.file = Some((f, ino));
-                self.offset = header_len;
+                self.offset = to_u64(log.header_len);
+                self.prev = log.compacted;
             }
             let mut buf = Vec::new();
             if let Some((f, _)) = self.file.as_mut() {
@@ -779,18 +850,38 @@ impl Tailer {
             }
             buf
         };
-        let (lines, consumed) = complete_lines(&buf);
+        let (lines, consumed) = decode_lines(&buf, self.prev);
         for line in lines {
-            let rec = LogRecord::parse(line, &p)?;
-            if rec.rev <= self.last {
+            let ev = match line.event {
+                Ok(ev) => ev,
+                Err(reason) => {
+                    self.store
+                        .report_bad_line(self.offset + to_u64(line.offset), &reason);
+                    continue;
+                }
+            };
+            let rev = ev.revision();
+            // Revisions prev+1 ..= rev-1 are missing; this watch needs those above `last`.
+            if rev > self.prev.saturating_add(1) && rev - 1 > self.last {
+                return Err(corrupt(
+                    &p,
+                    format!(
+                        "revisions {}..={} are missing (unreadable or dropped lines); list again",
+                        self.prev.max(self.last) + 1,
+                        rev - 1
+                    ),
+                ));
+            }
+            self.prev = rev;
+            if rev <= self.last {
                 continue;
             }
-            self.last = rec.rev;
-            if rec.key.starts_with(&self.prefix) && self.tx.send(Ok(rec.into_event(&p)?)).is_err() {
+            self.last = rev;
+            if ev.key().starts_with(&self.prefix) && self.tx.send(Ok(ev)).is_err() {
                 return Ok(false);
             }
         }
-        self.offset += u64::try_from(consumed).unwrap_or(u64::MAX);
+        self.offset += to_u64(consumed);
         Ok(true)
     }
 }

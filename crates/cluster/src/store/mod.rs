@@ -17,16 +17,17 @@
 //! and single-process simulations. Keys are `/`-separated paths such as
 //! `pods/default/web-a`; values are opaque bytes (JSON by convention).
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 
 mod dir;
+pub mod dir_format;
 mod memory;
 mod notify;
 
-pub use dir::{DirStore, DirStoreOptions};
+pub use dir::{DirStore, DirStoreOptions, StoreFaults};
 pub use memory::MemStore;
 
 /// A store revision. 0 means "nothing yet"; the first change is revision 1.
@@ -256,6 +257,46 @@ impl<S: Store + ?Sized> Store for &S {
     fn revision(&self) -> Result<Revision, StoreError> {
         (**self).revision()
     }
+}
+
+/// Moves a file that cannot be read aside to `NAME.corrupt-<unix seconds>`
+/// (with `-N` appended if that name is taken) and returns where it went, so
+/// it is kept for inspection and never overwritten (CONVENTIONS.md §19).
+pub fn quarantine_file(path: &Path) -> std::io::Result<PathBuf> {
+    quarantine_file_to(path, path)
+}
+
+/// Moves `from` to `like`'s quarantine name (see [`quarantine_file`]). The
+/// hard link fails rather than replace an existing file, so two processes
+/// quarantining at once cannot overwrite each other's copy.
+pub(crate) fn quarantine_file_to(from: &Path, like: &Path) -> std::io::Result<PathBuf> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = like.file_name().map_or_else(
+        || std::ffi::OsString::from("file"),
+        std::ffi::OsStr::to_os_string,
+    );
+    for n in 0u32..1000 {
+        let mut candidate = name.clone();
+        candidate.push(format!(".corrupt-{secs}"));
+        if n > 0 {
+            candidate.push(format!("-{n}"));
+        }
+        let to = like.with_file_name(candidate);
+        match std::fs::hard_link(from, &to) {
+            Ok(()) => {
+                std::fs::remove_file(from)?;
+                return Ok(to);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "every quarantine name is taken",
+    ))
 }
 
 /// Rejects keys no backend can hold: empty, too long, control characters,

@@ -57,6 +57,36 @@ pub struct ServiceEntry {
     pub affinity: Affinity,
 }
 
+impl ServiceEntry {
+    /// The checks [`ServiceTable::build`] makes of one entry on its own: the
+    /// VIP and every backend one unicast host, no port 0. (Whether another
+    /// entry claims the same `(vip, port, proto)` is the table's to say.)
+    pub fn check(&self) -> Result<(), LbError> {
+        if not_one_host(self.vip) {
+            return Err(LbError::BadVip {
+                name: self.name.clone(),
+                vip: self.vip,
+            });
+        }
+        if self.port == 0 {
+            return Err(LbError::ZeroPort {
+                name: self.name.clone(),
+            });
+        }
+        if let Some(b) = self
+            .backends
+            .iter()
+            .find(|b| b.port == 0 || not_one_host(b.ip))
+        {
+            return Err(LbError::BadBackend {
+                name: self.name.clone(),
+                backend: *b,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Why a service table could not be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LbError {
@@ -144,25 +174,7 @@ impl ServiceTable {
         let mut vips = KeyMap::default();
         by_key.reserve(entries.len());
         for mut e in entries {
-            if not_one_host(e.vip) {
-                return Err(LbError::BadVip {
-                    name: e.name,
-                    vip: e.vip,
-                });
-            }
-            if e.port == 0 {
-                return Err(LbError::ZeroPort { name: e.name });
-            }
-            if let Some(b) = e
-                .backends
-                .iter()
-                .find(|b| b.port == 0 || not_one_host(b.ip))
-            {
-                return Err(LbError::BadBackend {
-                    name: e.name.clone(),
-                    backend: *b,
-                });
-            }
+            e.check()?;
             let k = key(e.vip, e.port, e.proto);
             if let Some(&i) = by_key.get(&k) {
                 let first: Option<&Service> = services.get(i);
