@@ -16,4 +16,6 @@ pub mod netns;
 pub mod node;
 pub mod policy_gate;
 pub mod policy_sync;
+pub mod procid;
 pub mod service_sync;
+pub mod watchdog;
