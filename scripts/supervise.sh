@@ -60,7 +60,8 @@ record() {
 # One log writer for every run: it caps and rotates the log, and this script's
 # own notes (stderr) go there too.
 exec {log}> >(exec "$LOGCAP" --max-bytes "$LOG_MAX" "$DIR/$NAME.log")
-record $! "$DIR/$NAME.logcap.pid"
+logcap=$!
+record "$logcap" "$DIR/$NAME.logcap.pid"
 exec 2>&"$log"
 
 restarts=0
@@ -93,3 +94,9 @@ while [ -z "$stopping" ]; do
     echo "$restarts" >"$DIR/$NAME.restarts"
 done
 rm -f "$DIR/$NAME.pid"
+echo "supervise: $NAME stopped" >&2
+# The last writer gone, the log writer flushes and exits; it is waited for, so
+# that nothing of this script outlives it.
+exec 2>/dev/null {log}>&-
+wait "$logcap" || true
+rm -f "$DIR/$NAME.logcap.pid"
