@@ -166,7 +166,7 @@ impl Default for Restarts {
 
 impl Restarts {
     /// The container of `pidfile` was started at `now`; returns how many
-    /// times it has been started again.
+    /// times this agent has started it again.
     fn started(&self, pidfile: &Path, now: Instant) -> u32 {
         let mut state = self.state.lock();
         let b = state.entry(pidfile.to_owned()).or_insert(Backoff {
@@ -603,11 +603,19 @@ impl Kubelet {
                 source,
             })?;
         let pid_path = dir.join(format!("{what}.pid"));
+        // A pid file left behind: this is a restart (counted in the pod's
+        // directory, so the count outlives an agent restart).
+        let again = pid_path.exists();
         self.record(&child, &pid_path)?;
-        let restarts = self.restarts.started(&pid_path, Instant::now());
-        if restarts > 0 {
-            tracing::info!(netns, container = what, restarts, "container started again");
+        self.restarts.started(&pid_path, Instant::now());
+        if again {
             let count = dir.join(format!("{what}.restarts"));
+            let restarts = fs::read_to_string(&count)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
+            tracing::info!(netns, container = what, restarts, "container started again");
             fs::write(&count, format!("{restarts}\n")).map_err(file_err("write", &count))?;
         }
         self.reap(child, pid_path);
