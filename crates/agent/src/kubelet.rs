@@ -652,7 +652,11 @@ impl Kubelet {
         let netns = self.netns_name(ns, name);
         if Path::new("/run/netns").join(&netns).exists() {
             if let Err(e) = run("ip", &["netns", "del", &netns]) {
-                tracing::warn!(error = %e, "cannot delete the pod namespace");
+                // The pod's directory (its `netns` file) stays: it is the
+                // record of a namespace this kubelet made, so the next
+                // reconcile tries again and `lab.sh down` finds it.
+                tracing::warn!(error = %e, "cannot delete the pod namespace; trying again later");
+                return;
             }
         }
         let _ = fs::remove_dir_all(&dir);
