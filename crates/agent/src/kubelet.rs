@@ -521,12 +521,12 @@ impl Kubelet {
     /// of its input, for the process whose log it is.
     fn log_writer(&self, dir: &Path, what: &str) -> Result<OwnedFd, KubeletError> {
         let log_path = dir.join(format!("{what}.log"));
-        let start_err = |source| KubeletError::Start {
-            what: format!("the log writer of {what}"),
-            netns: String::new(),
+        let logcap = self.bin_dir.join("tapestry-logcap");
+        let start_err = |source| KubeletError::Spawn {
+            cmd: format!("{} (the log writer of {what})", logcap.display()),
             source,
         };
-        let mut child = Command::new(self.bin_dir.join("tapestry-logcap"))
+        let mut child = Command::new(&logcap)
             .arg("--max-bytes")
             .arg(LOG_MAX_BYTES.to_string())
             .arg(&log_path)
