@@ -28,7 +28,7 @@ fact1() {
     local d c pid
     d=$(pod_dir web-a)
     for c in pause web sidecar; do
-        pid=$(cat "$d/$c.pid" 2>/dev/null || echo "?")
+        pid=$(pidfile_pid "$d/$c.pid" || echo "?")
         echo "    $c: pid $pid, network namespace $(readlink "/proc/$pid/ns/net" 2>/dev/null || echo '?')"
     done
     echo "  The sidecar curls http://localhost:80/from-sidecar every 2 s; its log:"

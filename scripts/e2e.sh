@@ -20,8 +20,19 @@ N1SOCK="/run/tapestry/$LAB/nodes/node1/tapestryd.sock"
 export TAPESTRY_STORE="/run/tapestry/$LAB/store"
 TMP=$(mktemp -d)
 
+# Namespaces this script makes itself (lab.sh down removes only the lab's own).
+KVX="$LAB-kvx"
+CNI_NS="$LAB-cnitest"
+FOREIGN_NS="$LAB-notours"
+del_own_netns() {
+    local ns
+    for ns in "$KVX" "$CNI_NS" "$FOREIGN_NS"; do
+        if [ -e "/run/netns/$ns" ]; then ip netns del "$ns"; fi
+    done
+}
 cleanup() {
     "${LABSH[@]}" down >/dev/null 2>&1 || true
+    del_own_netns
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
@@ -268,7 +279,6 @@ check_spoofed_tunnel_source_dropped() {
 
 # A Linux kernel VXLAN endpoint configured the flannel way (lib.sh's flannel_node,
 # as bench.sh's kernel reference) exchanges traffic with Tapestry's node1.
-KVX="$LAB-kvx"
 setup_kernel_vxlan_node() {
     flannel_node "$KVX" "$LAB-underlay" u200 198.18.0.200 10.244.200 0a:58:c6:12:00:c8
     flannel_peer "$KVX" 10.244.1 "$(node_vtep_mac node1)" 198.18.0.1
@@ -868,7 +878,6 @@ check_policy_cuts_established() {
 }
 
 # --- the CNI plugin, as a container runtime would call it ---------------------------
-CNI_NS="$LAB-cnitest"
 cni() { # cni COMMAND: runs the plugin with CNI's environment and the config on stdin
     local netconf="{\"cniVersion\":\"1.0.0\",\"name\":\"tapestry\",\"type\":\"tapestry-cni\",\"socket\":\"$N1SOCK\"}"
     CNI_COMMAND=$1 CNI_CONTAINERID=cnitest-1 CNI_NETNS="/run/netns/$CNI_NS" CNI_IFNAME=eth0 \
@@ -931,7 +940,7 @@ bogus_rejected() {
 check_lab_rejects_unknown_option() { verdict "lab.sh rejects an unknown option with its usage (exit 2)" bogus_rejected; }
 check_tap_survives_agent() {
     local pid
-    pid=$(cat "/run/tapestry/$LAB/nodes/node1/tapestryd.pid")
+    pid=$(pidfile_pid "/run/tapestry/$LAB/nodes/node1/tapestryd.pid")
     kill -TERM "$pid"
     POLL_SLEEP=0.1 poll_until 5000 not kill -0 "$pid" 2>/dev/null
     verdict "pod eth0 survives its agent (persistent TAP)" ip -n "$LAB-default-web-b" link show eth0
@@ -961,9 +970,11 @@ status:
   vtepMAC: 0a:58:c6:12:00:fb
 YAML
     tapestry apply -f "$TMP/rogue.yaml" >/dev/null
-    pid=$(cat "$N1DIR/tapestryd.pid")
-    kill -TERM "$pid"
+    # The supervisor stops its agent on TERM and waits for it; `up` starts both.
+    pid=$(pidfile_pid "$N1DIR/supervise.pid")
+    pidfile_signal TERM "$N1DIR/supervise.pid"
     POLL_SLEEP=0.1 poll_until 5000 not kill -0 "$pid" 2>/dev/null
+    POLL_SLEEP=0.1 poll_until 5000 not pid_alive "$N1DIR/tapestryd.pid"
     printf '[{"attachment": garbled' >"$N1DIR/pods.json"
     quiet lab up --nodes 3
 }
@@ -992,7 +1003,109 @@ check_bad_things_reported() {
     quiet tapestry delete node rogue
 }
 
-setup_down() { lab down >/dev/null 2>&1; }
+# --- faults: supervision, process hygiene, capped logs --------------------------------
+node_dir() { echo "/run/tapestry/$LAB/nodes/$1"; }
+# agent_replaced NODE OLD_PID: NODE's recorded agent is a live process other
+# than OLD_PID, and it answers on its control socket.
+agent_replaced() {
+    local d
+    d=$(node_dir "$1")
+    pid_alive "$d/tapestryd.pid" && [ "$(pidfile_pid "$d/tapestryd.pid")" != "$2" ] &&
+        tapestry status --socket "$d/tapestryd.sock" >/dev/null 2>&1
+}
+client_curls() { lab exec client -- curl -s --max-time 1 "http://$1/" 2>/dev/null | grep -q "pod=$2"; }
+check_agent_killed_restarted() {
+    local d old
+    d=$(node_dir node3)
+    old=$(pidfile_pid "$d/tapestryd.pid")
+    kill -KILL "$old"
+    POLL_SLEEP=0.05 poll_until 10000 agent_replaced node3 "$old"
+    echo "      node3's tapestryd (pid $old) killed with -9: a new one answers after ${POLL_MS:-never} ms;" \
+        "lab.sh status: $("${LABSH[@]}" status 2>/dev/null | grep -m1 '^node3:')"
+    verdict "the supervisor restarts a killed agent (kill -9), restarts counted" \
+        both test -n "$POLL_MS" -- grep -q 'restarts [1-9]' <<<"$("${LABSH[@]}" status 2>/dev/null | grep '^node3:')"
+}
+check_traffic_after_agent_kill() {
+    POLL_SLEEP=0.1 poll_until 10000 client_curls "$IP3" "$WEB3"
+    echo "      client curls $WEB3 on node3 again ${POLL_MS:-never} ms after the new agent answered"
+    verdict "traffic to the killed agent's node resumes" test -n "$POLL_MS"
+}
+check_up_right_after_kill() {
+    local pid
+    pid=$(pidfile_pid "$(node_dir node1)/tapestryd.pid")
+    kill -KILL "$pid"
+    verdict "lab.sh up right after a kill -9 of an agent" quiet lab --nodes 3 up
+}
+# Supervisor and agent both killed: up starts a new supervisor, once the old
+# agent is gone.
+up_supervised() { quiet lab --nodes 3 up && pid_alive "$1/supervise.pid"; }
+check_up_after_supervisor_kill() {
+    local d
+    d=$(node_dir node2)
+    kill -KILL "$(pidfile_pid "$d/supervise.pid")" "$(pidfile_pid "$d/tapestryd.pid")"
+    verdict "lab.sh up right after a kill -9 of an agent and its supervisor" up_supervised "$d"
+}
+# dns_replaced PIDFILE OLD_PID IP: a new DNS server runs and answers at IP.
+dns_replaced() {
+    pid_alive "$1" && [ "$(pidfile_pid "$1")" != "$2" ] &&
+        [ "$(dig_c +tries=1 +time=1 @"$3" web.default.svc.cluster.local)" = "$VIP" ]
+}
+check_dns_killed_restarted() {
+    local node pf old ip
+    node=$(pod_node tapestry-dns-1 kube-system)
+    ip=$(pod_ip tapestry-dns-1 kube-system)
+    pf="$(node_dir "$node")/pods/kube-system_tapestry-dns-1/dns.pid"
+    old=$(pidfile_pid "$pf")
+    kill -KILL "$old"
+    POLL_SLEEP=0.1 poll_until 15000 dns_replaced "$pf" "$old" "$ip"
+    echo "      tapestry-dns-1 (pid $old on $node) killed with -9: a new one answers at $ip after ${POLL_MS:-never} ms," \
+        "restarts $(cat "${pf%.pid}.restarts" 2>/dev/null || echo 0)"
+    verdict "the kubelet restarts a killed DNS server (restart counted) and it answers again" \
+        test -n "$POLL_MS" -a "$(cat "${pf%.pid}.restarts" 2>/dev/null || echo 0)" -ge 1
+}
+# A pod that writes 24 MiB to stdout, then says so and sleeps: its log stays
+# under the kubelet's cap (4 MiB, one rotated file).
+LOG_CAP=$((4 * 1024 * 1024))
+chatty_done() { tail -c 200 "$CHATTY_LOG" 2>/dev/null | grep -q chatty-done; }
+size_of() { stat -c %s "$1" 2>/dev/null || echo 0; }
+check_chatty_log_capped() {
+    cat >"$TMP/chatty.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: chatty
+spec:
+  nodeName: node2
+  containers:
+    - name: talk
+      command: ["sh", "-c", "yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde | head -c 25165824; echo; echo chatty-done; exec sleep infinity"]
+YAML
+    CHATTY_LOG="$(node_dir node2)/pods/default_chatty/talk.log"
+    tapestry apply -f "$TMP/chatty.yaml" >/dev/null
+    POLL_SLEEP=0.2 poll_until 60000 chatty_done
+    local cur old
+    cur=$(size_of "$CHATTY_LOG")
+    old=$(size_of "$CHATTY_LOG.1")
+    echo "      24 MiB written by a pod: talk.log $cur bytes, talk.log.1 $old bytes, talk.log.2 $(size_of "$CHATTY_LOG.2") bytes (cap $LOG_CAP)"
+    tapestry delete pod chatty >/dev/null
+    verdict "a chatty pod's log stays under its cap (rotated once)" \
+        test -n "$POLL_MS" -a "$cur" -le "$LOG_CAP" -a "$old" -le "$LOG_CAP" -a "$old" -gt 0 -a ! -e "$CHATTY_LOG.2"
+}
+# A namespace named like the lab's that the lab did not make.
+setup_foreign_netns() { ip netns add "$FOREIGN_NS"; }
+
+setup_down() {
+    # The test's own namespaces are the test's to remove; the foreign one stays.
+    local ns
+    for ns in "$KVX" "$CNI_NS"; do
+        if [ -e "/run/netns/$ns" ]; then ip netns del "$ns"; fi
+    done
+    lab down >/dev/null 2>&1
+}
+check_down_spares_foreign_netns() {
+    verdict "down leaves a namespace named like the lab's that it did not make ($FOREIGN_NS)" test -e "/run/netns/$FOREIGN_NS"
+    ip netns del "$FOREIGN_NS" 2>/dev/null || true
+}
 check_down_netns() { verdict "down leaves no namespace of the lab" test -z "$(netns_with_prefix "$LAB")"; }
 check_down_procs() { verdict "down leaves no process of the lab" test -z "$(lab_procs)"; }
 check_down_state() { verdict "down leaves no state directory" test ! -e "/run/tapestry/$LAB"; }
@@ -1025,7 +1138,9 @@ STEPS=(
     check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
     check_lab_rejects_unknown_option check_tap_survives_agent check_up_restarts_agent check_traffic_resumes
     setup_bad_files check_bad_state_moved_aside check_pods_answer_after_bad_state check_bad_things_reported
-    setup_down check_down_netns check_down_procs check_down_state
+    check_dns_killed_restarted check_agent_killed_restarted check_traffic_after_agent_kill
+    check_up_right_after_kill check_up_after_supervisor_kill check_chatty_log_capped
+    setup_foreign_netns setup_down check_down_spares_foreign_netns check_down_netns check_down_procs check_down_state
 )
 
 # Runs STEPS in order; a check that does not give exactly one verdict, or a setup

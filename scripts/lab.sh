@@ -3,8 +3,8 @@
 #
 #   scripts/lab.sh up [--nodes N] [--manifests DIR]   build, start N nodes (default 2), apply lab/pods
 #                                                     and lab/services (or DIR instead of both)
-#   scripts/lab.sh down                               remove everything `up` made
-#   scripts/lab.sh status                             nodes and pods, with IPs and MACs
+#   scripts/lab.sh down                               remove everything `up` made, and only that
+#   scripts/lab.sh status                             agents (restarts), nodes and pods, with IPs and MACs
 #   scripts/lab.sh exec POD [--] CMD...               run CMD inside POD's network namespace
 #                                                     (POD is NAME, or NAMESPACE/NAME)
 #   scripts/lab.sh demo                               the Kubernetes networking facts and NetworkPolicy, PASS or FAIL each
@@ -18,7 +18,13 @@
 # not an option) and is passed through whole.
 #
 # Needs root. Everything it makes is named after LAB and recorded under
-# /run/tapestry/LAB; nothing outside the lab's namespaces is touched.
+# /run/tapestry/LAB (namespaces in netns.list and each pod's netns file,
+# processes in *.pid files as "PID STARTTIME"); `down` removes exactly what is
+# recorded, and nothing outside the lab's namespaces is touched. Each node's
+# tapestryd runs under scripts/supervise.sh, which starts it again when it
+# dies (backoff 100 ms doubling to 5 s) once the old process is gone; its log,
+# tapestryd.log, is capped at 8 MiB plus one rotated file, as are the pods'
+# container logs (the kubelet's).
 # The underlay ("physical" network) is a kernel bridge in namespace LAB-underlay,
 # 198.18.0.0/24 (RFC 2544's benchmark range); node i is 198.18.0.i and owns pod
 # subnet 10.244.i.0/24. The cluster store is the directory /run/tapestry/LAB/store
@@ -48,7 +54,7 @@ node_ns() { echo "$LAB-$1"; }
 
 build() {
     say "building release binaries"
-    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-probe --bin tapestry-pause --bin tapestry-dns --bin tapestry-cni)
+    (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-probe --bin tapestry-pause --bin tapestry-dns --bin tapestry-cni --bin tapestry-logcap)
 }
 
 store() { echo "$(lab_dir)/store"; }
@@ -58,26 +64,69 @@ agent_answers() { tapestry status --socket "$1" >/dev/null 2>&1; }
 # Polls `tapestry status` until the agent answers, at most 10 s.
 wait_agent() { POLL_SLEEP=0.1 poll_until 10000 agent_answers "$1"; }
 
+# record_netns NS: NS is the lab's (down deletes it); recorded before it is made.
+record_netns() {
+    grep -qxF "$1" "$(lab_dir)/netns.list" 2>/dev/null || echo "$1" >>"$(lab_dir)/netns.list"
+}
+
+# stop_pidfile PIDFILE [MS]: SIGTERM to the process the file names (if it is
+# still that process), SIGKILL after MS (default 3000) ms; returns once it is gone.
+stop_pidfile() {
+    pidfile_signal TERM "$1"
+    POLL_SLEEP=0.05 poll_until "${2:-3000}" pid_gone "$1" && return 0
+    pidfile_signal KILL "$1"
+    POLL_SLEEP=0.05 poll_until 3000 pid_gone "$1"
+}
+
+# supervision NODE_DIR: one line on the node's supervisor and agent.
+supervision() {
+    local d=$1 line
+    if pid_alive "$d/supervise.pid"; then
+        line="supervisor pid $(pidfile_pid "$d/supervise.pid")"
+    else
+        line="supervisor not running"
+    fi
+    if pid_alive "$d/tapestryd.pid"; then
+        line+=", tapestryd pid $(pidfile_pid "$d/tapestryd.pid")"
+    else
+        line+=", tapestryd not running"
+    fi
+    line+=", restarts $(cat "$d/tapestryd.restarts" 2>/dev/null || echo 0)"
+    if [ -s "$d/tapestryd.exit" ]; then
+        local kind code at
+        read -r kind code at <"$d/tapestryd.exit"
+        line+=" (last ended: $kind $code, $(($(date +%s) - at)) s ago)"
+    fi
+    echo "$line"
+}
+
 start_node() {
     local i=$1 node="node$1" ns dir
     ns=$(node_ns "$node")
     dir="$(lab_dir)/nodes/$node"
     mkdir -p "$dir"
     if [ ! -e "/run/netns/$ns" ]; then
+        record_netns "$ns"
         underlay_node "$ns" "$(underlay_ns)" "u$i" "198.18.0.$i"
     fi
-    if pid_alive "$dir/tapestryd.pid"; then
-        say "$node: tapestryd already running (pid $(cat "$dir/tapestryd.pid"))"
+    if pid_alive "$dir/supervise.pid"; then
+        say "$node: tapestryd supervised ($(supervision "$dir"))"
     else
-        say "$node: starting tapestryd in namespace $ns (underlay 198.18.0.$i, pod subnet 10.244.$i.0/24)"
+        # An agent whose supervisor is gone (killed) still holds the state
+        # directory: stop it, and start the new one only once it is gone.
+        stop_pidfile "$dir/tapestryd.pid" || die "$node: the old tapestryd (pid $(pidfile_pid "$dir/tapestryd.pid")) does not exit"
+        stop_pidfile "$dir/tapestryd.logcap.pid" 1000 || true
+        say "$node: starting tapestryd in namespace $ns (underlay 198.18.0.$i, pod subnet 10.244.$i.0/24), supervised"
         # nsenter, not `ip netns exec`: the agent must share the host's mount
         # namespace, or the pod namespaces its kubelet creates would be invisible.
-        setsid nsenter --net="/run/netns/$ns" "$BIN/tapestryd" --node "$node" --store "$(store)" \
+        setsid nsenter --net="/run/netns/$ns" bash "$REPO/scripts/supervise.sh" "$dir" tapestryd -- \
+            "$BIN/tapestryd" --node "$node" --store "$(store)" \
             --underlay-ip "198.18.0.$i" --pod-cidr "10.244.$i.0/24" --netns-prefix "$LAB" \
             --cluster-dns 10.96.0.10 \
-            --state-dir "$dir" </dev/null >>"$dir/tapestryd.log" 2>&1 &
-        echo $! >"$dir/tapestryd.pid"
+            --state-dir "$dir" </dev/null >/dev/null 2>&1 &
+        echo "$! $(proc_starttime $!)" >"$dir/supervise.pid"
     fi
+    # Right after a kill the supervisor is starting a new agent: this waits for it.
     wait_agent "$dir/tapestryd.sock" || { tail -n 20 "$dir/tapestryd.log" >&2; die "$node: tapestryd did not answer on $dir/tapestryd.sock"; }
 }
 
@@ -92,6 +141,7 @@ cmd_up() {
         [ "$have" = "$NODES" ] || die "lab $LAB is up with $have node(s); run 'scripts/lab.sh down' before changing --nodes"
     fi
     echo "$NODES" >"$(lab_dir)/nodes.count"
+    record_netns "$(underlay_ns)"
     underlay_bridge "$(underlay_ns)"
     for i in $(seq 1 "$NODES"); do
         start_node "$i"
@@ -106,17 +156,27 @@ cmd_up() {
 
 pid_gone() { ! pid_alive "$1"; }
 
-# Stops every process whose pid file is under $1.
+# Stops every process whose pid file is under $1, those that are still the
+# process recorded (PID and start time).
 kill_pidfiles() {
     local pidf
     for pidf in "$1"/*.pid; do
-        [ -f "$pidf" ] || continue
-        if pid_alive "$pidf"; then kill -TERM "$(cat "$pidf")" 2>/dev/null || true; fi
+        [ -f "$pidf" ] && pidfile_signal TERM "$pidf"
     done
     for pidf in "$1"/*.pid; do
         [ -f "$pidf" ] || continue
-        POLL_SLEEP=0.1 poll_until 3000 pid_gone "$pidf" ||
-            kill -KILL "$(cat "$pidf")" 2>/dev/null || true
+        POLL_SLEEP=0.1 poll_until 3000 pid_gone "$pidf" || pidfile_signal KILL "$pidf"
+    done
+}
+
+# lab_netns: every namespace the lab recorded as its own: the underlay's and
+# the nodes' (netns.list), and the pods' (each pod directory's netns file).
+lab_netns() {
+    local dir pd
+    dir=$(lab_dir)
+    cat "$dir/netns.list" 2>/dev/null || true
+    for pd in "$dir"/nodes/*/pods/*; do
+        [ -f "$pd/netns" ] && cat "$pd/netns" && echo
     done
 }
 
@@ -124,23 +184,24 @@ cmd_down() {
     need_root lab.sh
     local dir nd pd ns
     dir=$(lab_dir)
-    # Agents first, so that no kubelet restarts what is being removed.
+    # Supervisors first (each stops its agent and waits for it), then any agent
+    # left, so that no kubelet restarts what is being removed.
     for nd in "$dir"/nodes/*; do
-        [ -d "$nd" ] && kill_pidfiles "$nd"
+        [ -d "$nd" ] || continue
+        stop_pidfile "$nd/supervise.pid" 5000 || true
+        stop_pidfile "$nd/tapestryd.pid" || true
+        stop_pidfile "$nd/tapestryd.logcap.pid" 1000 || true
     done
     for pd in "$dir"/nodes/*/pods/*; do
-        [ -d "$pd" ] || continue
-        kill_pidfiles "$pd"
-        ns=$(cat "$pd/netns" 2>/dev/null || true)
-        if [ -n "$ns" ] && [ -e "/run/netns/$ns" ]; then ip netns del "$ns"; fi
+        [ -d "$pd" ] && kill_pidfiles "$pd"
     done
-    # Every namespace of this lab: nodes, pods, the underlay (all named LAB-…).
-    for ns in $(netns_with_prefix "$LAB"); do
-        ip netns del "$ns"
-    done
-    # Pods' resolv.conf files, which the kubelets wrote under /etc/netns/LAB-….
-    for ns in /etc/netns/"$LAB"-*; do
-        if [ -d "$ns" ]; then rm -rf "$ns"; fi
+    # Exactly the namespaces the lab made, and the pods' resolv.conf files the
+    # kubelets wrote under /etc/netns/NS.
+    for ns in $(lab_netns | sort -u); do
+        # Only names of this lab (a corrupt record must not reach further).
+        case "$ns" in "$LAB"-*) ;; *) continue ;; esac
+        if [ -e "/run/netns/$ns" ]; then ip netns del "$ns"; fi
+        if [ -d "/etc/netns/$ns" ]; then rm -rf "/etc/netns/$ns"; fi
     done
     rm -rf "$dir"
     say "lab $LAB is down"
@@ -151,8 +212,10 @@ cmd_status() {
     dir=$(lab_dir)
     [ -d "$dir/nodes" ] || die "lab $LAB is not up (no $dir)"
     for nd in "$dir"/nodes/*; do
-        [ -S "$nd/tapestryd.sock" ] || continue
+        [ -d "$nd" ] || continue
         echo
+        echo "${nd##*/}: $(supervision "$nd")"
+        [ -S "$nd/tapestryd.sock" ] || continue
         tapestry status --socket "$nd/tapestryd.sock" || true
     done
     echo

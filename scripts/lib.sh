@@ -55,8 +55,34 @@ poll_until() {
     done
 }
 
-# pid_alive PIDFILE: the process the file names is running.
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# proc_starttime PID: when PID started (field 22 of /proc/PID/stat, clock ticks
+# since boot); empty if there is no such process. With the PID it names one
+# process for good: a PID reused by another process has another start time.
+proc_starttime() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    # The fields after "PID (COMM) ": the third field of the line is the first here.
+    awk '{ print $20 }' <<<"${stat##*) }"
+}
+
+# pidfile_pid PIDFILE: the PID a pid file names ("PID" or "PID STARTTIME").
+pidfile_pid() { local pid _; read -r pid _ <"$1" 2>/dev/null && echo "$pid"; }
+
+# pid_alive PIDFILE: the process the file names is running (not a zombie) and,
+# when the file records a start time ("PID STARTTIME"), is that very process.
+pid_alive() {
+    local pid start stat
+    [ -f "$1" ] && read -r pid start <"$1" 2>/dev/null || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [ "${stat:0:1}" != Z ] || return 1
+    [ -z "$start" ] || [ "$(awk '{ print $20 }' <<<"$stat")" = "$start" ]
+}
+
+# pidfile_signal SIGNAL PIDFILE: sends SIGNAL to the process the file names if
+# pid_alive says it is that process.
+pidfile_signal() { if pid_alive "$2"; then kill "-$1" "$(pidfile_pid "$2")" 2>/dev/null || true; fi; }
 
 # --- PASS / FAIL -------------------------------------------------------------------
 

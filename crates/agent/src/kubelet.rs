@@ -11,8 +11,21 @@
 //! namespace, and publishes the pod `Running` and ready once it answers ping
 //! and accepts connections on its declared TCP ports. A Pod deleted from the
 //! store is stopped and detached within a watch event's delay. Every few
-//! seconds it reconciles everything, so a missed event or a dead container is
-//! repaired.
+//! seconds it reconciles everything, so a missed event is repaired.
+//!
+//! A container that exits is started again (`restartPolicy: Always`), as soon
+//! as its reaper sees it go and its backoff allows: 100 ms, doubling at each
+//! quick exit up to 5 s, back to 100 ms after a run of 10 s (systemd's
+//! `Restart=always` with `RestartSec` steps; Kubernetes' CrashLoopBackOff
+//! has the same shape on a scale of minutes). A container that died while
+//! the agent was down is found by the next reconcile.
+//!
+//! Processes are named by PID and start time ([`crate::procid`]) and signalled
+//! through a pidfd, so an agent restarted after the PIDs were reused never
+//! signals an unrelated process. Each container's stdout and stderr go through
+//! its own `tapestry-logcap` (a process of its own, so it outlives an agent
+//! restart, as CRI-O's conmon does), which caps the log at [`LOG_MAX_BYTES`]
+//! plus one rotated file: the logs sit on the tmpfs that holds the store.
 //!
 //! A Pod whose stored object stops decoding (a bad write, a damaged file) is
 //! not stopped: it keeps running on the last spec the kubelet decoded for
@@ -21,18 +34,21 @@
 //! status` until the object decodes again or is deleted.
 //!
 //! Files per pod under `STATE_DIR/pods/NAMESPACE_NAME/`: `pause.pid`,
-//! `CONTAINER.pid`, `CONTAINER.log`, `netns`.
+//! `CONTAINER.pid`, `CONTAINER.log` (and `.log.1`), `CONTAINER.logcap.pid`,
+//! `CONTAINER.restarts`, `netns`; each pid file holds `PID STARTTIME`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::store::Store;
 use tapestry_cluster::{ClusterCache, ClusterState};
@@ -41,6 +57,7 @@ use tapestry_cluster::{Container, Pod, Protocol};
 use crate::node::{Node, NodeError};
 use crate::policy_gate::Gate;
 use crate::problems::{Problems, Source};
+use crate::procid::{self, ProcId};
 use tapestry_proto::Attachment;
 
 /// How often everything is reconciled even without events.
@@ -54,6 +71,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// loaded two-core machine, while a store or compiler failure holds a pod
 /// back no longer than this (well inside [`READY_TIMEOUT`]).
 const POLICY_WAIT: Duration = Duration::from_secs(5);
+/// The first delay before a container that exited is started again.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest delay (the backoff doubles at each quick exit up to this).
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A run at least this long resets the backoff.
+const STABLE_RUN: Duration = Duration::from_secs(10);
+/// The largest a container's log grows before it is rotated (one rotated file
+/// is kept): 4 MiB, so a pod's log never takes more than 8 MiB of the tmpfs.
+pub const LOG_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// How long a stopped process has after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a pod could not be started (published as the pod's `Failed` message).
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +183,8 @@ pub struct Kubelet {
     pub dns: Option<ClusterDns>,
     /// Where pods kept on their last good spec are reported.
     pub problems: Arc<Problems>,
+    /// Containers' exits and restart backoff (shared with the reaper threads).
+    pub restarts: Arc<Restarts>,
 }
 
 /// The pods to run, given the last good specs: [`Kubelet::pods_to_run`].
@@ -167,6 +197,93 @@ struct ToRun {
     keep: BTreeSet<(String, String)>,
     /// `(store key, what is done about it)` for each undecodable pod of ours.
     problems: Vec<(String, String)>,
+}
+
+/// The restart backoff of one container.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    /// How many times it was started again.
+    restarts: u32,
+    /// The delay after its next quick exit.
+    delay: Duration,
+    started: Instant,
+    /// Not to be started again before this (set when it exits).
+    not_before: Option<Instant>,
+}
+
+/// Which containers exited and when each may start again. Keyed by the
+/// container's pid file, which names it uniquely on this node.
+pub struct Restarts {
+    state: Mutex<HashMap<PathBuf, Backoff>>,
+    exited_tx: Sender<()>,
+    exited_rx: Receiver<()>,
+}
+
+impl Default for Restarts {
+    fn default() -> Self {
+        let (exited_tx, exited_rx) = crossbeam_channel::unbounded();
+        Restarts {
+            state: Mutex::new(HashMap::new()),
+            exited_tx,
+            exited_rx,
+        }
+    }
+}
+
+impl Restarts {
+    /// The container of `pidfile` was started at `now`; returns how many
+    /// times this agent has started it again.
+    fn started(&self, pidfile: &Path, now: Instant) -> u32 {
+        let mut state = self.state.lock();
+        let b = state.entry(pidfile.to_owned()).or_insert(Backoff {
+            restarts: 0,
+            delay: BACKOFF_MIN,
+            started: now,
+            not_before: None,
+        });
+        if b.not_before.take().is_some() {
+            b.restarts += 1;
+        }
+        b.started = now;
+        b.restarts
+    }
+
+    /// The process of `pidfile` exited at `now` (its reaper says so): it may
+    /// start again after the backoff.
+    fn exited(&self, pidfile: &Path, now: Instant) {
+        if let Some(b) = self.state.lock().get_mut(pidfile) {
+            if now.saturating_duration_since(b.started) >= STABLE_RUN {
+                b.delay = BACKOFF_MIN;
+            }
+            b.not_before = Some(now + b.delay);
+            b.delay = (b.delay * 2).min(BACKOFF_MAX);
+        }
+        let _ = self.exited_tx.send(());
+    }
+
+    /// Whether the container of `pidfile`, found not running, may start now.
+    fn may_start(&self, pidfile: &Path, now: Instant) -> bool {
+        self.state
+            .lock()
+            .get(pidfile)
+            .and_then(|b| b.not_before)
+            .is_none_or(|t| t <= now)
+    }
+
+    /// The earliest time after `now` at which a container may start again.
+    fn next_due(&self, now: Instant) -> Option<Instant> {
+        self.state
+            .lock()
+            .values()
+            .filter_map(|b| b.not_before)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// Forgets the containers of a stopped pod.
+    fn forget(&self, pod_dir: &Path) {
+        self.state.lock().retain(|k, _| !k.starts_with(pod_dir));
+    }
 }
 
 /// The cluster DNS server and domain pods are told about.
@@ -208,7 +325,8 @@ impl Kubelet {
     }
 
     /// Runs forever: reconciles on every change of the cluster (through the
-    /// agent's one [`ClusterCache`]) and at least every [`RESYNC`].
+    /// agent's one [`ClusterCache`]), when a process it started exits, when a
+    /// container's restart backoff ends, and at least every [`RESYNC`].
     pub fn run(self: Arc<Self>, cache: Arc<ClusterCache>) {
         let changes = cache.subscribe();
         let mut last_good = BTreeMap::new();
@@ -228,9 +346,18 @@ impl Kubelet {
                 reported = run.problems;
             }
             self.reconcile(&run.pods, &run.keep);
-            match changes.recv_timeout(RESYNC) {
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            let now = Instant::now();
+            let timeout = self
+                .restarts
+                .next_due(now)
+                .map_or(RESYNC, |t| t.saturating_duration_since(now).min(RESYNC));
+            crossbeam_channel::select! {
+                recv(changes) -> r => if r.is_err() { return },
+                recv(self.restarts.exited_rx) -> _ => {
+                    // One reconcile for every exit seen so far.
+                    while self.restarts.exited_rx.try_recv().is_ok() {}
+                }
+                default(timeout) => {}
             }
         }
     }
@@ -358,13 +485,18 @@ impl Kubelet {
             .and_then(|c| c.address.split('/').next())
             .and_then(|a| a.parse().ok())
             .ok_or(KubeletError::NoAddress)?;
-        // The containers to start, each with its command line (refused
-        // before anything is published if one has none).
+        // The containers to start (not running, and past their restart
+        // backoff), each with its command line (refused before anything is
+        // published if one has none).
+        let now = Instant::now();
         let containers = pod
             .spec
             .containers
             .iter()
-            .filter(|c| alive(&dir.join(format!("{}.pid", c.name))).is_none())
+            .filter(|c| {
+                let pidfile = dir.join(format!("{}.pid", c.name));
+                alive(&pidfile).is_none() && self.restarts.may_start(&pidfile, now)
+            })
             .map(|c| {
                 let argv: Vec<String> = c.command.iter().chain(&c.args).cloned().collect();
                 if argv.is_empty() {
@@ -471,6 +603,60 @@ impl Kubelet {
             });
     }
 
+    /// Starts the `tapestry-logcap` that writes `dir/WHAT.log` (in a process
+    /// group of its own, recorded in `WHAT.logcap.pid`); returns the write end
+    /// of its input, for the process whose log it is.
+    fn log_writer(&self, dir: &Path, what: &str) -> Result<OwnedFd, KubeletError> {
+        let log_path = dir.join(format!("{what}.log"));
+        let logcap = self.bin_dir.join("tapestry-logcap");
+        let start_err = |source| KubeletError::Spawn {
+            cmd: format!("{} (the log writer of {what})", logcap.display()),
+            source,
+        };
+        let mut child = Command::new(&logcap)
+            .arg("--max-bytes")
+            .arg(LOG_MAX_BYTES.to_string())
+            .arg(&log_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(start_err)?;
+        let input = child
+            .stdin
+            .take()
+            .map(OwnedFd::from)
+            .ok_or_else(|| start_err(std::io::Error::other("no pipe to tapestry-logcap")))?;
+        let pid_path = dir.join(format!("{what}.logcap.pid"));
+        self.record(&child, &pid_path)?;
+        self.reap(child, pid_path);
+        Ok(input)
+    }
+
+    /// Records `child` in `pid_path` (PID and start time).
+    fn record(&self, child: &std::process::Child, pid_path: &Path) -> Result<(), KubeletError> {
+        let id = ProcId::of(child.id()).ok_or_else(|| KubeletError::File {
+            op: "read the start time for",
+            path: pid_path.to_owned(),
+            source: std::io::Error::other("no /proc entry for a child just started"),
+        })?;
+        id.write(pid_path).map_err(file_err("write", pid_path))
+    }
+
+    /// Waits for `child` from a thread of its own, so that a dead process is
+    /// seen as dead (not a zombie), and tells the kubelet it exited.
+    fn reap(&self, child: std::process::Child, pid_path: PathBuf) {
+        let restarts = Arc::clone(&self.restarts);
+        let _ = std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || {
+                let mut child = child;
+                let _ = child.wait();
+                restarts.exited(&pid_path, Instant::now());
+            });
+    }
+
     fn spawn(
         &self,
         netns: &str,
@@ -479,9 +665,10 @@ impl Kubelet {
         argv: &[String],
         env: &[(String, String)],
     ) -> Result<(), KubeletError> {
-        let log_path = dir.join(format!("{what}.log"));
-        let log = fs::File::create(&log_path).map_err(file_err("create", &log_path))?;
-        let log2 = log.try_clone().map_err(file_err("reopen", &log_path))?;
+        let log = self.log_writer(dir, what)?;
+        let log2 = log
+            .try_clone()
+            .map_err(file_err("duplicate the log pipe of", &dir.join(what)))?;
         let path = format!(
             "{}:{}",
             self.bin_dir.display(),
@@ -503,14 +690,22 @@ impl Kubelet {
                 source,
             })?;
         let pid_path = dir.join(format!("{what}.pid"));
-        fs::write(&pid_path, child.id().to_string()).map_err(file_err("write", &pid_path))?;
-        // Reap it when it exits, so a dead container is seen as dead (not a zombie).
-        let _ = std::thread::Builder::new()
-            .name("reaper".into())
-            .spawn(move || {
-                let mut child = child;
-                let _ = child.wait();
-            });
+        // A pid file left behind: this is a restart (counted in the pod's
+        // directory, so the count outlives an agent restart).
+        let again = pid_path.exists();
+        self.record(&child, &pid_path)?;
+        self.restarts.started(&pid_path, Instant::now());
+        if again {
+            let count = dir.join(format!("{what}.restarts"));
+            let restarts = fs::read_to_string(&count)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
+            tracing::info!(netns, container = what, restarts, "container started again");
+            fs::write(&count, format!("{restarts}\n")).map_err(file_err("write", &count))?;
+        }
+        self.reap(child, pid_path);
         Ok(())
     }
 
@@ -518,15 +713,24 @@ impl Kubelet {
     /// namespace and status. Missing pieces are skipped.
     pub fn stop(&self, ns: &str, name: &str) {
         let dir = self.pod_dir(ns, name);
-        if let Ok(entries) = fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "pid")
-                    && p.file_stem().is_some_and(|s| s != "pause")
-                {
-                    stop(&p);
-                }
-            }
+        self.restarts.forget(&dir);
+        let pidfiles: Vec<PathBuf> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+            .collect();
+        // The containers, then their log writers (which end by themselves
+        // once their container has: what it said last is kept); the pause
+        // process last, after the detach.
+        let is_logcap = |p: &PathBuf| p.to_string_lossy().ends_with(".logcap.pid");
+        let is_pause = |p: &PathBuf| p.file_stem().is_some_and(|s| s == "pause");
+        for p in pidfiles.iter().filter(|p| !is_logcap(p) && !is_pause(p)) {
+            stop(p);
+        }
+        for p in pidfiles.iter().filter(|p| is_logcap(p)) {
+            stop(p);
         }
         if let Err(e) = self.node.del(&self.attachment(ns, name)) {
             tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "detach failed");
@@ -535,7 +739,11 @@ impl Kubelet {
         let netns = self.netns_name(ns, name);
         if Path::new("/run/netns").join(&netns).exists() {
             if let Err(e) = run("ip", &["netns", "del", &netns]) {
-                tracing::warn!(error = %e, "cannot delete the pod namespace");
+                // The pod's directory (its `netns` file) stays: it is the
+                // record of a namespace this kubelet made, so the next
+                // reconcile tries again and `lab.sh down` finds it.
+                tracing::warn!(error = %e, "cannot delete the pod namespace; trying again later");
+                return;
             }
         }
         let _ = fs::remove_dir_all(&dir);
@@ -568,36 +776,18 @@ fn wait_ready(ip: Ipv4Addr, ports: &[u16], timeout: Duration) -> bool {
     false
 }
 
-/// The pid in `pidfile` if that process is still running (a zombie is not).
+/// The pid in `pidfile` if that very process (PID and start time) is still
+/// running (a zombie is not).
 pub fn alive(pidfile: &Path) -> Option<u32> {
-    let pid: u32 = fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next());
-    (state != Some('Z')).then_some(pid)
+    ProcId::read(pidfile)
+        .filter(ProcId::is_running)
+        .map(|p| p.pid)
 }
 
-/// SIGTERM to the process in `pidfile`, SIGKILL if it is still there after 2 s.
+/// SIGTERM to the process `pidfile` names (only if it is still that process,
+/// through a pidfd), SIGKILL if it is still there after [`STOP_GRACE`].
 pub fn stop(pidfile: &Path) {
-    if let Some(pid) = alive(pidfile) {
-        let pid_s = pid.to_string();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid_s])
-            .stderr(Stdio::null())
-            .status();
-        let started = Instant::now();
-        while alive(pidfile).is_some() && started.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if alive(pidfile).is_some() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid_s])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-    let _ = fs::remove_file(pidfile);
+    procid::stop(pidfile, STOP_GRACE);
 }
 
 /// Turns IPv6 off in the pod namespace `netns` (all interfaces, and those made
@@ -733,6 +923,37 @@ mod tests {
     }
 
     #[test]
+    fn restart_backoff_doubles_on_quick_exits_and_resets_after_a_long_run() {
+        let r = Restarts::default();
+        let pf = Path::new("/nowhere/pod/c.pid");
+        let t0 = Instant::now();
+        assert_eq!(r.started(pf, t0), 0);
+        assert!(r.may_start(pf, t0), "running: nothing holds it back");
+        let mut t = t0;
+        for (i, want) in [100u64, 200, 400, 800, 1600, 3200, 5000, 5000]
+            .iter()
+            .enumerate()
+        {
+            t += Duration::from_millis(10);
+            r.exited(pf, t);
+            let due = t + Duration::from_millis(*want);
+            assert!(!r.may_start(pf, t), "exit {i}: held back");
+            assert_eq!(r.next_due(t), Some(due), "exit {i}: due after {want} ms");
+            assert!(r.may_start(pf, due));
+            t = due;
+            assert_eq!(r.started(pf, t), u32::try_from(i + 1).expect("small"));
+        }
+        // A run of STABLE_RUN: the next delay is the first again.
+        t += STABLE_RUN;
+        r.exited(pf, t);
+        assert_eq!(r.next_due(t), Some(t + BACKOFF_MIN));
+        // A stopped pod's containers are forgotten.
+        r.forget(Path::new("/nowhere/pod"));
+        assert!(r.may_start(pf, t));
+        assert_eq!(r.next_due(t), None);
+    }
+
+    #[test]
     fn alive_rejects_missing_and_garbage_pid_files() {
         let dir =
             std::env::temp_dir().join(format!("tapestry-kubelet-test-{}", std::process::id()));
@@ -740,8 +961,19 @@ mod tests {
         assert_eq!(alive(&dir.join("none.pid")), None);
         fs::write(dir.join("junk.pid"), "not a pid").expect("write");
         assert_eq!(alive(&dir.join("junk.pid")), None);
-        fs::write(dir.join("me.pid"), std::process::id().to_string()).expect("write");
+        // A bare PID names no process for good: never trusted.
+        fs::write(dir.join("bare.pid"), std::process::id().to_string()).expect("write");
+        assert_eq!(alive(&dir.join("bare.pid")), None);
+        let me = ProcId::of(std::process::id()).expect("myself");
+        me.write(&dir.join("me.pid")).expect("write");
         assert_eq!(alive(&dir.join("me.pid")), Some(std::process::id()));
+        // The same PID with another start time: a reused PID.
+        fs::write(
+            dir.join("reused.pid"),
+            format!("{} {}", me.pid, me.start + 1),
+        )
+        .expect("write");
+        assert_eq!(alive(&dir.join("reused.pid")), None);
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -15,7 +15,7 @@ use tapestry_agent::control::{self, BindError};
 use tapestry_agent::kubelet::{ClusterDns, Kubelet};
 use tapestry_agent::netconf::mac_for;
 use tapestry_agent::node::{Node, NodeConfig, NodeError, TunnelSetup};
-use tapestry_agent::{cluster_sync, policy_sync, service_sync};
+use tapestry_agent::{cluster_sync, policy_sync, service_sync, watchdog};
 use tapestry_cluster::ipam::{self, PodIpam};
 use tapestry_cluster::{
     ensure_cluster_config, ClusterCache, ConfigError, DirStore, IpamError, Ipv4Cidr, MacAddr,
@@ -221,6 +221,13 @@ fn run(args: Args) -> Result<(), StartError> {
         tunnel: tunnel.clone(),
     })?);
 
+    // From here on, a worker that stops ends the process (the supervisor
+    // starts it again) rather than leaving a control socket over a dead data plane.
+    spawn("watchdog", {
+        let exits = node.worker_exits();
+        move || watchdog::watch(exits)
+    })?;
+
     if let (Some(store), Some(t)) = (&store, &tunnel) {
         let underlay_ip = t.config.underlay_ip;
         cluster_sync::register(
@@ -316,6 +323,7 @@ fn start_cluster_sync(
             domain: args.cluster_domain.clone(),
         }),
         problems: node.problems(),
+        restarts: Default::default(),
         bin_dir: std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(PathBuf::from))

@@ -738,6 +738,11 @@ impl Node {
         Arc::clone(&self.routes)
     }
 
+    /// Receives how the data-plane worker ended, once it has ([`crate::watchdog`]).
+    pub fn worker_exits(&self) -> crossbeam_channel::Receiver<tapestry_io::WorkerExit> {
+        self.worker.lock().exits()
+    }
+
     /// Stops the data plane; persistent TAPs stay for the next start.
     pub fn shutdown(&self) {
         self.worker.lock().shutdown();

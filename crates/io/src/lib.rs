@@ -17,4 +17,4 @@ pub mod worker;
 
 pub use sys::{in_netns, IFNAME_MAX};
 pub use tap::Tap;
-pub use worker::{spawn, Command, PortCounters, WorkerHandle};
+pub use worker::{spawn, Command, PortCounters, WorkerExit, WorkerHandle};

@@ -12,6 +12,10 @@
 //!   frames is remembered and served again before the next sleep).
 //! - Control changes (a port added or removed) arrive as [`Command`]s on a channel
 //!   and are applied between batches, by this thread only.
+//! - Its end is announced: however the thread ends (asked to, leaving its loop
+//!   on an error, or a panic unwinding it), a [`WorkerExit`] is sent on the
+//!   channel [`WorkerHandle::exits`] gives, so that the agent can exit instead
+//!   of answering on its control socket while no packet moves.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -80,12 +84,45 @@ pub enum Command {
     Shutdown,
 }
 
+/// How the worker thread ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// It was asked to ([`Command::Shutdown`]).
+    Shutdown,
+    /// It left its loop on its own (an error it cannot recover from).
+    Failed,
+    /// A panic unwound it (only where panics unwind: the release build aborts
+    /// the process instead).
+    Panicked,
+}
+
+/// Sends how the thread that holds it ended, when dropped: at the end of the
+/// thread's function, or while a panic unwinds it.
+struct ExitNotice {
+    tx: Sender<WorkerExit>,
+    asked: bool,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let how = if std::thread::panicking() {
+            WorkerExit::Panicked
+        } else if self.asked {
+            WorkerExit::Shutdown
+        } else {
+            WorkerExit::Failed
+        };
+        let _ = self.tx.send(how);
+    }
+}
+
 /// The control thread's handle on a running worker.
 pub struct WorkerHandle {
     tx: Sender<Command>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     tunnel_tx_errors: Arc<AtomicU64>,
+    exits: Receiver<WorkerExit>,
 }
 
 impl WorkerHandle {
@@ -95,6 +132,11 @@ impl WorkerHandle {
             .send(cmd)
             .map_err(|_| io::Error::other("data-plane worker has stopped"))?;
         self.waker.wake()
+    }
+
+    /// Receives one [`WorkerExit`] when the worker thread ends (blocks until then).
+    pub fn exits(&self) -> Receiver<WorkerExit> {
+        self.exits.clone()
     }
 
     /// Tunnel datagrams the kernel refused to send.
@@ -180,14 +222,23 @@ pub fn spawn(pipeline: Pipeline, tunnel: Option<TunnelSocket>) -> io::Result<Wor
         next_maintain: 0,
         stop: false,
     };
+    let (exit_tx, exits) = crossbeam_channel::bounded(1);
     let thread = std::thread::Builder::new()
         .name("dataplane".into())
-        .spawn(move || worker.run())?;
+        .spawn(move || {
+            let mut notice = ExitNotice {
+                tx: exit_tx,
+                asked: false,
+            };
+            worker.run();
+            notice.asked = worker.stop;
+        })?;
     Ok(WorkerHandle {
         tx,
         waker,
         thread: Some(thread),
         tunnel_tx_errors,
+        exits,
     })
 }
 
@@ -517,5 +568,52 @@ fn send(port: &Port, frame: &[u8]) {
         Err(_) => {
             port.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use tapestry_dataplane::PipelineConfig;
+
+    /// Runs `f` on a thread holding an [`ExitNotice`]; what it reports.
+    fn ending(asked: bool, f: impl FnOnce() + Send + 'static) -> WorkerExit {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let t = std::thread::spawn(move || {
+            let mut notice = ExitNotice { tx, asked: false };
+            f();
+            notice.asked = asked;
+        });
+        let _ = t.join();
+        rx.recv_timeout(Duration::from_secs(5)).expect("a notice")
+    }
+
+    #[test]
+    fn every_way_a_thread_ends_is_reported() {
+        assert_eq!(ending(true, || {}), WorkerExit::Shutdown);
+        assert_eq!(ending(false, || {}), WorkerExit::Failed);
+        assert_eq!(ending(true, || panic!("injected")), WorkerExit::Panicked);
+    }
+
+    #[test]
+    fn a_worker_asked_to_stop_reports_shutdown() {
+        let subnet = "10.244.9.0/24".parse().expect("cidr");
+        let mut cfg = PipelineConfig::new(
+            Ipv4Addr::new(10, 244, 9, 1),
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            subnet,
+        );
+        // A small table: the test needs a worker, not capacity.
+        cfg.conntrack_capacity = 1024;
+        let pipeline = Pipeline::new(cfg);
+        let mut handle = spawn(pipeline, None).expect("worker");
+        let exits = handle.exits();
+        assert!(exits.try_recv().is_err(), "running: nothing reported");
+        handle.shutdown();
+        assert_eq!(
+            exits.recv_timeout(Duration::from_secs(5)),
+            Ok(WorkerExit::Shutdown)
+        );
     }
 }
