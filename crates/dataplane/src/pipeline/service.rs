@@ -14,7 +14,10 @@ use crate::codec::nat::{
 use crate::codec::vxlan::settle_l4_checksum;
 use crate::drops::{Counter, Counters, DropReason};
 use crate::hash::fmix64;
-use crate::tables::conntrack::{timeout, Conntrack, Dir, Flow, FlowInfo, FlowState, Tuple};
+use crate::tables::conntrack::{
+    timeout, Conntrack, Dir, Flow, FlowInfo, FlowState, Restored, Tuple,
+};
+use crate::tables::flow_file::{FlowFileError, FlowMemory};
 use crate::tables::fragments::FragTable;
 use crate::tables::service_table::ServiceTable;
 use crate::types::{Backend, Ingress, L4Proto, Nanos};
@@ -216,7 +219,9 @@ impl Lb {
         let f = self.conntrack.find(dir, t, now, env.counters)?;
         let gen = env.services.generation();
         let flow = self.conntrack.get_mut(f)?;
-        if flow.generation != gen {
+        // Generation 0: no table published yet (an agent that restored its flows
+        // before the cluster's services were read): keep the flow unconfirmed.
+        if flow.generation != gen && gen != 0 {
             let alive = env
                 .services
                 .find(flow.vip.0, flow.vip.1, flow.proto)
@@ -236,8 +241,13 @@ impl Lb {
             self.conntrack.remove(f);
             return None;
         }
+        let before = (flow.state, flow.fins);
         flow.on_packet(dir, flags, now, &env.cfg.conntrack_timeouts);
-        Some(*flow)
+        let flow = *flow;
+        if (flow.state, flow.fins) != before {
+            self.conntrack.persist(f);
+        }
+        Some(flow)
     }
 
     /// A packet to a ClusterIP or the service CIDR: see the module docs.
@@ -449,6 +459,12 @@ impl Lb {
         now: Nanos,
     ) -> usize {
         let gen = services.generation();
+        if gen == 0 {
+            // Nothing published yet: expire, but judge no backend by an empty table.
+            return self
+                .conntrack
+                .sweep(now, MAINTAIN_BUDGET, false, counters, |_| true);
+        }
         let full = gen != self.reconciled;
         let budget = if full {
             self.conntrack.len()
@@ -469,6 +485,30 @@ impl Lb {
         });
         self.reconciled = gen;
         removed
+    }
+
+    /// Restores the flows of a flow file and mirrors every change into it: see
+    /// [`Conntrack::attach`]. A record is accepted only if its ClusterIP is in the
+    /// service CIDR (when one is configured) and its NAT source is its client or,
+    /// for hairpin, the gateway.
+    pub(crate) fn attach(
+        &mut self,
+        mem: Box<dyn FlowMemory>,
+        cfg: &PipelineConfig,
+        counters: &Counters,
+        now: Nanos,
+    ) -> Result<Restored, FlowFileError> {
+        let valid = |f: &FlowInfo| {
+            cfg.service_cidr.is_none_or(|c| c.contains(*f.vip.ip()))
+                && (f.nat_source.ip() == f.client.ip() || *f.nat_source.ip() == cfg.gateway_ip)
+        };
+        self.conntrack
+            .attach(mem, now, &cfg.conntrack_timeouts, counters, valid)
+    }
+
+    /// The flow file's memory, no longer written.
+    pub(crate) fn detach(&mut self) -> Option<Box<dyn FlowMemory>> {
+        self.conntrack.detach()
     }
 
     /// Live tracked flows, for status (allocates).
