@@ -12,6 +12,9 @@ source "$REPO/scripts/lib.sh"
 # The NetworkPolicy truth table: NETPOL_STEPS and their functions.
 # shellcheck source-path=SCRIPTDIR source=e2e_netpol.sh
 source "$REPO/scripts/e2e_netpol.sh"
+# Restart without loss: RESTART_STEPS and their functions.
+# shellcheck source-path=SCRIPTDIR source=e2e_restart.sh
+source "$REPO/scripts/e2e_restart.sh"
 LAB="e2e$$"
 LAB=${LAB:0:12}
 LABSH=("$REPO/scripts/lab.sh" --name "$LAB")
@@ -859,6 +862,7 @@ STEPS=(
     check_cni_del_again check_cni_check_gone check_cni_version
     check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
     check_lab_rejects_unknown_option check_tap_survives_agent check_up_restarts_agent check_traffic_resumes
+    "${RESTART_STEPS[@]}"
     setup_down check_down_netns check_down_procs check_down_state
 )
 

@@ -96,7 +96,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    tracing::info!(node = %args.node, pid = std::process::id(), "tapestryd starting");
+    #[allow(clippy::disallowed_methods)] // wall clock, to line the log up with captures
+    let start_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    tracing::info!(node = %args.node, pid = std::process::id(), start_unix_ms, "tapestryd starting");
     match run(args, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -473,6 +473,15 @@ impl Worker {
             });
         }
         self.pipeline.add_port(id, role);
+        // The gateway's address, told to the pod at once (control path: the buffer
+        // is allocated here, once per attach).
+        let mut arp = [0u8; 128];
+        if let (Some(frame), Some(Some(port))) = (
+            self.pipeline.gateway_announcement(id, &mut arp),
+            self.ports.get(idx),
+        ) {
+            send(port, frame);
+        }
         // Frames may have queued before registration: serve them now (edge-triggered).
         self.backlog.push(idx);
         Ok(counters)

@@ -168,6 +168,16 @@ impl Pipeline {
         }
     }
 
+    /// The gateway's ARP announcement to the pod on `port` (see
+    /// `Gateway::announce`), built in `out`; `None` for a port that is no pod's.
+    pub fn gateway_announcement<'a>(&self, port: PortId, out: &'a mut [u8]) -> Option<&'a [u8]> {
+        let PortRole::Pod { mac, ip } = self.stages.ports.role(port)? else {
+            return None;
+        };
+        let len = self.stages.gateway.announce((mac, ip), out).ok()?;
+        out.get(..len)
+    }
+
     /// Detaches a port and forgets every MAC learned on it.
     pub fn remove_port(&mut self, id: PortId) {
         if self.stages.ports.remove(id) {

@@ -196,3 +196,26 @@ fn a_bad_header_is_refused_and_nothing_restored() {
     assert!(p.attach_flow_file(Box::new(bytes), 0).is_err());
     assert_eq!(p.conntrack_len(), 0);
 }
+
+#[test]
+fn an_attached_pod_is_told_the_gateway_address() {
+    use crate::wire::{ArpOperation, ArpPacket, ArpRepr};
+    let p = pipeline_with(config());
+    let mut out = [0u8; 128];
+    let f = p.gateway_announcement(A, &mut out).unwrap().to_vec();
+    assert_eq!(&f[10..16], &A_MAC.0, "unicast to the pod");
+    assert_eq!(&f[16..22], &GW_MAC.0);
+    assert_eq!(&f[22..24], &[0x08, 0x06]);
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(&f[24..]).unwrap()).unwrap();
+    assert_eq!(arp.operation, ArpOperation::Reply);
+    assert_eq!(
+        (arp.source_hardware_addr, arp.source_protocol_addr),
+        (GW_MAC, GW_IP)
+    );
+    assert_eq!(
+        (arp.target_hardware_addr, arp.target_protocol_addr),
+        (A_MAC, A_IP)
+    );
+    assert!(p.gateway_announcement(HOST, &mut out).is_none());
+    assert!(p.gateway_announcement(PortId(99), &mut out).is_none());
+}
