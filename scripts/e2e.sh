@@ -553,6 +553,119 @@ dns_pod_answers() { # dns_pod_answers POD: one check, the DNS pod POD answers di
 }
 check_dns_pod_1() { dns_pod_answers tapestry-dns-1; }
 check_dns_pod_2() { dns_pod_answers tapestry-dns-2; }
+# --- DNS under abuse ------------------------------------------------------------
+# slowloris POD SECONDS CONNS: from POD, CONNS TCP connections to the DNS ClusterIP
+# 10.96.0.10:53, each sending a valid query one byte every 0.2 s (it would take
+# ~10 s to arrive whole) and reopened whenever the server cuts it, for SECONDS.
+# Prints "ready" once all are open, then one line of figures at the end.
+slowloris() {
+    in_pod "$1" python3 - "$2" "$3" <<'PY'
+import select, socket, struct, sys, time
+secs, conns = float(sys.argv[1]), int(sys.argv[2])
+q = struct.pack("!6H", 0x5151, 0x0100, 1, 0, 0, 0)
+for label in b"web.default.svc.cluster.local".split(b"."):
+    q += bytes([len(label)]) + label
+q += b"\0" + struct.pack("!HH", 1, 1)
+frame = struct.pack("!H", len(q)) + q
+live, opened, cut, cut_after = {}, 0, 0, []
+
+def open_one():
+    global opened
+    s = socket.create_connection(("10.96.0.10", 53), timeout=2)
+    s.setblocking(False)
+    live[s] = [0, time.monotonic()]
+    opened += 1
+
+for _ in range(conns):
+    open_one()
+print("ready", flush=True)
+end = time.monotonic() + secs
+while time.monotonic() < end:
+    gone = set()
+    readable, _, _ = select.select(list(live), [], [], 0)
+    for s in readable:
+        try:
+            if s.recv(1) == b"":
+                gone.add(s)
+        except OSError:
+            gone.add(s)
+    for s, st in live.items():
+        if s in gone or st[0] >= len(frame):
+            continue
+        try:
+            s.send(frame[st[0]:st[0] + 1])
+            st[0] += 1
+        except OSError:
+            gone.add(s)
+    for s in gone:
+        cut += 1
+        cut_after.append((time.monotonic() - live.pop(s)[1]) * 1000)
+        s.close()
+        try:
+            open_one()
+        except OSError:
+            pass
+    time.sleep(0.2)
+cut_after.sort()
+median = cut_after[len(cut_after) // 2] if cut_after else -1
+print("opened=%d cut=%d cut_after_ms_median=%d" % (opened, cut, median), flush=True)
+PY
+}
+# timed_dig ARGS…: MS is how long `dig +short ARGS web.default…` took from the
+# client pod, ANS what it printed.
+timed_dig() {
+    local t0
+    t0=$(now_ms)
+    ANS=$(in_pod client dig +time=2 +tries=1 +short "$@" web.default.svc.cluster.local 2>&1 | one_line)
+    MS=$(($(now_ms) - t0))
+}
+slowloris_ready() { grep -qs '^ready' "$TMP/slowloris.out"; }
+# 200 trickling connections (more than the two DNS pods' 2 x 64 TCP slots) from a
+# web pod; meanwhile the client's dig +tcp and dig through the ClusterIP must still
+# answer promptly, and the server must have cut trickling connections.
+check_dns_slowloris() {
+    local pid figures worst_tcp=0 worst_udp=0 bad=0 base cuts
+    timed_dig +tcp
+    base=$MS
+    slowloris "$(web_on node2)" 8 200 >"$TMP/slowloris.out" 2>&1 &
+    pid=$!
+    POLL_SLEEP=0.1 poll_until 20000 slowloris_ready
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        timed_dig +tcp
+        [ "$ANS" = "$VIP" ] || bad=$((bad + 1))
+        [ "$MS" -gt "$worst_tcp" ] && worst_tcp=$MS
+        timed_dig
+        [ "$ANS" = "$VIP" ] || bad=$((bad + 1))
+        [ "$MS" -gt "$worst_udp" ] && worst_udp=$MS
+        sleep 0.3
+    done
+    wait "$pid"
+    figures=$(tail -1 "$TMP/slowloris.out")
+    cuts=$(sed -n 's/.* cut=\([0-9]*\).*/\1/p' <<<"$figures")
+    echo "      slowloris from $(web_on node2): $figures"
+    echo "      dig +tcp before: $base ms; under attack (10 each): worst dig +tcp $worst_tcp ms, worst dig (UDP) $worst_udp ms, $bad wrong or unanswered"
+    verdict "DNS slowloris: 200 trickling TCP clients are cut, dig +tcp and dig still answer within 1 s" \
+        test "$bad" -eq 0 -a "$worst_tcp" -lt 1000 -a "$worst_udp" -lt 1000 -a "${cuts:-0}" -gt 0
+}
+# The DNS pods log their counters every 10 s when they change.
+dns_counted_cuts() {
+    STATS=$(find "/run/tapestry/$LAB" -path '*tapestry-dns-*' -name dns.log -exec grep -h 'counters ' {} + 2>/dev/null |
+        grep -E 'tcp_evicted=[1-9]|tcp_query_timeouts=[1-9]' | tail -1)
+    [ -n "$STATS" ]
+}
+check_dns_slowloris_counted() {
+    POLL_SLEEP=0.5 poll_until 15000 dns_counted_cuts
+    echo "      ${STATS##*counters }"
+    verdict "the DNS pods counted the cut connections (tcp_evicted, tcp_query_timeouts)" test -n "$STATS"
+}
+check_dig_any() {
+    local out all
+    out=$(in_pod client dig ANY web-pods.default.svc.cluster.local)
+    all=$(in_pod client dig +short web-pods.default.svc.cluster.local | grep -c .)
+    echo "      ANY: $(grep -v '^;' <<<"$out" | grep -m1 HINFO | tr -s '\t' ' ') (A has $all records)"
+    verdict "dig ANY is answered minimally (RFC 8482): one HINFO \"RFC8482\", not every record" \
+        both grep -q 'ANSWER: 1,' -- grep -q 'HINFO.*"RFC8482" ""' <<<"$out"
+}
 check_parallel_lookups() {
     local t0 took
     t0=$(now_ms)
@@ -853,6 +966,7 @@ STEPS=(
     setup_web_a check_dig_pod_hostname check_dig_ptr_pod check_dig_pod_a check_dig_no_pod_a
     check_dig_external_name check_dig_version check_dig_srv_udp check_dig_nxdomain
     check_dig_refused check_dig_tcp check_dns_pod_1 check_dns_pod_2 check_parallel_lookups
+    check_dig_any check_dns_slowloris check_dns_slowloris_counted
     setup_empty_service check_empty_tcp_rst check_empty_udp_unreachable
     setup_noudp_service check_udp_icmp_rewritten check_udp_fragments_refused
     check_deleted_web_leaves_dns check_deleted_web_leaves_lb

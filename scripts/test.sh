@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: shellcheck, rustfmt and clippy, the fuzz targets
-# compiled, unit and property tests of every crate, then the end-to-end lab
+# run for a minute, unit and property tests of every crate, then the end-to-end lab
 # checks (as root: real namespaces, TAPs, ping and curl).
 # Installs what it needs (Debian packages with apt-get, crates with cargo).
 set -euo pipefail
@@ -20,11 +20,14 @@ shellcheck scripts/*.sh .ci/run
 echo "==> cargo fmt --check, cargo clippy (warnings are errors)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-# fuzz/ is outside the workspace (libfuzzer-sys would build into everything);
-# compiling its targets here keeps them in step with the crates. Stable
-# toolchain, no cargo-fuzz: libfuzzer-sys's build script needs only a C++ compiler.
-echo "==> the fuzz targets compile (cargo clippy on fuzz/, warnings are errors)"
-cargo clippy --manifest-path fuzz/Cargo.toml --bins --target-dir target/fuzz-check --quiet -- -D warnings
+# fuzz/ is outside the workspace (libfuzzer-sys would build into everything):
+# its targets are linted here, then built with coverage instrumentation on the
+# stable toolchain and each run for a bounded time (scripts/fuzz.sh; FUZZ_SECONDS,
+# default 60, is the time all of them share). A crash fails the tests and prints
+# the input that reproduces it.
+echo "==> the fuzz targets: clippy (warnings are errors), then fuzzed ${FUZZ_SECONDS:-60} s in all"
+cargo clippy --manifest-path fuzz/Cargo.toml --bins --examples --target-dir target/fuzz-check --quiet -- -D warnings
+bash scripts/fuzz.sh
 echo "==> cargo test --workspace"
 # Every test binary's result line is printed, then the sum over all of them,
 # so the log shows how many tests ran (a run of zero tests fails).

@@ -10,7 +10,7 @@
 //! [`IO_TIMEOUT`] is dropped; and the namespace of an ADD or CHECK must be a pod's
 //! ([`crate::netns::check_pod_netns`]).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -18,13 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tapestry_proto::{Reply, Request};
+use tapestry_proto::{encode_reply, Reply, Request, RequestError, Requests};
 
 use crate::netns::check_pod_netns;
 use crate::node::Node;
-
-/// Longest request line accepted (a request is a few hundred bytes).
-const MAX_LINE: u64 = 64 * 1024;
 
 /// Clients served at once (CNI calls and `tapestry` commands are short).
 pub const MAX_CLIENTS: usize = 8;
@@ -179,25 +176,19 @@ fn handle(stream: UnixStream, timeout: Duration, handler: &dyn Fn(Request) -> Re
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(std::io::Read::take(stream, MAX_LINE));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let reply = match serde_json::from_str::<Request>(&line) {
+    // The protocol crate's reader, so that the `control` fuzz target feeds this
+    // very path: blank lines skipped, a line that is not a request (not JSON, not
+    // UTF-8) answered with an error, a line over `MAX_REQUEST_LINE` answered and
+    // the connection closed.
+    for next in Requests::new(BufReader::new(stream)) {
+        let reply = match next {
             Ok(req) => handler(req),
-            Err(e) => Reply::error(format!("bad request: {e}")),
+            Err(RequestError::Io(_)) => return,
+            Err(e) => Reply::error(e.to_string()),
         };
-        let Ok(mut out) = serde_json::to_vec(&reply) else {
+        let Ok(out) = encode_reply(&reply) else {
             return;
         };
-        out.push(b'\n');
         if writer.write_all(&out).is_err() {
             return;
         }
@@ -234,7 +225,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
-    use std::io::Read;
+    use std::io::{BufRead, Read};
     use std::os::unix::fs::FileTypeExt;
     use std::time::Instant;
 
@@ -249,6 +240,36 @@ mod tests {
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).unwrap();
         line
+    }
+
+    #[test]
+    fn a_bad_line_gets_an_error_and_the_connection_goes_on_until_one_is_too_long() {
+        let path = socket_path("bad");
+        let listener = bind(&path).unwrap();
+        std::thread::spawn(move || serve_with(listener, Duration::from_secs(5), |_| Reply::done()));
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut replies = BufReader::new(s.try_clone().unwrap());
+        let mut next = || {
+            let mut line = String::new();
+            replies.read_line(&mut line).unwrap();
+            line
+        };
+        // Not UTF-8 (the connection used to be closed with no reply), then a
+        // request on the same connection.
+        s.write_all(b"\xff\xfe\n{\"op\":\"status\"}\n").unwrap();
+        let bad = next();
+        assert!(
+            bad.contains("\"ok\":false") && bad.contains("bad request"),
+            "{bad}"
+        );
+        assert!(next().contains("\"ok\":true"));
+        // One byte over the bound: told so, then closed.
+        s.write_all(&vec![b' '; tapestry_proto::MAX_REQUEST_LINE + 1])
+            .unwrap();
+        let long = next();
+        assert!(long.contains("request longer than 65536 bytes"), "{long}");
+        assert_eq!(next(), "", "closed after a line over the bound");
     }
 
     #[test]

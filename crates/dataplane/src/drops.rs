@@ -298,6 +298,10 @@ counters! {
     /// ICMP errors about a tracked flow rewritten for its client (conntrack's
     /// `RELATED` translation).
     LbIcmpErrors => "lb_icmp_errors",
+    /// Flows not to a service whose reply key a tracked flow already held (a client
+    /// reusing a source port straight to the backend its service flow went to),
+    /// tracked with another source port (Linux's NAT clash resolution).
+    LbClashRemaps => "lb_clash_remaps",
     /// Packets to a service without a ready backend (answered with a TCP reset or
     /// ICMP port unreachable, or dropped).
     LbNoEndpoint => "lb_no_endpoint",

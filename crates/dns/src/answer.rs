@@ -22,7 +22,13 @@
 //!   EDNS version above 0 gets BADVERS (§6.1.3).
 //! - Names outside the zone go to the [`Upstream`] if one is configured and
 //!   are REFUSED otherwise: this server never sends anything anywhere by
-//!   itself.
+//!   itself. [`respond`] with [`Forwarding::Defer`] leaves the upstream call
+//!   to the caller (the server's forwarding pool), so answering a cluster
+//!   name never waits on an upstream.
+//! - ANY is answered minimally (RFC 8482): a name holding a CNAME gets the
+//!   CNAME (§4.2), any other existing name one synthesized HINFO "RFC8482"
+//!   record, an empty non-terminal NODATA. Never every RRset, so ANY is no
+//!   better an amplifier than any other type.
 //!
 //! Case: the question is echoed as the client wrote it, and answer owners are
 //! pointers to it, so the answer keeps the client's case (RFC 4343 §4.1).
@@ -72,7 +78,29 @@ pub enum Outcome {
     Forwarded {
         ok: bool,
     },
+    /// The name is outside the zone and [`Forwarding::Defer`] was asked:
+    /// nothing written; the caller forwards it.
+    Deferred,
+    /// SERVFAIL without asking the upstream: the forwarding pool was full
+    /// ([`Forwarding::Shed`]).
+    Shed,
     Dropped(DropReason),
+}
+
+/// What to do with a name outside the zone.
+#[derive(Clone, Copy)]
+pub enum Forwarding<'a> {
+    /// No upstream: REFUSED.
+    Refuse,
+    /// Ask this upstream now, blocking until it answers or times out.
+    Ask(&'a dyn Upstream),
+    /// An upstream exists but the caller asks it later: [`Outcome::Deferred`]
+    /// with `out` empty.
+    Defer,
+    /// An upstream exists but has no room for this query: SERVFAIL at once.
+    Shed,
+    /// The upstream was asked and gave nothing in time: SERVFAIL.
+    Failed,
 }
 
 /// Answers one DNS message. `None` means drop it. Pure except for the call to
@@ -100,6 +128,19 @@ pub fn answer_into(
     upstream: Option<&dyn Upstream>,
     out: &mut Vec<u8>,
 ) -> Outcome {
+    let forwarding = upstream.map_or(Forwarding::Refuse, Forwarding::Ask);
+    respond(zone, query, transport, forwarding, out)
+}
+
+/// [`answer_into`] with the choice of what happens to a name outside the
+/// zone spelled out; everything else is answered the same way.
+pub fn respond(
+    zone: &Zone,
+    query: &[u8],
+    transport: Transport,
+    forwarding: Forwarding<'_>,
+    out: &mut Vec<u8>,
+) -> Outcome {
     out.clear();
     let Ok(header) = Header::parse(query) else {
         return Outcome::Dropped(DropReason::ShortHeader);
@@ -107,7 +148,7 @@ pub fn answer_into(
     if header.is_response() {
         return Outcome::Dropped(DropReason::NotAQuery);
     }
-    let ra = upstream.is_some();
+    let ra = !matches!(forwarding, Forwarding::Refuse);
     if header.opcode() != 0 {
         return header_only(out, &header, Rcode::NotImp, ra);
     }
@@ -146,9 +187,21 @@ pub fn answer_into(
             w.authority(zone.soa_record());
             w.finish(Rcode::NxDomain, true)
         }
-        Lookup::Outside => match upstream {
-            None => w.finish(Rcode::Refused, false),
-            Some(up) => forward(up, query, limit, w),
+        Lookup::Outside => match forwarding {
+            Forwarding::Refuse => w.finish(Rcode::Refused, false),
+            Forwarding::Ask(up) => forward(up, query, limit, w),
+            Forwarding::Defer => {
+                w.out.clear();
+                Outcome::Deferred
+            }
+            Forwarding::Shed => {
+                w.finish(Rcode::ServFail, false);
+                Outcome::Shed
+            }
+            Forwarding::Failed => {
+                w.finish(Rcode::ServFail, false);
+                Outcome::Forwarded { ok: false }
+            }
         },
     }
 }
@@ -165,8 +218,13 @@ fn answer_found<'z>(
     let mut wanted: Option<&'z RrSet> = None;
     loop {
         if q.qtype == RecordType::Any {
-            for set in &node.rrsets {
-                w.answer(set, owner);
+            // RFC 8482: one small answer, never every RRset.
+            if let Some(cname) = node.get(RecordType::Cname) {
+                w.answer(cname, owner);
+            } else if node.rrsets.is_empty() {
+                w.authority(zone.soa_record()); // an empty non-terminal: NODATA
+            } else {
+                w.answer(zone.any_answer(), owner);
             }
             break;
         }

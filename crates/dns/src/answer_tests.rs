@@ -592,13 +592,111 @@ fn outside_names_refused_or_forwarded() {
     assert_eq!(m.queries.len(), 1);
 }
 
+/// The one record an ANY query gets (RFC 8482 §4.2): HINFO "RFC8482" "".
+fn assert_rfc8482_hinfo(m: &Message, owner: &str) {
+    assert_ok(m);
+    assert_eq!(m.answers.len(), 1, "{m:?}");
+    let r = &m.answers[0];
+    assert_eq!(r.name.to_ascii(), owner);
+    assert_eq!(r.ttl, 5);
+    let RData::HINFO(h) = &r.data else {
+        panic!("{r:?}")
+    };
+    assert_eq!((&*h.cpu, &*h.os), (&b"RFC8482"[..], &b""[..]));
+}
+
 #[test]
-fn any_returns_every_rrset() {
-    let m = ask("cluster.local.", RecordType::ANY);
-    assert_eq!(lines(&m.answers).len(), 1); // SOA only
-    let m = ask("web.default.svc.cluster.local.", RecordType::ANY);
+fn any_is_answered_minimally() {
+    // A name with one A record, the apex (SOA), a reverse name (PTR) and a
+    // headless name with 60 A records: each gets the one HINFO, never its RRsets.
+    for name in [
+        "web.default.svc.cluster.local.",
+        "cluster.local.",
+        "20.0.96.10.in-addr.arpa.",
+        "big.default.svc.cluster.local.",
+    ] {
+        let m = ask(name, RecordType::ANY);
+        assert_rfc8482_hinfo(&m, name);
+        assert!(m.metadata.authoritative);
+        // Over TCP too, and in the client's case.
+        let upper = name.to_ascii_uppercase();
+        let q = query(&upper, RecordType::ANY);
+        let (m, len) = ask_with(&zone(), &q, Transport::Tcp, None);
+        assert_rfc8482_hinfo(&m, &upper);
+        // The query echoed, plus one record: owner pointer, fixed part, 9 bytes of RDATA.
+        assert_eq!(len, q.len() + 2 + 10 + 9, "ANY {name}");
+    }
+    // The SRV and A sets of `big` are 60 records each; ANY stays one small record.
+    let (_, all_a) = ask_with(
+        &zone(),
+        &query("big.default.svc.cluster.local.", RecordType::A),
+        Transport::Tcp,
+        None,
+    );
+    let (_, any) = ask_with(
+        &zone(),
+        &query("big.default.svc.cluster.local.", RecordType::ANY),
+        Transport::Tcp,
+        None,
+    );
+    assert!(all_a > 900 && any < 100, "A {all_a} bytes, ANY {any} bytes");
+    // A CNAME owner answers its CNAME (RFC 8482 §4.2), not followed.
+    let m = ask("alias.default.svc.cluster.local.", RecordType::ANY);
+    assert_ok(&m);
+    assert_eq!(
+        lines(&m.answers),
+        ["alias.default.svc.cluster.local. 5 CNAME web.default.svc.cluster.local."]
+    );
+    // An empty non-terminal holds nothing: NODATA with the SOA.
+    let m = ask("svc.cluster.local.", RecordType::ANY);
+    assert_ok(&m);
+    assert!(m.answers.is_empty());
+    assert_soa_authority(&m);
+    // An absent name is still NXDOMAIN.
+    let m = ask("nope.default.svc.cluster.local.", RecordType::ANY);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[test]
+fn deferred_and_shed_forwarding() {
+    use crate::answer::{respond, Forwarding, Outcome};
+    let zone = zone();
+    let mut out = Vec::new();
+    // Outside names: deferred with nothing written, and the upstream never asked.
+    let q = query("example.com.", RecordType::A);
+    assert_eq!(
+        respond(&zone, &q, UDP, Forwarding::Defer, &mut out),
+        Outcome::Deferred
+    );
+    assert!(out.is_empty());
+    // Cluster names are answered as ever, with RA since forwarding exists.
+    let q2 = query("web.default.svc.cluster.local.", RecordType::A);
+    let outcome = respond(&zone, &q2, UDP, Forwarding::Defer, &mut out);
+    assert!(matches!(outcome, Outcome::Answered { .. }), "{outcome:?}");
+    let m = Message::from_vec(&out).unwrap();
     assert_eq!(
         lines(&m.answers),
         ["web.default.svc.cluster.local. 5 A 10.96.0.20"]
     );
+    assert!(m.metadata.recursion_available);
+    // A full pool: SERVFAIL at once, counted as shed.
+    assert_eq!(
+        respond(&zone, &q, UDP, Forwarding::Shed, &mut out),
+        Outcome::Shed
+    );
+    let m = Message::from_vec(&out).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(m.metadata.id, 0x4242);
+    assert_eq!(
+        respond(&zone, &q, UDP, Forwarding::Failed, &mut out),
+        Outcome::Forwarded { ok: false }
+    );
+    assert_eq!(
+        Message::from_vec(&out).unwrap().metadata.response_code,
+        ResponseCode::ServFail
+    );
+    // Without an upstream, outside names stay REFUSED.
+    respond(&zone, &q, UDP, Forwarding::Refuse, &mut out);
+    let m = Message::from_vec(&out).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
 }

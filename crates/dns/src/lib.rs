@@ -7,7 +7,7 @@
 //! services, per-endpoint records for headless ones, CNAME for ExternalName,
 //! pod A records for pods that exist, and `dns-version` TXT. Names outside the
 //! cluster domain go to an upstream if one is configured, and are refused
-//! otherwise.
+//! otherwise. ANY is answered minimally (RFC 8482).
 //!
 //! Shape: the core does no I/O. [`Zone::build`] turns a snapshot into prebuilt
 //! wire-format records in hash maps; [`answer`] turns query bytes into answer
@@ -19,7 +19,8 @@
 //! - [`zone`]: which names exist and what records they hold.
 //! - [`answer`]: RCODEs, NODATA/NXDOMAIN, CNAME chasing, truncation, EDNS.
 //! - [`wire`]: the DNS message format, read through checked views.
-//! - [`server`]: UDP and TCP (RFC 1035 §4.2, RFC 7766) and forwarding.
+//! - [`server`]: UDP and TCP (RFC 1035 §4.2, RFC 7766), forwarding on a
+//!   bounded pool, and the deadlines that keep slow clients from holding it.
 #![forbid(unsafe_code)]
 
 pub mod answer;
@@ -29,7 +30,9 @@ pub mod server;
 pub mod wire;
 pub mod zone;
 
-pub use answer::{answer, answer_into, DropReason, Outcome, Transport, Upstream};
+pub use answer::{
+    answer, answer_into, respond, DropReason, Forwarding, Outcome, Transport, Upstream,
+};
 pub use model::{
     DataError, DnsData, EndpointRecord, PodRecord, PortRecord, ServiceKind, ServiceRecord,
 };

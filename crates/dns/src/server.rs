@@ -1,26 +1,46 @@
 //! The socket side: UDP and TCP on one address, answering from the current
-//! [`Zone`] through [`answer_into`].
+//! [`Zone`] through [`respond`].
 //!
-//! Threads, all blocking (never polling): a few UDP workers sharing one socket
-//! (the kernel hands each datagram to one of them, so a slow upstream forward
-//! stalls only that worker), one TCP acceptor, and one thread per TCP
-//! connection up to a bound; connections beyond it are closed at once. A TCP
-//! connection carries any number of length-prefixed queries, answered in order
-//! (RFC 7766 §6.2.1), and is closed after an idle timeout (§6.2.3).
+//! Threads, all blocking (never polling):
+//! - a few UDP workers sharing one socket (the kernel hands each datagram to
+//!   one of them). They answer cluster names themselves and never wait on an
+//!   upstream: a name outside the zone is handed to the forwarding pool.
+//! - the forwarding pool: a bounded queue and a fixed number of threads that
+//!   ask the upstream and send its answer. When the queue is full the query
+//!   gets SERVFAIL at once (`forward_shed`); a query that waited in the queue
+//!   longer than the upstream timeout is dropped (`forward_expired`: its
+//!   client has retried or given up). A slow or dead upstream therefore costs
+//!   outside names only, never cluster names.
+//! - one TCP acceptor, and one thread per TCP connection up to a bound. A
+//!   connection carries any number of length-prefixed queries, answered in
+//!   order (RFC 7766 §6.2.1). Two deadlines bound what a client can hold
+//!   (RFC 7766 §6.2.3, and the slowloris attack): `tcp_idle_timeout` from
+//!   the accept or the last answer to the first byte of the next query, and
+//!   `tcp_query_timeout` from that first byte to the last byte of the query,
+//!   however the bytes trickle in (the deadline is per query, not per read).
+//!   When every slot is taken, a new connection evicts the connection that has
+//!   waited longest for a query to complete (idle or still reading, never one
+//!   being answered), so a flood of slow clients cannot lock the others out:
+//!   each newcomer pushes the stalest one out (`tcp_evicted`).
 //!
 //! The zone sits in an `ArcSwap`: the control side builds a new [`Zone`] and
-//! stores it; each query loads the current one without a lock.
+//! stores it; each query loads the current one without a lock. The TCP
+//! connection table is the one lock here (`parking_lot`), taken on accept and
+//! when a connection ends, never per query.
 
+use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
 
-use crate::answer::{answer_into, DropReason, Outcome, Transport, Upstream};
+use crate::answer::{respond, DropReason, Forwarding, Outcome, Transport, Upstream};
 use crate::wire::{Header, EDNS_PAYLOAD, HEADER_LEN};
 use crate::Zone;
 
@@ -31,12 +51,21 @@ pub struct ServerConfig {
     pub udp_workers: usize,
     /// Largest UDP answer this server sends, whatever the client advertises.
     pub udp_max_payload: usize,
-    /// Concurrent TCP connections; more are closed on accept.
+    /// Concurrent TCP connections; beyond it the stalest is evicted.
     pub max_tcp_connections: usize,
-    /// A TCP connection with no complete query for this long is closed.
+    /// A TCP connection with no query begun for this long (after the accept
+    /// or the last answer) is closed.
     pub tcp_idle_timeout: Duration,
+    /// A TCP query must arrive whole within this long of its first byte.
+    pub tcp_query_timeout: Duration,
     /// How long a forwarded query waits for the upstream.
     pub upstream_timeout: Duration,
+    /// Threads asking the upstream.
+    pub forward_workers: usize,
+    /// Forwarded queries waiting for a forwarding thread; more get SERVFAIL.
+    pub forward_queue: usize,
+    /// How often the counters are logged (when they changed); `None`: never.
+    pub stats_interval: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -46,7 +75,11 @@ impl Default for ServerConfig {
             udp_max_payload: usize::from(EDNS_PAYLOAD),
             max_tcp_connections: 64,
             tcp_idle_timeout: Duration::from_secs(10),
+            tcp_query_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(2),
+            forward_workers: 4,
+            forward_queue: 64,
+            stats_interval: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -61,9 +94,20 @@ pub struct Counters {
     pub truncated: AtomicU64,
     pub forwarded: AtomicU64,
     pub forward_failed: AtomicU64,
+    /// SERVFAIL at once: the forwarding queue was full.
+    pub forward_shed: AtomicU64,
+    /// Dropped unanswered: waited in the forwarding queue past the upstream timeout.
+    pub forward_expired: AtomicU64,
     pub dropped_short: AtomicU64,
     pub dropped_not_query: AtomicU64,
+    /// TCP connections closed on accept: every slot was busy answering.
     pub tcp_rejected: AtomicU64,
+    /// TCP connections closed for idling past `tcp_idle_timeout`.
+    pub tcp_idle_closed: AtomicU64,
+    /// TCP connections cut because a query did not arrive whole in `tcp_query_timeout`.
+    pub tcp_query_timeouts: AtomicU64,
+    /// TCP connections closed to make room for a new one.
+    pub tcp_evicted: AtomicU64,
 }
 
 impl Counters {
@@ -81,10 +125,52 @@ impl Counters {
             },
             Outcome::Forwarded { ok: true } => &self.forwarded,
             Outcome::Forwarded { ok: false } => &self.forward_failed,
+            Outcome::Shed => &self.forward_shed,
+            // Counted by the forwarding pool when it is done.
+            Outcome::Deferred => return,
             Outcome::Dropped(DropReason::ShortHeader) => &self.dropped_short,
             Outcome::Dropped(DropReason::NotAQuery) => &self.dropped_not_query,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every counter by name, in a fixed order.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("answered", get(&self.answered)),
+            ("nxdomain", get(&self.nxdomain)),
+            ("refused", get(&self.refused)),
+            ("errors", get(&self.errors)),
+            ("truncated", get(&self.truncated)),
+            ("forwarded", get(&self.forwarded)),
+            ("forward_failed", get(&self.forward_failed)),
+            ("forward_shed", get(&self.forward_shed)),
+            ("forward_expired", get(&self.forward_expired)),
+            ("dropped_short", get(&self.dropped_short)),
+            ("dropped_not_query", get(&self.dropped_not_query)),
+            ("tcp_rejected", get(&self.tcp_rejected)),
+            ("tcp_idle_closed", get(&self.tcp_idle_closed)),
+            ("tcp_query_timeouts", get(&self.tcp_query_timeouts)),
+            ("tcp_evicted", get(&self.tcp_evicted)),
+        ]
+    }
+}
+
+/// `name=value` pairs separated by spaces, as the stats log line shows them.
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, value)) in self.snapshot().into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
     }
 }
 
@@ -199,12 +285,33 @@ impl Server {
     /// Serves until the process ends. Returns only if no thread could start.
     pub fn run(self) -> io::Result<()> {
         let mut handles = Vec::new();
+        let forward = match &self.upstream {
+            None => None,
+            Some(upstream) => {
+                let (tx, rx) = crossbeam_channel::bounded(self.config.forward_queue.max(1));
+                for i in 0..self.config.forward_workers.max(1) {
+                    let worker = ForwardWorker {
+                        jobs: rx.clone(),
+                        socket: self.udp.try_clone()?,
+                        zone: Arc::clone(&self.zone),
+                        upstream: upstream.clone(),
+                        max_wait: self.config.upstream_timeout,
+                        counters: Arc::clone(&self.counters),
+                    };
+                    handles.push(
+                        thread::Builder::new()
+                            .name(format!("dns-fwd-{i}"))
+                            .spawn(move || worker.run())?,
+                    );
+                }
+                Some(tx)
+            }
+        };
         for i in 0..self.config.udp_workers.max(1) {
-            let socket = self.udp.try_clone()?;
             let worker = UdpWorker {
-                socket,
+                socket: self.udp.try_clone()?,
                 zone: Arc::clone(&self.zone),
-                upstream: self.upstream.clone(),
+                forward: forward.clone(),
                 max: self.config.udp_max_payload,
                 counters: Arc::clone(&self.counters),
             };
@@ -214,19 +321,38 @@ impl Server {
                     .spawn(move || worker.run())?,
             );
         }
+        if let Some(every) = self.config.stats_interval {
+            let counters = Arc::clone(&self.counters);
+            thread::Builder::new()
+                .name("dns-stats".into())
+                .spawn(move || log_stats(&counters, every))?;
+        }
         let acceptor = Acceptor {
             listener: self.tcp,
+            table: Arc::new(ConnTable::new(self.config.max_tcp_connections.max(1))),
             zone: self.zone,
-            upstream: self.upstream,
+            forward,
             config: self.config,
             counters: self.counters,
-            active: Arc::new(AtomicUsize::new(0)),
         };
         acceptor.run();
         for h in handles {
             let _ = h.join();
         }
         Ok(())
+    }
+}
+
+/// Logs the counters every `every`, when they changed since the last line.
+fn log_stats(counters: &Counters, every: Duration) {
+    let mut last = Vec::new();
+    loop {
+        thread::sleep(every);
+        let now = counters.snapshot();
+        if now != last {
+            tracing::info!(target: "tapestry_dns::stats", "counters {counters}");
+            last = now;
+        }
     }
 }
 
@@ -245,10 +371,81 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     Err(last.unwrap_or_else(|| io::Error::other("no free port")))
 }
 
+/// A query for a name outside the zone, waiting for a forwarding thread.
+struct Job {
+    query: Vec<u8>,
+    transport: Transport,
+    reply: Reply,
+    queued: Instant,
+}
+
+/// Where the forwarded answer goes.
+enum Reply {
+    /// Sent from the server's UDP socket to this client.
+    Udp(SocketAddr),
+    /// Handed back to the TCP connection thread, which frames and writes it.
+    Tcp(Sender<Vec<u8>>),
+}
+
+/// Hands `job` to the forwarding pool; `false` when the queue is full (or the
+/// pool is gone), and the caller answers SERVFAIL.
+fn submit(forward: &Sender<Job>, job: Job) -> bool {
+    match forward.try_send(job) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+    }
+}
+
+struct ForwardWorker {
+    jobs: Receiver<Job>,
+    socket: UdpSocket,
+    zone: Arc<ArcSwap<Zone>>,
+    upstream: UdpUpstream,
+    max_wait: Duration,
+    counters: Arc<Counters>,
+}
+
+impl ForwardWorker {
+    fn run(self) {
+        let mut out = Vec::with_capacity(usize::from(EDNS_PAYLOAD));
+        for job in self.jobs.iter() {
+            if job.queued.elapsed() > self.max_wait {
+                // Its client has retried or given up; a TCP waiter sees the
+                // channel close and answers SERVFAIL.
+                Counters::bump(&self.counters.forward_expired);
+                continue;
+            }
+            let zone = self.zone.load();
+            let outcome = respond(
+                &zone,
+                &job.query,
+                job.transport,
+                Forwarding::Ask(&self.upstream),
+                &mut out,
+            );
+            self.counters.record(outcome);
+            if out.is_empty() {
+                continue;
+            }
+            match job.reply {
+                Reply::Udp(peer) => {
+                    if let Err(error) = self.socket.send_to(&out, peer) {
+                        tracing::debug!(%error, %peer, "udp send");
+                    }
+                }
+                // The connection may have given up waiting: nothing to do then.
+                Reply::Tcp(tx) => {
+                    let _ = tx.send(out.clone());
+                }
+            }
+        }
+    }
+}
+
 struct UdpWorker {
     socket: UdpSocket,
     zone: Arc<ArcSwap<Zone>>,
-    upstream: Option<UdpUpstream>,
+    forward: Option<Sender<Job>>,
     max: usize,
     counters: Arc<Counters>,
 }
@@ -258,7 +455,7 @@ impl UdpWorker {
         // Queries are small; a larger datagram is cut and answered FORMERR.
         let mut buf = vec![0u8; 4096];
         let mut out = Vec::with_capacity(self.max);
-        let upstream = self.upstream.as_ref().map(|u| u as &dyn Upstream);
+        let transport = Transport::Udp { max: self.max };
         loop {
             let (n, peer) = match self.socket.recv_from(&mut buf) {
                 Ok(r) => r,
@@ -269,13 +466,22 @@ impl UdpWorker {
             };
             let query = buf.get(..n).unwrap_or(&[]);
             let zone = self.zone.load();
-            let outcome = answer_into(
-                &zone,
-                query,
-                Transport::Udp { max: self.max },
-                upstream,
-                &mut out,
-            );
+            let mode = match self.forward {
+                Some(_) => Forwarding::Defer,
+                None => Forwarding::Refuse,
+            };
+            let mut outcome = respond(&zone, query, transport, mode, &mut out);
+            if let (Outcome::Deferred, Some(forward)) = (outcome, &self.forward) {
+                let job = Job {
+                    query: query.to_vec(),
+                    transport,
+                    reply: Reply::Udp(peer),
+                    queued: Instant::now(),
+                };
+                if !submit(forward, job) {
+                    outcome = respond(&zone, query, transport, Forwarding::Shed, &mut out);
+                }
+            }
             self.counters.record(outcome);
             if !out.is_empty() {
                 if let Err(error) = self.socket.send_to(&out, peer) {
@@ -286,21 +492,136 @@ impl UdpWorker {
     }
 }
 
-struct Acceptor {
-    listener: TcpListener,
-    zone: Arc<ArcSwap<Zone>>,
-    upstream: Option<UdpUpstream>,
-    config: ServerConfig,
-    counters: Arc<Counters>,
-    active: Arc<AtomicUsize>,
+/// What a TCP connection is doing, for choosing whom to evict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first byte of a query.
+    Idle = 0,
+    /// Has part of a query.
+    Reading = 1,
+    /// Has a whole query and is answering it: never evicted.
+    Answering = 2,
 }
 
-/// Decrements the live-connection count when a connection thread ends.
-struct Slot(Arc<AtomicUsize>);
+/// One live TCP connection as the table sees it.
+struct ConnEntry {
+    id: u64,
+    /// A handle on the socket, to shut it down when evicted.
+    stream: TcpStream,
+    /// The phase in the top two bits, the milliseconds since the table's
+    /// epoch when it began below.
+    phase: AtomicU64,
+    evicted: AtomicBool,
+}
+
+const PHASE_SHIFT: u32 = 62;
+const SINCE_MASK: u64 = (1 << PHASE_SHIFT) - 1;
+
+impl ConnEntry {
+    fn set(&self, phase: Phase, since_ms: u64) {
+        let packed = ((phase as u64) << PHASE_SHIFT) | (since_ms & SINCE_MASK);
+        self.phase.store(packed, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> (Phase, u64) {
+        let packed = self.phase.load(Ordering::Relaxed);
+        let phase = match packed >> PHASE_SHIFT {
+            0 => Phase::Idle,
+            1 => Phase::Reading,
+            _ => Phase::Answering,
+        };
+        (phase, packed & SINCE_MASK)
+    }
+}
+
+/// The live TCP connections, at most `max`.
+struct ConnTable {
+    conns: Mutex<Vec<Arc<ConnEntry>>>,
+    max: usize,
+    epoch: Instant,
+    next_id: AtomicU64,
+}
+
+/// Why a connection got no slot.
+enum Admit {
+    Admitted(Arc<ConnEntry>),
+    /// Every slot is answering a query.
+    Full,
+}
+
+impl ConnTable {
+    fn new(max: usize) -> ConnTable {
+        ConnTable {
+            conns: Mutex::new(Vec::with_capacity(max)),
+            max,
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(SINCE_MASK)
+    }
+
+    /// Takes a slot for `stream`; when all are taken, first evicts the
+    /// connection idle or reading for the longest (`evicted` is called once
+    /// for it).
+    fn admit(&self, stream: &TcpStream, evicted: impl FnOnce()) -> io::Result<Admit> {
+        let handle = stream.try_clone()?;
+        let now = self.now_ms();
+        let mut conns = self.conns.lock();
+        if conns.len() >= self.max {
+            let victim = conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| match c.get() {
+                    (Phase::Answering, _) => None,
+                    (_, since) => Some((since, i)),
+                })
+                .min();
+            let Some((_, index)) = victim else {
+                return Ok(Admit::Full);
+            };
+            let victim = conns.swap_remove(index);
+            victim.evicted.store(true, Ordering::Relaxed);
+            // Wakes the victim's blocked read with end-of-file; it then ends.
+            let _ = victim.stream.shutdown(Shutdown::Both);
+            evicted();
+        }
+        let entry = Arc::new(ConnEntry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            stream: handle,
+            phase: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+        });
+        entry.set(Phase::Idle, now);
+        conns.push(Arc::clone(&entry));
+        Ok(Admit::Admitted(entry))
+    }
+
+    fn release(&self, id: u64) {
+        self.conns.lock().retain(|c| c.id != id);
+    }
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    table: Arc<ConnTable>,
+    zone: Arc<ArcSwap<Zone>>,
+    forward: Option<Sender<Job>>,
+    config: ServerConfig,
+    counters: Arc<Counters>,
+}
+
+/// Gives the slot back when a connection thread ends, however it ends.
+struct Slot {
+    table: Arc<ConnTable>,
+    entry: Arc<ConnEntry>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.table.release(self.entry.id);
     }
 }
 
@@ -315,25 +636,37 @@ impl Acceptor {
                     continue;
                 }
             };
-            if self.active.fetch_add(1, Ordering::AcqRel) >= self.config.max_tcp_connections {
-                self.active.fetch_sub(1, Ordering::AcqRel);
-                self.counters.tcp_rejected.fetch_add(1, Ordering::Relaxed);
-                continue; // dropping the stream closes it
-            }
-            let slot = Slot(Arc::clone(&self.active));
+            let evicted = || Counters::bump(&self.counters.tcp_evicted);
+            let entry = match self.table.admit(&stream, evicted) {
+                Ok(Admit::Admitted(entry)) => entry,
+                Ok(Admit::Full) => {
+                    Counters::bump(&self.counters.tcp_rejected);
+                    continue; // dropping the stream closes it
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "tcp admit");
+                    continue;
+                }
+            };
+            let slot = Slot {
+                table: Arc::clone(&self.table),
+                entry,
+            };
             let conn = Connection {
                 zone: Arc::clone(&self.zone),
-                upstream: self.upstream.clone(),
+                forward: self.forward.clone(),
                 idle: self.config.tcp_idle_timeout,
+                query_timeout: self.config.tcp_query_timeout,
+                forward_wait: self.config.upstream_timeout.saturating_mul(2),
                 counters: Arc::clone(&self.counters),
             };
             let spawned = thread::Builder::new()
                 .name("dns-tcp".into())
                 .spawn(move || {
-                    let _slot = slot;
-                    if let Err(error) = conn.serve(stream) {
+                    if let Err(error) = conn.serve(stream, &slot) {
                         tracing::debug!(%error, "tcp connection");
                     }
+                    drop(slot);
                 });
             if let Err(error) = spawned {
                 tracing::warn!(%error, "tcp thread");
@@ -342,48 +675,151 @@ impl Acceptor {
     }
 }
 
+/// How a deadline-bounded read ended short of filling its buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Cut {
+    /// The peer closed, reset, or this side was shut down (evicted).
+    Closed,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// Reads until `buf` holds at least `min` bytes (at most `buf.len()`), or
+/// `deadline` passes, however the bytes trickle in: the time left is
+/// recomputed before every read, so no number of tiny writes extends it.
+fn read_by(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    min: usize,
+    deadline: Instant,
+) -> Result<usize, Cut> {
+    let mut got = 0;
+    while got < min {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Cut::Deadline);
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|_| Cut::Closed)?;
+        let Some(rest) = buf.get_mut(got..) else {
+            return Err(Cut::Closed);
+        };
+        match stream.read(rest) {
+            Ok(0) => return Err(Cut::Closed),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Cut::Closed),
+        }
+    }
+    Ok(got)
+}
+
 struct Connection {
     zone: Arc<ArcSwap<Zone>>,
-    upstream: Option<UdpUpstream>,
+    forward: Option<Sender<Job>>,
     idle: Duration,
+    query_timeout: Duration,
+    /// How long a TCP query waits for the forwarding pool (queue and upstream).
+    forward_wait: Duration,
     counters: Arc<Counters>,
 }
 
 impl Connection {
-    fn serve(&self, mut stream: TcpStream) -> io::Result<()> {
-        stream.set_read_timeout(Some(self.idle))?;
-        stream.set_write_timeout(Some(self.idle))?;
+    fn serve(&self, mut stream: TcpStream, slot: &Slot) -> io::Result<()> {
+        stream.set_write_timeout(Some(self.query_timeout))?;
         stream.set_nodelay(true)?;
-        let upstream = self.upstream.as_ref().map(|u| u as &dyn Upstream);
+        let entry = &slot.entry;
+        let table = &slot.table;
         let mut query = Vec::with_capacity(512);
         let mut out = Vec::with_capacity(512);
         let mut frame = Vec::with_capacity(514);
         loop {
+            // Idle: wait for the first byte of the next query.
             let mut len = [0u8; 2];
-            match stream.read_exact(&mut len) {
-                Ok(()) => {}
-                // EOF, idle timeout, reset: the conversation is over.
-                Err(_) => return Ok(()),
+            let got = match read_by(&mut stream, &mut len, 1, Instant::now() + self.idle) {
+                Ok(n) => n,
+                Err(Cut::Deadline) => {
+                    Counters::bump(&self.counters.tcp_idle_closed);
+                    return Ok(());
+                }
+                Err(Cut::Closed) => return Ok(()), // EOF, reset or evicted
+            };
+            // The query has begun: all of it must be here by the deadline.
+            let deadline = Instant::now() + self.query_timeout;
+            entry.set(Phase::Reading, table.now_ms());
+            let rest = len.get_mut(got..).unwrap_or(&mut []);
+            let need = rest.len();
+            if let Err(cut) = read_by(&mut stream, rest, need, deadline) {
+                return self.cut(cut, entry);
             }
             let len = usize::from(u16::from_be_bytes(len));
             if len < HEADER_LEN {
                 return Ok(()); // cannot be a query; framing is lost
             }
             query.resize(len, 0);
-            stream.read_exact(&mut query)?;
-            let zone = self.zone.load();
-            let outcome = answer_into(&zone, &query, Transport::Tcp, upstream, &mut out);
-            self.counters.record(outcome);
-            if out.is_empty() {
-                continue;
+            if let Err(cut) = read_by(&mut stream, &mut query, len, deadline) {
+                return self.cut(cut, entry);
             }
-            let Ok(out_len) = u16::try_from(out.len()) else {
-                continue; // an upstream answer too big to frame
-            };
-            frame.clear();
-            frame.extend_from_slice(&out_len.to_be_bytes());
-            frame.extend_from_slice(&out);
-            stream.write_all(&frame)?;
+            entry.set(Phase::Answering, table.now_ms());
+            self.answer(&query, &mut out);
+            if !out.is_empty() {
+                if let Ok(out_len) = u16::try_from(out.len()) {
+                    frame.clear();
+                    frame.extend_from_slice(&out_len.to_be_bytes());
+                    frame.extend_from_slice(&out);
+                    stream.write_all(&frame)?;
+                } // else an upstream answer too big to frame: skipped
+            }
+            entry.set(Phase::Idle, table.now_ms());
+        }
+    }
+
+    /// Ends a connection whose query did not arrive whole.
+    fn cut(&self, cut: Cut, entry: &ConnEntry) -> io::Result<()> {
+        if cut == Cut::Deadline && !entry.evicted.load(Ordering::Relaxed) {
+            Counters::bump(&self.counters.tcp_query_timeouts);
+        }
+        Ok(())
+    }
+
+    /// Answers one query into `out`, through the forwarding pool for names
+    /// outside the zone.
+    fn answer(&self, query: &[u8], out: &mut Vec<u8>) {
+        let zone = self.zone.load();
+        let Some(forward) = &self.forward else {
+            let outcome = respond(&zone, query, Transport::Tcp, Forwarding::Refuse, out);
+            self.counters.record(outcome);
+            return;
+        };
+        let outcome = respond(&zone, query, Transport::Tcp, Forwarding::Defer, out);
+        if outcome != Outcome::Deferred {
+            self.counters.record(outcome);
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job = Job {
+            query: query.to_vec(),
+            transport: Transport::Tcp,
+            reply: Reply::Tcp(tx),
+            queued: Instant::now(),
+        };
+        if !submit(forward, job) {
+            let outcome = respond(&zone, query, Transport::Tcp, Forwarding::Shed, out);
+            self.counters.record(outcome);
+            return;
+        }
+        match rx.recv_timeout(self.forward_wait) {
+            Ok(answer) => *out = answer,
+            // The pool counted it (expired, or still waiting on the upstream).
+            Err(_) => {
+                let _ = respond(&zone, query, Transport::Tcp, Forwarding::Failed, out);
+            }
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct Zone {
     names: HashMap<Box<[u8]>, Node>,
     /// The complete SOA record (owner = apex) for negative answers (RFC 2308 §3).
     soa: Box<[u8]>,
+    /// The RFC 8482 §4.2 answer to ANY: one synthesized HINFO "RFC8482" "".
+    any: RrSet,
     warnings: Vec<BuildWarning>,
 }
 
@@ -167,6 +169,7 @@ impl Zone {
             serial: 0,
             names: HashMap::new(),
             soa: Box::new([]),
+            any: any_hinfo(ttl),
             warnings: Vec::new(),
         }
     }
@@ -203,6 +206,32 @@ impl Zone {
     /// The complete SOA record for the authority section.
     pub(crate) fn soa_record(&self) -> &[u8] {
         &self.soa
+    }
+
+    /// What an ANY query for a name without a CNAME gets (RFC 8482 §4.2).
+    pub(crate) fn any_answer(&self) -> &RrSet {
+        &self.any
+    }
+}
+
+/// The synthesized HINFO of RFC 8482 §4.2: CPU "RFC8482", OS the empty string
+/// (to keep the answer small), with the zone's TTL like every other record.
+fn any_hinfo(ttl: u32) -> RrSet {
+    const CPU: &[u8] = b"RFC8482";
+    let mut tail = Vec::with_capacity(10 + 2 + CPU.len());
+    tail.extend_from_slice(&u16::from(RecordType::Hinfo).to_be_bytes());
+    tail.extend_from_slice(&CLASS_IN.to_be_bytes());
+    tail.extend_from_slice(&ttl.to_be_bytes());
+    // RDATA: two <character-string>s (RFC 1035 §3.3.2): length-prefixed CPU, empty OS.
+    let rdlen = 2 + CPU.len(); // 9
+    tail.extend_from_slice(&u16::try_from(rdlen).unwrap_or(0).to_be_bytes());
+    tail.push(u8::try_from(CPU.len()).unwrap_or(0));
+    tail.extend_from_slice(CPU);
+    tail.push(0);
+    RrSet {
+        rtype: u16::from(RecordType::Hinfo),
+        tails: vec![tail.into()],
+        ..RrSet::default()
     }
 }
 
@@ -506,6 +535,7 @@ impl Builder {
             serial,
             names: self.names,
             soa: soa.into(),
+            any: any_hinfo(self.ttl),
             warnings: self.warnings,
         }
     }

@@ -1,7 +1,8 @@
 //! The server over real sockets on 127.0.0.1: the `dig` binary against it
 //! (skipped with a note when `dig` is not installed), TCP framing, pipelining
-//! and idle timeout, zone replacement while serving, and forwarding to a fake
-//! upstream on 127.0.0.1. Nothing here talks to any other address.
+//! and idle timeout, zone replacement while serving, forwarding to a fake
+//! upstream on 127.0.0.1, and abuse: trickling TCP clients (slowloris), a
+//! blackholed upstream, ANY. Nothing here talks to any other address.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::io::{Read, Write};
@@ -9,13 +10,14 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tapestry_dns::{
-    DnsData, EndpointRecord, PortRecord, Server, ServerConfig, ServiceKind, ServiceRecord, Zone,
+    Counters, DnsData, EndpointRecord, PortRecord, Server, ServerConfig, ServiceKind,
+    ServiceRecord, Zone,
 };
 
 fn sample() -> DnsData {
@@ -43,6 +45,7 @@ fn sample() -> DnsData {
 struct Running {
     addr: SocketAddr,
     zone: Arc<ArcSwap<Zone>>,
+    counters: Arc<Counters>,
 }
 
 /// Starts a server on 127.0.0.1:0 in a background thread (it lives until the
@@ -61,8 +64,13 @@ fn start(upstream: Option<SocketAddr>, config: ServerConfig) -> Running {
     .unwrap()
     .with_config(config);
     let addr = server.local_addr().unwrap();
+    let counters = server.counters();
     thread::spawn(move || server.run());
-    Running { addr, zone }
+    Running {
+        addr,
+        zone,
+        counters,
+    }
 }
 
 fn have_dig() -> bool {
@@ -148,6 +156,14 @@ fn dig_against_the_server() {
     );
     let full = dig(a, &["example.com"]);
     assert!(full.contains("status: REFUSED"), "{full}");
+    // ANY: the one RFC 8482 HINFO, over UDP and TCP, even for 60 A records.
+    for name in [
+        "web.default.svc.cluster.local",
+        "big.default.svc.cluster.local",
+    ] {
+        assert_eq!(short(a, &[name, "ANY"]), ["\"RFC8482\" \"\""]);
+        assert_eq!(short(a, &[name, "ANY", "+tcp"]), ["\"RFC8482\" \"\""]);
+    }
 
     // 60 A records do not fit 512 bytes: dig sees TC and retries over TCP.
     let full = dig(a, &["big.default.svc.cluster.local", "+noedns"]);
@@ -291,4 +307,255 @@ fn forwards_outside_names_to_the_upstream() {
     if have_dig() {
         assert_eq!(short(s.addr, &["example.org"]), ["192.0.2.1"]);
     }
+}
+
+/// One framed query over a fresh TCP connection; the answer and how long it took.
+fn tcp_ask(addr: SocketAddr, name: &str, id: u16) -> (Message, Duration) {
+    let t0 = Instant::now();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let q = query(name, id);
+    let mut frame = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    stream.write_all(&frame).unwrap();
+    let m = read_frame(&mut stream);
+    (m, t0.elapsed())
+}
+
+/// One UDP query; the answer and how long it took (panics after 3 s).
+fn udp_ask(client: &UdpSocket, addr: SocketAddr, name: &str, id: u16) -> (Message, Duration) {
+    let t0 = Instant::now();
+    client.send_to(&query(name, id), addr).unwrap();
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        if m.metadata.id == id {
+            return (m, t0.elapsed());
+        }
+    }
+}
+
+fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sends a valid query one byte every `gap`; returns how long after its first
+/// byte the server cut the connection (None: it sent the whole query uncut).
+fn trickle(addr: SocketAddr, gap: Duration) -> Option<Duration> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let q = query("web.default.svc.cluster.local.", 77);
+    let mut frame = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    let t0 = Instant::now();
+    for byte in &frame {
+        if stream.write_all(std::slice::from_ref(byte)).is_err() {
+            return Some(t0.elapsed());
+        }
+        // A closed connection shows as EOF on a non-blocking peek.
+        stream.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let closed = matches!(stream.peek(&mut b), Ok(0));
+        stream.set_nonblocking(false).unwrap();
+        if closed {
+            return Some(t0.elapsed());
+        }
+        thread::sleep(gap);
+    }
+    None
+}
+
+#[test]
+fn trickling_tcp_client_is_cut_at_the_query_deadline() {
+    let config = ServerConfig {
+        tcp_query_timeout: Duration::from_millis(400),
+        tcp_idle_timeout: Duration::from_secs(5),
+        ..ServerConfig::default()
+    };
+    let s = start(None, config);
+    // 2 + 47 bytes at one per 100 ms would take ~5 s: every byte arrives well
+    // inside any per-read timeout, but the query as a whole is late.
+    let cut = trickle(s.addr, Duration::from_millis(100)).expect("cut");
+    eprintln!(
+        "trickling client cut {} ms after its first byte",
+        cut.as_millis()
+    );
+    assert!(
+        cut >= Duration::from_millis(350) && cut < Duration::from_millis(1500),
+        "{cut:?}"
+    );
+    assert_eq!(count(&s.counters.tcp_query_timeouts), 1);
+    // A normal client is served meanwhile and after.
+    let (m, took) = tcp_ask(s.addr, "web.default.svc.cluster.local.", 5);
+    assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 20)));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[test]
+fn slowloris_flood_does_not_lock_out_other_clients() {
+    // 8 slots, 32 trickling attackers that reconnect whenever they are cut.
+    let config = ServerConfig {
+        max_tcp_connections: 8,
+        tcp_query_timeout: Duration::from_secs(1),
+        tcp_idle_timeout: Duration::from_secs(5),
+        ..ServerConfig::default()
+    };
+    let s = start(None, config);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for _ in 0..32 {
+        let (addr, stop) = (s.addr, Arc::clone(&stop));
+        attackers.push(thread::spawn(move || {
+            let mut cuts = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if trickle(addr, Duration::from_millis(50)).is_some() {
+                    cuts += 1;
+                }
+            }
+            cuts
+        }));
+    }
+    // Let the flood fill every slot before measuring.
+    let filled = Instant::now();
+    while count(&s.counters.tcp_evicted) == 0 {
+        assert!(
+            filled.elapsed() < Duration::from_secs(5),
+            "slots never filled"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let (mut worst_tcp, mut worst_udp) = (Duration::ZERO, Duration::ZERO);
+    for id in 0..20u16 {
+        let (m, took) = tcp_ask(s.addr, "web.default.svc.cluster.local.", id);
+        assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 20)));
+        worst_tcp = worst_tcp.max(took);
+        let (m, took) = udp_ask(&client, s.addr, "web.default.svc.cluster.local.", id);
+        assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 20)));
+        worst_udp = worst_udp.max(took);
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cuts: u32 = attackers.into_iter().map(|h| h.join().unwrap()).sum();
+    eprintln!(
+        "under 32 trickling clients on 8 slots: worst TCP answer {} ms, worst UDP {} ms; \
+         attackers cut {cuts} times; counters: {}",
+        worst_tcp.as_millis(),
+        worst_udp.as_millis(),
+        s.counters
+    );
+    assert!(worst_tcp < Duration::from_millis(1000), "{worst_tcp:?}");
+    assert!(worst_udp < Duration::from_millis(1000), "{worst_udp:?}");
+    assert!(cuts > 0);
+    assert!(count(&s.counters.tcp_evicted) > 0);
+    assert_eq!(count(&s.counters.tcp_rejected), 0);
+}
+
+/// A local UDP socket that receives forwarded queries and never answers;
+/// returns its address and a count of what it received.
+fn blackhole_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = Arc::clone(&seen);
+    thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while socket.recv_from(&mut buf).is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn blackholed_upstream_does_not_delay_cluster_names() {
+    let (upstream, seen) = blackhole_upstream();
+    let config = ServerConfig {
+        upstream_timeout: Duration::from_secs(2),
+        forward_workers: 2,
+        forward_queue: 4,
+        ..ServerConfig::default()
+    };
+    let s = start(Some(upstream), config);
+    // 40 outside names at once: 2 are with the upstream, 4 queue, the rest
+    // get SERVFAIL at once.
+    let outside = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for id in 0..40u16 {
+        outside
+            .send_to(&query(&format!("n{id}.example.com."), id), s.addr)
+            .unwrap();
+    }
+    // Cluster names, over UDP and TCP, while the forwarding threads are stuck.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let t0 = Instant::now();
+    let (mut worst_udp, mut worst_tcp) = (Duration::ZERO, Duration::ZERO);
+    for id in 100..120u16 {
+        let (m, took) = udp_ask(&client, s.addr, "web.default.svc.cluster.local.", id);
+        assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 20)));
+        worst_udp = worst_udp.max(took);
+        let (m, took) = tcp_ask(s.addr, "web.default.svc.cluster.local.", id);
+        assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 20)));
+        worst_tcp = worst_tcp.max(took);
+    }
+    let during = t0.elapsed();
+    // The shed ones got SERVFAIL without waiting.
+    outside
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut servfail = 0;
+    let mut buf = [0u8; 1500];
+    while let Ok((n, _)) = outside.recv_from(&mut buf) {
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        if m.metadata.response_code == hickory_proto::op::ResponseCode::ServFail {
+            servfail += 1;
+        }
+    }
+    eprintln!(
+        "blackholed upstream: 20 cluster lookups each over UDP and TCP in {} ms \
+         (worst UDP {} ms, worst TCP {} ms); {servfail} outside names shed with SERVFAIL; \
+         upstream saw {}; counters: {}",
+        during.as_millis(),
+        worst_udp.as_millis(),
+        worst_tcp.as_millis(),
+        count(&seen),
+        s.counters
+    );
+    assert!(worst_udp < Duration::from_millis(500), "{worst_udp:?}");
+    assert!(worst_tcp < Duration::from_millis(500), "{worst_tcp:?}");
+    assert!(during < Duration::from_millis(1500), "{during:?}");
+    assert!(servfail >= 30, "{servfail}");
+    assert!(count(&s.counters.forward_shed) >= 30);
+    assert!(count(&seen) <= 6, "{}", count(&seen));
+    // The accepted ones end as failures (upstream timeout) or expire in the
+    // queue; a TCP forward to the dead upstream gets SERVFAIL, not a hang.
+    let accepted = 40 - count(&s.counters.forward_shed);
+    let waited = Instant::now();
+    while count(&s.counters.forward_failed) + count(&s.counters.forward_expired) < accepted {
+        assert!(waited.elapsed() < Duration::from_secs(10), "{}", s.counters);
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(&s.counters.forwarded), 0);
+    let (m, took) = tcp_ask(s.addr, "late.example.com.", 500);
+    assert_eq!(
+        m.metadata.response_code,
+        hickory_proto::op::ResponseCode::ServFail
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn forwards_over_tcp_through_the_pool() {
+    let s = start(Some(fake_upstream()), ServerConfig::default());
+    let (m, _) = tcp_ask(s.addr, "example.com.", 11);
+    assert_eq!(m.metadata.id, 11);
+    assert_eq!(first_a(&m), Some(Ipv4Addr::new(192, 0, 2, 1)));
+    assert_eq!(count(&s.counters.forwarded), 1);
 }

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{Reply, Request};
+use crate::{decode_reply, encode_request, Reply, Request};
 
 /// How long a client waits for the agent's reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,16 +51,15 @@ pub fn call(path: &Path, req: &Request) -> Result<Reply, CallError> {
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))
         .map_err(|source| CallError::Connect { path: at(), source })?;
-    let mut msg = serde_json::to_vec(req).map_err(CallError::Encode)?;
-    msg.push(b'\n');
+    let msg = encode_request(req).map_err(CallError::Encode)?;
     stream
         .write_all(&msg)
         .map_err(|source| CallError::Send { path: at(), source })?;
-    let mut line = String::new();
+    let mut line = Vec::new();
     BufReader::new(stream)
-        .read_line(&mut line)
+        .read_until(b'\n', &mut line)
         .map_err(|source| CallError::Receive { path: at(), source })?;
-    serde_json::from_str(&line).map_err(|source| CallError::BadReply { path: at(), source })
+    decode_reply(&line).map_err(|source| CallError::BadReply { path: at(), source })
 }
 
 #[cfg(test)]

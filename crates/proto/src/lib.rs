@@ -1,5 +1,8 @@
 //! The node agent's control protocol: one JSON [`Request`] per line on its Unix
 //! socket, one JSON [`Reply`] per line back, and [`call`], the client side.
+//! The agent reads a connection's requests with [`Requests`] (the line framing
+//! and its bound, [`MAX_REQUEST_LINE`]), so the code the `control` fuzz target
+//! feeds is the agent's own.
 //!
 //! A crate of its own so that the clients (`tapestry`, `tapestry-cni`) speak to
 //! the agent without linking it: this crate depends on serde and nothing of
@@ -14,8 +17,13 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod codec;
 
 pub use client::{call, CallError};
+pub use codec::{
+    decode_reply, decode_request, encode_reply, encode_request, read_line, RequestError, Requests,
+    MAX_REQUEST_LINE,
+};
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -23,7 +31,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// A request on the control socket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// CNI ADD.
@@ -57,7 +65,7 @@ pub struct Attachment {
 }
 
 /// A reply: `ok` with an optional body, or an error message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,7 +130,7 @@ pub struct Route {
 /// Everything `tapestry status` shows about a node, as its agent reports it:
 /// the data plane's ports, tables and counters. (Not the cluster's Node
 /// `.status`, `tapestry_cluster::NodeStatus`, which says where to tunnel to.)
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AgentStatus {
     pub node: String,
     pub subnet: String,
@@ -151,7 +159,7 @@ pub struct AgentStatus {
 }
 
 /// One tracked flow of the service load balancer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowEntry {
     pub proto: String,
     pub client: String,
@@ -163,7 +171,7 @@ pub struct FlowEntry {
 }
 
 /// One route of the router's table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RouteEntry {
     pub subnet: String,
     /// `local` (the bridge) or the node it is tunnelled to.
@@ -174,7 +182,7 @@ pub struct RouteEntry {
 }
 
 /// One bridge port: the host port or a pod's `eth0`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PortStatus {
     pub port: u16,
     /// `host` or `pod`.
@@ -193,7 +201,7 @@ pub struct PortStatus {
     pub tx_errors: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MacEntry {
     pub mac: String,
     pub port: u16,

@@ -1,6 +1,23 @@
 //! Stage 3, service: the load balancer (Kubernetes fact 4), kube-proxy's job, done
 //! after admission and before the route lookup.
 //!
+//! Port clashes: a service flow from `client:port` DNATed to `backend` holds the
+//! reply key `backend → client:port`. A flow the client then sends straight to that
+//! backend from the same port (not through the ClusterIP) would have the same reply
+//! key, and its replies would be un-NATed to the VIP. As Linux's NAT clash
+//! resolution does, that later flow is tracked too, as a direct flow
+//! (`FlowKind::Direct`: the "VIP" is the backend itself), SNATed to another source
+//! port whose reply key is free (`lb_clash_remaps`); its replies go back to the
+//! client's own port from the backend, and ICMP errors about it are translated like
+//! those of a service flow. `Conntrack::lookup` finds the flow a packet belongs to,
+//! a reply, or such a clash (the packet is a reversed reply key) in one probe: no
+//! second lookup for any packet. A direct flow lives by its own timeouts, is no
+//! service's (a table change does not flush it), and once it has ended the port is
+//! used unchanged again unless a service flow still holds the key.
+//! Only tracked flows are seen: a direct connection opened before the service flow
+//! took its reply key is not, and loses its replies to the VIP (Linux tracks every
+//! flow and would give the service flow another port instead).
+//!
 //! In full: docs/dataplane.md, "The service stage (load balancer)".
 
 use core::net::Ipv4Addr;
@@ -15,7 +32,7 @@ use crate::codec::vxlan::settle_l4_checksum;
 use crate::drops::{Counter, Counters, DropReason};
 use crate::hash::fmix64;
 use crate::tables::conntrack::{
-    timeout, Conntrack, Dir, Flow, FlowInfo, FlowState, Restored, Tuple,
+    timeout, Conntrack, Dir, Flow, FlowInfo, FlowKind, FlowState, Hit, Restored, Tuple,
 };
 use crate::tables::flow_file::{FlowFileError, FlowMemory};
 use crate::tables::fragments::FragTable;
@@ -45,6 +62,16 @@ struct SvcEnv<'a> {
     cfg: &'a PipelineConfig,
     services: &'a ServiceTable,
     counters: &'a Counters,
+}
+
+/// What the tracked-flow lookup made of a packet.
+enum Tracked {
+    /// Translated (or dropped): the stage's verdict.
+    Done(Verdict),
+    /// A packet of the service flow at this conntrack index, for `balance`.
+    Service(usize),
+    /// No tracked flow.
+    No,
 }
 
 /// The load balancer's per-node state: tracked flows and fragment translations.
@@ -127,6 +154,7 @@ impl Lb {
                 return Verdict::Continue;
             }
         }
+        let mut service_flow = None;
         if !self.conntrack.is_empty() {
             if ip.proto == IpProtocol::Icmp && !ip.fragment {
                 let a = addressing(&ip);
@@ -139,8 +167,10 @@ impl Lb {
                     Err(r) => return r.into(),
                 }
             }
-            if let Some(v) = self.reply(env, ctx, &ip, pkt, now) {
-                return v;
+            match self.tracked(env, ctx, &ip, pkt, now) {
+                Tracked::Done(v) => return v,
+                Tracked::Service(f) => service_flow = Some(f),
+                Tracked::No => {}
             }
         }
         if ctx.ingress == Ingress::Tunnel || !ctx.to_gateway {
@@ -157,7 +187,7 @@ impl Lb {
             services: &services,
             counters: env.counters,
         };
-        self.balance(&env, is_vip, ctx, &ip, pkt, now)
+        self.balance(&env, is_vip, service_flow, ctx, &ip, pkt, now)
     }
 
     /// Whether `ip` (TCP/UDP with ports) is the reply of a tracked flow. Read only:
@@ -171,23 +201,73 @@ impl Lb {
             .is_some()
     }
 
-    /// Un-NATs the reply of a tracked flow; `None` if it is none.
-    fn reply(
+    /// Looks the packet's tuple up once (see `Conntrack::lookup`) and translates what
+    /// belongs to a tracked flow: a reply (un-NAT), a packet of a direct flow (SNAT),
+    /// the first packet of a direct flow that clashes with a tracked one (a new
+    /// direct flow, SNAT). A packet of a service flow is left to `balance`.
+    fn tracked(
         &mut self,
         env: &LbEnv,
         ctx: &mut Ctx,
         ip: &Ip,
         pkt: &mut [u8],
         now: Nanos,
-    ) -> Option<Verdict> {
-        let t = ip.tuple()?;
-        let services = env.services.load();
-        let env = SvcEnv {
-            cfg: env.cfg,
-            services: &services,
-            counters: env.counters,
+    ) -> Tracked {
+        let Some(t) = ip.tuple() else {
+            return Tracked::No;
         };
-        let flow = self.track(&env, Dir::Reply, &t, ip.tcp_flags, now)?;
+        // Twice: a direct flow that a new TCP connection ends is looked up again.
+        for _ in 0..2 {
+            let Some((f, hit)) = self.conntrack.lookup(&t, now, env.counters) else {
+                return Tracked::No;
+            };
+            let services = env.services.load();
+            let svc = SvcEnv {
+                cfg: env.cfg,
+                services: &services,
+                counters: env.counters,
+            };
+            let (dir, flow) = match hit {
+                Hit::Forward => {
+                    if self.conntrack.get_mut(f).map(|f| f.kind) == Some(FlowKind::Service) {
+                        return Tracked::Service(f);
+                    }
+                    match self.track(&svc, f, Dir::Forward, ip.tcp_flags, now) {
+                        Some(flow) => (Dir::Forward, flow),
+                        None => continue,
+                    }
+                }
+                Hit::Reply => match self.track(&svc, f, Dir::Reply, ip.tcp_flags, now) {
+                    Some(flow) => (Dir::Reply, flow),
+                    None => return Tracked::No,
+                },
+                Hit::Clash => match self.direct_flow(&svc, &t, ip.tcp_flags, now) {
+                    Ok(flow) => (Dir::Forward, flow),
+                    Err(r) => return Tracked::Done(r.into()),
+                },
+            };
+            return Tracked::Done(self.translate(env.counters, dir, &flow, ctx, ip, pkt, now));
+        }
+        Tracked::No
+    }
+
+    /// Rewrites a packet of `flow` going `dir`, found by `tracked`: a reply back to
+    /// `vip → client`, a direct flow's packet to `nat → backend`.
+    #[allow(clippy::too_many_arguments)]
+    fn translate(
+        &mut self,
+        counters: &Counters,
+        dir: Dir,
+        flow: &Flow,
+        ctx: &mut Ctx,
+        ip: &Ip,
+        pkt: &mut [u8],
+        now: Nanos,
+    ) -> Verdict {
+        let (src, dst) = match dir {
+            Dir::Reply => (flow.vip, flow.client),
+            Dir::Forward => (flow.nat, (flow.backend.ip, flow.backend.port)),
+        };
         let bytes = ip_bytes(ctx, pkt);
         let sum = match ctx.ingress {
             // A Linux VXLAN sender may leave it partial: settled first, then full.
@@ -196,32 +276,32 @@ impl Lb {
                     ctx.l4_checksum = Some(c);
                     L4Sum::Full
                 }
-                Err(r) => return Some(r.into()),
+                Err(r) => return r.into(),
             },
             Ingress::Port(_) if ctx.vnet.needs_csum() => L4Sum::Partial,
             Ingress::Port(_) => L4Sum::Full,
         };
-        if let Err(r) = rewrite_checked(bytes, &addressing(ip), flow.vip, flow.client, sum) {
-            return Some(r.into());
+        if let Err(r) = rewrite_checked(bytes, &addressing(ip), src, dst, sum) {
+            return r.into();
         }
-        if ip.fragment {
-            self.frags
-                .insert(ip.frag_key(), (flow.vip.0, flow.client.0), now);
+        if ip.fragment && (src.0, dst.0) != (ip.src, ip.dst) {
+            self.frags.insert(ip.frag_key(), (src.0, dst.0), now);
         }
-        env.counters.bump(Counter::LbReplies);
-        readdress(ctx, flow.vip, flow.client);
-        Some(Verdict::Continue)
+        if dir == Dir::Reply {
+            counters.bump(Counter::LbReplies);
+        }
+        readdress(ctx, src, dst);
+        Verdict::Continue
     }
 
-    /// The flow whose `dir` key is `t`, confirmed against the current table, with its
-    /// state advanced for this packet.
-    fn track(&mut self, env: &SvcEnv, dir: Dir, t: &Tuple, flags: u8, now: Nanos) -> Option<Flow> {
-        let f = self.conntrack.find(dir, t, now, env.counters)?;
+    /// Flow `f`, which a packet going `dir` was found to belong to, confirmed against
+    /// the current table (a service flow), with its state advanced for this packet.
+    fn track(&mut self, env: &SvcEnv, f: usize, dir: Dir, flags: u8, now: Nanos) -> Option<Flow> {
         let gen = env.services.generation();
         let flow = self.conntrack.get_mut(f)?;
         // Generation 0: no table published yet (an agent that restored its flows
         // before the cluster's services were read): keep the flow unconfirmed.
-        if flow.generation != gen && gen != 0 {
+        if flow.kind == FlowKind::Service && flow.generation != gen && gen != 0 {
             let alive = env
                 .services
                 .find(flow.vip.0, flow.vip.1, flow.proto)
@@ -250,11 +330,14 @@ impl Lb {
         Some(flow)
     }
 
-    /// A packet to a ClusterIP or the service CIDR: see the module docs.
+    /// A packet to a ClusterIP or the service CIDR: see the module docs. `found`: the
+    /// service flow `tracked` found the packet to belong to.
+    #[allow(clippy::too_many_arguments)]
     fn balance(
         &mut self,
         env: &SvcEnv,
         is_vip: bool,
+        found: Option<usize>,
         ctx: &mut Ctx,
         ip: &Ip,
         pkt: &mut [u8],
@@ -279,7 +362,8 @@ impl Lb {
         let Some(service) = env.services.find(t.dst, t.dport, t.proto) else {
             return unreachable(t.dst, ICMP_UNREACH_PORT, DropReason::NoServicePort);
         };
-        let flow = match self.track(env, Dir::Forward, &t, ip.tcp_flags, now) {
+        let tracked = found.and_then(|f| self.track(env, f, Dir::Forward, ip.tcp_flags, now));
+        let flow = match tracked {
             Some(flow) => {
                 env.counters.bump(Counter::LbEstablished);
                 flow
@@ -332,8 +416,39 @@ impl Lb {
         } else {
             t.src
         };
-        let mut nat_port = None;
-        for k in 0..=NAT_PORT_TRIES {
+        let nat_port = self.free_nat_port(env.counters, t, backend, nat_ip, 0, now)?;
+        let state = Flow::initial_state(t.proto, flags);
+        let flow = Flow {
+            client: (t.src, t.sport),
+            vip: (t.dst, t.dport),
+            backend,
+            nat: (nat_ip, nat_port),
+            proto: t.proto,
+            kind: FlowKind::Service,
+            state,
+            fins: if flags & TCP_FIN != 0 { 1 } else { 0 },
+            created: now,
+            expires: now.saturating_add(timeout(state, &env.cfg.conntrack_timeouts)),
+            generation: env.services.generation(),
+        };
+        self.conntrack.insert(flow, now, env.counters);
+        env.counters.bump(Counter::LbNewFlows);
+        Ok(flow)
+    }
+
+    /// A source port for `nat_ip` whose reply key from `backend` no flow holds: the
+    /// client's own (`t.sport`, unless `first` skips it), else one of
+    /// `NAT_PORT_TRIES` others (as Linux's `nf_nat_used_tuple` / `get_unique_tuple`).
+    fn free_nat_port(
+        &mut self,
+        counters: &Counters,
+        t: &Tuple,
+        backend: Backend,
+        nat_ip: Ipv4Addr,
+        first: u32,
+        now: Nanos,
+    ) -> Result<u16, DropReason> {
+        for k in first..=NAT_PORT_TRIES {
             let port = if k == 0 {
                 t.sport
             } else {
@@ -350,21 +465,37 @@ impl Lb {
             };
             if self
                 .conntrack
-                .find(Dir::Reply, &reply, now, env.counters)
+                .find(Dir::Reply, &reply, now, counters)
                 .is_none()
             {
-                nat_port = Some(port);
-                break;
+                return Ok(port);
             }
         }
-        let nat_port = nat_port.ok_or(DropReason::NatPortsExhausted)?;
+        Err(DropReason::NatPortsExhausted)
+    }
+
+    /// Tracks a flow straight to a pod (`t`, not to a ClusterIP) whose reply key a
+    /// tracked flow holds, with another source port (see the module docs).
+    fn direct_flow(
+        &mut self,
+        env: &SvcEnv,
+        t: &Tuple,
+        flags: u8,
+        now: Nanos,
+    ) -> Result<Flow, DropReason> {
+        let backend = Backend {
+            ip: t.dst,
+            port: t.dport,
+        };
+        let nat_port = self.free_nat_port(env.counters, t, backend, t.src, 1, now)?;
         let state = Flow::initial_state(t.proto, flags);
         let flow = Flow {
             client: (t.src, t.sport),
             vip: (t.dst, t.dport),
             backend,
-            nat: (nat_ip, nat_port),
+            nat: (t.src, nat_port),
             proto: t.proto,
+            kind: FlowKind::Direct,
             state,
             fins: if flags & TCP_FIN != 0 { 1 } else { 0 },
             created: now,
@@ -372,7 +503,7 @@ impl Lb {
             generation: env.services.generation(),
         };
         self.conntrack.insert(flow, now, env.counters);
-        env.counters.bump(Counter::LbNewFlows);
+        env.counters.bump(Counter::LbClashRemaps);
         Ok(flow)
     }
 
@@ -472,7 +603,7 @@ impl Lb {
             MAINTAIN_BUDGET
         };
         let removed = self.conntrack.sweep(now, budget, full, counters, |f| {
-            if f.generation == gen {
+            if f.generation == gen || f.kind == FlowKind::Direct {
                 return true;
             }
             let alive = services
@@ -488,9 +619,10 @@ impl Lb {
     }
 
     /// Restores the flows of a flow file and mirrors every change into it: see
-    /// [`Conntrack::attach`]. A record is accepted only if its ClusterIP is in the
-    /// service CIDR (when one is configured) and its NAT source is its client or,
-    /// for hairpin, the gateway.
+    /// [`Conntrack::attach`]. A service flow is accepted only if its ClusterIP is
+    /// in the service CIDR (when one is configured) and its NAT source is its
+    /// client or, for hairpin, the gateway; a direct flow only if its destination
+    /// is its backend and its NAT source its client's address.
     pub(crate) fn attach(
         &mut self,
         mem: Box<dyn FlowMemory>,
@@ -498,9 +630,15 @@ impl Lb {
         counters: &Counters,
         now: Nanos,
     ) -> Result<Restored, FlowFileError> {
-        let valid = |f: &FlowInfo| {
-            cfg.service_cidr.is_none_or(|c| c.contains(*f.vip.ip()))
-                && (f.nat_source.ip() == f.client.ip() || *f.nat_source.ip() == cfg.gateway_ip)
+        let valid = |f: &Flow| match f.kind {
+            FlowKind::Service => {
+                cfg.service_cidr.is_none_or(|c| c.contains(f.vip.0))
+                    && (f.nat.0 == f.client.0 || f.nat.0 == cfg.gateway_ip)
+            }
+            // Straight to a pod, its source port moved: the "service" is the pod.
+            FlowKind::Direct => {
+                f.vip == (f.backend.ip, f.backend.port) && f.nat.0 == f.client.0
+            }
         };
         self.conntrack
             .attach(mem, now, &cfg.conntrack_timeouts, counters, valid)

@@ -1,6 +1,13 @@
 //! Connection tracking for the service load balancer: which backend each flow to a
 //! ClusterIP went to, and how to rewrite its replies.
 //!
+//! Each flow has two keys, forward (`client → vip`) and reply (`backend → nat
+//! source`). The hash is symmetric (a tuple and its reverse hash alike), so one probe
+//! of `Conntrack::lookup` finds a packet's flow under either key, or else a flow
+//! whose reply key is the packet reversed (`Hit::Clash`: a client sending straight
+//! to the backend from the source port a service flow's replies go to, tracked as a
+//! `FlowKind::Direct` flow with another source port; see `pipeline/service.rs`).
+//!
 //! In full: docs/dataplane.md, "Connection tracking".
 
 use core::hash::BuildHasher;
@@ -96,6 +103,43 @@ pub(crate) struct Tuple {
     pub proto: L4Proto,
 }
 
+impl Tuple {
+    /// The same conversation seen the other way.
+    #[inline]
+    pub(crate) fn reversed(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            sport: self.dport,
+            dst: self.src,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+}
+
+/// What a flow translates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FlowKind {
+    /// To a ClusterIP: DNAT to the backend (and SNAT for hairpin or a clash).
+    Service,
+    /// Straight to a pod, from a source port whose reply key a tracked flow held:
+    /// SNAT to another port only (`vip` is the backend itself). See the module docs.
+    Direct,
+}
+
+/// How [`Conntrack::lookup`] found a packet's tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hit {
+    /// The flow's forward key: a packet from its client.
+    Forward,
+    /// The flow's reply key: a packet from its backend.
+    Reply,
+    /// The flow's reply key reversed, i.e. its forward packet as translated: not the
+    /// flow's own (that one was translated already), a new conversation whose replies
+    /// the flow would take.
+    Clash,
+}
+
 /// One tracked flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Flow {
@@ -105,6 +149,7 @@ pub(crate) struct Flow {
     /// The source the backend sees (the client, or the gateway for hairpin).
     pub nat: (Ipv4Addr, u16),
     pub proto: L4Proto,
+    pub kind: FlowKind,
     pub state: FlowState,
     /// FIN seen: bit 0 from the client, bit 1 from the backend.
     pub fins: u8,
@@ -206,7 +251,8 @@ pub(crate) const fn timeout(state: FlowState, t: &ConntrackTimeouts) -> Nanos {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowInfo {
     pub client: SocketAddrV4,
-    /// ClusterIP and port.
+    /// ClusterIP and port; for a flow straight to a pod, tracked to remap its source
+    /// port (see the module docs), the backend itself.
     pub vip: SocketAddrV4,
     pub backend: Backend,
     /// The source address the backend sees: the client, or the gateway for hairpin.
@@ -273,7 +319,7 @@ impl Conntrack {
         now: Nanos,
         timeouts: &ConntrackTimeouts,
         counters: &Counters,
-        valid: impl Fn(&FlowInfo) -> bool,
+        valid: impl Fn(&Flow) -> bool,
     ) -> Result<Restored, FlowFileError> {
         check_flow_file(mem.bytes(), self.capacity)?;
         let mut mirror = Mirror::new(mem);
@@ -282,7 +328,7 @@ impl Conntrack {
         for rec in mirror.records() {
             match decode(rec, now, timeouts) {
                 Ok(None) => {}
-                Ok(Some(flow)) if valid(&flow.info(now)) => flows.push(flow),
+                Ok(Some(flow)) if valid(&flow) => flows.push(flow),
                 Ok(Some(_)) | Err(BadRecord::Checksum | BadRecord::Insane) => {
                     restored.rejected += 1;
                 }
@@ -334,12 +380,14 @@ impl Conntrack {
         self.flows.is_empty()
     }
 
+    /// Symmetric: a tuple and its reverse hash alike, so that one probe finds both
+    /// (see [`Conntrack::lookup`]).
     #[inline]
     fn hash(&self, t: &Tuple) -> u64 {
-        let a = (u64::from(t.src.to_bits()) << 32) | u64::from(t.dst.to_bits());
-        let b =
-            (u64::from(t.sport) << 32) | (u64::from(t.dport) << 8) | u64::from(t.proto.number());
-        fmix64(fmix64(a ^ self.seed) ^ b)
+        let a = (u64::from(t.src.to_bits()) << 16) | u64::from(t.sport);
+        let b = (u64::from(t.dst.to_bits()) << 16) | u64::from(t.dport);
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        fmix64(fmix64(lo ^ self.seed) ^ (hi << 8) ^ u64::from(t.proto.number()))
     }
 
     /// The index slot holding `(flow, dir)` for key `t`.
@@ -396,6 +444,69 @@ impl Conntrack {
             i = (i + 1) & self.mask;
         }
         None
+    }
+
+    /// The flow `t` belongs to, in one probe: the flow whose forward or reply key is
+    /// `t`, else the flow whose reply key is `t` reversed ([`Hit::Clash`]). Expired
+    /// flows are removed (counted) and not returned.
+    #[inline]
+    pub(crate) fn lookup(
+        &mut self,
+        t: &Tuple,
+        now: Nanos,
+        counters: &Counters,
+    ) -> Option<(usize, Hit)> {
+        // Each round that does not return removes an expired flow: a match and a
+        // clash at most.
+        for _ in 0..3 {
+            let (f, hit) = self.probe(t)?;
+            let expired = self.flows.get(f).is_none_or(|fl| fl.expires <= now);
+            if !expired {
+                return Some((f, hit));
+            }
+            self.remove(f);
+            counters.bump(Counter::ConntrackExpired);
+        }
+        None
+    }
+
+    /// `lookup` without the expiry check. A key and its reverse share a probe
+    /// sequence (the hash is symmetric): an exact match ends it, a clash is kept
+    /// while the rest is searched for one.
+    #[inline]
+    fn probe(&self, t: &Tuple) -> Option<(usize, Hit)> {
+        if self.flows.is_empty() {
+            return None;
+        }
+        let tag = self.hash(t) >> 32;
+        let mut i = (tag as usize) & self.mask;
+        let mut clash = None;
+        for _ in 0..=self.mask {
+            let v = *self.index.get(i)?;
+            if v == 0 {
+                break;
+            }
+            if v >> 32 == tag {
+                let low = (v & 0xffff_ffff).wrapping_sub(1);
+                let f = (low >> 1) as usize;
+                let (dir, hit) = if low & 1 == 0 {
+                    (Dir::Forward, Hit::Forward)
+                } else {
+                    (Dir::Reply, Hit::Reply)
+                };
+                if let Some(flow) = self.flows.get(f) {
+                    let key = flow.key(dir);
+                    if key == *t {
+                        return Some((f, hit));
+                    }
+                    if dir == Dir::Reply && key == t.reversed() {
+                        clash = Some((f, Hit::Clash));
+                    }
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+        clash
     }
 
     #[cfg(test)]
@@ -601,6 +712,7 @@ mod tests {
             },
             nat: (c, 40_000 + (i % 1000) as u16),
             proto: L4Proto::Udp,
+            kind: FlowKind::Service,
             state: FlowState::Udp,
             fins: 0,
             created: now,
@@ -638,6 +750,43 @@ mod tests {
         // The reply key is not found as a forward key.
         let fl = *ct.get(0).unwrap();
         assert_eq!(ct.find(Dir::Forward, &fl.key(Dir::Reply), 0, &c), None);
+    }
+
+    #[test]
+    fn lookup_finds_either_key_or_a_clash_in_one_probe() {
+        let c = Counters::default();
+        let mut ct = Conntrack::new(64);
+        for i in 0..40 {
+            ct.insert(flow(i, 0), 0, &c);
+        }
+        let fl = flow(7, 0);
+        let f = ct.find(Dir::Forward, &fl.key(Dir::Forward), 0, &c).unwrap();
+        let (fwd, reply) = (fl.key(Dir::Forward), fl.key(Dir::Reply));
+        assert_eq!(ct.hash(&reply), ct.hash(&reply.reversed()), "symmetric");
+        assert_ne!(ct.hash(&reply), ct.hash(&fwd));
+        assert_eq!(ct.lookup(&fwd, 0, &c), Some((f, Hit::Forward)));
+        assert_eq!(ct.lookup(&reply, 0, &c), Some((f, Hit::Reply)));
+        // The forward packet as translated (client → backend) is a clash...
+        assert_eq!(ct.lookup(&reply.reversed(), 0, &c), Some((f, Hit::Clash)));
+        // ... the forward key reversed (from the VIP) is nothing.
+        assert_eq!(ct.lookup(&fwd.reversed(), 0, &c), None);
+        // An exact match wins over a clash on the same probe sequence: flow 7's
+        // reply key is `reply`, flow `y`'s reply key is `reply` reversed.
+        let mut y = flow(100, 0);
+        y.backend = Backend {
+            ip: reply.dst,
+            port: reply.dport,
+        };
+        y.nat = (reply.src, reply.sport);
+        let yf = ct.insert(y, 0, &c);
+        assert_eq!(ct.lookup(&reply, 0, &c), Some((f, Hit::Reply)));
+        assert_eq!(ct.lookup(&reply.reversed(), 0, &c), Some((yf, Hit::Reply)));
+        // Expired flows are removed, the clash too, and counted.
+        ct.remove(yf);
+        assert_eq!(ct.lookup(&reply.reversed(), 30 * SEC, &c), None);
+        assert_eq!(ct.len(), 39);
+        assert_eq!(c.snapshot().get(Counter::ConntrackExpired), 1);
+        check_all_findable(&mut ct, &c);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!   8      1 = in use (an all-zero record is an empty slot)
 //!   9      protocol number (6, 17)     10  state (0 SynSent … 3 Udp)   11  FINs seen
 //!   12..18 client ip, port   18..24 ClusterIP, port   24..30 backend ip, port
-//!   30..36 NAT source ip, port                        36..64 zero
+//!   30..36 NAT source ip, port   36  kind (0 service, 1 direct)   37..64 zero
 //! ```
 //!
 //! The packet thread writes a record when a flow is inserted or changes state and
@@ -32,7 +32,7 @@
 
 use core::net::Ipv4Addr;
 
-use super::conntrack::{timeout, ConntrackTimeouts, Flow, FlowState};
+use super::conntrack::{timeout, ConntrackTimeouts, Flow, FlowKind, FlowState};
 use crate::hash::fmix64;
 use crate::types::{Backend, L4Proto, Nanos};
 
@@ -193,6 +193,10 @@ fn encode(flow: &Flow) -> [u8; FLOW_RECORD_LEN] {
         r[at + 4..at + 6].copy_from_slice(&port.to_le_bytes());
         at += 6;
     }
+    r[36] = match flow.kind {
+        FlowKind::Service => 0,
+        FlowKind::Direct => 1,
+    };
     let sum = checksum(0x7265_63, &r[8..]);
     r[..8].copy_from_slice(&sum.to_le_bytes());
     r
@@ -234,9 +238,14 @@ pub(crate) fn decode(
     };
     let (client, vip, (bip, bport), nat) = (endpoint(12), endpoint(18), endpoint(24), endpoint(30));
     let unspecified = |ip: Ipv4Addr| ip.is_unspecified() || ip.is_broadcast();
+    let kind = match byte(36) {
+        0 => FlowKind::Service,
+        1 => FlowKind::Direct,
+        _ => return Err(BadRecord::Insane),
+    };
     if byte(8) != USED
         || byte(11) > 0b11
-        || r.get(36..).is_some_and(|rest| rest.iter().any(|b| *b != 0))
+        || r.get(37..).is_some_and(|rest| rest.iter().any(|b| *b != 0))
         || [client, vip, (bip, bport), nat]
             .iter()
             .any(|(ip, port)| *port == 0 || unspecified(*ip))
@@ -252,6 +261,7 @@ pub(crate) fn decode(
         },
         nat,
         proto,
+        kind,
         state,
         fins: byte(11),
         created: now,
@@ -343,6 +353,7 @@ mod tests {
             },
             nat: (Ipv4Addr::new(10, 244, 1, 2), 40_000),
             proto: L4Proto::Tcp,
+            kind: FlowKind::Service,
             state: FlowState::Established,
             fins: 1,
             created: 5,

@@ -325,6 +325,467 @@ fn colliding_reply_keys_get_another_source_port() {
     }
 }
 
+/// `dig -b 0.0.0.0#41002 @VIP`, then `dig -b 0.0.0.0#41002 @<the backend it chose>`
+/// while the first flow lives: the direct query's reply key (backend → client:41002)
+/// is the service flow's. As Linux's NAT clash resolution does, the later, direct
+/// flow is tracked with another source port; both conversations get their answers
+/// from the address they asked.
+#[test]
+fn direct_udp_flow_on_a_service_flows_reply_key_gets_another_source_port() {
+    let mut p = lb_node();
+    let lb_query = to_gw(A_MAC, &udp(A_IP, 41002, VIP, 53, b"via the service"));
+    let (o, buf) = go(&mut p, A, &lb_query, SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    assert_eq!(
+        endpoints(ip_of(&buf, B_MAC, GW_MAC)),
+        (A_IP, 41002, B_IP, 5353)
+    );
+    let r_lb = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 41002, b"s"));
+    let (o, buf) = go(&mut p, B, &r_lb, SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    assert_eq!(endpoints(ip_of(&buf, A_MAC, B_MAC)), (VIP, 53, A_IP, 41002));
+    // The same socket port, straight to the backend: bridged, source port remapped.
+    let direct = frame(
+        B_MAC,
+        A_MAC,
+        0x0800,
+        &udp(A_IP, 41002, B_IP, 5353, b"direct"),
+    );
+    let (o, buf) = go(&mut p, A, &direct, 2 * SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    let (src, remapped, dst, dport) = endpoints(ip_of(&buf, B_MAC, A_MAC));
+    assert_eq!((src, dst, dport), (A_IP, B_IP, 5353));
+    assert_ne!(remapped, 41002, "the reply key backend → A:41002 is taken");
+    assert_eq!(&buf[24 + 28..], b"direct");
+    // A second direct datagram keeps the port it was given.
+    let (_, buf) = go(&mut p, A, &direct, 2 * SEC);
+    assert_eq!(endpoints(&buf[24..]), (A_IP, remapped, B_IP, 5353));
+    // B's port unreachable about it quotes A's datagram as A sent it.
+    let err = frame(
+        A_MAC,
+        B_MAC,
+        0x0800,
+        &ipv4(B_IP, A_IP, 1, &icmp_error([3, 3], &buf[24..])),
+    );
+    let (o, e) = go(&mut p, B, &err, 2 * SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    let quote = icmp_quote(ip_of(&e, A_MAC, B_MAC), B_IP, A_IP, [3, 3]);
+    assert_eq!(endpoints(quote), (A_IP, 41002, B_IP, 5353));
+    // The backend answers each conversation: each reply reaches A from the address
+    // A asked.
+    let r_direct = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, remapped, b"d"));
+    let (o, buf) = go(&mut p, B, &r_direct, 3 * SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    assert_eq!(
+        endpoints(ip_of(&buf, A_MAC, B_MAC)),
+        (B_IP, 5353, A_IP, 41002)
+    );
+    let (o, buf) = go(&mut p, B, &r_lb, 3 * SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    assert_eq!(endpoints(ip_of(&buf, A_MAC, B_MAC)), (VIP, 53, A_IP, 41002));
+    // The service flow goes on as before.
+    let (_, buf) = go(&mut p, A, &lb_query, 4 * SEC);
+    assert_eq!(endpoints(&buf[24..]), (A_IP, 41002, B_IP, 5353));
+    let s = p.counters().snapshot();
+    assert_eq!(
+        (
+            s.get(Counter::LbNewFlows),
+            s.get(Counter::LbClashRemaps),
+            s.get(Counter::LbReplies)
+        ),
+        (1, 1, 3)
+    );
+    assert_eq!(p.conntrack_len(), 2);
+    // Once both have expired, a direct datagram from that port is left alone.
+    let later = 4 * SEC + p.config().conntrack_timeouts.udp;
+    let (_, buf) = go(&mut p, A, &direct, later);
+    assert_eq!(&buf[10..], &direct[10..]);
+    assert_eq!(p.conntrack_len(), 0);
+    assert_counters_balance(&p);
+}
+
+/// The same over TCP, across nodes: A keeps a connection through VIP:80 to C:8080
+/// open and opens a second one from the same port straight to C:8080 (routed, into
+/// the tunnel). The direct connection is remapped at node 1; segments of both
+/// connections, either way, keep their own addresses.
+#[test]
+fn direct_tcp_connection_on_a_service_flows_reply_key_across_nodes() {
+    let mut n1 = node1();
+    let mut n2 = node2();
+    install(&n1, vec![svc(VIP, 80, L4Proto::Tcp, vec![be(C_IP, 8080)])]);
+    // Sends an IPv4 packet from A to node 1's gateway; returns what reaches C.
+    let a_sends = |n1: &mut Pipeline, n2: &mut Pipeline, ip: &[u8], now| {
+        let (o, _) = go(n1, A, &to_gw(A_MAC, ip), now);
+        let d = datagrams_of(o, N2_UNDERLAY);
+        let Ok(Outcome::ToPort(port, f)) = tunnel_in(n2, N1_UNDERLAY, &d[0], now) else {
+            panic!("not delivered at node 2")
+        };
+        assert_eq!(port, C);
+        endpoints(ip_of(&f, C_MAC, GW2_MAC))
+    };
+    // Sends an IPv4 packet from C to node 2's gateway; returns what reaches A.
+    let c_sends = |n1: &mut Pipeline, n2: &mut Pipeline, ip: &[u8], now| {
+        let (o, _) = go(n2, C, &frame(GW2_MAC, C_MAC, 0x0800, ip), now);
+        let d = datagrams_of(o, N1_UNDERLAY);
+        let Ok(Outcome::ToPort(port, f)) = tunnel_in(n1, N2_UNDERLAY, &d[0], now) else {
+            panic!("not delivered at node 1")
+        };
+        assert_eq!(port, A);
+        endpoints(ip_of(&f, A_MAC, GW_MAC))
+    };
+    let lb = |seq, ack, flags| tcp(A_IP, 40000, VIP, 80, seq, ack, flags, b"");
+    let lb_back = |port, seq, ack, flags| tcp(C_IP, 8080, A_IP, port, seq, ack, flags, b"");
+    assert_eq!(
+        a_sends(&mut n1, &mut n2, &lb(1, 0, TCP_SYN), SEC),
+        (A_IP, 40000, C_IP, 8080)
+    );
+    assert_eq!(
+        c_sends(
+            &mut n1,
+            &mut n2,
+            &lb_back(40000, 9, 2, TCP_SYN | TCP_ACK),
+            SEC
+        ),
+        (VIP, 80, A_IP, 40000)
+    );
+    // A second connection from port 40000, to C itself.
+    let direct = |seq, ack, flags| tcp(A_IP, 40000, C_IP, 8080, seq, ack, flags, b"");
+    let (src, remapped, dst, dport) = a_sends(&mut n1, &mut n2, &direct(500, 0, TCP_SYN), 2 * SEC);
+    assert_eq!((src, dst, dport), (A_IP, C_IP, 8080));
+    assert_ne!(remapped, 40000);
+    assert_eq!(
+        c_sends(
+            &mut n1,
+            &mut n2,
+            &lb_back(remapped, 70, 501, TCP_SYN | TCP_ACK),
+            2 * SEC
+        ),
+        (C_IP, 8080, A_IP, 40000),
+        "the direct SYN-ACK comes from C"
+    );
+    assert_eq!(
+        a_sends(&mut n1, &mut n2, &direct(501, 71, TCP_ACK), 2 * SEC),
+        (A_IP, remapped, C_IP, 8080)
+    );
+    // Both connections carry on, each under its own addresses.
+    assert_eq!(
+        a_sends(&mut n1, &mut n2, &lb(2, 10, TCP_ACK), 3 * SEC),
+        (A_IP, 40000, C_IP, 8080)
+    );
+    assert_eq!(
+        c_sends(&mut n1, &mut n2, &lb_back(40000, 10, 2, TCP_ACK), 3 * SEC),
+        (VIP, 80, A_IP, 40000)
+    );
+    assert_eq!(
+        c_sends(
+            &mut n1,
+            &mut n2,
+            &lb_back(remapped, 71, 501, TCP_ACK),
+            3 * SEC
+        ),
+        (C_IP, 8080, A_IP, 40000)
+    );
+    let mut states: Vec<_> = n1.flows(3 * SEC).iter().map(|f| (f.vip, f.state)).collect();
+    states.sort_by_key(|s| s.0);
+    assert_eq!(
+        states,
+        vec![
+            (SocketAddrV4::new(VIP, 80), FlowState::Established),
+            (SocketAddrV4::new(C_IP, 8080), FlowState::Established),
+        ]
+    );
+    assert_eq!(n2.conntrack_len(), 0, "node 2 tracks nothing");
+    assert_eq!(n1.counters().snapshot().get(Counter::LbClashRemaps), 1);
+    assert_counters_balance(&n1);
+    assert_counters_balance(&n2);
+}
+
+/// TCP on one node: A's connection through VIP:80 to B:8080 is closing (the flow
+/// lives on for `tcp_closing`) when A connects to B:8080 straight from the same port.
+/// The direct connection is remapped, the late segments of the old one still come
+/// from the VIP; a new SYN after the direct connection closed is remapped again.
+#[test]
+fn direct_tcp_connection_while_the_service_flow_is_closing() {
+    let mut p = lb_node();
+    let lb = |seq, ack, flags| to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, seq, ack, flags, b""));
+    let from_b = |port, seq, ack, flags| {
+        frame(
+            A_MAC,
+            B_MAC,
+            0x0800,
+            &tcp(B_IP, 8080, A_IP, port, seq, ack, flags, b""),
+        )
+    };
+    let direct = |seq, ack, flags| {
+        frame(
+            B_MAC,
+            A_MAC,
+            0x0800,
+            &tcp(A_IP, 40000, B_IP, 8080, seq, ack, flags, b""),
+        )
+    };
+    assert_eq!(go(&mut p, A, &lb(1, 0, TCP_SYN), SEC).0, Ok(Forward(B)));
+    assert!(go(&mut p, B, &from_b(40000, 9, 2, TCP_SYN | TCP_ACK), SEC)
+        .0
+        .is_ok());
+    assert!(go(&mut p, A, &lb(2, 10, TCP_FIN | TCP_ACK), SEC).0.is_ok());
+    assert!(go(&mut p, B, &from_b(40000, 10, 3, TCP_FIN | TCP_ACK), SEC)
+        .0
+        .is_ok());
+    assert_eq!(p.flows(SEC)[0].state, FlowState::Closing);
+
+    let (o, buf) = go(&mut p, A, &direct(700, 0, TCP_SYN), 2 * SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    let (_, remapped, _, _) = endpoints(ip_of(&buf, B_MAC, A_MAC));
+    assert_ne!(remapped, 40000);
+    let (_, buf) = go(
+        &mut p,
+        B,
+        &from_b(remapped, 50, 701, TCP_SYN | TCP_ACK),
+        2 * SEC,
+    );
+    assert_eq!(endpoints(&buf[24..]), (B_IP, 8080, A_IP, 40000));
+    // B retransmits its FIN of the old connection: still from the VIP.
+    let (_, buf) = go(&mut p, B, &from_b(40000, 10, 3, TCP_FIN | TCP_ACK), 2 * SEC);
+    assert_eq!(endpoints(&buf[24..]), (VIP, 80, A_IP, 40000));
+    let (_, buf) = go(&mut p, A, &direct(701, 51, TCP_ACK), 2 * SEC);
+    assert_eq!(endpoints(&buf[24..]), (A_IP, remapped, B_IP, 8080));
+
+    // The direct connection closes; A connects again from the same port.
+    let (_, buf) = go(&mut p, A, &direct(701, 51, TCP_FIN | TCP_ACK), 3 * SEC);
+    assert_eq!(endpoints(&buf[24..]).1, remapped);
+    let (_, buf) = go(
+        &mut p,
+        B,
+        &from_b(remapped, 51, 702, TCP_FIN | TCP_ACK),
+        3 * SEC,
+    );
+    assert_eq!(endpoints(&buf[24..]), (B_IP, 8080, A_IP, 40000));
+    let (_, buf) = go(&mut p, A, &direct(900, 0, TCP_SYN), 4 * SEC);
+    let (_, again, _, _) = endpoints(&buf[24..]);
+    assert_ne!(again, 40000, "the closing service flow still holds the key");
+    let direct_flow = |p: &Pipeline, now| {
+        p.flows(now)
+            .into_iter()
+            .find(|f| f.vip == SocketAddrV4::new(B_IP, 8080))
+            .unwrap()
+    };
+    let f = direct_flow(&p, 4 * SEC);
+    assert_eq!((f.state, f.age), (FlowState::SynSent, 0), "a fresh flow");
+    assert_eq!(f.nat_source, SocketAddrV4::new(A_IP, again));
+    assert_eq!(f.backend, be(B_IP, 8080));
+    // A table change does not flush it: it is no service's.
+    install(&p, vec![svc(VIP, 53, L4Proto::Udp, vec![be(B_IP, 5353)])]);
+    assert_eq!(
+        p.maintain(4 * SEC),
+        1,
+        "the service flow of the removed service"
+    );
+    let (_, buf) = go(
+        &mut p,
+        B,
+        &from_b(again, 80, 901, TCP_SYN | TCP_ACK),
+        4 * SEC,
+    );
+    assert_eq!(endpoints(&buf[24..]), (B_IP, 8080, A_IP, 40000));
+    assert_eq!(direct_flow(&p, 4 * SEC).state, FlowState::Established);
+    assert_eq!(p.counters().snapshot().get(Counter::LbClashRemaps), 2);
+    assert_counters_balance(&p);
+}
+
+/// UDP: the direct flow lives by its own timeout. It expires (swept by `maintain`)
+/// while the service flow, refreshed, lives on: a late answer to the remapped port is
+/// no longer rewritten, and the next direct datagram is remapped afresh. A direct flow
+/// that outlives the service flow keeps its port until it expires itself; the
+/// client's next query through the VIP is then a service flow on its own port again.
+#[test]
+fn direct_udp_flow_expires_and_is_swept_on_its_own() {
+    let mut p = lb_node();
+    let udp_timeout = p.config().conntrack_timeouts.udp;
+    let lb_query = to_gw(A_MAC, &udp(A_IP, 41002, VIP, 53, b"q"));
+    let r_lb = frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, 41002, b"s"));
+    let direct = frame(B_MAC, A_MAC, 0x0800, &udp(A_IP, 41002, B_IP, 5353, b"d"));
+    let r_direct = |port| frame(A_MAC, B_MAC, 0x0800, &udp(B_IP, 5353, A_IP, port, b"r"));
+    let direct_out = |p: &mut Pipeline, now| {
+        let (o, buf) = go(p, A, &direct, now);
+        assert_eq!(o, Ok(Forward(B)));
+        let (src, port, dst, dport) = endpoints(ip_of(&buf, B_MAC, A_MAC));
+        assert_eq!((src, dst, dport), (A_IP, B_IP, 5353));
+        port
+    };
+    assert_eq!(go(&mut p, A, &lb_query, SEC).0, Ok(Forward(B)));
+    assert_eq!(
+        go(&mut p, B, &r_lb, SEC).0,
+        Ok(Forward(A)),
+        "B's MAC learned"
+    );
+    let first = direct_out(&mut p, 2 * SEC);
+    assert_ne!(first, 41002);
+    // The service flow is refreshed; the direct one is not.
+    for t in [20, 31] {
+        assert_eq!(go(&mut p, A, &lb_query, t * SEC).0, Ok(Forward(B)));
+    }
+    let expired = 2 * SEC + udp_timeout;
+    assert_eq!(p.maintain(expired - 1), 0);
+    assert_eq!(p.maintain(expired), 1, "the direct flow");
+    assert_eq!(p.conntrack_len(), 1);
+    let (_, buf) = go(&mut p, B, &r_direct(first), expired);
+    assert_eq!(
+        endpoints(&buf[24..]),
+        (B_IP, 5353, A_IP, first),
+        "no longer tracked: left alone"
+    );
+    let (_, buf) = go(&mut p, B, &r_lb, expired);
+    assert_eq!(endpoints(&buf[24..]), (VIP, 53, A_IP, 41002));
+    // The service flow still holds the reply key: remapped again, a new flow.
+    let second = direct_out(&mut p, 40 * SEC);
+    assert_ne!(second, 41002);
+    assert_eq!(p.conntrack_len(), 2);
+
+    // The service flow (last refreshed by the answer at 32 s) expires first; the
+    // direct flow, kept busy, keeps its port and its answers still reach A's own
+    // port, from B.
+    for t in [55, 69] {
+        assert_eq!(direct_out(&mut p, t * SEC), second);
+    }
+    assert_eq!(p.maintain(expired + udp_timeout), 1, "the service flow");
+    assert_eq!(direct_out(&mut p, 71 * SEC), second);
+    let (o, buf) = go(&mut p, B, &r_direct(second), 71 * SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    assert_eq!(
+        endpoints(ip_of(&buf, A_MAC, B_MAC)),
+        (B_IP, 5353, A_IP, 41002)
+    );
+    // A new query through the VIP: the reply key B:5353 → A:41002 is free.
+    assert_eq!(go(&mut p, A, &lb_query, 72 * SEC).0, Ok(Forward(B)));
+    let (_, buf) = go(&mut p, B, &r_lb, 72 * SEC);
+    assert_eq!(endpoints(&buf[24..]), (VIP, 53, A_IP, 41002));
+    let mut nat: Vec<_> = p
+        .flows(72 * SEC)
+        .iter()
+        .map(|f| (f.vip, f.nat_source.port()))
+        .collect();
+    nat.sort();
+    assert_eq!(
+        nat,
+        vec![
+            (SocketAddrV4::new(VIP, 53), 41002),
+            (SocketAddrV4::new(B_IP, 5353), second),
+        ]
+    );
+    assert_eq!(p.maintain(200 * SEC), 2);
+    let s = p.counters().snapshot();
+    assert_eq!(
+        (
+            s.get(Counter::LbNewFlows),
+            s.get(Counter::LbClashRemaps),
+            s.get(Counter::ConntrackExpired)
+        ),
+        (2, 2, 4)
+    );
+    assert_counters_balance(&p);
+}
+
+/// TCP: an ICMP error about the direct connection reaches A quoting its segment as A
+/// sent it (from B, not the VIP). The service connection is reset and expires; the
+/// direct one, still open, keeps its port. Once A resets it too, a new SYN from the
+/// same port (no service flow holds the reply key any more) goes out unchanged and is
+/// not tracked.
+#[test]
+fn direct_tcp_connection_icmp_error_reset_and_port_reuse() {
+    let mut p = lb_node();
+    let closing = p.config().conntrack_timeouts.tcp_closing;
+    let lb = |seq, ack, flags| to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, seq, ack, flags, b""));
+    let from_b = |port, seq, ack, flags| {
+        frame(
+            A_MAC,
+            B_MAC,
+            0x0800,
+            &tcp(B_IP, 8080, A_IP, port, seq, ack, flags, b""),
+        )
+    };
+    let direct = |seq, ack, flags| {
+        frame(
+            B_MAC,
+            A_MAC,
+            0x0800,
+            &tcp(A_IP, 40000, B_IP, 8080, seq, ack, flags, b""),
+        )
+    };
+    assert_eq!(go(&mut p, A, &lb(1, 0, TCP_SYN), SEC).0, Ok(Forward(B)));
+    let (_, buf) = go(&mut p, B, &from_b(40000, 9, 2, TCP_SYN | TCP_ACK), SEC);
+    assert_eq!(endpoints(&buf[24..]), (VIP, 80, A_IP, 40000));
+
+    let (o, sent) = go(&mut p, A, &direct(700, 0, TCP_SYN), 2 * SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    let seen_by_b = ip_of(&sent, B_MAC, A_MAC).to_vec();
+    let (_, remapped, _, _) = endpoints(&seen_by_b);
+    assert_ne!(remapped, 40000);
+    let (_, buf) = go(
+        &mut p,
+        B,
+        &from_b(remapped, 50, 701, TCP_SYN | TCP_ACK),
+        2 * SEC,
+    );
+    assert_eq!(endpoints(&buf[24..]), (B_IP, 8080, A_IP, 40000));
+    // Fragmentation needed from a router on the way (D), and from B itself.
+    for (from, port, mac) in [(D_IP, D, D_MAC), (B_IP, B, B_MAC)] {
+        let err = frame(
+            A_MAC,
+            mac,
+            0x0800,
+            &ipv4(from, A_IP, 1, &icmp_error([3, 4], &seen_by_b)),
+        );
+        let (o, buf) = go(&mut p, port, &err, 2 * SEC);
+        assert_eq!(o, Ok(Forward(A)));
+        let quote = icmp_quote(ip_of(&buf, A_MAC, mac), from, A_IP, [3, 4]);
+        assert_eq!(endpoints(quote), (A_IP, 40000, B_IP, 8080));
+    }
+    assert_eq!(p.counters().snapshot().get(Counter::LbIcmpErrors), 2);
+    let (_, buf) = go(&mut p, A, &direct(701, 51, TCP_ACK), 2 * SEC);
+    assert_eq!(endpoints(&buf[24..]), (A_IP, remapped, B_IP, 8080));
+
+    // B resets the service connection; it expires after `tcp_closing`.
+    let (_, buf) = go(&mut p, B, &from_b(40000, 10, 0, TCP_RST), 3 * SEC);
+    assert_eq!(endpoints(&buf[24..]), (VIP, 80, A_IP, 40000));
+    assert_eq!(p.maintain(3 * SEC + closing), 1, "the service flow");
+    let t = 4 * SEC + closing;
+    let (_, buf) = go(&mut p, A, &direct(701, 51, TCP_ACK), t);
+    assert_eq!(endpoints(&buf[24..]), (A_IP, remapped, B_IP, 8080));
+    let (_, buf) = go(&mut p, B, &from_b(remapped, 51, 701, TCP_ACK), t);
+    assert_eq!(endpoints(&buf[24..]), (B_IP, 8080, A_IP, 40000));
+    let f = p.flows(t)[0];
+    assert_eq!(
+        (f.vip, f.state),
+        (SocketAddrV4::new(B_IP, 8080), FlowState::Established)
+    );
+
+    // A resets the direct connection, remapped like the rest of it.
+    let (_, buf) = go(&mut p, A, &direct(701, 0, TCP_RST), t);
+    assert_eq!(endpoints(&buf[24..]), (A_IP, remapped, B_IP, 8080));
+    assert_eq!(p.flows(t)[0].state, FlowState::Closing);
+    // A new connection from the same port: the closed flow is dropped, nothing
+    // clashes any more, the SYN goes out as A sent it and is not tracked.
+    let syn = direct(900, 0, TCP_SYN);
+    let (o, buf) = go(&mut p, A, &syn, t + SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    assert_eq!(&buf[10..], &syn[10..], "untouched");
+    assert_eq!(p.conntrack_len(), 0);
+    let back = from_b(40000, 80, 901, TCP_SYN | TCP_ACK);
+    let (_, buf) = go(&mut p, B, &back, t + SEC);
+    assert_eq!(&buf[10..], &back[10..], "untouched");
+    let s = p.counters().snapshot();
+    assert_eq!(
+        (
+            s.get(Counter::LbNewFlows),
+            s.get(Counter::LbClashRemaps),
+            s.get(Counter::LbReplies)
+        ),
+        (1, 1, 4)
+    );
+    assert_counters_balance(&p);
+}
+
 // ---------------------------------------------------------------- conntrack life cycle
 
 #[test]

@@ -331,3 +331,51 @@ fn service_traffic_is_judged_on_the_backend() {
     assert_eq!(go(&mut p, A, &q, 3 * SEC).0, Err(DropReason::PolicyDenied));
     assert_counters_balance(&p);
 }
+
+/// A's flow through the ClusterIP and its direct connection from the same port to
+/// the same backend (remapped by the load balancer, see `lb.rs`) are two flows to
+/// policy too: under A's default deny ingress, each one's replies pass as replies.
+#[test]
+fn a_remapped_direct_connection_is_its_own_flow_to_policy() {
+    // VIP:80/TCP → B:8080.
+    let mut p = lb_node();
+    publish(
+        &p,
+        &[pod(A_IP, deny(3), allow(1, B_IP, PortProtocol::Tcp, 8080))],
+    );
+    let syn = to_gw(A_MAC, &tcp(A_IP, 40000, VIP, 80, 1, 0, TCP_SYN, b""));
+    assert_eq!(go(&mut p, A, &syn, SEC).0, Ok(Forward(B)));
+    let synack = seg(A_MAC, B_MAC, (B_IP, 8080), (A_IP, 40000), TCP_SYN | TCP_ACK);
+    let (o, buf) = go(&mut p, B, &synack, SEC);
+    assert_eq!(o, Ok(Forward(A)));
+    assert_eq!(endpoints(ip_of(&buf, A_MAC, B_MAC)), (VIP, 80, A_IP, 40000));
+
+    let direct = seg(B_MAC, A_MAC, (A_IP, 40000), (B_IP, 8080), TCP_SYN);
+    let (o, buf) = go(&mut p, A, &direct, 2 * SEC);
+    assert_eq!(o, Ok(Forward(B)));
+    let (_, remapped, _, _) = endpoints(ip_of(&buf, B_MAC, A_MAC));
+    assert_ne!(remapped, 40000);
+    let direct_synack = seg(
+        A_MAC,
+        B_MAC,
+        (B_IP, 8080),
+        (A_IP, remapped),
+        TCP_SYN | TCP_ACK,
+    );
+    let (o, buf) = go(&mut p, B, &direct_synack, 2 * SEC);
+    assert_eq!(o, Ok(Forward(A)), "a reply of the direct flow");
+    assert_eq!(
+        endpoints(ip_of(&buf, A_MAC, B_MAC)),
+        (B_IP, 8080, A_IP, 40000)
+    );
+    let (o, buf) = go(&mut p, B, &synack, 2 * SEC);
+    assert_eq!(o, Ok(Forward(A)), "still a reply of the service flow");
+    assert_eq!(endpoints(ip_of(&buf, A_MAC, B_MAC)), (VIP, 80, A_IP, 40000));
+    // B opening a connection of its own to A is still denied.
+    let syn_b = seg(A_MAC, B_MAC, (B_IP, 8080), (A_IP, 40001), TCP_SYN);
+    assert_eq!(
+        go(&mut p, B, &syn_b, 2 * SEC).0,
+        Err(DropReason::PolicyDenied)
+    );
+    assert_counters_balance(&p);
+}
