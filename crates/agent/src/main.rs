@@ -356,7 +356,10 @@ fn start_cluster_sync(
 /// Logs how long the agent took from `main` to serving its ports.
 fn serving(started: Instant) {
     let ms = started.elapsed().as_secs_f64() * 1e3;
-    tracing::info!(ms = format!("{ms:.1}"), "serving: pods, tunnel and host port read again");
+    tracing::info!(
+        ms = format!("{ms:.1}"),
+        "serving: pods, tunnel and host port read again"
+    );
 }
 
 /// Starts a named thread.

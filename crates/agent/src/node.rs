@@ -744,7 +744,11 @@ fn attach_flow_file(pipeline: &mut Pipeline, state_dir: &Path) {
     }
     match pipeline.attach_flow_file(Box::new(file), 0) {
         Ok(r) if matches!(opened, Opened::Existing) => {
-            tracing::info!(restored = r.flows, rejected = r.rejected, "service flows restored from the flow file");
+            tracing::info!(
+                restored = r.flows,
+                rejected = r.rejected,
+                "service flows restored from the flow file"
+            );
         }
         Ok(_) => {}
         Err(e) => {

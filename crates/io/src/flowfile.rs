@@ -14,7 +14,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tapestry_dataplane::{check_flow_file, flow_file_len, init_flow_file, FlowFileError, FlowMemory};
+use tapestry_dataplane::{
+    check_flow_file, flow_file_len, init_flow_file, FlowFileError, FlowMemory,
+};
 
 use crate::sys::SharedMapping;
 
@@ -37,10 +39,7 @@ pub enum Opened {
     /// A file with a valid header, to restore from.
     Existing,
     /// A file that could not be trusted, moved aside; a fresh one was made.
-    Discarded {
-        why: Discard,
-        moved_to: PathBuf,
-    },
+    Discarded { why: Discard, moved_to: PathBuf },
 }
 
 /// Why a flow file was moved aside.
@@ -80,7 +79,11 @@ pub fn open(path: &Path, capacity: usize) -> io::Result<(FlowFile, Opened)> {
 }
 
 /// The existing file, mapped, if its header checks; `None` if there is none.
-fn try_existing(path: &Path, capacity: usize, len: usize) -> Result<Option<SharedMapping>, Discard> {
+fn try_existing(
+    path: &Path,
+    capacity: usize,
+    len: usize,
+) -> Result<Option<SharedMapping>, Discard> {
     let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -113,14 +116,19 @@ fn move_aside(path: &Path) -> io::Result<PathBuf> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
 mod tests {
     use super::*;
 
     const CAP: usize = 64;
 
     fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("tapestry-flowfile-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("tapestry-flowfile-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
@@ -166,9 +174,16 @@ mod tests {
         };
         // Moved aside untouched, and the new file is empty and valid.
         assert_eq!(aside(&d), vec![moved_to.clone()]);
-        assert_eq!(fs::read(&moved_to).unwrap(), before, "{name}: kept as found");
+        assert_eq!(
+            fs::read(&moved_to).unwrap(),
+            before,
+            "{name}: kept as found"
+        );
         assert_eq!(check_flow_file(f.bytes(), CAP), Ok(()));
-        assert!(f.bytes()[64..].iter().all(|b| *b == 0), "{name}: started empty");
+        assert!(
+            f.bytes()[64..].iter().all(|b| *b == 0),
+            "{name}: started empty"
+        );
         fs::remove_dir_all(&d).unwrap();
         why.to_string()
     }

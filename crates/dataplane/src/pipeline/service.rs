@@ -636,9 +636,7 @@ impl Lb {
                     && (f.nat.0 == f.client.0 || f.nat.0 == cfg.gateway_ip)
             }
             // Straight to a pod, its source port moved: the "service" is the pod.
-            FlowKind::Direct => {
-                f.vip == (f.backend.ip, f.backend.port) && f.nat.0 == f.client.0
-            }
+            FlowKind::Direct => f.vip == (f.backend.ip, f.backend.port) && f.nat.0 == f.client.0,
         };
         self.conntrack
             .attach(mem, now, &cfg.conntrack_timeouts, counters, valid)

@@ -46,6 +46,10 @@ pub const FLOW_RECORD_LEN: usize = 64;
 pub const FLOW_FILE_HEADER_LEN: usize = 64;
 
 const HWM_AT: usize = 32;
+const RECORD_LEN_U32: u32 = 64;
+/// Checksum seeds ("hdr", "rec"), so a header never checks as a record.
+const HEADER_SEED: u64 = 0x0068_6472;
+const RECORD_SEED: u64 = 0x0072_6563;
 const USED: u8 = 1;
 
 /// Memory the connection table is mirrored into: a mapped file in the agent, a
@@ -110,9 +114,9 @@ fn put(b: &mut [u8], at: usize, v: &[u8]) {
 
 /// A checksum of `bytes` (a multiple of 8 long): an fmix64 chain, seeded.
 fn checksum(seed: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .chunks(8)
-        .fold(fmix64(seed), |h, c| fmix64(h ^ u64_at(c, 0)).rotate_left(17))
+    bytes.chunks(8).fold(fmix64(seed), |h, c| {
+        fmix64(h ^ u64_at(c, 0)).rotate_left(17)
+    })
 }
 
 /// Writes an empty file's header into `mem` (all of it zeroed first).
@@ -121,9 +125,9 @@ pub fn init_flow_file(mem: &mut [u8], capacity: usize) {
     let capacity = super::conntrack::clamp_capacity(capacity) as u64;
     put(mem, 0, &FLOW_FILE_MAGIC);
     put(mem, 8, &FLOW_FILE_VERSION.to_le_bytes());
-    put(mem, 12, &(FLOW_RECORD_LEN as u32).to_le_bytes());
+    put(mem, 12, &RECORD_LEN_U32.to_le_bytes());
     put(mem, 16, &capacity.to_le_bytes());
-    let sum = checksum(0x6864_72, mem.get(..24).unwrap_or(&[]));
+    let sum = checksum(HEADER_SEED, mem.get(..24).unwrap_or(&[]));
     put(mem, 24, &sum.to_le_bytes());
 }
 
@@ -139,7 +143,7 @@ pub fn check_flow_file(mem: &[u8], capacity: usize) -> Result<(), FlowFileError>
     if mem.get(..8) != Some(&FLOW_FILE_MAGIC[..]) {
         return Err(FlowFileError::Magic);
     }
-    let sum = checksum(0x6864_72, mem.get(..24).unwrap_or(&[]));
+    let sum = checksum(HEADER_SEED, mem.get(..24).unwrap_or(&[]));
     if u64_at(mem, 24) != sum {
         return Err(FlowFileError::HeaderChecksum);
     }
@@ -148,7 +152,7 @@ pub fn check_flow_file(mem: &[u8], capacity: usize) -> Result<(), FlowFileError>
         return Err(FlowFileError::Version(version));
     }
     let rec = u32_at(mem, 12);
-    if rec as usize != FLOW_RECORD_LEN {
+    if rec != RECORD_LEN_U32 {
         return Err(FlowFileError::RecordLen(rec));
     }
     let cap = super::conntrack::clamp_capacity(capacity) as u64;
@@ -183,22 +187,26 @@ fn state_code(s: FlowState) -> u8 {
 
 fn encode(flow: &Flow) -> [u8; FLOW_RECORD_LEN] {
     let mut r = [0u8; FLOW_RECORD_LEN];
-    r[8] = USED;
-    r[9] = flow.proto.number();
-    r[10] = state_code(flow.state);
-    r[11] = flow.fins;
-    let mut at = 12;
-    for (ip, port) in [flow.client, flow.vip, (flow.backend.ip, flow.backend.port), flow.nat] {
-        r[at..at + 4].copy_from_slice(&ip.octets());
-        r[at + 4..at + 6].copy_from_slice(&port.to_le_bytes());
-        at += 6;
-    }
-    r[36] = match flow.kind {
+    let kind = match flow.kind {
         FlowKind::Service => 0,
         FlowKind::Direct => 1,
     };
-    let sum = checksum(0x7265_63, &r[8..]);
-    r[..8].copy_from_slice(&sum.to_le_bytes());
+    let head = [USED, flow.proto.number(), state_code(flow.state), flow.fins];
+    put(&mut r, 8, &head);
+    let mut at = 12;
+    for (ip, port) in [
+        flow.client,
+        flow.vip,
+        (flow.backend.ip, flow.backend.port),
+        flow.nat,
+    ] {
+        put(&mut r, at, &ip.octets());
+        put(&mut r, at + 4, &port.to_le_bytes());
+        at += 6;
+    }
+    put(&mut r, 36, &[kind]);
+    let sum = checksum(RECORD_SEED, r.get(8..).unwrap_or(&[]));
+    put(&mut r, 0, &sum.to_le_bytes());
     r
 }
 
@@ -215,7 +223,7 @@ pub(crate) fn decode(
     if r.iter().all(|b| *b == 0) {
         return Ok(None);
     }
-    if u64_at(r, 0) != checksum(0x7265_63, r.get(8..).unwrap_or(&[])) {
+    if u64_at(r, 0) != checksum(RECORD_SEED, r.get(8..).unwrap_or(&[])) {
         return Err(BadRecord::Checksum);
     }
     let byte = |i: usize| r.get(i).copied().unwrap_or(0);
@@ -423,7 +431,7 @@ mod tests {
         // A consistent header of another version.
         let mut other = mem.clone();
         other[8] = 2;
-        let sum = checksum(0x6864_72, &other[..24]);
+        let sum = checksum(HEADER_SEED, &other[..24]);
         other[24..32].copy_from_slice(&sum.to_le_bytes());
         assert_eq!(check_flow_file(&other, cap), Err(FlowFileError::Version(2)));
         let mut other = mem.clone();
