@@ -37,7 +37,8 @@ struct Args {
     /// This node's name.
     #[arg(long)]
     node: String,
-    /// Directory for the agent's state (pod attachments, lock file, pod run files).
+    /// Directory for the agent's state (pod attachments, the flow file that keeps
+    /// service connections across a restart, lock file, pod run files); tmpfs is best.
     #[arg(long, value_name = "DIR")]
     state_dir: PathBuf,
     /// Control socket path [default: STATE_DIR/tapestryd.sock].
