@@ -12,6 +12,9 @@ source "$REPO/scripts/lib.sh"
 # The NetworkPolicy truth table: NETPOL_STEPS and their functions.
 # shellcheck source-path=SCRIPTDIR source=e2e_netpol.sh
 source "$REPO/scripts/e2e_netpol.sh"
+# Restart without loss: RESTART_STEPS and their functions.
+# shellcheck source-path=SCRIPTDIR source=e2e_restart.sh
+source "$REPO/scripts/e2e_restart.sh"
 LAB="e2e$$"
 LAB=${LAB:0:12}
 LABSH=("$REPO/scripts/lab.sh" --name "$LAB")
@@ -1138,6 +1141,7 @@ STEPS=(
     check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
     check_lab_rejects_unknown_option check_tap_survives_agent check_up_restarts_agent check_traffic_resumes
     setup_bad_files check_bad_state_moved_aside check_pods_answer_after_bad_state check_bad_things_reported
+    "${RESTART_STEPS[@]}"
     check_dns_killed_restarted check_agent_killed_restarted check_traffic_after_agent_kill
     check_up_right_after_kill check_up_after_supervisor_kill check_chatty_log_capped
     setup_foreign_netns setup_down check_down_spares_foreign_netns check_down_netns check_down_procs check_down_state

@@ -17,6 +17,10 @@
 //!   port each iteration): Maglev pick, reply-key probe, conntrack insert — with the
 //!   table kept full (262,144 flows), so one eviction — DNAT, routed to a backend.
 //!
+//! The ClusterIP groups run with a flow file attached, as the agent does: every flow
+//! change is written to it (`tables/flow_file.rs`; here plain memory, in the agent a
+//! shared mapping: the same stores).
+//!
 //! The per-stage groups (bridge, route, tunnel, lb, dns) are in the other files.
 //! Throughput is one packet per iteration: criterion's `elem/s` is packets per second
 //! on one core, since the data plane runs one worker thread per node. Frames are
@@ -341,6 +345,13 @@ fn lb_node() -> Pipeline {
         .collect();
     let table = ServiceTable::build(entries).unwrap_or_else(|e| panic!("bench services: {e}"));
     p.services().store(Arc::new(table));
+    // As the agent runs: every flow change mirrored into a flow file (here plain
+    // memory; in the agent a shared mapping, the same stores).
+    let capacity = p.config().conntrack_capacity;
+    let mut mem = vec![0u8; tapestry_dataplane::flow_file_len(capacity)];
+    tapestry_dataplane::init_flow_file(&mut mem, capacity);
+    p.attach_flow_file(Box::new(mem), NOW)
+        .unwrap_or_else(|e| panic!("bench flow file: {e}"));
     p
 }
 

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Parser;
 use tapestry_agent::cluster_sync::RegisterError;
@@ -36,7 +37,8 @@ struct Args {
     /// This node's name.
     #[arg(long)]
     node: String,
-    /// Directory for the agent's state (pod attachments, lock file, pod run files).
+    /// Directory for the agent's state (pod attachments, the flow file that keeps
+    /// service connections across a restart, lock file, pod run files); tmpfs is best.
     #[arg(long, value_name = "DIR")]
     state_dir: PathBuf,
     /// Control socket path [default: STATE_DIR/tapestryd.sock].
@@ -85,6 +87,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    #[allow(clippy::disallowed_methods)] // the start-to-serving figure in the log
+    let started = Instant::now();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TAPESTRY_LOG")
@@ -93,7 +97,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    match run(args) {
+    #[allow(clippy::disallowed_methods)] // wall clock, to line the log up with captures
+    let start_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    tracing::info!(node = %args.node, pid = std::process::id(), start_unix_ms, "tapestryd starting");
+    match run(args, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tapestryd: {e}");
@@ -178,7 +187,7 @@ fn lock_state_dir(dir: &Path) -> Result<File, StartError> {
     Ok(lock)
 }
 
-fn run(args: Args) -> Result<(), StartError> {
+fn run(args: Args, started: Instant) -> Result<(), StartError> {
     if u32::from(args.underlay_mtu) < MIN_MTU + u32::from(VXLAN_OVERHEAD) {
         return Err(StartError::UnderlayMtu(args.underlay_mtu));
     }
@@ -238,7 +247,10 @@ fn run(args: Args) -> Result<(), StartError> {
             vtep_mac(underlay_ip),
         )?;
         tracing::info!(node = %args.node, %subnet, underlay = %underlay_ip, "registered in the cluster store");
-        start_cluster_sync(&args, store, &node)?;
+        start_cluster_sync(&args, store, &node, started)?;
+    } else {
+        node.serve()?;
+        serving(started);
     }
     tracing::info!(socket = %socket.display(), "control socket ready");
     control::serve(listener, node);
@@ -288,28 +300,52 @@ fn pod_mtu(wanted: Option<u32>, tunnel_inner: Option<u16>) -> Result<u32, StartE
 
 /// Starts the threads that follow the cluster store: routes, services,
 /// network policies and the kubelet, fed by one list-and-watch ([`ClusterCache`]).
+///
+/// Routes, services and policies are computed from the cache's first listing and
+/// published here, on this thread, before the node serves anything
+/// ([`Node::serve`]): a restarted agent never answers a ClusterIP with "host
+/// unreachable" nor flushes a restored flow against an empty table. The kubelet
+/// starts last.
 fn start_cluster_sync(
     args: &Args,
     store: &Arc<dyn Store>,
     node: &Arc<Node>,
+    started: Instant,
 ) -> Result<(), StartError> {
     let cache = Arc::new(ClusterCache::start(Arc::clone(store)).map_err(StartError::Watch)?);
     let (me, cluster, routes) = (args.node.clone(), args.cluster_cidr, node.routes());
+    let first = cache.snapshot();
+    // What a table cannot hold is left out here and reported (log, PROBLEMS) by
+    // the sync threads' first pass below, which finds the same.
+    let routed = cluster_sync::reconcile_routes(&me, cluster, &first.nodes, &routes);
+    let services = node.services();
+    let served = service_sync::reconcile(&first, &services);
+    tracing::info!(
+        nodes_left_out = routed.rejected.len(),
+        service_ports_left_out = served.rejected.len(),
+        "first route and service tables published"
+    );
+    let policies = node.policies();
+    let mut ids = policy_sync::PolicyIds::default();
+    if let Err(e) = policy_sync::reconcile(&me, &first, &mut ids, &policies) {
+        tracing::error!(error = %e, "first policy table rejected");
+    }
+    node.serve()?;
+    serving(started);
     spawn("routes", {
         let cache = Arc::clone(&cache);
         let problems = node.problems();
         move || cluster_sync::watch_routes(cache, me, cluster, routes, problems)
     })?;
-    let services = node.services();
     spawn("services", {
         let cache = Arc::clone(&cache);
         let problems = node.problems();
         move || service_sync::run(cache, services, problems)
     })?;
-    let (me, policies) = (args.node.clone(), node.policies());
+    let me = args.node.clone();
     spawn("policies", {
         let cache = Arc::clone(&cache);
-        move || policy_sync::run(cache, me, policies)
+        move || policy_sync::run_with(cache, me, policies, ids)
     })?;
     let kubelet = Arc::new(Kubelet {
         node: Arc::clone(node),
@@ -330,6 +366,15 @@ fn start_cluster_sync(
             .unwrap_or_default(),
     });
     spawn("kubelet", move || kubelet.run(cache))
+}
+
+/// Logs how long the agent took from `main` to serving its ports.
+fn serving(started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(
+        ms = format!("{ms:.1}"),
+        "serving: pods, tunnel and host port read again"
+    );
 }
 
 /// Starts a named thread.

@@ -29,6 +29,7 @@ use tapestry_dataplane::{
     Counters, CountersSnapshot, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
     ServiceTable, TunnelConfig,
 };
+use tapestry_io::flowfile::Opened;
 use tapestry_io::tunnel::TunnelSocket;
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
@@ -282,7 +283,8 @@ impl Node {
             pcfg.service_cidr = Some(t.service_cidr);
         }
         let mac_capacity = pcfg.mac_capacity;
-        let pipeline = Pipeline::new(pcfg);
+        let mut pipeline = Pipeline::new(pcfg);
+        attach_flow_file(&mut pipeline, &cfg.state_dir);
         let counters = Arc::clone(pipeline.counters());
         let routes = Arc::clone(pipeline.routes());
         let services = Arc::clone(pipeline.services());
@@ -293,33 +295,7 @@ impl Node {
             coverage: Arc::default(),
         };
         let worker = tapestry_io::spawn(pipeline, socket).map_err(NodeError::Worker)?;
-
-        let host_tap = Tap::open(&cfg.host_port, true).map_err(|source| NodeError::HostTap {
-            name: cfg.host_port.clone(),
-            source,
-        })?;
-        netconf::configure_interface(
-            host_tap.name(),
-            mac_for(host_ip),
-            cfg.mtu,
-            host_ip,
-            cfg.subnet.prefix_len(),
-            None,
-        )?;
-        let host_counters = add_port(&worker, HOST_PORT, PortRole::Host, host_tap)?;
-        if let Some(t) = &cfg.tunnel {
-            // The node itself reaches other nodes' pods through its gateway, as pods do.
-            netconf::ip(&[
-                "route",
-                "replace",
-                &t.cluster.to_string(),
-                "via",
-                &gateway.to_string(),
-                "dev",
-                &cfg.host_port,
-            ])?;
-        }
-        tracing::info!(node = %cfg.name, subnet = %cfg.subnet, %gateway, host_port = %cfg.host_port, %host_ip, "node up");
+        tracing::info!(node = %cfg.name, subnet = %cfg.subnet, %gateway, host_port = %cfg.host_port, %host_ip, "node up; serving nothing until its tables are published");
 
         let node = Node {
             gateway,
@@ -333,13 +309,57 @@ impl Node {
             mac_capacity,
             state: Mutex::new(State {
                 pods: BTreeMap::new(),
-                host_counters,
+                host_counters: Arc::default(),
             }),
             problems: Arc::default(),
             cfg,
         };
-        node.reattach()?;
         Ok(node)
+    }
+
+    /// Starts serving traffic, once the routes, services and policies the node
+    /// needs are published (the caller's job; standalone there are none): the
+    /// pods remembered in the state directory first, then the tunnel, then the
+    /// host port. Before this, no packet is read, so none meets an empty table
+    /// (a ClusterIP answered "host unreachable", a restored flow flushed).
+    pub fn serve(&self) -> Result<(), NodeError> {
+        self.reattach()?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.worker
+            .lock()
+            .send(Command::ServeTunnel { done: tx })
+            .map_err(NodeError::DataPlane)?;
+        rx.recv_timeout(ADD_PORT_ANSWER)
+            .map_err(|_| NodeError::DataPlaneSilent(ADD_PORT_ANSWER))?
+            .map_err(NodeError::DataPlane)?;
+        let cfg = &self.cfg;
+        let host_tap = Tap::open(&cfg.host_port, true).map_err(|source| NodeError::HostTap {
+            name: cfg.host_port.clone(),
+            source,
+        })?;
+        netconf::configure_interface(
+            host_tap.name(),
+            mac_for(self.host_ip),
+            cfg.mtu,
+            self.host_ip,
+            cfg.subnet.prefix_len(),
+            None,
+        )?;
+        let host_counters = add_port(&self.worker.lock(), HOST_PORT, PortRole::Host, host_tap)?;
+        self.state.lock().host_counters = host_counters;
+        if let Some(t) = &cfg.tunnel {
+            // The node itself reaches other nodes' pods through its gateway, as pods do.
+            netconf::ip(&[
+                "route",
+                "replace",
+                &t.cluster.to_string(),
+                "via",
+                &self.gateway.to_string(),
+                "dev",
+                &cfg.host_port,
+            ])?;
+        }
+        Ok(())
     }
 
     fn state_file(&self) -> PathBuf {
@@ -746,6 +766,42 @@ impl Node {
     /// Stops the data plane; persistent TAPs stay for the next start.
     pub fn shutdown(&self) {
         self.worker.lock().shutdown();
+    }
+}
+
+/// Name of the flow file in the state directory.
+pub const FLOW_FILE: &str = "conntrack.flows";
+
+/// Opens `STATE_DIR/conntrack.flows` and restores the load balancer's flows from
+/// it (docs/architecture.md, "Restarts without loss"). A file that cannot be
+/// trusted is moved aside (logged, counted `flow_file_discarded`); without a
+/// usable file at all the node runs on, its flows in memory only.
+fn attach_flow_file(pipeline: &mut Pipeline, state_dir: &Path) {
+    let path = state_dir.join(FLOW_FILE);
+    let capacity = pipeline.config().conntrack_capacity;
+    let (file, opened) = match tapestry_io::flowfile::open(&path, capacity) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "no flow file: flows will not survive a restart");
+            return;
+        }
+    };
+    if let Opened::Discarded { why, moved_to } = &opened {
+        tracing::error!(file = %path.display(), moved_to = %moved_to.display(), error = %why, "flow file unusable: moved aside, starting with no flows");
+        pipeline.flow_file_discarded();
+    }
+    match pipeline.attach_flow_file(Box::new(file), 0) {
+        Ok(r) if matches!(opened, Opened::Existing) => {
+            tracing::info!(
+                restored = r.flows,
+                rejected = r.rejected,
+                "service flows restored from the flow file"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "flow file refused: flows will not survive a restart");
+        }
     }
 }
 

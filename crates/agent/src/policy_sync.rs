@@ -633,8 +633,12 @@ pub fn reconcile(
 /// change reaches the data plane within the store's watch latency plus one
 /// compile.
 pub fn run(cache: Arc<ClusterCache>, me: String, handles: PolicyHandles) {
+    run_with(cache, me, handles, PolicyIds::default())
+}
+
+/// [`run`], keeping the ids a first [`reconcile`] (before the thread) assigned.
+pub fn run_with(cache: Arc<ClusterCache>, me: String, handles: PolicyHandles, mut ids: PolicyIds) {
     let changes = cache.subscribe();
-    let mut ids = PolicyIds::default();
     loop {
         match reconcile(&me, &cache.snapshot(), &mut ids, &handles) {
             Ok(Reconciled::Unchanged) => {}

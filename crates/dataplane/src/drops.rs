@@ -311,6 +311,12 @@ counters! {
     ConntrackExpired => "conntrack_expired",
     /// Flows removed because their backend left the service (or the service went).
     ConntrackFlushed => "conntrack_flushed",
+    /// Flows restored from the flow file when the agent started.
+    ConntrackRestored => "conntrack_restored",
+    /// Flow file records not restored: torn or corrupt, meaningless, duplicate.
+    ConntrackRestoreRejected => "conntrack_restore_rejected",
+    /// Flow files found unusable at start (bad header, size, version) and moved aside.
+    FlowFileDiscarded => "flow_file_discarded",
 }
 
 impl Counter {

@@ -39,7 +39,12 @@ pub use pipeline::{
     Action, Pipeline, PipelineConfig, TunnelConfig, DEFAULT_ICMP_ERRORS_PER_SEC, DEFAULT_MAC_AGING,
     DEFAULT_MAC_CAPACITY, DEFAULT_SERVICE_CIDR, MAINTAIN_BUDGET, OUT_BUF_LEN, VXLAN_OVERHEAD,
 };
-pub use tables::conntrack::{ConntrackTimeouts, FlowInfo, FlowState, DEFAULT_CONNTRACK_CAPACITY};
+pub use tables::conntrack::{
+    ConntrackTimeouts, FlowInfo, FlowState, Restored, DEFAULT_CONNTRACK_CAPACITY,
+};
+pub use tables::flow_file::{
+    check_flow_file, flow_file_len, init_flow_file, FlowFileError, FlowMemory,
+};
 pub use tables::maglev::{Maglev, MAGLEV_DEFAULT_SIZE};
 pub use tables::policy::{
     IpBlock, PodPolicy, PolicyCounters, PolicyDirection, PolicyError, PolicyId, PolicyPeers,

@@ -5,10 +5,13 @@
 //! - [`tap`]: TAP queues with virtio-net headers and offloads, optionally persistent.
 //! - [`tunnel`], [`txbatch`]: the VXLAN underlay sockets, and the coalescing of
 //!   single tunnel datagrams into UDP GSO sends.
+//! - [`flowfile`]: the flow file, mapped shared, that keeps the load balancer's
+//!   flows across a restart.
 //! - [`worker`]: the event loop that feeds frames from TAPs through the
 //!   I/O-free [`tapestry_dataplane::Pipeline`] and writes out what it decides.
 #![deny(unsafe_code)]
 
+pub mod flowfile;
 mod sys;
 pub mod tap;
 pub mod tunnel;

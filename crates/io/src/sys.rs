@@ -501,3 +501,66 @@ fn cvt_isize(ret: isize) -> io::Result<usize> {
         Ok(usize::try_from(ret).unwrap_or(0))
     }
 }
+
+/// A shared, writable mapping of a whole file (`MAP_SHARED`): stores into it land
+/// in the file's pages, which the kernel keeps when the process dies. Unmapped on
+/// drop. Used for the flow file (`crate::flowfile`).
+pub struct SharedMapping {
+    ptr: core::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value alone (no other handle
+// in this process aliases it); moving it to another thread moves that ownership.
+unsafe impl Send for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps the first `len` bytes of `file` (opened read-write, at least `len`
+    /// long) read-write and shared.
+    pub fn map(file: &File, len: usize) -> io::Result<SharedMapping> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map 0 bytes",
+            ));
+        }
+        // SAFETY: a fresh mapping (no address hint) of `len` bytes of a file
+        // descriptor borrowed for the call; the result is checked against
+        // MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = core::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
+        Ok(SharedMapping { ptr, len })
+    }
+
+    /// The mapped bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is the start of a live mapping of `len` readable and
+        // writable bytes (unmapped only in `drop`), and `&mut self` makes this
+        // the only reference into it for the borrow's life. The file is the
+        // agent's own (its state dir is locked), so no other process writes it.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the region `map` created; no reference into it
+        // outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}

@@ -80,6 +80,10 @@ pub enum Command {
     Flows {
         done: Sender<Vec<tapestry_dataplane::FlowInfo>>,
     },
+    /// Start reading the tunnel socket (held until then, so that nothing is
+    /// routed from it before the node's tables are published and its pods served;
+    /// the kernel queues what arrives meanwhile).
+    ServeTunnel { done: Sender<io::Result<()>> },
     /// Stop the worker; TAPs are closed (persistent ones stay).
     Shutdown,
 }
@@ -195,11 +199,6 @@ struct Worker {
 pub fn spawn(pipeline: Pipeline, tunnel: Option<TunnelSocket>) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    if let Some(t) = &tunnel {
-        let fd = t.rx_socket().as_raw_fd();
-        poll.registry()
-            .register(&mut SourceFd(&fd), TUNNEL, Interest::READABLE)?;
-    }
     let tunnel_tx_errors = Arc::new(AtomicU64::new(0));
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut worker = Worker {
@@ -216,7 +215,7 @@ pub fn spawn(pipeline: Pipeline, tunnel: Option<TunnelSocket>) -> io::Result<Wor
         },
         tunnel,
         gro: Coalescer::new(GRO_FLOWS),
-        tunnel_backlog: true,
+        tunnel_backlog: false,
         tunnel_tx_errors: Arc::clone(&tunnel_tx_errors),
         tunnel_out: TxBatch::new(),
         next_maintain: 0,
@@ -485,9 +484,24 @@ impl Worker {
                     let now = self.now();
                     let _ = done.send(self.pipeline.flows(now));
                 }
+                Command::ServeTunnel { done } => {
+                    let _ = done.send(self.serve_tunnel_socket());
+                }
                 Command::Shutdown => self.stop = true,
             }
         }
+    }
+
+    /// Registers the tunnel socket (if any) and reads what queued meanwhile.
+    fn serve_tunnel_socket(&mut self) -> io::Result<()> {
+        if let Some(t) = &self.tunnel {
+            let fd = t.rx_socket().as_raw_fd();
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), TUNNEL, Interest::READABLE)?;
+            self.tunnel_backlog = true;
+        }
+        Ok(())
     }
 
     fn add_port(&mut self, id: PortId, role: PortRole, tap: Tap) -> io::Result<Arc<PortCounters>> {
@@ -510,6 +524,15 @@ impl Worker {
             });
         }
         self.pipeline.add_port(id, role);
+        // The gateway's address, told to the pod at once (control path: the buffer
+        // is allocated here, once per attach).
+        let mut arp = [0u8; 128];
+        if let (Some(frame), Some(Some(port))) = (
+            self.pipeline.gateway_announcement(id, &mut arp),
+            self.ports.get(idx),
+        ) {
+            send(port, frame);
+        }
         // Frames may have queued before registration: serve them now (edge-triggered).
         self.backlog.push(idx);
         Ok(counters)

@@ -85,6 +85,34 @@ impl Gateway {
         Ok(len)
     }
 
+    /// An unsolicited ARP reply from the gateway to one pod (`to`: its MAC and IP),
+    /// written into `out` (virtio-net header + frame); returns its length. Sent when
+    /// a pod's port is attached: a pod whose neighbour entry for the gateway failed
+    /// while no agent answered (an agent restart) takes the gateway's address at once
+    /// (RFC 826 merge: Linux updates an existing entry from any ARP from that sender)
+    /// instead of at its next ARP retry, up to a second later, and sends what it
+    /// queued.
+    pub fn announce(&self, to: (MacAddr, Ipv4Addr), out: &mut [u8]) -> Result<usize, DropReason> {
+        let reply = ArpRepr {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: self.mac,
+            source_protocol_addr: self.ip,
+            target_hardware_addr: to.0,
+            target_protocol_addr: to.1,
+        };
+        let len = VNET_HDR_LEN + ETHERNET_HEADER_LEN + reply.buffer_len();
+        let frame = begin_reply(out, len)?;
+        let mut eth = EthernetFrame::new_unchecked(frame);
+        EthernetRepr {
+            src_addr: self.mac,
+            dst_addr: to.0,
+            ethertype: EtherType::Arp,
+        }
+        .emit(&mut eth);
+        reply.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+        Ok(len)
+    }
+
     /// Handles an IPv4 packet sent to the gateway MAC from a port. `src_mac` is the
     /// frame's source. Returns the length of the reply (virtio-net header + frame)
     /// written into `out`, or why it was dropped. Only packets for the gateway IP are

@@ -32,7 +32,8 @@ use crate::codec::nat::Addressing;
 use crate::codec::vxlan::ENCAP_PREFIX_LEN;
 use crate::drops::{Counter, Counters, DropReason};
 use crate::hash::flow_hash;
-use crate::tables::conntrack::FlowInfo;
+use crate::tables::conntrack::{FlowInfo, Restored};
+use crate::tables::flow_file::{FlowFileError, FlowMemory};
 use crate::tables::mac_table::MacTable;
 use crate::tables::policy::{PolicyCounters, PolicyTable};
 use crate::tables::ports::Ports;
@@ -111,7 +112,7 @@ impl Pipeline {
                 origin: Origin::new(cfg.icmp_errors_per_sec),
             },
             routes: Arc::new(ArcSwap::from_pointee(RouteSnapshot::empty_for(cfg.subnet))),
-            services: Arc::new(ArcSwap::from_pointee(ServiceTable::empty())),
+            services: Arc::new(ArcSwap::from_pointee(ServiceTable::unpublished())),
             policies,
             counters: Arc::new(Counters::default()),
             policy_counters: Arc::new(PolicyCounters::default()),
@@ -165,6 +166,16 @@ impl Pipeline {
         if self.stages.ports.add(id, role) {
             self.stages.macs.forget_port(id);
         }
+    }
+
+    /// The gateway's ARP announcement to the pod on `port` (see
+    /// `Gateway::announce`), built in `out`; `None` for a port that is no pod's.
+    pub fn gateway_announcement<'a>(&self, port: PortId, out: &'a mut [u8]) -> Option<&'a [u8]> {
+        let PortRole::Pod { mac, ip } = self.stages.ports.role(port)? else {
+            return None;
+        };
+        let len = self.stages.gateway.announce((mac, ip), out).ok()?;
+        out.get(..len)
     }
 
     /// Detaches a port and forgets every MAC learned on it.
@@ -287,6 +298,31 @@ impl Pipeline {
             .stages
             .policy
             .maintain(&self.counters, now, MAINTAIN_BUDGET)
+    }
+
+    /// Restores the service flows recorded in a flow file (`tables/flow_file.rs`)
+    /// and from then on writes every flow change into it, so that the next process
+    /// finds them. Call before the first packet, on an empty table. Counted:
+    /// `conntrack_restored`, `conntrack_restore_rejected`; an unusable header is
+    /// an error and the memory is dropped unused.
+    pub fn attach_flow_file(
+        &mut self,
+        mem: Box<dyn FlowMemory>,
+        now: Nanos,
+    ) -> Result<Restored, FlowFileError> {
+        self.stages.lb.attach(mem, &self.cfg, &self.counters, now)
+    }
+
+    /// Stops mirroring into the flow file and hands its memory back, as it is (what
+    /// a process killed now would leave).
+    pub fn detach_flow_file(&mut self) -> Option<Box<dyn FlowMemory>> {
+        self.stages.lb.detach()
+    }
+
+    /// Counts a flow file found unusable and moved aside (`flow_file_discarded`).
+    /// Before the first packet (the worker owns the counters afterwards).
+    pub fn flow_file_discarded(&mut self) {
+        self.counters.bump(Counter::FlowFileDiscarded);
     }
 
     /// Live tracked flows, for status (allocates).

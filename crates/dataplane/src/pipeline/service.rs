@@ -32,8 +32,9 @@ use crate::codec::vxlan::settle_l4_checksum;
 use crate::drops::{Counter, Counters, DropReason};
 use crate::hash::fmix64;
 use crate::tables::conntrack::{
-    timeout, Conntrack, Dir, Flow, FlowInfo, FlowKind, FlowState, Hit, Tuple,
+    timeout, Conntrack, Dir, Flow, FlowInfo, FlowKind, FlowState, Hit, Restored, Tuple,
 };
+use crate::tables::flow_file::{FlowFileError, FlowMemory};
 use crate::tables::fragments::FragTable;
 use crate::tables::service_table::ServiceTable;
 use crate::types::{Backend, Ingress, L4Proto, Nanos};
@@ -298,7 +299,9 @@ impl Lb {
     fn track(&mut self, env: &SvcEnv, f: usize, dir: Dir, flags: u8, now: Nanos) -> Option<Flow> {
         let gen = env.services.generation();
         let flow = self.conntrack.get_mut(f)?;
-        if flow.kind == FlowKind::Service && flow.generation != gen {
+        // Generation 0: no table published yet (an agent that restored its flows
+        // before the cluster's services were read): keep the flow unconfirmed.
+        if flow.kind == FlowKind::Service && flow.generation != gen && gen != 0 {
             let alive = env
                 .services
                 .find(flow.vip.0, flow.vip.1, flow.proto)
@@ -318,8 +321,13 @@ impl Lb {
             self.conntrack.remove(f);
             return None;
         }
+        let before = (flow.state, flow.fins);
         flow.on_packet(dir, flags, now, &env.cfg.conntrack_timeouts);
-        Some(*flow)
+        let flow = *flow;
+        if (flow.state, flow.fins) != before {
+            self.conntrack.persist(f);
+        }
+        Some(flow)
     }
 
     /// A packet to a ClusterIP or the service CIDR: see the module docs. `found`: the
@@ -582,6 +590,12 @@ impl Lb {
         now: Nanos,
     ) -> usize {
         let gen = services.generation();
+        if gen == 0 {
+            // Nothing published yet: expire, but judge no backend by an empty table.
+            return self
+                .conntrack
+                .sweep(now, MAINTAIN_BUDGET, false, counters, |_| true);
+        }
         let full = gen != self.reconciled;
         let budget = if full {
             self.conntrack.len()
@@ -602,6 +616,35 @@ impl Lb {
         });
         self.reconciled = gen;
         removed
+    }
+
+    /// Restores the flows of a flow file and mirrors every change into it: see
+    /// [`Conntrack::attach`]. A service flow is accepted only if its ClusterIP is
+    /// in the service CIDR (when one is configured) and its NAT source is its
+    /// client or, for hairpin, the gateway; a direct flow only if its destination
+    /// is its backend and its NAT source its client's address.
+    pub(crate) fn attach(
+        &mut self,
+        mem: Box<dyn FlowMemory>,
+        cfg: &PipelineConfig,
+        counters: &Counters,
+        now: Nanos,
+    ) -> Result<Restored, FlowFileError> {
+        let valid = |f: &Flow| match f.kind {
+            FlowKind::Service => {
+                cfg.service_cidr.is_none_or(|c| c.contains(f.vip.0))
+                    && (f.nat.0 == f.client.0 || f.nat.0 == cfg.gateway_ip)
+            }
+            // Straight to a pod, its source port moved: the "service" is the pod.
+            FlowKind::Direct => f.vip == (f.backend.ip, f.backend.port) && f.nat.0 == f.client.0,
+        };
+        self.conntrack
+            .attach(mem, now, &cfg.conntrack_timeouts, counters, valid)
+    }
+
+    /// The flow file's memory, no longer written.
+    pub(crate) fn detach(&mut self) -> Option<Box<dyn FlowMemory>> {
+        self.conntrack.detach()
     }
 
     /// Live tracked flows, for status (allocates).

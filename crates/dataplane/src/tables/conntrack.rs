@@ -14,6 +14,7 @@ use core::hash::BuildHasher;
 use core::net::{Ipv4Addr, SocketAddrV4};
 use std::collections::hash_map::RandomState;
 
+use super::flow_file::{check_flow_file, decode, BadRecord, FlowFileError, FlowMemory, Mirror};
 use crate::drops::{Counter, Counters};
 use crate::hash::fmix64;
 use crate::types::Nanos;
@@ -27,6 +28,21 @@ pub const DEFAULT_CONNTRACK_CAPACITY: usize = 262_144;
 
 /// Largest capacity accepted (larger requests are clamped): 2^22 flows.
 pub const MAX_CONNTRACK_CAPACITY: usize = 1 << 22;
+
+/// The capacity a table of `capacity` flows gets: 1..=[`MAX_CONNTRACK_CAPACITY`].
+pub(crate) fn clamp_capacity(capacity: usize) -> usize {
+    capacity.clamp(1, MAX_CONNTRACK_CAPACITY)
+}
+
+/// What [`Conntrack::attach`] restored from a flow file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Flows restored.
+    pub flows: usize,
+    /// Records refused: torn or corrupt (checksum), meaningless, a key already
+    /// restored, or rejected by the caller's check.
+    pub rejected: usize,
+}
 
 /// Flows looked at to choose one to evict.
 pub const EVICTION_SAMPLE: usize = 8;
@@ -259,6 +275,8 @@ pub struct Conntrack {
     seed: u64,
     evict_cursor: usize,
     sweep_cursor: usize,
+    /// The flow file every change is written to, if any (`tables/flow_file.rs`).
+    mirror: Option<Mirror>,
 }
 
 impl core::fmt::Debug for Conntrack {
@@ -274,7 +292,7 @@ impl Conntrack {
     /// Allocates room for `capacity` flows (clamped to 1..=[`MAX_CONNTRACK_CAPACITY`])
     /// and the index.
     pub fn new(capacity: usize) -> Conntrack {
-        let capacity = capacity.clamp(1, MAX_CONNTRACK_CAPACITY);
+        let capacity = clamp_capacity(capacity);
         let slots = (capacity * 4).next_power_of_two();
         Conntrack {
             flows: Vec::with_capacity(capacity),
@@ -285,6 +303,70 @@ impl Conntrack {
             seed: RandomState::new().hash_one(0x636f_6e6e_7472_6163_u64),
             evict_cursor: 0,
             sweep_cursor: 0,
+            mirror: None,
+        }
+    }
+
+    /// Restores the flows recorded in `mem` (a flow file whose header is checked
+    /// here) into this empty table, then mirrors every later change into it.
+    /// Each record is checked (checksum, meaning, `valid`, keys not already
+    /// taken); what fails is counted `conntrack_restore_rejected` and dropped, what
+    /// passes `conntrack_restored`. The file is rewritten to match the table.
+    /// An unusable header is an error and `mem` is not used.
+    pub fn attach(
+        &mut self,
+        mut mem: Box<dyn FlowMemory>,
+        now: Nanos,
+        timeouts: &ConntrackTimeouts,
+        counters: &Counters,
+        valid: impl Fn(&Flow) -> bool,
+    ) -> Result<Restored, FlowFileError> {
+        check_flow_file(mem.bytes(), self.capacity)?;
+        let mut mirror = Mirror::new(mem);
+        let mut restored = Restored::default();
+        let mut flows = Vec::new();
+        for rec in mirror.records() {
+            match decode(rec, now, timeouts) {
+                Ok(None) => {}
+                Ok(Some(flow)) if valid(&flow) => flows.push(flow),
+                Ok(Some(_)) | Err(BadRecord::Checksum | BadRecord::Insane) => {
+                    restored.rejected += 1;
+                }
+            }
+        }
+        for flow in flows {
+            let taken = [Dir::Forward, Dir::Reply]
+                .iter()
+                .any(|d| self.find(*d, &flow.key(*d), now, counters).is_some());
+            if taken || self.flows.len() >= self.capacity {
+                restored.rejected += 1;
+                continue;
+            }
+            self.insert(flow, now, counters);
+            restored.flows += 1;
+        }
+        // Records 0..len in table order; a kill meanwhile leaves every flow in
+        // some record (old or new), duplicates restored once.
+        for (f, flow) in self.flows.iter().enumerate() {
+            mirror.store(f, flow);
+        }
+        mirror.truncate(self.flows.len());
+        self.mirror = Some(mirror);
+        counters.add(Counter::ConntrackRestored, restored.flows as u64);
+        counters.add(Counter::ConntrackRestoreRejected, restored.rejected as u64);
+        Ok(restored)
+    }
+
+    /// Stops mirroring; the flow file's memory, as last written.
+    pub(crate) fn detach(&mut self) -> Option<Box<dyn FlowMemory>> {
+        self.mirror.take().map(Mirror::into_memory)
+    }
+
+    /// Writes flow `f` to the flow file again (its state changed).
+    #[inline]
+    pub(crate) fn persist(&mut self, f: usize) {
+        if let (Some(m), Some(flow)) = (self.mirror.as_mut(), self.flows.get(f)) {
+            m.store(f, flow);
         }
     }
 
@@ -487,6 +569,9 @@ impl Conntrack {
         self.flows.push(flow);
         self.link(&flow.key(Dir::Forward), f, Dir::Forward);
         self.link(&flow.key(Dir::Reply), f, Dir::Reply);
+        if let Some(m) = self.mirror.as_mut() {
+            m.store(f, &flow);
+        }
         f
     }
 
@@ -516,6 +601,13 @@ impl Conntrack {
             }
         }
         self.flows.swap_remove(f);
+        if let Some(m) = self.mirror.as_mut() {
+            // The moved flow's record first, so it is never in none.
+            if let Some(moved) = self.flows.get(f) {
+                m.store(f, moved);
+            }
+            m.clear(last);
+        }
     }
 
     /// Frees one flow: see the module docs.

@@ -211,6 +211,18 @@ impl ServiceTable {
         }
     }
 
+    /// The table a pipeline starts with, before anything is published: no
+    /// services, generation 0. Flows are neither confirmed nor flushed against it
+    /// (flows restored at start wait for the first real table).
+    pub fn unpublished() -> ServiceTable {
+        ServiceTable {
+            services: Vec::new(),
+            by_key: KeyMap::default(),
+            vips: KeyMap::default(),
+            generation: 0,
+        }
+    }
+
     /// Number of service ports.
     pub fn len(&self) -> usize {
         self.services.len()

@@ -956,3 +956,5 @@ mod routing;
 mod lb;
 
 mod policy;
+
+mod restart;

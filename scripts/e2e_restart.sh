@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Sourced by e2e.sh: restart without loss (issue 11, item 1). Long-lived TCP
+# conversations (scripts/conversation.py) run from the client pod on node1, pod to
+# pod and through a ClusterIP, client first and server first, while each node's
+# tapestryd is killed with -9 and started again; on node1 (where the client's
+# flows are balanced) the service's endpoints change while its agent is down.
+# None may be lost; each case prints its longest stall. The time from the
+# restarted agent's start to the first packet it forwards (a ping every 2 ms
+# from the client across node1) is measured and must be under 200 ms.
+# RESTART_STEPS lists the steps in order.
+
+CONV_PY="$REPO/scripts/conversation.py"
+# The cases: NAME TARGET PORT MODE CONNECTIONS (TARGET: conv-2's address or the ClusterIP).
+CONV_CASES=(
+    "pod-to-pod,client-first p2p 7001 client-first 2"
+    "pod-to-pod,server-first p2p 7002 server-first 2"
+    "clusterip,client-first vip 7001 client-first 8"
+    "clusterip,server-first vip 7002 server-first 8"
+)
+
+# conv_pod NAME NODE: a pod on NODE serving both conversation ports.
+conv_pod() {
+    cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  labels: {app: conv}
+spec:
+  nodeName: $2
+  containers:
+    - name: conv
+      command: ["python3", "$CONV_PY", "serve", "7001", "7002"]
+      ports:
+        - {name: cf, containerPort: 7001}
+        - {name: sf, containerPort: 7002}
+---
+EOF
+}
+
+conv_endpoints() { test "$(endpoints_of conv | wc -l)" -eq "$1"; }
+
+setup_conversations() {
+    {
+        conv_pod conv-1 node2
+        conv_pod conv-2 node3
+        cat <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: conv}
+spec:
+  selector: {app: conv}
+  ports:
+    - {name: cf, port: 7001, targetPort: 7001}
+    - {name: sf, port: 7002, targetPort: 7002}
+EOF
+    } >"$TMP/conv.yaml"
+    tapestry apply -f "$TMP/conv.yaml" >/dev/null
+    # Two pods, two ports each.
+    POLL_SLEEP=0.2 poll_until 60000 conv_endpoints 4 || echo "conv endpoints: $(endpoints_of conv | paste -sd,)"
+    CONV_VIP=$(svc_ip conv)
+    CONV_P2P=$(pod_ip conv-2)
+}
+
+flows_started() { [ "$(counter_n1 lb_new_flows)" -ge "$1" ]; }
+
+# Starts every case's talkers in the client pod; they run until $TMP/conv.stop.
+check_conversations_start() {
+    local c name target port mode n before want=0
+    rm -f "$TMP/conv.stop"
+    before=$(counter_n1 lb_new_flows)
+    for c in "${CONV_CASES[@]}"; do
+        read -r name target port mode n <<<"$c"
+        [ "$target" = vip ] && target=$CONV_VIP && want=$((want + n))
+        [ "$target" = p2p ] && target=$CONV_P2P
+        in_pod client python3 "$CONV_PY" talk "$target" "$port" "$mode" "$n" "$TMP/conv.stop" \
+            >"$TMP/conv.$name" 2>&1 &
+    done
+    verdict "conversations running: pod to pod and via ClusterIP $CONV_VIP, client and server first" \
+        poll_until 10000 flows_started $((before + want))
+}
+
+agent_pidfile() { echo "/run/tapestry/$LAB/nodes/$1/tapestryd.pid"; }
+agent_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# first_forward_ms NODE PINGLOG: ms from the agent's logged start to the first
+# ping reply after it (ping -D timestamps); empty if none.
+# agent_log NODE: its log without terminal colours.
+agent_log() { sed 's/\x1b\[[0-9;]*m//g' "/run/tapestry/$LAB/nodes/$1/tapestryd.log"; }
+first_forward_ms() {
+    local start
+    start=$(agent_log "$1" | grep -o 'start_unix_ms=[0-9]*' | tail -n 1 | cut -d= -f2)
+    [ -n "$start" ] || return 0
+    awk -v s="$start" -F'[][]' '/bytes from/ { t = $2 * 1000; if (t >= s) { printf "%d\n", t - s; exit } }' "$2"
+}
+
+# kill9_restart NODE [WHILE_DOWN]: kill -9 NODE's agent (and its supervisor) under the running
+# conversations, wait until it is gone, run WHILE_DOWN, start it again with
+# `lab.sh up`. A ping every 2 ms from the client to conv-2 (through node1, and
+# node3) times the first forwarded packet. Sets RESTART_MS.
+kill9_restart() {
+    local node=$1 pid sup
+    shift
+    pid=$(pidfile_pid "$(agent_pidfile "$node")")
+    sup=$(pidfile_pid "/run/tapestry/$LAB/nodes/$node/supervise.pid")
+    local t0
+    t0=$(now_ms)
+    # The supervisor first (killed too, it starts nothing), so that the agent
+    # stays down until `lab.sh up`, while WHILE_DOWN changes the cluster.
+    kill -KILL "$sup" "$pid"
+    POLL_SLEEP=0.02 poll_until 5000 agent_gone "$pid" || return 1
+    if [ $# -gt 0 ]; then "$@" || return 1; fi
+    in_pod client ping -D -n -i 0.002 -W 1 -w 60 "$CONV_P2P" >"$TMP/ping.$node" 2>&1 &
+    local ping=$!
+    lab up --nodes 3 >"$TMP/up.$node" 2>&1 || { kill "$ping"; cat "$TMP/up.$node"; return 1; }
+    POLL_SLEEP=0.05 poll_until 5000 test -n "$(first_forward_ms "$node" "$TMP/ping.$node")"
+    kill "$ping" 2>/dev/null
+    wait "$ping" 2>/dev/null
+    RESTART_MS=$(first_forward_ms "$node" "$TMP/ping.$node")
+    echo "      $node: agent down for $(($(now_ms) - t0)) ms (kill -9 to forwarding again, lab.sh up included)"
+    echo "      $node: first packet forwarded ${RESTART_MS:-?} ms after tapestryd started" \
+        "(its log: $(agent_log "$node" | grep -o 'serving.*' | tail -n 1 | tr -d '"'))"
+    [ -n "$RESTART_MS" ]
+}
+
+# While node1's agent is down: a third backend joins the service (Maglev now
+# sends some of the clients' ports elsewhere; their flows must stay put).
+add_conv_backend() {
+    conv_pod conv-3 node2 >"$TMP/conv-3.yaml"
+    tapestry apply -f "$TMP/conv-3.yaml" >/dev/null &&
+        POLL_SLEEP=0.2 poll_until 60000 conv_endpoints 6
+}
+
+check_kill9_node1() {
+    verdict "kill -9 node1's agent (client side, endpoints change while down) and restart" \
+        kill9_restart node1 add_conv_backend
+    NODE1_RESTART_MS=$RESTART_MS
+}
+check_kill9_node2() { verdict "kill -9 node2's agent (a backend's node) and restart" kill9_restart node2; }
+check_kill9_node3() { verdict "kill -9 node3's agent (the pod-to-pod server's node) and restart" kill9_restart node3; }
+check_restart_within_200ms() {
+    verdict "the restarted agent forwards within 200 ms of starting (node1: ${NODE1_RESTART_MS:-?} ms)" \
+        test "${NODE1_RESTART_MS:-999999}" -lt 200
+}
+
+talkers_done() { ! pgrep -f -- "$CONV_PY talk" >/dev/null; }
+
+# Lets the conversations run on for a second after the last restart (an
+# observation period, not a wait for readiness), then stops them.
+setup_conversations_stop() {
+    local t0
+    t0=$(now_ms)
+    poll_until 1000 test $(($(now_ms) - t0)) -ge 1000
+    touch "$TMP/conv.stop"
+    POLL_SLEEP=0.2 poll_until 40000 talkers_done || true
+}
+
+conv_ok() { grep -q '^ok ' "$TMP/conv.$1"; }
+conv_result() {
+    local name=$1
+    verdict "no $name conversation lost across three kill -9 restarts: $(cat "$TMP/conv.$name" 2>/dev/null)" \
+        conv_ok "$name"
+}
+check_restart_p2p_client_first() { conv_result pod-to-pod,client-first; }
+check_restart_p2p_server_first() { conv_result pod-to-pod,server-first; }
+check_restart_vip_client_first() { conv_result clusterip,client-first; }
+check_restart_vip_server_first() { conv_result clusterip,server-first; }
+check_restart_flows_restored() {
+    local n
+    n=$(counter_n1 conntrack_restored)
+    verdict "node1 restored its service flows from the flow file (conntrack_restored=$n)" test "$n" -ge 16
+}
+
+# shellcheck disable=SC2034 # run by e2e.sh
+RESTART_STEPS=(
+    setup_conversations check_conversations_start
+    check_kill9_node1 check_kill9_node2 check_kill9_node3 check_restart_within_200ms
+    setup_conversations_stop
+    check_restart_p2p_client_first check_restart_p2p_server_first
+    check_restart_vip_client_first check_restart_vip_server_first check_restart_flows_restored
+)
