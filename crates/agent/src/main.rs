@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -284,11 +285,12 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
             if let Err(e) = handoff::acknowledge(&stream) {
                 tracing::warn!(error = %e, "upgrade: cannot confirm the hand-off to the old agent (it exits all the same)");
             }
-            let mut lock = inherited
+            let lock = inherited
                 .lock
                 .ok_or(StartError::Missing("state-dir lock"))?;
+            // Its offset is where the old process left it: written at 0.
             let _ = lock.set_len(0);
-            let _ = writeln!(lock, "{}", std::process::id());
+            let _ = lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0);
             let listener = inherited
                 .control
                 .ok_or(StartError::Missing("control socket"))?;
