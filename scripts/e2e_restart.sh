@@ -154,27 +154,31 @@ check_restart_within_200ms() {
 client_carrier_changes() { in_pod client cat /sys/class/net/eth0/carrier_changes; }
 # replies_after FILE T_MS: ping replies (-D) in FILE after epoch ms T_MS.
 replies_after() { awk -v t="$2" -F'[][]' '/bytes from/ && $2 * 1000 > t { n++ } END { print n + 0 }' "$1"; }
+# replied FILE T_MS N: at least N replies in FILE after T_MS.
+replied() { [ "$(replies_after "$1" "$2")" -ge "$3" ]; }
 # longest_gap_ms FILE: the longest time between two consecutive ping replies.
 longest_gap_ms() {
     awk -F'[][]' '/bytes from/ { t = $2 * 1000; if (p && t - p > g) g = t - p; p = t } END { printf "%d\n", g }' "$1"
 }
-upgraded() { [ "$(pidfile_pid "$(agent_pidfile node1)")" != "$1" ] && agent_gone "$1" && counter_n1 rx_frames >/dev/null 2>&1; }
+upgraded() { [ "$(pidfile_pid "$(agent_pidfile node1)")" != "$1" ] && agent_gone "$1" && counter_n1 lb_new_flows >/dev/null 2>&1; }
 upgrade_node1() {
     local old new sup ping t0 before
     old=$(pidfile_pid "$(agent_pidfile node1)")
     sup=$(pidfile_pid "/run/tapestry/$LAB/nodes/node1/supervise.pid")
     CARRIER_BEFORE=$(client_carrier_changes)
-    in_pod client ping -D -n -i 0.002 -W 1 -w 60 "$CONV_P2P" >"$TMP/ping.upgrade" 2>&1 &
+    # Not through in_pod (a function): $! must be ping itself, to stop it.
+    ip netns exec "$(pod_ns client)" ping -D -n -i 0.002 -W 1 -w 60 "$CONV_P2P" >"$TMP/ping.upgrade" 2>&1 &
     ping=$!
     # Replies flowing before the upgrade, so that the gap is measured across it.
     t0=$(now_ms)
-    POLL_SLEEP=0.05 poll_until 5000 test "$(replies_after "$TMP/ping.upgrade" "$t0")" -ge 100 || { kill "$ping"; return 1; }
+    POLL_SLEEP=0.05 poll_until 5000 replied "$TMP/ping.upgrade" "$t0" 100 ||
+        { kill "$ping"; echo "      no ping replies before the upgrade: $(tail -n 3 "$TMP/ping.upgrade")"; return 1; }
     kill -USR2 "$sup"
     POLL_SLEEP=0.02 poll_until 15000 upgraded "$old" || { kill "$ping"; echo "      upgrade did not complete (pid $old)"; return 1; }
     new=$(pidfile_pid "$(agent_pidfile node1)")
     # As many replies again after the new agent serves.
     t0=$(now_ms)
-    POLL_SLEEP=0.05 poll_until 5000 test "$(replies_after "$TMP/ping.upgrade" "$t0")" -ge 100
+    POLL_SLEEP=0.05 poll_until 5000 replied "$TMP/ping.upgrade" "$t0" 100
     kill -INT "$ping" 2>/dev/null
     wait "$ping" 2>/dev/null || true
     CARRIER_AFTER=$(client_carrier_changes)

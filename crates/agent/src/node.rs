@@ -487,9 +487,9 @@ impl Node {
         let mut st = self.state.lock();
         for rec in records {
             let a = &rec.attachment;
-            let handed = inherited
-                .remove(&rec.port)
-                .filter(|t| t.name() == a.ifname && t.netns() == Some(a.netns.as_path()));
+            // Its port and name identify it (a TAP created by ADD does not
+            // record its namespace; the old process's worker knew it by port).
+            let handed = inherited.remove(&rec.port).filter(|t| t.name() == a.ifname);
             let opened = match handed {
                 Some(t) => Ok(t),
                 None => Tap::open_in(&a.netns, &a.ifname, true),
