@@ -461,7 +461,12 @@ impl Node {
     /// The old process's side of the upgrade hand-off: stops the packet worker
     /// (it detaches the flow file as it stands) and returns the tunnel socket
     /// and every port's TAP, open, for [`crate::handoff::send`].
+    ///
+    /// Taken under the attachments' lock, so that no ADD or DEL is half done
+    /// (port attached, `pods.json` not yet written) when the new process reads
+    /// `pods.json`; one that comes after finds the worker stopped and fails.
     pub fn hand_over(&self) -> Result<Vec<(Role, OwnedFd)>, NodeError> {
+        let _st = self.state.lock();
         let handed = ask(&self.worker.lock(), ADD_PORT_ANSWER, |done| {
             Command::Handover { done }
         })?;
