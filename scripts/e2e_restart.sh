@@ -201,6 +201,68 @@ check_upgrade_taps_kept() {
         test -n "${CARRIER_BEFORE:-}" -a "${CARRIER_BEFORE:-x}" = "${CARRIER_AFTER:-y}"
 }
 
+# The supervisor's side of an upgrade, with a stand-in CMD (one python process
+# that, started with --upgrade, tells the running one to exit 0 and takes its
+# place, or fails when $dir/fail exists): a hand-off is adopted (no restart
+# counted), a failed one leaves the old process supervised, a later one still
+# works, and a kill -9 after all that is restarted as usual.
+STANDIN_PY='
+import os, signal, sys
+d = sys.argv[1]
+if sys.argv[2:] == ["--upgrade"]:
+    if os.path.exists(d + "/fail"):
+        sys.exit(1)
+    os.kill(int(open(d + "/cur").read()), signal.SIGUSR1)
+open(d + "/cur", "w").write(str(os.getpid()))
+signal.signal(signal.SIGUSR1, lambda *_: sys.exit(0))
+while True:
+    signal.pause()
+'
+standin_pid() { cut -d' ' -f1 "$1/standin.pid" 2>/dev/null; }
+# standin_is DIR PID: the supervised stand-in is PID (recorded and running).
+standin_is() { [ "$(standin_pid "$1")" = "$2" ] && kill -0 "$2" 2>/dev/null; }
+standin_changed() { local now; now=$(standin_pid "$1"); [ -n "$now" ] && [ "$now" != "$2" ] && kill -0 "$now" 2>/dev/null; }
+supervisor_upgrade_paths() {
+    local d="$TMP/standin" sup first second third fourth ok=1
+    mkdir -p "$d"
+    setsid bash "$REPO/scripts/supervise.sh" "$d" standin -- python3 -c "$STANDIN_PY" "$d" </dev/null >/dev/null 2>&1 &
+    sup=$!
+    poll_until 5000 test -s "$d/standin.pid" || ok=""
+    first=$(standin_pid "$d")
+    # 1. A hand-off: the new process is adopted, the old one gone, no restart.
+    kill -USR2 "$sup"
+    POLL_SLEEP=0.05 poll_until 5000 standin_changed "$d" "$first" || ok=""
+    second=$(standin_pid "$d")
+    kill -0 "$first" 2>/dev/null && ok=""
+    [ "$(cat "$d/standin.restarts")" = 0 ] || ok=""
+    # 2. A failed upgrade: the running one stays supervised.
+    touch "$d/fail"
+    kill -USR2 "$sup"
+    POLL_SLEEP=0.05 poll_until 5000 grep -q "upgrade of standin failed" "$d/standin.log" || ok=""
+    standin_is "$d" "$second" || ok=""
+    # 3. Upgradable again afterwards.
+    rm -f "$d/fail"
+    kill -USR2 "$sup"
+    POLL_SLEEP=0.05 poll_until 5000 standin_changed "$d" "$second" || ok=""
+    third=$(standin_pid "$d")
+    # 4. A crash after all that: restarted as always, counted.
+    kill -KILL "$third"
+    POLL_SLEEP=0.05 poll_until 5000 standin_changed "$d" "$third" || ok=""
+    fourth=$(standin_pid "$d")
+    [ "$(cat "$d/standin.restarts")" = 1 ] || ok=""
+    echo "      stand-in: $first handed over to $second; failed upgrade kept $second; $second handed over to $third;" \
+        "$third killed, restarted as ${fourth:-?} (restarts $(cat "$d/standin.restarts"))"
+    kill -TERM "$sup"
+    # The supervisor is this shell's child: gone once reaped.
+    POLL_SLEEP=0.05 poll_until 5000 agent_gone "$fourth" || ok=""
+    wait "$sup" || ok=""
+    [ -n "$ok" ]
+}
+check_supervisor_upgrade() {
+    verdict "the supervisor adopts an upgraded process, keeps the old one when the upgrade fails, restarts after a crash" \
+        supervisor_upgrade_paths
+}
+
 talkers_done() { ! pgrep -f -- "$CONV_PY talk" >/dev/null; }
 
 # Lets the conversations run on for a second after the last restart (an
@@ -233,7 +295,7 @@ check_restart_flows_restored() {
 RESTART_STEPS=(
     setup_conversations check_conversations_start
     check_kill9_node1 check_kill9_node2 check_kill9_node3 check_restart_within_200ms
-    check_upgrade_node1 check_upgrade_stall_50ms check_upgrade_taps_kept
+    check_upgrade_node1 check_upgrade_stall_50ms check_upgrade_taps_kept check_supervisor_upgrade
     setup_conversations_stop
     check_restart_p2p_client_first check_restart_p2p_server_first
     check_restart_vip_client_first check_restart_vip_server_first check_restart_flows_restored

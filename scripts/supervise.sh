@@ -95,15 +95,20 @@ while [ -z "$stopping" ]; do
     # is reaped, so that it is gone before anything else starts.
     while :; do
         rc=0
-        wait "$child" || rc=$?
+        if [ -n "$next" ]; then
+            # During an upgrade: whichever of the two ends first.
+            which=""
+            wait -n -p which "$child" "$next" || rc=$?
+            if [ -n "$which" ] && [ "$which" = "$next" ]; then
+                echo "supervise: upgrade of $NAME failed ($next: $(ended "$rc")); $child still runs" >&2
+                next=""
+                continue
+            fi
+        else
+            wait "$child" || rc=$?
+        fi
         if [ -n "$upgrade_asked" ]; then
             upgrade_asked=""
-            # An earlier upgrade that failed while CMD ran on: forgotten.
-            if [ -n "$next" ] && ! kill -0 "$next" 2>/dev/null; then
-                wait "$next" 2>/dev/null || true
-                echo "supervise: upgrade of $NAME failed ($next ended); $child still runs" >&2
-                next=""
-            fi
             if [ -z "$next" ] && [ -z "$stopping" ] && kill -0 "$child" 2>/dev/null; then
                 "$@" --upgrade </dev/null >&"$log" 2>&1 &
                 next=$!
