@@ -18,6 +18,13 @@
 #   NAME.logcap.pid "PID STARTTIME" of that tapestry-logcap (it exits once the
 #                   last writer is gone)
 # SIGTERM or SIGINT: passes SIGTERM to CMD, waits for it to be gone, exits 0.
+# SIGUSR2: a planned upgrade without a gap. Starts `CMD... --upgrade` next to
+# the running CMD (tapestryd: the new process takes the old one's descriptors
+# over its control socket, and the old one exits 0). When the old one has
+# exited 0 and the new one runs, the new one is the supervised CMD from then
+# on: no restart, no backoff, NAME.pid names it. If the hand-off fails, the
+# old one (if still running) stays supervised, and a new one still running
+# when the old one ends is stopped before CMD is started again as usual.
 # The caller records this script's own PID and start time (lab.sh: supervise.pid).
 set -euo pipefail
 
@@ -42,11 +49,17 @@ LOGCAP=${LOGCAP:-$REPO/target/release/tapestry-logcap}
 
 child=""
 stopping=""
+# The `--upgrade` process while a hand-off is under way.
+next=""
+upgrade_asked=""
 on_stop() {
     stopping=1
     if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi
+    if [ -n "$next" ]; then kill -TERM "$next" 2>/dev/null || true; fi
 }
 trap on_stop TERM INT
+on_upgrade() { upgrade_asked=1; }
+trap on_upgrade USR2
 
 # ended STATUS: "exit N" or "signal N" for a status `wait` returned.
 ended() { if [ "$1" -gt 128 ]; then echo "signal $(($1 - 128))"; else echo "exit $1"; fi; }
@@ -69,18 +82,54 @@ backoff=$BACKOFF_MIN_MS
 echo 0 >"$DIR/$NAME.restarts"
 while [ -z "$stopping" ]; do
     started=$(now_ms)
-    "$@" </dev/null >&"$log" 2>&1 &
-    child=$!
+    if [ -n "$next" ]; then
+        # The upgraded process, already running: adopted, not started.
+        child=$next
+        next=""
+    else
+        "$@" </dev/null >&"$log" 2>&1 &
+        child=$!
+    fi
     record "$child" "$DIR/$NAME.pid"
     # `wait` returns early when a trapped signal arrives: wait again until CMD
     # is reaped, so that it is gone before anything else starts.
     while :; do
         rc=0
-        wait "$child" || rc=$?
+        if [ -n "$next" ]; then
+            # During an upgrade: whichever of the two ends first.
+            which=""
+            wait -n -p which "$child" "$next" || rc=$?
+            if [ -n "$which" ] && [ "$which" = "$next" ]; then
+                echo "supervise: upgrade of $NAME failed ($next: $(ended "$rc")); $child still runs" >&2
+                next=""
+                continue
+            fi
+        else
+            wait "$child" || rc=$?
+        fi
+        if [ -n "$upgrade_asked" ]; then
+            upgrade_asked=""
+            if [ -z "$next" ] && [ -z "$stopping" ] && kill -0 "$child" 2>/dev/null; then
+                "$@" --upgrade </dev/null >&"$log" 2>&1 &
+                next=$!
+                echo "supervise: upgrade asked: $NAME $child hands over to $next" >&2
+            fi
+        fi
         kill -0 "$child" 2>/dev/null || break
     done
+    old=$child
     child=""
     echo "$(ended "$rc") $(date +%s)" >"$DIR/$NAME.exit"
+    if [ -n "$next" ]; then
+        if [ -z "$stopping" ] && [ "$rc" -eq 0 ] && kill -0 "$next" 2>/dev/null; then
+            echo "supervise: $NAME $old handed over to $next; supervising $next" >&2
+            continue
+        fi
+        echo "supervise: upgrade of $NAME failed ($old: $(ended "$rc")); stopping $next" >&2
+        kill -TERM "$next" 2>/dev/null || true
+        wait "$next" 2>/dev/null || true
+        next=""
+    fi
     [ -z "$stopping" ] || break
     ran=$(($(now_ms) - started))
     if [ "$ran" -ge "$STABLE_MS" ]; then backoff=$BACKOFF_MIN_MS; fi

@@ -11,6 +11,7 @@
 //! ([`crate::netns::check_pod_netns`]).
 
 use std::io::{BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -18,10 +19,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use tapestry_proto::{encode_reply, Reply, Request, RequestError, Requests};
 
+use crate::handoff::{self, Role};
 use crate::netns::check_pod_netns;
 use crate::node::Node;
+use crate::watchdog::EXIT_WORKER_STOPPED;
 
 /// Clients served at once (CNI calls and `tapestry` commands are short).
 pub const MAX_CLIENTS: usize = 8;
@@ -81,16 +86,60 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Serves requests until the listener fails.
-pub fn serve(listener: UnixListener, node: Arc<Node>) {
-    serve_with(listener, IO_TIMEOUT, move |req| dispatch(&node, req));
+/// Serves requests until the listener fails. `keep` is what an upgrade
+/// hand-off passes on besides the node's own descriptors (the state
+/// directory's lock and this listener, [`crate::handoff`]).
+pub fn serve(listener: UnixListener, node: Arc<Node>, keep: Vec<(Role, OwnedFd)>) {
+    let keep = Mutex::new(Some(keep));
+    serve_with(listener, IO_TIMEOUT, move |req, stream| match req {
+        Request::Upgrade => upgrade(&node, &keep, stream),
+        req => dispatch(&node, req),
+    });
+}
+
+/// The old process's side of `tapestryd --upgrade`: stops the data plane,
+/// sends every descriptor and exits once the new process has them (0), or
+/// with [`EXIT_WORKER_STOPPED`] if it never says so. Only a refusal before the
+/// data plane stopped (a second request, a worker that does not answer)
+/// returns, as an error reply.
+fn upgrade(node: &Node, keep: &Mutex<Option<Vec<(Role, OwnedFd)>>>, stream: &UnixStream) -> Reply {
+    let Some(mut items) = keep.lock().take() else {
+        return Reply::error("an upgrade hand-off is already under way".to_owned());
+    };
+    let t0 = std::time::Instant::now();
+    match node.hand_over() {
+        Ok(fds) => items.extend(fds),
+        Err(e) => return Reply::error(format!("cannot stop the data plane for the hand-off: {e}")),
+    }
+    let stopped = t0.elapsed();
+    let count = items.len();
+    let status = match handoff::send(stream, items) {
+        Ok(()) if handoff::taken(stream) => {
+            tracing::info!(
+                descriptors = count,
+                worker_stop_ms = format!("{:.1}", stopped.as_secs_f64() * 1e3),
+                total_ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
+                "upgrade: handed over to the new agent; exiting"
+            );
+            0
+        }
+        Ok(()) => {
+            tracing::error!("upgrade: the new agent did not confirm the hand-off; exiting (the supervisor starts a fresh agent)");
+            EXIT_WORKER_STOPPED
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "upgrade: cannot send the descriptors; exiting (the supervisor starts a fresh agent)");
+            EXIT_WORKER_STOPPED
+        }
+    };
+    std::process::exit(status);
 }
 
 /// Serves requests with `handler`: the guards of the module docs, with reads and
 /// writes bounded by `timeout`.
 pub fn serve_with<H>(listener: UnixListener, timeout: Duration, handler: H)
 where
-    H: Fn(Request) -> Reply + Send + Sync + 'static,
+    H: Fn(Request, &UnixStream) -> Reply + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
     let active = Arc::new(AtomicUsize::new(0));
@@ -167,7 +216,7 @@ fn refuse(mut stream: UnixStream, timeout: Duration, why: &str) {
     }
 }
 
-fn handle(stream: UnixStream, timeout: Duration, handler: &dyn Fn(Request) -> Reply) {
+fn handle(stream: UnixStream, timeout: Duration, handler: &dyn Fn(Request, &UnixStream) -> Reply) {
     if stream.set_read_timeout(Some(timeout)).is_err()
         || stream.set_write_timeout(Some(timeout)).is_err()
     {
@@ -176,13 +225,16 @@ fn handle(stream: UnixStream, timeout: Duration, handler: &dyn Fn(Request) -> Re
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
+    let Ok(raw) = stream.try_clone() else {
+        return;
+    };
     // The protocol crate's reader, so that the `control` fuzz target feeds this
     // very path: blank lines skipped, a line that is not a request (not JSON, not
     // UTF-8) answered with an error, a line over `MAX_REQUEST_LINE` answered and
     // the connection closed.
     for next in Requests::new(BufReader::new(stream)) {
         let reply = match next {
-            Ok(req) => handler(req),
+            Ok(req) => handler(req, &raw),
             Err(RequestError::Io(_)) => return,
             Err(e) => Reply::error(e.to_string()),
         };
@@ -216,6 +268,9 @@ pub fn dispatch(node: &Node, req: Request) -> Reply {
             status: Some(s),
             ..Reply::done()
         }),
+        Request::Upgrade => Ok(Reply::error(
+            "upgrade is served by the control socket itself".to_owned(),
+        )),
     };
     res.unwrap_or_else(|e| Reply::error(e.to_string()))
 }
@@ -246,7 +301,9 @@ mod tests {
     fn a_bad_line_gets_an_error_and_the_connection_goes_on_until_one_is_too_long() {
         let path = socket_path("bad");
         let listener = bind(&path).unwrap();
-        std::thread::spawn(move || serve_with(listener, Duration::from_secs(5), |_| Reply::done()));
+        std::thread::spawn(move || {
+            serve_with(listener, Duration::from_secs(5), |_, _| Reply::done())
+        });
         let mut s = UnixStream::connect(&path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut replies = BufReader::new(s.try_clone().unwrap());
@@ -286,7 +343,7 @@ mod tests {
         let path = socket_path("limits");
         let listener = bind(&path).unwrap();
         let timeout = Duration::from_millis(1500);
-        std::thread::spawn(move || serve_with(listener, timeout, |_| Reply::done()));
+        std::thread::spawn(move || serve_with(listener, timeout, |_, _| Reply::done()));
         // MAX_CLIENTS clients that send nothing hold every place.
         let mut idle: Vec<UnixStream> = (0..MAX_CLIENTS)
             .map(|_| UnixStream::connect(&path).unwrap())

@@ -10,6 +10,7 @@
 
 pub mod cluster_sync;
 pub mod control;
+pub mod handoff;
 pub mod kubelet;
 pub mod netconf;
 pub mod netns;

@@ -5,6 +5,9 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::time::Instant;
 use clap::Parser;
 use tapestry_agent::cluster_sync::RegisterError;
 use tapestry_agent::control::{self, BindError};
+use tapestry_agent::handoff::{self, HandoffError, Inherited, Role};
 use tapestry_agent::kubelet::{ClusterDns, Kubelet};
 use tapestry_agent::netconf::mac_for;
 use tapestry_agent::node::{Node, NodeConfig, NodeError, TunnelSetup};
@@ -84,6 +88,16 @@ struct Args {
     /// UDP port of the VXLAN tunnel.
     #[arg(long, default_value_t = 4789)]
     vxlan_port: u16,
+    /// Take over from the agent running on this state dir, without a gap: give
+    /// the same arguments as it was started with. This process publishes its
+    /// tables, then asks the running agent over the control socket for its
+    /// descriptors (TAPs, tunnel socket, control socket, state-dir lock; passed
+    /// with SCM_RIGHTS); that one stops its packet worker, hands them over and
+    /// exits, and this one serves the same TAPs and flows. Under
+    /// scripts/supervise.sh, send the supervisor SIGUSR2 instead: it starts this
+    /// itself and keeps supervising the new process.
+    #[arg(long)]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -151,6 +165,10 @@ enum StartError {
     Node(#[from] NodeError),
     #[error("cannot watch the cluster store: {0}")]
     Watch(#[source] StoreError),
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
+    #[error("upgrade: the running agent did not hand over its {0}")]
+    Missing(&'static str),
     #[error("cannot start the {name} thread: {source}")]
     Thread {
         name: &'static str,
@@ -191,12 +209,18 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
     if u32::from(args.underlay_mtu) < MIN_MTU + u32::from(VXLAN_OVERHEAD) {
         return Err(StartError::UnderlayMtu(args.underlay_mtu));
     }
-    let lock = lock_state_dir(&args.state_dir)?;
     let socket = args
         .socket
         .clone()
         .unwrap_or_else(|| args.state_dir.join("tapestryd.sock"));
-    let listener = control::bind(&socket)?;
+    // An upgrade takes the running agent's lock and listener instead.
+    let (lock, listener) = if args.upgrade {
+        (None, None)
+    } else {
+        let lock = lock_state_dir(&args.state_dir)?;
+        (Some(lock), Some(control::bind(&socket)?))
+    };
+    let upgrade_from = args.upgrade.then_some(socket.as_path());
 
     let store: Option<Arc<dyn Store>> = match &args.store {
         Some(dir) => Some(Arc::new(DirStore::open(dir).map_err(|source| {
@@ -228,6 +252,7 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
         state_dir: args.state_dir.clone(),
         ipam,
         tunnel: tunnel.clone(),
+        upgrade: args.upgrade,
     })?);
 
     // From here on, a worker that stops ends the process (the supervisor
@@ -237,7 +262,7 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
         move || watchdog::watch(exits)
     })?;
 
-    if let (Some(store), Some(t)) = (&store, &tunnel) {
+    let taken = if let (Some(store), Some(t)) = (&store, &tunnel) {
         let underlay_ip = t.config.underlay_ip;
         cluster_sync::register(
             &**store,
@@ -247,15 +272,79 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
             vtep_mac(underlay_ip),
         )?;
         tracing::info!(node = %args.node, %subnet, underlay = %underlay_ip, "registered in the cluster store");
-        start_cluster_sync(&args, store, &node, started)?;
+        start_cluster_sync(&args, store, &node, started, upgrade_from)?
     } else {
-        node.serve()?;
+        let mut taken = take_over(upgrade_from)?;
+        node.serve(taken.as_mut().map(|(_, i)| i))?;
         serving(started);
-    }
+        taken
+    };
+    let (lock, listener) = match taken {
+        None => (lock, listener),
+        Some((stream, inherited)) => {
+            if let Err(e) = handoff::acknowledge(&stream) {
+                tracing::warn!(error = %e, "upgrade: cannot confirm the hand-off to the old agent (it exits all the same)");
+            }
+            let lock = inherited
+                .lock
+                .ok_or(StartError::Missing("state-dir lock"))?;
+            // Its offset is where the old process left it: written at 0.
+            let _ = lock.set_len(0);
+            let _ = lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0);
+            let listener = inherited
+                .control
+                .ok_or(StartError::Missing("control socket"))?;
+            tracing::info!(
+                "upgrade: the old agent's lock and control socket are this process's now"
+            );
+            (Some(lock), Some(listener))
+        }
+    };
+    let (Some(lock), Some(listener)) = (lock, listener) else {
+        return Err(StartError::Missing("state-dir lock or control socket"));
+    };
+    let dup = |what, fd: io::Result<OwnedFd>| {
+        fd.map_err(|source| StartError::StateDir {
+            op: what,
+            path: socket.clone(),
+            source,
+        })
+    };
+    let keep = vec![
+        (
+            Role::Lock,
+            dup("duplicate the lock of", lock.try_clone().map(OwnedFd::from))?,
+        ),
+        (
+            Role::Control,
+            dup(
+                "duplicate the listener of",
+                listener.try_clone().map(OwnedFd::from),
+            )?,
+        ),
+    ];
     tracing::info!(socket = %socket.display(), "control socket ready");
-    control::serve(listener, node);
+    control::serve(listener, node, keep);
     drop(lock);
     Ok(())
+}
+
+/// With `--upgrade`: asks the agent on `socket` for its descriptors (it stops
+/// its data plane now; docs/architecture.md, "Restart without a gap").
+fn take_over(socket: Option<&Path>) -> Result<Option<(UnixStream, Inherited)>, StartError> {
+    let Some(socket) = socket else {
+        return Ok(None);
+    };
+    #[allow(clippy::disallowed_methods)] // the hand-off's duration, for the log
+    let t0 = Instant::now();
+    let (stream, inherited) = handoff::request(socket)?;
+    tracing::info!(
+        ports = inherited.ports.len(),
+        tunnel = inherited.tunnel.is_some(),
+        ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
+        "upgrade: descriptors received from the running agent"
+    );
+    Ok(Some((stream, inherited)))
 }
 
 /// Cluster mode: records a wanted subnet, leases this node's pod subnet and
@@ -311,7 +400,8 @@ fn start_cluster_sync(
     store: &Arc<dyn Store>,
     node: &Arc<Node>,
     started: Instant,
-) -> Result<(), StartError> {
+    upgrade_from: Option<&Path>,
+) -> Result<Option<(UnixStream, Inherited)>, StartError> {
     let cache = Arc::new(ClusterCache::start(Arc::clone(store)).map_err(StartError::Watch)?);
     let (me, cluster, routes) = (args.node.clone(), args.cluster_cidr, node.routes());
     let first = cache.snapshot();
@@ -330,7 +420,8 @@ fn start_cluster_sync(
     if let Err(e) = policy_sync::reconcile(&me, &first, &mut ids, &policies) {
         tracing::error!(error = %e, "first policy table rejected");
     }
-    node.serve()?;
+    let mut taken = take_over(upgrade_from)?;
+    node.serve(taken.as_mut().map(|(_, i)| i))?;
     serving(started);
     spawn("routes", {
         let cache = Arc::clone(&cache);
@@ -365,7 +456,8 @@ fn start_cluster_sync(
             .and_then(|p| p.parent().map(PathBuf::from))
             .unwrap_or_default(),
     });
-    spawn("kubelet", move || kubelet.run(cache))
+    spawn("kubelet", move || kubelet.run(cache))?;
+    Ok(taken)
 }
 
 /// Logs how long the agent took from `main` to serving its ports.

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -26,13 +27,14 @@ use tapestry_cluster::ipam::PodIpam;
 use tapestry_cluster::{IpamError, Ipv4Cidr};
 use tapestry_dataplane::RouteSnapshot;
 use tapestry_dataplane::{
-    Counters, CountersSnapshot, DropReason, MacAddr, Pipeline, PipelineConfig, PortId, PortRole,
-    ServiceTable, TunnelConfig,
+    Counters, CountersSnapshot, DropReason, FlowFileError, FlowMemory, MacAddr, Pipeline,
+    PipelineConfig, PortId, PortRole, Restored, ServiceTable, TunnelConfig,
 };
 use tapestry_io::flowfile::Opened;
 use tapestry_io::tunnel::TunnelSocket;
 use tapestry_io::{Command, PortCounters, Tap, WorkerHandle};
 
+use crate::handoff::{Inherited, Role};
 use crate::netconf::{self, mac_for, mac_string, NetconfError};
 use crate::policy_sync::{PolicyHandles, PolicyNames};
 use crate::problems::{Problems, Source};
@@ -63,6 +65,10 @@ pub struct NodeConfig {
     pub ipam: Option<PodIpam>,
     /// The VXLAN tunnel to other nodes (cluster mode).
     pub tunnel: Option<TunnelSetup>,
+    /// Started by `--upgrade`: the tunnel socket, the TAPs and the flow file
+    /// come from the running agent ([`Node::serve`] with what it handed over),
+    /// so none is bound, opened or attached at start.
+    pub upgrade: bool,
 }
 
 /// This node's tunnel endpoint.
@@ -249,6 +255,8 @@ pub struct Node {
     /// The policy table, its denial counters and the names of its ids.
     policies: PolicyHandles,
     mac_capacity: usize,
+    /// Flows the load balancer holds (the flow file's size).
+    conntrack_capacity: usize,
     /// Control-path state; serialises attach/detach (never touched per packet).
     state: Mutex<State>,
     /// What was skipped or set aside, for `tapestry status`.
@@ -272,19 +280,17 @@ impl Node {
         let mut socket = None;
         if let Some(t) = &cfg.tunnel {
             pcfg.tunnel = Some(t.config);
-            let ip = t.config.underlay_ip;
-            socket = Some(
-                TunnelSocket::bind(ip, t.port).map_err(|source| NodeError::Tunnel {
-                    ip,
-                    port: t.port,
-                    source,
-                })?,
-            );
+            if !cfg.upgrade {
+                socket = Some(bind_tunnel(t)?);
+            }
             pcfg.service_cidr = Some(t.service_cidr);
         }
         let mac_capacity = pcfg.mac_capacity;
+        let conntrack_capacity = pcfg.conntrack_capacity;
         let mut pipeline = Pipeline::new(pcfg);
-        attach_flow_file(&mut pipeline, &cfg.state_dir);
+        if !cfg.upgrade {
+            attach_flow_file(&mut pipeline, &cfg.state_dir);
+        }
         let counters = Arc::clone(pipeline.counters());
         let routes = Arc::clone(pipeline.routes());
         let services = Arc::clone(pipeline.services());
@@ -307,6 +313,7 @@ impl Node {
             services,
             policies,
             mac_capacity,
+            conntrack_capacity,
             state: Mutex::new(State {
                 pods: BTreeMap::new(),
                 host_counters: Arc::default(),
@@ -322,8 +329,25 @@ impl Node {
     /// pods remembered in the state directory first, then the tunnel, then the
     /// host port. Before this, no packet is read, so none meets an empty table
     /// (a ClusterIP answered "host unreachable", a restored flow flushed).
-    pub fn serve(&self) -> Result<(), NodeError> {
-        self.reattach()?;
+    ///
+    /// With `inherited` (an upgrade hand-off, [`crate::handoff`]) the tunnel
+    /// socket, the flow file and the TAPs are the ones the old process served:
+    /// taken as they are, nothing reopened or configured again.
+    pub fn serve(&self, inherited: Option<&mut Inherited>) -> Result<(), NodeError> {
+        let mut ports = BTreeMap::new();
+        if let Some(inh) = inherited {
+            self.adopt(inh.tunnel.take())?;
+            ports = std::mem::take(&mut inh.ports);
+        }
+        let host_tap = ports.remove(&HOST_PORT.0);
+        self.reattach(&mut ports)?;
+        for (id, tap) in ports {
+            tracing::warn!(
+                port = id,
+                tap = tap.name(),
+                "handed-over TAP matches no pod in the state file; closed"
+            );
+        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.worker
             .lock()
@@ -333,21 +357,28 @@ impl Node {
             .map_err(|_| NodeError::DataPlaneSilent(ADD_PORT_ANSWER))?
             .map_err(NodeError::DataPlane)?;
         let cfg = &self.cfg;
-        let host_tap = Tap::open(&cfg.host_port, true).map_err(|source| NodeError::HostTap {
-            name: cfg.host_port.clone(),
-            source,
-        })?;
-        netconf::configure_interface(
-            host_tap.name(),
-            mac_for(self.host_ip),
-            cfg.mtu,
-            self.host_ip,
-            cfg.subnet.prefix_len(),
-            None,
-        )?;
+        let (host_tap, inherited_host) = match host_tap {
+            Some(tap) if tap.name() == cfg.host_port => (tap, true),
+            _ => {
+                let tap = Tap::open(&cfg.host_port, true).map_err(|source| NodeError::HostTap {
+                    name: cfg.host_port.clone(),
+                    source,
+                })?;
+                netconf::configure_interface(
+                    tap.name(),
+                    mac_for(self.host_ip),
+                    cfg.mtu,
+                    self.host_ip,
+                    cfg.subnet.prefix_len(),
+                    None,
+                )?;
+                (tap, false)
+            }
+        };
         let host_counters = add_port(&self.worker.lock(), HOST_PORT, PortRole::Host, host_tap)?;
         self.state.lock().host_counters = host_counters;
-        if let Some(t) = &cfg.tunnel {
+        // A handed-over host port comes configured, its route in place.
+        if let Some(t) = cfg.tunnel.as_ref().filter(|_| !inherited_host) {
             // The node itself reaches other nodes' pods through its gateway, as pods do.
             netconf::ip(&[
                 "route",
@@ -395,13 +426,80 @@ impl Node {
         Ok(Vec::new())
     }
 
-    /// Reattaches every pod in the state file whose namespace still exists.
-    fn reattach(&self) -> Result<(), NodeError> {
+    /// Takes over the tunnel's receive socket and the flow file from an upgrade
+    /// hand-off (the old worker has stopped writing the file), before any port
+    /// is served.
+    fn adopt(&self, rx: Option<std::net::UdpSocket>) -> Result<(), NodeError> {
+        let tunnel = match (&self.cfg.tunnel, rx) {
+            (Some(t), Some(rx)) => {
+                let ip = t.config.underlay_ip;
+                Some(
+                    TunnelSocket::with_rx(rx, ip, t.port).map_err(|source| NodeError::Tunnel {
+                        ip,
+                        port: t.port,
+                        source,
+                    })?,
+                )
+            }
+            // The old agent had no tunnel: bound here.
+            (Some(t), None) => Some(bind_tunnel(t)?),
+            (None, _) => None,
+        };
+        let path = self.cfg.state_dir.join(FLOW_FILE);
+        let flows = open_flow_file(&path, self.conntrack_capacity);
+        let restored = ask(&self.worker.lock(), ADD_PORT_ANSWER, |done| {
+            Command::Adopt {
+                tunnel,
+                flows,
+                done,
+            }
+        })?;
+        log_restored(&path, restored, true);
+        Ok(())
+    }
+
+    /// The old process's side of the upgrade hand-off: stops the packet worker
+    /// (it detaches the flow file as it stands) and returns the tunnel socket
+    /// and every port's TAP, open, for [`crate::handoff::send`].
+    ///
+    /// Taken under the attachments' lock, so that no ADD or DEL is half done
+    /// (port attached, `pods.json` not yet written) when the new process reads
+    /// `pods.json`; one that comes after finds the worker stopped and fails.
+    pub fn hand_over(&self) -> Result<Vec<(Role, OwnedFd)>, NodeError> {
+        let _st = self.state.lock();
+        let handed = ask(&self.worker.lock(), ADD_PORT_ANSWER, |done| {
+            Command::Handover { done }
+        })?;
+        let mut out = Vec::with_capacity(handed.ports.len() + 1);
+        if let Some(t) = handed.tunnel {
+            out.push((Role::Tunnel, OwnedFd::from(t.into_rx().0)));
+        }
+        for (id, tap) in handed.ports {
+            let role = Role::Port {
+                id: id.0,
+                name: tap.name().to_owned(),
+                netns: tap.netns().map(Path::to_path_buf),
+            };
+            out.push((role, tap.into_fd()));
+        }
+        Ok(out)
+    }
+
+    /// Reattaches every pod in the state file whose namespace still exists:
+    /// with the TAP handed over for its port if there is one, else reopened.
+    fn reattach(&self, inherited: &mut BTreeMap<u16, Tap>) -> Result<(), NodeError> {
         let records = self.read_state_file()?;
         let mut st = self.state.lock();
         for rec in records {
             let a = &rec.attachment;
-            let tap = match Tap::open_in(&a.netns, &a.ifname, true) {
+            // Its port and name identify it (a TAP created by ADD does not
+            // record its namespace; the old process's worker knew it by port).
+            let handed = inherited.remove(&rec.port).filter(|t| t.name() == a.ifname);
+            let opened = match handed {
+                Some(t) => Ok(t),
+                None => Tap::open_in(&a.netns, &a.ifname, true),
+            };
+            let tap = match opened {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(container = %a.container_id, netns = %a.netns.display(), error = %e, "pod gone; forgetting it");
@@ -790,19 +888,52 @@ fn attach_flow_file(pipeline: &mut Pipeline, state_dir: &Path) {
         tracing::error!(file = %path.display(), moved_to = %moved_to.display(), error = %why, "flow file unusable: moved aside, starting with no flows");
         pipeline.flow_file_discarded();
     }
-    match pipeline.attach_flow_file(Box::new(file), 0) {
-        Ok(r) if matches!(opened, Opened::Existing) => {
+    let restored = pipeline.attach_flow_file(Box::new(file), 0);
+    log_restored(&path, Some(restored), matches!(opened, Opened::Existing));
+}
+
+/// Opens the flow file for an upgrade hand-off's worker to attach (errors are
+/// logged; without a file the flows live in memory only).
+fn open_flow_file(path: &Path, capacity: usize) -> Option<Box<dyn FlowMemory>> {
+    match tapestry_io::flowfile::open(path, capacity) {
+        Ok((file, opened)) => {
+            if let Opened::Discarded { why, moved_to } = &opened {
+                tracing::error!(file = %path.display(), moved_to = %moved_to.display(), error = %why, "flow file unusable: moved aside, starting with no flows");
+            }
+            Some(Box::new(file))
+        }
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "no flow file: flows will not survive a restart");
+            None
+        }
+    }
+}
+
+/// Logs what attaching the flow file restored (when it held flows to restore).
+fn log_restored(path: &Path, restored: Option<Result<Restored, FlowFileError>>, existing: bool) {
+    match restored {
+        Some(Ok(r)) if existing => {
             tracing::info!(
                 restored = r.flows,
                 rejected = r.rejected,
                 "service flows restored from the flow file"
             );
         }
-        Ok(_) => {}
-        Err(e) => {
+        Some(Ok(_)) | None => {}
+        Some(Err(e)) => {
             tracing::error!(file = %path.display(), error = %e, "flow file refused: flows will not survive a restart");
         }
     }
+}
+
+/// Binds the node's tunnel socket.
+fn bind_tunnel(t: &TunnelSetup) -> Result<TunnelSocket, NodeError> {
+    let ip = t.config.underlay_ip;
+    TunnelSocket::bind(ip, t.port).map_err(|source| NodeError::Tunnel {
+        ip,
+        port: t.port,
+        source,
+    })
 }
 
 /// What CHECK expects of a pod's interface.

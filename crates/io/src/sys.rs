@@ -564,3 +564,216 @@ impl Drop for SharedMapping {
         }
     }
 }
+
+/// Most descriptors one `sendmsg` may carry (the kernel's `SCM_MAX_FD`).
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// The bytes `n` descriptors take in a control message.
+fn fd_bytes(n: usize) -> io::Result<libc::c_uint> {
+    n.checked_mul(std::mem::size_of::<libc::c_int>())
+        .and_then(|b| libc::c_uint::try_from(b).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))
+}
+
+/// Sends `data` (not empty) with `fds` attached (`SCM_RIGHTS`) on the Unix
+/// stream socket `sock`, as one message. The descriptors stay open here too.
+pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if data.is_empty() || fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a descriptor message needs 1 or more data bytes and at most {MAX_FDS_PER_MESSAGE} descriptors"
+            ),
+        ));
+    }
+    let raw: Vec<libc::c_int> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let payload = std::mem::size_of_val(raw.as_slice());
+    let payload_c = fd_bytes(raw.len())?;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload_c) } as usize;
+    // u64 words keep the control buffer aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(8).max(1)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iov, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `msg_control` points at `space` zeroed, aligned bytes, room for
+        // one header and `payload` bytes of data, which CMSG_FIRSTHDR/CMSG_DATA
+        // address inside it; the copy writes exactly `payload` bytes there.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            if cmsg.is_null() {
+                return Err(io::Error::other("no room for the descriptors' header"));
+            }
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload_c) as _;
+            core::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                payload,
+            );
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at `iov` (over `data`, alive for the call) and at
+        // `control`, both valid for the lengths it gives.
+        let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        match sent {
+            -1 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            // The descriptors went with the first byte; the rest as plain data.
+            n if (n as usize) < data.len() => {
+                use std::io::Write;
+                let rest = data.get(n as usize..).unwrap_or_default();
+                let mut stream = std::os::unix::net::UnixStream::from(sock.try_clone_to_owned()?);
+                return stream.write_all(rest);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Receives one message sent by [`send_fds`] on the Unix stream socket `sock`:
+/// its data (up to `buf.len()` bytes) and the descriptors it carried, owned
+/// (close-on-exec). `Ok((0, _))` is the peer gone. Descriptors beyond
+/// `max_fds`, or cut off by the kernel (`MSG_CTRUNC`), are an error (the ones
+/// that did arrive are closed).
+pub fn recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let max_fds = max_fds.min(MAX_FDS_PER_MESSAGE);
+    let room = fd_bytes(max_fds)?;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(room) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8).max(1)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (over `buf`) and `control`, valid for
+        // the lengths it gives; the kernel writes within them.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` up to `msg_controllen`; the CMSG_*
+    // macros walk headers inside it, and each SCM_RIGHTS payload holds
+    // `(cmsg_len - CMSG_LEN(0)) / sizeof(int)` descriptors now owned by this
+    // process, each taken into an OwnedFd exactly once (read unaligned: the
+    // payload's alignment is the header's).
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than {max_fds} descriptors in one message"),
+        ));
+    }
+    Ok((n, fds))
+}
+
+#[cfg(test)]
+mod fd_tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    fn temp_file(tag: &str, text: &str) -> File {
+        let path = std::env::temp_dir().join(format!("tapestry-fd-{}-{tag}", std::process::id()));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn descriptors_cross_a_socketpair_and_stay_the_same_open_files() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let files: Vec<File> = (0..3)
+            .map(|i| temp_file(&i.to_string(), &format!("file {i}")))
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = files.iter().map(AsFd::as_fd).collect();
+        send_fds(a.as_fd(), b"three files\n", &fds).unwrap();
+        // A second message right behind, without descriptors: not glued to the first.
+        send_fds(a.as_fd(), b"none\n", &[]).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, got) = recv_fds(b.as_fd(), &mut buf, 8).unwrap();
+        assert_eq!(&buf[..n], b"three files\n");
+        assert_eq!(got.len(), 3);
+        for (i, fd) in got.into_iter().enumerate() {
+            // The same open file description: the offset the sender left is shared.
+            let mut f = File::from(fd);
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            let mut text = String::new();
+            f.read_to_string(&mut text).unwrap();
+            assert_eq!(text, format!("file {i}"));
+        }
+        let (n, got) = recv_fds(b.as_fd(), &mut buf, 8).unwrap();
+        assert_eq!((&buf[..n], got.len()), (&b"none\n"[..], 0));
+        drop(a);
+        assert_eq!(recv_fds(b.as_fd(), &mut buf, 8).unwrap().0, 0, "peer gone");
+    }
+
+    #[test]
+    fn more_descriptors_than_room_is_an_error_not_a_silent_loss() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let files: Vec<File> = (0..4).map(|i| temp_file(&format!("x{i}"), "x")).collect();
+        let fds: Vec<BorrowedFd<'_>> = files.iter().map(AsFd::as_fd).collect();
+        send_fds(a.as_fd(), b"four", &fds).unwrap();
+        let mut buf = [0u8; 16];
+        let e = recv_fds(b.as_fd(), &mut buf, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            send_fds(a.as_fd(), b"", &fds).is_err(),
+            "no data byte to carry them"
+        );
+    }
+}

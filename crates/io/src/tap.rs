@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::sys;
@@ -50,6 +50,21 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Takes over a TAP queue another process opened and configured (the
+    /// upgrade hand-off): nothing is set again, the device is as it was.
+    pub fn from_fd(fd: OwnedFd, name: String, netns: Option<PathBuf>) -> Tap {
+        Tap {
+            file: File::from(fd),
+            name,
+            netns,
+        }
+    }
+
+    /// The queue's descriptor, for handing over to another process.
+    pub fn into_fd(self) -> OwnedFd {
+        OwnedFd::from(self.file)
+    }
+
     fn configure(&self, persist: bool) -> io::Result<()> {
         sys::set_offload(self.file.as_fd(), sys::TAP_OFFLOADS)?;
         sys::set_persist(self.file.as_fd(), persist)
@@ -85,5 +100,11 @@ impl Tap {
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }

@@ -78,6 +78,13 @@ impl TunnelSocket {
                 format!("bind VXLAN socket {underlay_ip}:{port}: {e}"),
             )
         })?;
+        Self::with_rx(rx, underlay_ip, port)
+    }
+
+    /// Builds the endpoint around a receive socket already bound to
+    /// `underlay_ip:port` (the upgrade hand-off passes it from the old process,
+    /// so that no datagram finds the port closed); the send pool is new.
+    pub fn with_rx(rx: UdpSocket, underlay_ip: Ipv4Addr, port: u16) -> io::Result<TunnelSocket> {
         rx.set_nonblocking(true)?;
         if let Err(e) = sys::enable_udp_gro(rx.as_fd()) {
             tracing::warn!(error = %e, "no UDP GRO on the tunnel socket; receiving datagram by datagram");
@@ -102,6 +109,12 @@ impl TunnelSocket {
             tx_batch: MmsgBatch::new(64),
             gso: true,
         })
+    }
+
+    /// The receive socket and its port, for the upgrade hand-off (the send
+    /// pool is closed).
+    pub fn into_rx(self) -> (UdpSocket, u16) {
+        (self.rx, self.port)
     }
 
     /// The receive socket, for registering with the event loop.

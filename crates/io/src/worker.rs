@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tapestry_dataplane::{Action, Coalescer, Ingress, MacAddr, Nanos, Pipeline, PortId, PortRole};
+use tapestry_dataplane::{
+    Action, Coalescer, FlowFileError, FlowMemory, Ingress, MacAddr, Nanos, Pipeline, PortId,
+    PortRole, Restored,
+};
 
 use crate::tap::Tap;
 use crate::tunnel::{TunnelRx, TunnelSocket};
@@ -86,6 +89,26 @@ pub enum Command {
     ServeTunnel { done: Sender<io::Result<()>> },
     /// Stop the worker; TAPs are closed (persistent ones stay).
     Shutdown,
+    /// Stop the worker for the upgrade hand-off: the flow file is detached
+    /// (left as the last packet left it, for the next process to attach) and
+    /// every port's TAP and the tunnel socket are handed back open, the worker
+    /// having read its last frame.
+    Handover { done: Sender<Handover> },
+    /// Take over a tunnel socket and a flow file from an upgrade hand-off, before
+    /// anything is served: the socket is read from [`Command::ServeTunnel`]
+    /// on; the flows in `flows` are restored now (the reply says how many).
+    Adopt {
+        tunnel: Option<TunnelSocket>,
+        flows: Option<Box<dyn FlowMemory>>,
+        done: Sender<Option<Result<Restored, FlowFileError>>>,
+    },
+}
+
+/// What a worker stopped by [`Command::Handover`] gives back, open.
+pub struct Handover {
+    /// Every port, by id, with its TAP.
+    pub ports: Vec<(PortId, Tap)>,
+    pub tunnel: Option<TunnelSocket>,
 }
 
 /// How the worker thread ended.
@@ -488,8 +511,46 @@ impl Worker {
                     let _ = done.send(self.serve_tunnel_socket());
                 }
                 Command::Shutdown => self.stop = true,
+                Command::Handover { done } => {
+                    let _ = done.send(self.hand_over());
+                    self.stop = true;
+                    return;
+                }
+                Command::Adopt {
+                    tunnel,
+                    flows,
+                    done,
+                } => {
+                    if tunnel.is_some() {
+                        self.tunnel_rx = TunnelRx::new();
+                        self.tunnel = tunnel;
+                    }
+                    let now = self.now();
+                    let restored = flows.map(|f| self.pipeline.attach_flow_file(f, now));
+                    let _ = done.send(restored);
+                }
             }
         }
+    }
+
+    /// Gives up the flow file, the ports and the tunnel socket (see
+    /// [`Command::Handover`]); the worker stops after this.
+    fn hand_over(&mut self) -> Handover {
+        self.flush_tunnel_out();
+        drop(self.pipeline.detach_flow_file());
+        let ids: Vec<PortId> = (0..self.ports.len())
+            .filter_map(|i| u16::try_from(i).ok().map(PortId))
+            .collect();
+        let ports = ids
+            .into_iter()
+            .filter_map(|id| self.remove_port(id).map(|tap| (id, tap)))
+            .collect();
+        let tunnel = self.tunnel.take();
+        if let Some(t) = &tunnel {
+            let fd = t.rx_socket().as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+        Handover { ports, tunnel }
     }
 
     /// Registers the tunnel socket (if any) and reads what queued meanwhile.

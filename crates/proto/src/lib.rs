@@ -42,6 +42,10 @@ pub enum Request {
     Check(Attachment),
     /// The node's ports, pods, MAC table and counters.
     Status,
+    /// From a new `tapestryd --upgrade`: stop the data plane and hand over its
+    /// descriptors (`SCM_RIGHTS`, see the agent's `handoff` module); the agent
+    /// exits once the new one has them.
+    Upgrade,
 }
 
 fn default_ifname() -> String {
