@@ -89,6 +89,8 @@ agent_gone() { ! kill -0 "$1" 2>/dev/null; }
 # ping reply after it (ping -D timestamps); empty if none.
 # agent_log NODE: its log without terminal colours.
 agent_log() { sed 's/\x1b\[[0-9;]*m//g' "/run/tapestry/$LAB/nodes/$1/tapestryd.log"; }
+# forwarded_since_start NODE PINGLOG: a ping reply came after the agent started.
+forwarded_since_start() { test -n "$(first_forward_ms "$1" "$2")"; }
 first_forward_ms() {
     local start
     start=$(agent_log "$1" | grep -o 'start_unix_ms=[0-9]*' | tail -n 1 | cut -d= -f2)
@@ -115,7 +117,7 @@ kill9_restart() {
     in_pod client ping -D -n -i 0.002 -W 1 -w 60 "$CONV_P2P" >"$TMP/ping.$node" 2>&1 &
     local ping=$!
     lab up --nodes 3 >"$TMP/up.$node" 2>&1 || { kill "$ping"; cat "$TMP/up.$node"; return 1; }
-    POLL_SLEEP=0.05 poll_until 5000 test -n "$(first_forward_ms "$node" "$TMP/ping.$node")"
+    POLL_SLEEP=0.05 poll_until 5000 forwarded_since_start "$node" "$TMP/ping.$node"
     kill "$ping" 2>/dev/null
     wait "$ping" 2>/dev/null
     RESTART_MS=$(first_forward_ms "$node" "$TMP/ping.$node")

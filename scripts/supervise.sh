@@ -87,7 +87,10 @@ while [ -z "$stopping" ]; do
         child=$next
         next=""
     else
-        "$@" </dev/null >&"$log" 2>&1 &
+        # CMD gets the log as stdout and stderr only: the log's own descriptor
+        # is closed for it, or every process CMD starts would hold the log open
+        # and the log writer would never see its end (a TERM would then hang).
+        "$@" </dev/null >&"$log" 2>&1 {log}>&- &
         child=$!
     fi
     record "$child" "$DIR/$NAME.pid"
@@ -110,7 +113,7 @@ while [ -z "$stopping" ]; do
         if [ -n "$upgrade_asked" ]; then
             upgrade_asked=""
             if [ -z "$next" ] && [ -z "$stopping" ] && kill -0 "$child" 2>/dev/null; then
-                "$@" --upgrade </dev/null >&"$log" 2>&1 &
+                "$@" --upgrade </dev/null >&"$log" 2>&1 {log}>&- &
                 next=$!
                 echo "supervise: upgrade asked: $NAME $child hands over to $next" >&2
             fi
