@@ -32,7 +32,7 @@
 
 use core::net::Ipv4Addr;
 
-use super::conntrack::{timeout, ConntrackTimeouts, Flow, FlowKind, FlowState};
+use super::flow::{clamp_capacity, timeout, ConntrackTimeouts, Flow, FlowKind, FlowState};
 use crate::hash::fmix64;
 use crate::types::{Backend, L4Proto, Nanos};
 
@@ -85,9 +85,9 @@ pub enum FlowFileError {
 }
 
 /// The bytes a flow file for a table of `capacity` flows takes (the capacity as
-/// [`super::conntrack::Conntrack::new`] clamps it).
+/// `Conntrack::new` clamps it).
 pub fn flow_file_len(capacity: usize) -> usize {
-    FLOW_FILE_HEADER_LEN + super::conntrack::clamp_capacity(capacity) * FLOW_RECORD_LEN
+    FLOW_FILE_HEADER_LEN + clamp_capacity(capacity) * FLOW_RECORD_LEN
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -122,7 +122,7 @@ fn checksum(seed: u64, bytes: &[u8]) -> u64 {
 /// Writes an empty file's header into `mem` (all of it zeroed first).
 pub fn init_flow_file(mem: &mut [u8], capacity: usize) {
     mem.fill(0);
-    let capacity = super::conntrack::clamp_capacity(capacity) as u64;
+    let capacity = clamp_capacity(capacity) as u64;
     put(mem, 0, &FLOW_FILE_MAGIC);
     put(mem, 8, &FLOW_FILE_VERSION.to_le_bytes());
     put(mem, 12, &RECORD_LEN_U32.to_le_bytes());
@@ -155,7 +155,7 @@ pub fn check_flow_file(mem: &[u8], capacity: usize) -> Result<(), FlowFileError>
     if rec != RECORD_LEN_U32 {
         return Err(FlowFileError::RecordLen(rec));
     }
-    let cap = super::conntrack::clamp_capacity(capacity) as u64;
+    let cap = clamp_capacity(capacity) as u64;
     let got = u64_at(mem, 16);
     if got != cap {
         return Err(FlowFileError::Capacity { got, want: cap });

@@ -4,6 +4,7 @@
 //! Read-mostly ones (routes, services, policies) are immutable snapshots swapped whole.
 
 pub mod conntrack;
+pub mod flow;
 pub mod flow_file;
 pub mod fragments;
 pub mod mac_table;
