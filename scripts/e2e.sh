@@ -1006,6 +1006,39 @@ check_bad_things_reported() {
     quiet tapestry delete node rogue
 }
 
+# The store's own files damaged while the lab runs: a complete but corrupt record
+# appended to the event log under the store's lock (as a buggy writer would leave
+# it), and the key file of one Namespace garbled. Each costs only itself: lists
+# go on without the bad key, and the agents' watches go past the bad record, so a
+# pod applied afterwards is scheduled, started and answers.
+STORE_DIR="/run/tapestry/$LAB/store"
+setup_store_damage() {
+    printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: e2e-badkey\n' >"$TMP/badkey.yaml"
+    quiet tapestry apply -f "$TMP/badkey.yaml"
+    printf 'no revision line' >"$STORE_DIR/keys/k-namespaces%2Fe2e-badkey"
+    flock "$STORE_DIR/lock" sh -c "printf '{\"rev\": garbage}\\n' >>'$STORE_DIR/log/events.log'"
+    printf 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: after-damage\nspec:\n  nodeName: node2\n  containers:\n    - name: web\n      command: ["tapestry-web", "--port", "80"]\n      ports:\n        - containerPort: 80\n' >"$TMP/after-damage.yaml"
+    quiet tapestry apply -f "$TMP/after-damage.yaml"
+}
+lists_past_bad_key() {
+    local out
+    out=$(tapestry get namespaces) && grep -q '^kube-system' <<<"$out" && ! grep -q e2e-badkey <<<"$out"
+}
+check_store_bad_key_file() {
+    verdict "a garbled key file costs only its object: get namespaces lists the rest" lists_past_bad_key
+}
+after_damage_answers() {
+    local ip
+    ip=$(pod_ip after-damage) && [ -n "$ip" ] && lab exec client -- curl -s --max-time 1 "http://$ip/" >/dev/null
+}
+check_store_bad_log_record() {
+    POLL_SLEEP=0.2 poll_until 30000 after_damage_answers
+    echo "      a pod applied after the corrupt record answers after ${POLL_MS:-never} ms"
+    verdict "past a corrupt record in the store's log, a new pod is scheduled, started and answers" test -n "$POLL_MS"
+    quiet tapestry delete -f "$TMP/after-damage.yaml"
+    quiet tapestry delete namespace e2e-badkey || true
+}
+
 # --- faults: supervision, process hygiene, capped logs --------------------------------
 node_dir() { echo "/run/tapestry/$LAB/nodes/$1"; }
 # agent_replaced NODE OLD_PID: NODE's recorded agent is a live process other
@@ -1141,6 +1174,7 @@ STEPS=(
     check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
     check_lab_rejects_unknown_option check_tap_survives_agent check_up_restarts_agent check_traffic_resumes
     setup_bad_files check_bad_state_moved_aside check_pods_answer_after_bad_state check_bad_things_reported
+    setup_store_damage check_store_bad_key_file check_store_bad_log_record
     "${RESTART_STEPS[@]}"
     check_dns_killed_restarted check_agent_killed_restarted check_traffic_after_agent_kill
     check_up_right_after_kill check_up_after_supervisor_kill check_chatty_log_capped
