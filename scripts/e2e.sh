@@ -36,6 +36,7 @@ del_own_netns() {
 cleanup() {
     "${LABSH[@]}" down >/dev/null 2>&1 || true
     del_own_netns
+    full_disk_cleanup
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
@@ -1039,6 +1040,51 @@ check_store_bad_log_record() {
     quiet tapestry delete namespace e2e-badkey || true
 }
 
+# A full filesystem under a store. The lab's own store shares /run with the host,
+# which is not ours to fill, so this takes a copy of it (under its lock) onto a
+# tmpfs the check mounts, with room for about 256 KiB more and a 64 KiB filler
+# file. Namespaces are applied to the copy until a write fails; that failure must
+# be a clear error, every namespace applied before it must be listed, and once
+# the filler is removed, writes must work again.
+FULL_MNT=""
+full_disk_cleanup() {
+    if [ -n "$FULL_MNT" ]; then umount "$FULL_MNT" 2>/dev/null; rmdir "$FULL_MNT"; FULL_MNT=""; fi
+}
+full_ns() { # full_ns I: a Namespace with 14 labels of 60 characters
+    local k
+    {
+        printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: full-%04d\n  labels:\n' "$1"
+        for k in $(seq 1 14); do printf '    f%d: "a%058dz"\n' "$k" 0; done
+    } >"$TMP/full.yaml"
+}
+full_disk_store() {
+    local store size i applied listed
+    FULL_MNT=$(mktemp -d)
+    size=$(($(du -sk "$STORE_DIR" | cut -f1) + 320))
+    mount -t tmpfs -o "size=${size}k" tmpfs "$FULL_MNT" || return 1
+    store="$FULL_MNT/store"
+    flock "$STORE_DIR/lock" cp -a "$STORE_DIR" "$store" || return 1
+    head -c 65536 /dev/zero >"$FULL_MNT/filler"
+    applied=0
+    for i in $(seq 1 2000); do
+        full_ns "$i"
+        tapestry apply --store "$store" -f "$TMP/full.yaml" >/dev/null 2>"$TMP/full.err" || break
+        applied=$i
+    done
+    listed=$(tapestry get namespaces --store "$store" | grep -c '^full-')
+    echo "      $applied namespaces applied before the disk was full; the next: $(head -c 160 "$TMP/full.err")"
+    echo "      listed afterwards: $listed"
+    [ "$applied" -lt 2000 ] && [ "$listed" -eq "$applied" ] && grep -qi 'space' "$TMP/full.err" || return 1
+    rm -f "$FULL_MNT/filler"
+    full_ns 9999
+    tapestry apply --store "$store" -f "$TMP/full.yaml" >/dev/null &&
+        [ "$(tapestry get namespaces --store "$store" | grep -c '^full-')" -eq $((applied + 1)) ]
+}
+check_store_full_disk() {
+    verdict "a store on a full filesystem: the failed write is a clear error, nothing committed is lost, writes resume once there is room" full_disk_store
+    full_disk_cleanup
+}
+
 # --- faults: supervision, process hygiene, capped logs --------------------------------
 node_dir() { echo "/run/tapestry/$LAB/nodes/$1"; }
 # agent_replaced NODE OLD_PID: NODE's recorded agent is a live process other
@@ -1174,7 +1220,7 @@ STEPS=(
     check_second_agent_refused check_up_twice check_pods_after_up_twice check_up_other_nodes_refused
     check_lab_rejects_unknown_option check_tap_survives_agent check_up_restarts_agent check_traffic_resumes
     setup_bad_files check_bad_state_moved_aside check_pods_answer_after_bad_state check_bad_things_reported
-    setup_store_damage check_store_bad_key_file check_store_bad_log_record
+    setup_store_damage check_store_bad_key_file check_store_bad_log_record check_store_full_disk
     "${RESTART_STEPS[@]}"
     check_dns_killed_restarted check_agent_killed_restarted check_traffic_after_agent_kill
     check_up_right_after_kill check_up_after_supervisor_kill check_chatty_log_capped
