@@ -417,14 +417,31 @@ impl Lb {
             t.src
         };
         let nat_port = self.free_nat_port(env.counters, t, backend, nat_ip, 0, now)?;
+        let nat = (nat_ip, nat_port);
+        Ok(self.insert_flow(env, t, backend, nat, FlowKind::Service, flags, now))
+    }
+
+    /// Tracks a new flow of `t` to `backend`, seen by the backend from `nat`,
+    /// counted as a new service flow or a clash remap by its `kind`.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_flow(
+        &mut self,
+        env: &SvcEnv,
+        t: &Tuple,
+        backend: Backend,
+        nat: (Ipv4Addr, u16),
+        kind: FlowKind,
+        flags: u8,
+        now: Nanos,
+    ) -> Flow {
         let state = Flow::initial_state(t.proto, flags);
         let flow = Flow {
             client: (t.src, t.sport),
             vip: (t.dst, t.dport),
             backend,
-            nat: (nat_ip, nat_port),
+            nat,
             proto: t.proto,
-            kind: FlowKind::Service,
+            kind,
             state,
             fins: if flags & TCP_FIN != 0 { 1 } else { 0 },
             created: now,
@@ -432,8 +449,11 @@ impl Lb {
             generation: env.services.generation(),
         };
         self.conntrack.insert(flow, now, env.counters);
-        env.counters.bump(Counter::LbNewFlows);
-        Ok(flow)
+        env.counters.bump(match kind {
+            FlowKind::Service => Counter::LbNewFlows,
+            FlowKind::Direct => Counter::LbClashRemaps,
+        });
+        flow
     }
 
     /// A source port for `nat_ip` whose reply key from `backend` no flow holds: the
@@ -488,23 +508,8 @@ impl Lb {
             port: t.dport,
         };
         let nat_port = self.free_nat_port(env.counters, t, backend, t.src, 1, now)?;
-        let state = Flow::initial_state(t.proto, flags);
-        let flow = Flow {
-            client: (t.src, t.sport),
-            vip: (t.dst, t.dport),
-            backend,
-            nat: (t.src, nat_port),
-            proto: t.proto,
-            kind: FlowKind::Direct,
-            state,
-            fins: if flags & TCP_FIN != 0 { 1 } else { 0 },
-            created: now,
-            expires: now.saturating_add(timeout(state, &env.cfg.conntrack_timeouts)),
-            generation: env.services.generation(),
-        };
-        self.conntrack.insert(flow, now, env.counters);
-        env.counters.bump(Counter::LbClashRemaps);
-        Ok(flow)
+        let nat = (t.src, nat_port);
+        Ok(self.insert_flow(env, t, backend, nat, FlowKind::Direct, flags, now))
     }
 
     /// Rewrites, in place, an ICMP error (the IPv4 packet `ip`, whose header `outer`
