@@ -3,11 +3,11 @@
 #![forbid(unsafe_code)]
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -186,7 +186,7 @@ fn lock_state_dir(dir: &Path) -> Result<File, StartError> {
     };
     fs::create_dir_all(dir).map_err(failed("create", dir))?;
     let lock_path = dir.join("tapestryd.lock");
-    let mut lock = File::options()
+    let lock = File::options()
         .create(true)
         .truncate(false)
         .read(true)
@@ -200,9 +200,15 @@ fn lock_state_dir(dir: &Path) -> Result<File, StartError> {
             dir: dir.to_owned(),
         });
     }
-    let _ = lock.set_len(0);
-    let _ = writeln!(lock, "{}", std::process::id());
+    record_pid(&lock);
     Ok(lock)
+}
+
+/// Writes this process's PID into the state directory's lock file (whoever held
+/// it before, and wherever its offset is: an inherited lock's is the old agent's).
+fn record_pid(lock: &File) {
+    let _ = lock.set_len(0);
+    let _ = lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0);
 }
 
 fn run(args: Args, started: Instant) -> Result<(), StartError> {
@@ -279,30 +285,7 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
         serving(started);
         taken
     };
-    let (lock, listener) = match taken {
-        None => (lock, listener),
-        Some((stream, inherited)) => {
-            if let Err(e) = handoff::acknowledge(&stream) {
-                tracing::warn!(error = %e, "upgrade: cannot confirm the hand-off to the old agent (it exits all the same)");
-            }
-            let lock = inherited
-                .lock
-                .ok_or(StartError::Missing("state-dir lock"))?;
-            // Its offset is where the old process left it: written at 0.
-            let _ = lock.set_len(0);
-            let _ = lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0);
-            let listener = inherited
-                .control
-                .ok_or(StartError::Missing("control socket"))?;
-            tracing::info!(
-                "upgrade: the old agent's lock and control socket are this process's now"
-            );
-            (Some(lock), Some(listener))
-        }
-    };
-    let (Some(lock), Some(listener)) = (lock, listener) else {
-        return Err(StartError::Missing("state-dir lock or control socket"));
-    };
+    let (lock, listener) = adopt(taken, lock, listener)?;
     let dup = |what, fd: io::Result<OwnedFd>| {
         fd.map_err(|source| StartError::StateDir {
             op: what,
@@ -327,6 +310,38 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
     control::serve(listener, node, keep);
     drop(lock);
     Ok(())
+}
+
+/// The lock and control listener this process serves with: its own, or after an
+/// upgrade those `taken` from the old agent, whose hand-off is acknowledged here.
+fn adopt(
+    taken: Option<(UnixStream, Inherited)>,
+    lock: Option<File>,
+    listener: Option<UnixListener>,
+) -> Result<(File, UnixListener), StartError> {
+    let (lock, listener) = match taken {
+        None => (lock, listener),
+        Some((stream, inherited)) => {
+            if let Err(e) = handoff::acknowledge(&stream) {
+                tracing::warn!(error = %e, "upgrade: cannot confirm the hand-off to the old agent (it exits all the same)");
+            }
+            let lock = inherited
+                .lock
+                .ok_or(StartError::Missing("state-dir lock"))?;
+            record_pid(&lock);
+            let listener = inherited
+                .control
+                .ok_or(StartError::Missing("control socket"))?;
+            tracing::info!(
+                "upgrade: the old agent's lock and control socket are this process's now"
+            );
+            (Some(lock), Some(listener))
+        }
+    };
+    match (lock, listener) {
+        (Some(lock), Some(listener)) => Ok((lock, listener)),
+        _ => Err(StartError::Missing("state-dir lock or control socket")),
+    }
 }
 
 /// With `--upgrade`: asks the agent on `socket` for its descriptors (it stops
