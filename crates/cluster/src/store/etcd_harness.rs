@@ -248,6 +248,23 @@ impl EtcdCluster {
         }
     }
 
+    /// Starts member `i` again on its data directory and peer port but a
+    /// new client port, so clients of the old endpoint cannot reach it;
+    /// returns the new endpoint. [`EtcdCluster::restart`] moves it back.
+    pub fn restart_elsewhere(&mut self, i: usize) -> String {
+        self.kill(i);
+        let home = self.members[i].client_port;
+        self.members[i].client_port = free_port();
+        self.spawn(i);
+        let ready = self.wait_ready();
+        let endpoint = self.endpoint(i);
+        self.members[i].client_port = home;
+        if let Err(e) = ready {
+            panic!("etcd member did not come back elsewhere: {e}");
+        }
+        endpoint
+    }
+
     /// Starts member `i` again on its data directory and ports, and waits
     /// until it serves.
     pub fn restart(&mut self, i: usize) {
