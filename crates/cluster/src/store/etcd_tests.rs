@@ -354,6 +354,28 @@ fn calls_against_a_stopped_etcd_fail_with_unavailable_in_bounded_time() {
 }
 
 #[test]
+fn calls_against_a_frozen_etcd_fail_with_unavailable_and_the_watch_carries_on() {
+    let Some(etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = etcd.store_on(&[0], Duration::from_secs(1));
+    let base = store.revision().unwrap();
+    let w = store.watch("f/", base).unwrap();
+    let first = store.put("f/1", b"x").unwrap();
+    assert_eq!(next(&w).revision(), first);
+    // Connections stay open but nothing answers: every call still ends.
+    etcd.freeze(0, true);
+    all_calls_unavailable(&store, Duration::from_secs(3));
+    etcd.freeze(0, false);
+    let second = store.put("f/2", b"y").unwrap();
+    assert_eq!(next(&w).revision(), second);
+    assert!(
+        w.recv_timeout(Duration::from_millis(500)).is_none(),
+        "no duplicate"
+    );
+}
+
+#[test]
 fn a_three_member_cluster_serves_through_a_member_down() {
     let Some(mut etcd) = EtcdCluster::start(3) else {
         return;
