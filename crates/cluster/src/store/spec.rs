@@ -48,6 +48,13 @@ impl StoreSpec {
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(StoreSpec::Etcd { endpoints });
         }
+        if text.starts_with("etcd:") {
+            // `etcd:/x` or `etcd:host:2379` is a mistyped etcd spec, not a
+            // directory to create beside the working directory.
+            return Err(bad(
+                "looks like an etcd store but is not etcd://HOST:PORT[,HOST:PORT...]".into(),
+            ));
+        }
         if let Some((scheme, _)) = text.split_once("://") {
             return Err(bad(format!(
                 "unknown scheme `{scheme}://`; give a directory or etcd://HOST:PORT[,HOST:PORT...]"
@@ -172,6 +179,8 @@ mod tests {
             ("etcd://", "not HOST:PORT"),
             ("etcd://127.0.0.1", "not HOST:PORT"),
             ("etcd://127.0.0.1:0", "bad port"),
+            ("etcd:/x", "not etcd://HOST:PORT"),
+            ("etcd:127.0.0.1:2379", "not etcd://HOST:PORT"),
             ("etcd://127.0.0.1:99999", "bad port"),
             ("etcd://:2379", "bad host"),
             ("etcd://http://h:1", "bad host"),
