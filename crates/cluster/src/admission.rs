@@ -22,11 +22,18 @@
 //! Deleting a Service releases its ClusterIP ([`delete`]). Deleting a
 //! Namespace is refused for `default` and `kube-system`, and while any pod,
 //! service or network policy is stored in it (there is no cascading
-//! deletion).
+//! deletion). Deleting a Node ([`delete_node`]) gives up what its agent held:
+//! its subnet lease, its pod IP allocations, its liveness lease and the pod
+//! statuses its kubelet reported; it is refused while the node's liveness
+//! lease is current (its agent would register it again at once) unless
+//! forced.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use crate::cluster_ip::{allocate_cluster_ip, release_cluster_ip, ServiceError};
+use crate::ipam::{ip_prefix, release_node_subnet, IpamError};
+use crate::liveness::{judge, lease_key, Liveness, NodeLease};
 use crate::config::{
     ensure_namespace, read_cluster_config, ConfigError, NamespaceError, CLUSTER_CONFIG_KEY,
 };
@@ -121,6 +128,106 @@ pub enum AdmissionError {
         count: usize,
         first: String,
     },
+    /// A Node whose agent is alive: deleting it would only see it registered
+    /// again, with its pods and subnet in flux.
+    #[error(
+        "nodes/{name}: node {name} is Ready (its agent renewed its lease {ago:.1?} ago) and \
+         would register again at once; stop tapestryd on {name} first (the node turns \
+         NotReady within 7 s), or delete with --force"
+    )]
+    NodeAlive { name: String, ago: Duration },
+    /// The node's subnet lease could not be released.
+    #[error("nodes/{name}: cannot release its subnet: {source}")]
+    Release { name: String, source: IpamError },
+}
+
+/// What [`delete_node`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeDeleted {
+    /// Whether the Node object existed.
+    pub node: bool,
+    /// Subnet leases given up.
+    pub subnets: Vec<Ipv4Cidr>,
+    /// Pod IP allocations (`ips/NODE/…`) given up.
+    pub pod_ips: usize,
+    /// Whether a liveness lease was deleted.
+    pub lease: bool,
+    /// Pod statuses the node's kubelet had reported, deleted.
+    pub pod_statuses: usize,
+    /// Pods (`NAMESPACE/NAME`) still bound to the node by `spec.nodeName`:
+    /// left as they are, to run again if a node of that name returns.
+    pub pods_bound: Vec<String>,
+}
+
+impl NodeDeleted {
+    /// Whether anything of the node was found.
+    pub fn found_anything(&self) -> bool {
+        self.node || !self.subnets.is_empty() || self.pod_ips > 0 || self.lease
+    }
+}
+
+/// Deletes the Node `name` and gives up what its agent held (see the module
+/// docs), refusing while its liveness lease is current at `now` unless
+/// `force`. Also cleans up after a Node already deleted by hand.
+pub fn delete_node(
+    store: &dyn Store,
+    name: &str,
+    now: SystemTime,
+    force: bool,
+) -> Result<NodeDeleted, AdmissionError> {
+    let key = format!("nodes/{name}");
+    let node = match store.get(&key)? {
+        Some(e) => match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Node(n)) => Some(n),
+            _ => None,
+        },
+        None => None,
+    };
+    let lease = store
+        .get(&lease_key(name))?
+        .and_then(|e| NodeLease::decode(&e.key, &e.value).ok());
+    if let (Some(n), false) = (&node, force) {
+        if let Liveness::Ready { renewed } = judge(n, lease.as_ref(), now) {
+            return Err(AdmissionError::NodeAlive {
+                name: name.to_owned(),
+                ago: now.duration_since(renewed).unwrap_or_default(),
+            });
+        }
+    }
+    let mut done = NodeDeleted {
+        node: store.delete(&key)?.is_some(),
+        ..NodeDeleted::default()
+    };
+    done.subnets = release_node_subnet(store, name).map_err(|source| AdmissionError::Release {
+        name: name.to_owned(),
+        source,
+    })?;
+    let (ips, _) = store.list(&ip_prefix(name))?;
+    for e in ips {
+        if store.delete(&e.key)?.is_some() {
+            done.pod_ips += 1;
+        }
+    }
+    done.lease = store.delete(&lease_key(name))?.is_some();
+    let (statuses, _) = store.list("podstatus/")?;
+    for e in statuses {
+        let on_node = serde_json::from_slice::<crate::status::PodRunStatus>(&e.value)
+            .is_ok_and(|s| s.node == name);
+        if on_node && store.delete(&e.key)?.is_some() {
+            done.pod_statuses += 1;
+        }
+    }
+    let (pods, _) = store.list("pods/")?;
+    done.pods_bound = pods
+        .iter()
+        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Pod(p)) if p.spec.node_name.as_deref() == Some(name) => {
+                Some(format!("{}/{}", p.metadata.namespace, p.metadata.name))
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(done)
 }
 
 /// Pods per node that can run them: what the scheduler places by.
@@ -302,10 +409,15 @@ pub fn apply(
     Ok(())
 }
 
-/// Deletes the object stored under `key`; a Service's ClusterIP is released.
+/// Deletes the object stored under `key`; a Service's ClusterIP is released,
+/// a Node is deleted with what its agent held ([`delete_node`], not forced).
 /// `false` if nothing was stored there. A built-in or non-empty Namespace is
 /// an error and stays.
 pub fn delete(store: &dyn Store, key: &str) -> Result<bool, AdmissionError> {
+    if let Some(name) = key.strip_prefix("nodes/") {
+        let done = delete_node(store, name, SystemTime::now(), false)?;
+        return Ok(done.node);
+    }
     if let Some(name) = key.strip_prefix("namespaces/") {
         check_namespace_deletable(store, name)?;
     }
