@@ -264,18 +264,12 @@ pub fn watch_routes(
                 )
             })
             .collect();
-        now.extend(
-            state
-                .not_ready_nodes
-                .iter()
-                .filter(|n| **n != me)
-                .map(|n| {
-                    (
-                        format!("nodes/{n}"),
-                        "NotReady (liveness lease missing or expired): route withdrawn".to_owned(),
-                    )
-                }),
-        );
+        now.extend(state.not_ready_nodes.iter().filter(|n| **n != me).map(|n| {
+            (
+                format!("nodes/{n}"),
+                "NotReady (liveness lease missing or expired): route withdrawn".to_owned(),
+            )
+        }));
         if now != reported {
             for (object, reason) in now.iter().filter(|p| !reported.contains(p)) {
                 tracing::warn!(%object, %reason, "node skipped; routing to the rest");

@@ -39,7 +39,12 @@ impl Renewer {
     /// the next: [`RENEW_INTERVAL`] after a success, a doubling retry from
     /// [`FIRST_RETRY`] (never longer than the interval) after a failure.
     /// Logs the 1st, 2nd, 4th, … failure in a row and the recovery.
-    pub fn outcome(&mut self, node: &str, result: Result<(), StoreError>, problems: &Problems) -> Duration {
+    pub fn outcome(
+        &mut self,
+        node: &str,
+        result: Result<(), StoreError>,
+        problems: &Problems,
+    ) -> Duration {
         match result {
             Ok(()) => {
                 if self.failures > 0 {
@@ -95,7 +100,7 @@ pub fn renew_forever(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -112,7 +117,9 @@ mod tests {
         let problems = Problems::default();
         let mut r = Renewer::default();
         assert_eq!(r.outcome("n1", Ok(()), &problems), RENEW_INTERVAL);
-        let waits: Vec<_> = (0..5).map(|_| r.outcome("n1", Err(refused()), &problems)).collect();
+        let waits: Vec<_> = (0..5)
+            .map(|_| r.outcome("n1", Err(refused()), &problems))
+            .collect();
         assert_eq!(
             waits,
             [250, 500, 1000, 2000, 2000].map(Duration::from_millis)
@@ -121,7 +128,11 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].source, "lease");
         assert_eq!(listed[0].object, "nodeleases/n1");
-        assert!(listed[0].reason.contains("5 failures"), "{}", listed[0].reason);
+        assert!(
+            listed[0].reason.contains("5 failures"),
+            "{}",
+            listed[0].reason
+        );
         assert_eq!(r.outcome("n1", Ok(()), &problems), RENEW_INTERVAL);
         assert!(problems.list().is_empty());
     }
@@ -132,9 +143,7 @@ mod tests {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let t = {
             let store = Arc::clone(&store);
-            std::thread::spawn(move || {
-                renew_forever(store, "n1".into(), Arc::default(), stop_rx)
-            })
+            std::thread::spawn(move || renew_forever(store, "n1".into(), Arc::default(), stop_rx))
         };
         // The first renewal is immediate.
         let mut found = None;

@@ -63,7 +63,10 @@ fn put_status(store: &dyn Store, pod: &str, node: &str, ip: &str) {
         message: String::new(),
     };
     store
-        .put(&status_key("default", pod), &serde_json::to_vec(&s).unwrap())
+        .put(
+            &status_key("default", pod),
+            &serde_json::to_vec(&s).unwrap(),
+        )
         .unwrap();
 }
 
@@ -86,7 +89,12 @@ fn wait_for(
 }
 
 fn peer_names(routes: &ArcSwap<RouteSnapshot>) -> Vec<String> {
-    routes.load().peers().iter().map(|p| p.name.clone()).collect()
+    routes
+        .load()
+        .peers()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 fn backends(table: &ArcSwap<ServiceTable>) -> Vec<String> {
@@ -116,7 +124,8 @@ fn expiry_withdraws_routes_and_endpoints_and_renewal_restores_them() {
     let routes = ArcSwap::from_pointee(RouteSnapshot::empty_for("10.244.1.0/24".parse().unwrap()));
     let table = ArcSwap::from_pointee(ServiceTable::empty());
     let sync = |s: &ClusterState| {
-        let r = cluster_sync::reconcile_routes("node1", cluster, &s.nodes, &s.not_ready_nodes, &routes);
+        let r =
+            cluster_sync::reconcile_routes("node1", cluster, &s.nodes, &s.not_ready_nodes, &routes);
         let t = service_sync::reconcile(s, &table);
         (r.published, t.published.is_some())
     };
@@ -133,8 +142,13 @@ fn expiry_withdraws_routes_and_endpoints_and_renewal_restores_them() {
     clock.advance(Duration::from_secs(4));
     renew(&*store, "node1", clock.now()).unwrap();
     renew(&*store, "node2", clock.now()).unwrap();
-    put(&*store, "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n");
-    let marked = wait_for(&cache, &rx, "the marker", |s| s.namespaces.contains_key("marker"));
+    put(
+        &*store,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n",
+    );
+    let marked = wait_for(&cache, &rx, "the marker", |s| {
+        s.namespaces.contains_key("marker")
+    });
     assert_eq!(marked.generation, first.generation + 1);
     assert_eq!(sync(&marked), (false, false));
     assert!(Arc::ptr_eq(&routes_before, &routes.load_full()));

@@ -32,11 +32,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::cluster_ip::{allocate_cluster_ip, release_cluster_ip, ServiceError};
-use crate::ipam::{ip_prefix, release_node_subnet, IpamError};
-use crate::liveness::{judge, lease_key, Liveness, NodeLease};
 use crate::config::{
     ensure_namespace, read_cluster_config, ConfigError, NamespaceError, CLUSTER_CONFIG_KEY,
 };
+use crate::ipam::{ip_prefix, release_node_subnet, IpamError};
+use crate::liveness::{judge, lease_key, Liveness, NodeLease};
 use crate::manifest::{ManifestError, Object, Pod, KUBELET_LABEL};
 use crate::namespace::BUILTIN_NAMESPACES;
 use crate::net::Ipv4Cidr;

@@ -363,14 +363,24 @@ fn deleting_a_node_gives_up_what_its_agent_held() {
     let c = crate::ipam::DEFAULT_CLUSTER_CIDR;
     node(&s, "node1", true);
     node(&s, "node2", true);
-    assert_eq!(lease_node_subnet(&*s, "node1", c, 24).unwrap(), cidr("10.244.1.0/24"));
-    assert_eq!(lease_node_subnet(&*s, "node2", c, 24).unwrap(), cidr("10.244.2.0/24"));
+    assert_eq!(
+        lease_node_subnet(&*s, "node1", c, 24).unwrap(),
+        cidr("10.244.1.0/24")
+    );
+    assert_eq!(
+        lease_node_subnet(&*s, "node2", c, 24).unwrap(),
+        cidr("10.244.2.0/24")
+    );
     // Now, not a fixed instant: `delete` below judges on the system clock.
     let t0 = SystemTime::now();
     renew(&*s, "node1", t0).unwrap();
     renew(&*s, "node2", t0).unwrap();
     apply(&*s, objects(&pod_yaml("p2", Some("node2"))), |_, _| {}).unwrap();
-    let ipam = PodIpam::new(Arc::clone(&s) as Arc<dyn Store>, "node2", cidr("10.244.2.0/24"));
+    let ipam = PodIpam::new(
+        Arc::clone(&s) as Arc<dyn Store>,
+        "node2",
+        cidr("10.244.2.0/24"),
+    );
     let ip = ipam.allocate("pods/default/p2").unwrap();
     let status = PodRunStatus {
         node: "node2".into(),
@@ -379,14 +389,20 @@ fn deleting_a_node_gives_up_what_its_agent_held() {
         ready: true,
         message: String::new(),
     };
-    s.put(&status_key("default", "p2"), &serde_json::to_vec(&status).unwrap())
-        .unwrap();
+    s.put(
+        &status_key("default", "p2"),
+        &serde_json::to_vec(&status).unwrap(),
+    )
+    .unwrap();
 
     // Alive: refused, with what to do, and nothing touched.
     let e = delete_node(&*s, "node2", t0 + Duration::from_secs(2), false).unwrap_err();
     assert!(matches!(e, AdmissionError::NodeAlive { .. }), "{e}");
     assert!(e.to_string().contains("stop tapestryd on node2"), "{e}");
-    assert!(matches!(delete(&*s, "nodes/node2"), Err(AdmissionError::NodeAlive { .. })));
+    assert!(matches!(
+        delete(&*s, "nodes/node2"),
+        Err(AdmissionError::NodeAlive { .. })
+    ));
     assert!(s.get("nodes/node2").unwrap().is_some());
 
     // Its lease has run out: deleted, with everything it held.
@@ -403,15 +419,25 @@ fn deleting_a_node_gives_up_what_its_agent_held() {
             pods_bound: vec!["default/p2".into()],
         }
     );
-    for gone in ["nodes/node2", "leases/10.244.2.0-24", "nodeleases/node2", "podstatus/default/p2"] {
+    for gone in [
+        "nodes/node2",
+        "leases/10.244.2.0-24",
+        "nodeleases/node2",
+        "podstatus/default/p2",
+    ] {
         assert!(s.get(gone).unwrap().is_none(), "{gone} is still there");
     }
     assert!(s.list("ips/node2/").unwrap().0.is_empty());
     // node1 and its lease are untouched; the freed subnet goes to a new node.
     assert!(s.get("nodeleases/node1").unwrap().is_some());
-    assert_eq!(lease_node_subnet(&*s, "node3", c, 24).unwrap(), cidr("10.244.2.0/24"));
+    assert_eq!(
+        lease_node_subnet(&*s, "node3", c, 24).unwrap(),
+        cidr("10.244.2.0/24")
+    );
     // Nothing left: a second delete finds nothing.
-    assert!(!delete_node(&*s, "node2", later, false).unwrap().found_anything());
+    assert!(!delete_node(&*s, "node2", later, false)
+        .unwrap()
+        .found_anything());
 
     // A live node may be deleted with force.
     let done = delete_node(&*s, "node1", t0, true).unwrap();

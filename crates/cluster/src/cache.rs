@@ -47,7 +47,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::endpoints::{compute_endpoints, Endpoints};
 use crate::liveness::{
-    next_expiry, not_ready_nodes, Clock, NodeLease, SystemClock, NODE_LEASE_PREFIX,
+    next_expiry, not_ready_nodes, status_on_node, Clock, Leases, NodeLease, SystemClock,
+    NODE_LEASE_PREFIX,
 };
 use crate::manifest::{Node, Object, Pod};
 use crate::namespace::Namespace;
@@ -161,18 +162,10 @@ impl ClusterState {
         self.not_ready_nodes.contains(node)
     }
 
-    /// The pod's kubelet status as endpoints take it: not ready when the
-    /// node it runs on (the status's, else the pod's `spec.nodeName`) is
-    /// NotReady.
+    /// The pod's kubelet status as endpoints take it
+    /// ([`crate::liveness::status_on_node`]).
     fn status_of(&self, key: &str, pod: &Pod) -> Option<PodRunStatus> {
-        let mut status = self.pod_status.get(key).cloned()?;
-        let node = Some(status.node.as_str())
-            .filter(|n| !n.is_empty())
-            .or(pod.spec.node_name.as_deref());
-        if node.is_some_and(|n| self.node_not_ready(n)) {
-            status.ready = false;
-        }
-        Some(status)
+        status_on_node(self.pod_status.get(key), pod, &self.not_ready_nodes)
     }
 
     /// The labels of the namespace `name` as namespace selectors see them:
@@ -429,9 +422,6 @@ impl Drop for ClusterCache {
         }
     }
 }
-
-/// Node leases by node name, as the worker keeps them.
-type Leases = BTreeMap<String, NodeLease>;
 
 /// One consistent list of everything cached, and a watch from its revision.
 fn list_and_watch(store: &dyn Store) -> Result<(ClusterState, Leases, Watch), StoreError> {

@@ -416,7 +416,10 @@ fn a_node_whose_lease_runs_out_is_not_ready_and_its_pods_leave_endpoints() {
     // after it is the next generation, so the renewal made none.
     clock.advance(Duration::from_secs(5));
     lease(&*store, "node2", clock.now());
-    put_object(&*store, "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n");
+    put_object(
+        &*store,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n",
+    );
     let marked = wait_for(&cache, &rx, "the marker namespace", |s| {
         s.namespaces.contains_key("marker")
     });
@@ -469,6 +472,10 @@ fn expiry_is_noticed_without_any_store_event() {
         s.node_not_ready("node2")
     });
     // The timer aims just past the expiry; well under the 1 s recheck bound.
-    assert!(t.elapsed() < Duration::from_millis(900), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(!snap.node_not_ready("node1"));
 }

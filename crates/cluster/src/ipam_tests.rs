@@ -285,8 +285,14 @@ fn a_node_back_from_not_ready_takes_its_old_subnet_again() {
     let (s, dir) = dir_store("notready");
     let c = DEFAULT_CLUSTER_CIDR;
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    assert_eq!(lease_node_subnet(&*s, "node1", c, 24).unwrap(), cidr("10.244.1.0/24"));
-    assert_eq!(lease_node_subnet(&*s, "node2", c, 24).unwrap(), cidr("10.244.2.0/24"));
+    assert_eq!(
+        lease_node_subnet(&*s, "node1", c, 24).unwrap(),
+        cidr("10.244.1.0/24")
+    );
+    assert_eq!(
+        lease_node_subnet(&*s, "node2", c, 24).unwrap(),
+        cidr("10.244.2.0/24")
+    );
     renew(&*s, "node2", t0).unwrap();
     let ipam = PodIpam::new(Arc::clone(&s), "node2", cidr("10.244.2.0/24"));
     let pod_ip = ipam.allocate("pods/default/web").unwrap();
@@ -297,24 +303,39 @@ fn a_node_back_from_not_ready_takes_its_old_subnet_again() {
         spec: Default::default(),
         status: Default::default(),
     };
-    node2.metadata.labels.insert(KUBELET_LABEL.into(), "true".into());
+    node2
+        .metadata
+        .labels
+        .insert(KUBELET_LABEL.into(), "true".into());
     let e = s.get("nodeleases/node2").unwrap().unwrap();
     let lease = NodeLease::decode(&e.key, &e.value).unwrap();
     let later = t0 + LEASE_DURATION + Duration::from_secs(5);
-    assert!(matches!(judge(&node2, Some(&lease), later), Liveness::NotReady(_)));
+    assert!(matches!(
+        judge(&node2, Some(&lease), later),
+        Liveness::NotReady(_)
+    ));
 
     // A node joining meanwhile gets a free block, not node2's.
-    assert_eq!(lease_node_subnet(&*s, "node3", c, 24).unwrap(), cidr("10.244.3.0/24"));
+    assert_eq!(
+        lease_node_subnet(&*s, "node3", c, 24).unwrap(),
+        cidr("10.244.3.0/24")
+    );
     // node2's agent restarts (another process: the store reopened).
     drop(ipam);
     let s2: Arc<dyn Store> = Arc::new(DirStore::open(&dir).unwrap());
-    assert_eq!(lease_node_subnet(&*s2, "node2", c, 24).unwrap(), cidr("10.244.2.0/24"));
+    assert_eq!(
+        lease_node_subnet(&*s2, "node2", c, 24).unwrap(),
+        cidr("10.244.2.0/24")
+    );
     let ipam = PodIpam::new(Arc::clone(&s2), "node2", cidr("10.244.2.0/24"));
     assert_eq!(ipam.allocate("pods/default/web").unwrap(), pod_ip);
     renew(&*s2, "node2", later).unwrap();
     let e = s2.get("nodeleases/node2").unwrap().unwrap();
     let lease = NodeLease::decode(&e.key, &e.value).unwrap();
-    assert!(matches!(judge(&node2, Some(&lease), later), Liveness::Ready { .. }));
+    assert!(matches!(
+        judge(&node2, Some(&lease), later),
+        Liveness::Ready { .. }
+    ));
     drop((s, s2, ipam));
     std::fs::remove_dir_all(&dir).unwrap();
 }

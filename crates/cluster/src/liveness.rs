@@ -35,7 +35,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Node, KUBELET_LABEL};
+use crate::manifest::{Node, Object, KUBELET_LABEL};
+use crate::pod::Pod;
+use crate::status::PodRunStatus;
 use crate::store::{Revision, Store, StoreError};
 
 /// Key prefix of node leases.
@@ -86,9 +88,7 @@ impl NodeLease {
     /// Ready on a reader's clock (skew allowance included).
     pub fn expires(&self) -> SystemTime {
         let d = Duration::from_secs(u64::from(self.duration_seconds)) + CLOCK_SKEW;
-        self.renew_time
-            .checked_add(d)
-            .unwrap_or(self.renew_time)
+        self.renew_time.checked_add(d).unwrap_or(self.renew_time)
     }
 
     /// Decodes a stored lease.
@@ -199,6 +199,61 @@ pub fn next_expiry(
         .map(NodeLease::expires)
         .filter(|&t| t > now)
         .min()
+}
+
+/// A pod's kubelet status as its readers take it: not ready when the node
+/// it runs on (the status's, else the pod's `spec.nodeName`) is in
+/// `not_ready`, as Kubernetes' node lifecycle controller marks the pods of a
+/// NotReady node. The stored status is not changed.
+pub fn status_on_node(
+    status: Option<&PodRunStatus>,
+    pod: &Pod,
+    not_ready: &BTreeSet<String>,
+) -> Option<PodRunStatus> {
+    let mut status = status?.clone();
+    let node = Some(status.node.as_str())
+        .filter(|n| !n.is_empty())
+        .or(pod.spec.node_name.as_deref());
+    if node.is_some_and(|n| not_ready.contains(n)) {
+        status.ready = false;
+    }
+    Some(status)
+}
+
+/// The NotReady nodes of the store at `now`: every Node and lease listed
+/// once, as a one-shot reader (the CLI) needs them.
+pub fn not_ready_in_store(
+    store: &dyn Store,
+    now: SystemTime,
+) -> Result<BTreeSet<String>, StoreError> {
+    let (nodes, leases) = nodes_and_leases(store)?;
+    Ok(not_ready_nodes(&nodes, &leases, now))
+}
+
+/// Nodes by name.
+pub type Nodes = BTreeMap<String, Node>;
+/// Node leases by node name.
+pub type Leases = BTreeMap<String, NodeLease>;
+
+/// Every decodable Node and node lease in the store, by node name.
+pub fn nodes_and_leases(store: &dyn Store) -> Result<(Nodes, Leases), StoreError> {
+    let (entries, _) = store.list("nodes/")?;
+    let nodes = entries
+        .iter()
+        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Node(n)) => Some((n.metadata.name.clone(), n)),
+            _ => None,
+        })
+        .collect();
+    let (entries, _) = store.list(NODE_LEASE_PREFIX)?;
+    let leases = entries
+        .iter()
+        .filter_map(|e| {
+            let name = e.key.strip_prefix(NODE_LEASE_PREFIX)?;
+            Some((name.to_owned(), NodeLease::decode(&e.key, &e.value).ok()?))
+        })
+        .collect();
+    Ok((nodes, leases))
 }
 
 /// Where readers get `now`: the system clock, or a test's hand-moved one.

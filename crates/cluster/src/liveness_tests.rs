@@ -56,17 +56,13 @@ fn ready_until_duration_plus_skew_after_the_renewal() {
     let lease = NodeLease::renewed("node1", t(100, 0));
     assert_eq!(
         judge(&n, Some(&lease), t(100, 0)),
-        Liveness::Ready {
-            renewed: t(100, 0)
-        }
+        Liveness::Ready { renewed: t(100, 0) }
     );
     // 6 s of lease and 1 s of skew: ready just before 7 s, not at 7 s.
     assert!(judge(&n, Some(&lease), t(106, 999)).is_usable());
     assert_eq!(
         judge(&n, Some(&lease), t(107, 0)),
-        Liveness::NotReady(NotReadyReason::Expired {
-            renewed: t(100, 0)
-        })
+        Liveness::NotReady(NotReadyReason::Expired { renewed: t(100, 0) })
     );
     // A reader whose clock is a little behind the writer's still says Ready.
     assert!(judge(&n, Some(&lease), t(99, 500)).is_usable());
@@ -108,7 +104,10 @@ fn the_not_ready_set_and_the_next_expiry() {
     // c has no lease at all.
     assert_eq!(names(not_ready_nodes(&nodes, &leases, t(12, 0))), ["c"]);
     assert_eq!(next_expiry(&nodes, &leases, t(12, 0)), Some(t(17, 0)));
-    assert_eq!(names(not_ready_nodes(&nodes, &leases, t(17, 0))), ["a", "c"]);
+    assert_eq!(
+        names(not_ready_nodes(&nodes, &leases, t(17, 0))),
+        ["a", "c"]
+    );
     assert_eq!(next_expiry(&nodes, &leases, t(17, 0)), Some(t(19, 0)));
     assert_eq!(
         names(not_ready_nodes(&nodes, &leases, t(19, 0))),
