@@ -15,6 +15,9 @@ source "$REPO/scripts/e2e_netpol.sh"
 # Restart without loss: RESTART_STEPS and their functions.
 # shellcheck source-path=SCRIPTDIR source=e2e_restart.sh
 source "$REPO/scripts/e2e_restart.sh"
+# Node liveness: LIVENESS_STEPS and their functions.
+# shellcheck source-path=SCRIPTDIR source=e2e_liveness.sh
+source "$REPO/scripts/e2e_liveness.sh"
 LAB="e2e$$"
 LAB=${LAB:0:12}
 LABSH=("$REPO/scripts/lab.sh" --name "$LAB")
@@ -1224,6 +1227,7 @@ STEPS=(
     "${RESTART_STEPS[@]}"
     check_dns_killed_restarted check_agent_killed_restarted check_traffic_after_agent_kill
     check_up_right_after_kill check_up_after_supervisor_kill check_chatty_log_capped
+    "${LIVENESS_STEPS[@]}"
     setup_foreign_netns setup_down check_down_spares_foreign_netns check_down_netns check_down_procs check_down_state
 )
 

@@ -339,3 +339,21 @@ fn a_node_back_from_not_ready_takes_its_old_subnet_again() {
     drop((s, s2, ipam));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_reattached_pod_claims_its_address_again() {
+    let s: Arc<dyn Store> = Arc::new(MemStore::new());
+    let ipam = PodIpam::new(Arc::clone(&s), "node1", cidr("10.244.1.0/24"));
+    let a = ipam.allocate("pods/default/a").unwrap();
+    // Held already: nothing to do.
+    assert!(ipam.claim("pods/default/a", a).unwrap());
+    // Released behind the pod's back (its node was deleted): claimed again.
+    ipam.release("pods/default/a").unwrap();
+    assert!(ipam.claim("pods/default/a", a).unwrap());
+    assert_eq!(ipam.lookup("pods/default/a").unwrap(), Some(a));
+    // Not the pod's to claim: another pod's, outside the subnet, reserved.
+    assert!(!ipam.claim("pods/default/b", a).unwrap());
+    assert!(!ipam.claim("pods/default/b", ip("10.244.2.9")).unwrap());
+    assert!(!ipam.claim("pods/default/b", ip("10.244.1.1")).unwrap());
+    assert_eq!(ipam.allocations().unwrap().len(), 1);
+}
