@@ -2,8 +2,8 @@
 //! store, in one place, as the API server and the scheduler do it in
 //! Kubernetes.
 //!
-//! - A Pod without `spec.nodeName` is scheduled: placed on the node with a
-//!   kubelet ([`KUBELET_LABEL`]) running the fewest pods, ties by name. A Pod
+//! - A Pod without `spec.nodeName` is scheduled: placed on the Ready node
+//!   with a kubelet ([`KUBELET_LABEL`]) running the fewest pods, ties by name. A Pod
 //!   already stored keeps the node it has, so a pod never moves.
 //! - A `ClusterIP` Service (not headless) gets its `spec.clusterIP` allocated,
 //!   or its requested one confirmed, from the cluster's Service CIDR as
@@ -36,7 +36,7 @@ use crate::config::{
     ensure_namespace, read_cluster_config, ConfigError, NamespaceError, CLUSTER_CONFIG_KEY,
 };
 use crate::ipam::{ip_prefix, release_node_subnet, IpamError};
-use crate::liveness::{judge, lease_key, Liveness, NodeLease};
+use crate::liveness::{judge, lease_key, nodes_and_leases, Liveness, NodeLease};
 use crate::manifest::{ManifestError, Object, Pod, KUBELET_LABEL};
 use crate::namespace::BUILTIN_NAMESPACES;
 use crate::net::Ipv4Cidr;
@@ -74,8 +74,8 @@ pub enum AdmissionError {
     },
     /// A Pod to schedule, and no node to schedule it on.
     #[error(
-        "{object}: spec.nodeName: no node with a kubelet has registered yet to schedule it on; \
-         start the node agents first"
+        "{object}: spec.nodeName: no Ready node with a kubelet to schedule it on; \
+         start the node agents first (`tapestry get nodes` shows their status)"
     )]
     NoNode { object: String },
     /// A ClusterIP to allocate, and no Service CIDR recorded to allocate from.
@@ -237,23 +237,23 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    /// The nodes with a kubelet and the pods bound to them, counting the
-    /// batch's pods that name a node and are not stored yet.
+    /// The Ready nodes with a kubelet and the pods bound to them, counting
+    /// the batch's pods that name a node and are not stored yet. A NotReady
+    /// node ([`crate::liveness`]) gets no new pods, as Kubernetes' scheduler
+    /// keeps them off a node tainted `not-ready`.
     fn new(store: &dyn Store, batch: &[Object]) -> Result<Self, AdmissionError> {
-        let (entries, _) = store.list("nodes/")?;
-        let mut load: BTreeMap<String, usize> = entries
-            .iter()
-            .filter_map(|e| match Object::from_json(&e.value, &e.key) {
-                Ok(Object::Node(n)) => Some(n),
-                _ => None,
-            })
-            .filter(|n| {
+        let (nodes, leases) = nodes_and_leases(store)?;
+        let now = SystemTime::now();
+        let mut load: BTreeMap<String, usize> = nodes
+            .into_iter()
+            .filter(|(name, n)| {
                 n.metadata
                     .labels
                     .get(KUBELET_LABEL)
                     .is_some_and(|v| v == "true")
+                    && judge(n, leases.get(name), now).is_usable()
             })
-            .map(|n| (n.metadata.name, 0))
+            .map(|(name, _)| (name, 0))
             .collect();
         let (entries, _) = store.list("pods/")?;
         let stored = entries

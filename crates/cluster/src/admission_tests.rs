@@ -39,6 +39,10 @@ fn node(store: &MemStore, name: &str, kubelet: bool) {
     };
     let yaml = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}{label}\n");
     apply(store, objects(&yaml), |_, _| {}).unwrap();
+    // Its agent is alive: the scheduler places pods only on Ready nodes.
+    if kubelet {
+        crate::liveness::renew(store, name, std::time::SystemTime::now()).unwrap();
+    }
 }
 
 fn pod_yaml(name: &str, node_name: Option<&str>) -> String {
@@ -147,6 +151,23 @@ fn a_pod_without_node_name_is_scheduled_on_the_least_loaded_kubelet_node() {
         "{again:?}"
     );
     assert_eq!(node_of(&s, "a"), "node2");
+}
+
+#[test]
+fn a_not_ready_node_gets_no_new_pods() {
+    let s = cluster("10.96.0.0/12");
+    node(&s, "node1", true);
+    node(&s, "node2", true);
+    // node2's agent died: its lease is gone (or expired).
+    s.delete("nodeleases/node2").unwrap();
+    let batch = [pod_yaml("a", None), pod_yaml("b", None)].join("---\n");
+    apply(&s, objects(&batch), |_, _| {}).unwrap();
+    assert_eq!(node_of(&s, "a"), "node1");
+    assert_eq!(node_of(&s, "b"), "node1");
+    // With no Ready node at all, nothing is scheduled, and the error says why.
+    s.delete("nodeleases/node1").unwrap();
+    let err = apply(&s, objects(&pod_yaml("c", None)), |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("no Ready node"), "{err}");
 }
 
 #[test]
