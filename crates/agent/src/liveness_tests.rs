@@ -170,3 +170,47 @@ fn expiry_withdraws_routes_and_endpoints_and_renewal_restores_them() {
     assert_eq!(peer_names(&routes), ["node2", "node3"]);
     assert_eq!(backends(&table), ["10.244.2.2", "10.244.3.2"]);
 }
+
+/// An expiry that moves no endpoint (a node without pods of any Service)
+/// publishes no new service table; the route table does change.
+#[test]
+fn an_expiry_that_moves_no_endpoint_publishes_no_service_table() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let clock = Arc::new(TestClock(parking_lot::Mutex::new(t0)));
+    for (i, n) in ["node1", "node2", "node3"].iter().enumerate() {
+        put(&*store, &node(n, u8::try_from(i + 1).unwrap()));
+        renew(&*store, n, t0).unwrap();
+    }
+    put(&*store, &pod("web-b", "node2"));
+    put(&*store, SERVICE);
+    put_status(&*store, "web-b", "node2", "10.244.2.2");
+    let cache = ClusterCache::start_with_clock(Arc::clone(&store), clock.clone()).unwrap();
+    let rx = cache.subscribe();
+    let cluster = "10.244.0.0/16".parse().unwrap();
+    let routes = ArcSwap::from_pointee(RouteSnapshot::empty_for("10.244.1.0/24".parse().unwrap()));
+    let table = ArcSwap::from_pointee(ServiceTable::empty());
+    let first = cache.snapshot();
+    cluster_sync::reconcile_routes(
+        "node1",
+        cluster,
+        &first.nodes,
+        &first.not_ready_nodes,
+        &routes,
+    );
+    assert!(service_sync::reconcile(&first, &table).published.is_some());
+    let before = table.load_full();
+
+    // node3, which runs nothing, stops renewing; the others renew.
+    clock.advance(Duration::from_secs(4));
+    renew(&*store, "node1", clock.now()).unwrap();
+    renew(&*store, "node2", clock.now()).unwrap();
+    clock.advance(Duration::from_secs(3));
+    cache.recheck();
+    let s = wait_for(&cache, &rx, "node3 NotReady", |s| s.node_not_ready("node3"));
+    let r = cluster_sync::reconcile_routes("node1", cluster, &s.nodes, &s.not_ready_nodes, &routes);
+    assert!(r.published);
+    assert_eq!(peer_names(&routes), ["node2"]);
+    assert_eq!(service_sync::reconcile(&s, &table).published, None);
+    assert!(Arc::ptr_eq(&before, &table.load_full()));
+}
