@@ -7,8 +7,9 @@
 //! [`LEASE_DURATION`] (6 s), from a thread of its own (never the packet
 //! thread), through [`Store::put_expiring`]: on the directory and memory
 //! stores that is a plain put and readers judge expiry from `renewTime`; a
-//! store with real leases (etcd) attaches one of the same duration, so the
-//! key disappears when the agent dies. Readers therefore treat a missing
+//! store with real leases may attach one of the same duration, so the key
+//! disappears when the agent dies (the etcd backend does not yet: it takes
+//! the default, a plain put). Readers therefore treat a missing
 //! lease exactly like an expired one.
 //!
 //! A node is *Ready* when `renewTime + durationSeconds + CLOCK_SKEW > now`

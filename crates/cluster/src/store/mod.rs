@@ -221,10 +221,11 @@ pub trait Store: Send + Sync {
     /// Writes a key that should live only as long as its writer keeps
     /// rewriting it (a node's liveness lease, [`crate::liveness`]): `ttl`
     /// after the last write it may vanish. A store with real leases (etcd)
-    /// attaches one of `ttl`, so the key is deleted when the writer stops;
-    /// the default, for stores without (the directory and memory stores),
-    /// is a plain [`Store::put`], and readers judge expiry from the value
-    /// itself. Readers must therefore treat a missing key like an expired one.
+    /// should override this to attach one of `ttl`, so the key is deleted
+    /// when the writer stops; the default, for stores without (the directory
+    /// and memory stores, and for now the etcd one), is a plain
+    /// [`Store::put`], and readers judge expiry from the value itself.
+    /// Readers must therefore treat a missing key like an expired one.
     fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
         let _ = ttl;
         self.put(key, value)
