@@ -8,8 +8,9 @@
 //! thread), through [`Store::put_expiring`]: on the directory and memory
 //! stores that is a plain put and readers judge expiry from `renewTime`; a
 //! store with real leases may attach one of the same duration, so the key
-//! disappears when the agent dies (the etcd backend does not yet: it takes
-//! the default, a plain put). Readers therefore treat a missing
+//! disappears when the agent dies (the etcd backend does: a fresh etcd lease of the
+//! duration with every renewal, so etcd deletes the key once renewals stop).
+//! Readers therefore treat a missing
 //! lease exactly like an expired one.
 //!
 //! A node is *Ready* when `renewTime + durationSeconds + CLOCK_SKEW > now`

@@ -41,7 +41,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue,
-    Txn, TxnOp, TxnOpResponse, WatchOptions,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::runtime::Runtime;
 
@@ -541,6 +541,39 @@ impl Store for EtcdStore {
             let mut kv = self.client.kv_client();
             let (ekey, value) = (ekey.clone(), value.to_vec());
             async move { kv.put(ekey, value, None).await }
+        })?;
+        Ok(resp.header().map_or(0, |h| revision_of(h.revision())))
+    }
+
+    /// A fresh etcd lease of `ttl` (whole seconds, rounded up) per write,
+    /// and the key put under it: the key moves to the new lease, the
+    /// previous one expires with nothing attached, and when the writer stops
+    /// rewriting, etcd deletes the key `ttl` after the last write (a delete
+    /// event every watcher sees). A lease per write, not one kept alive,
+    /// because the write carries the new renewTime anyway and it leaves no
+    /// client-side lease state to lose on a reconnect; a renewing node holds
+    /// at most `ttl / period + 1` leases at once.
+    fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
+        check_key(key)?;
+        let secs = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        // Granting twice is harmless (the unused lease expires), so a grant
+        // is retried like a read.
+        let lease = self
+            .call("grant a lease", Retry::Read, || {
+                let mut leases = self.client.lease_client();
+                async move { leases.grant(secs, None).await }
+            })?
+            .id();
+        let ekey = self.etcd_key(key);
+        let resp = self.call("put", Retry::Write, || {
+            let mut kv = self.client.kv_client();
+            let (ekey, value) = (ekey.clone(), value.to_vec());
+            async move {
+                kv.put(ekey, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
         })?;
         Ok(resp.header().map_or(0, |h| revision_of(h.revision())))
     }

@@ -448,3 +448,48 @@ fn cas_increment_checked(store: &EtcdStore) {
         .unwrap();
     assert_eq!(after, before + 1);
 }
+
+#[test]
+fn an_expiring_key_lives_while_rewritten_and_etcd_deletes_it_after_the_writer_stops() {
+    let Some(etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = etcd.store();
+    let ttl = Duration::from_secs(2);
+    let first = store.put_expiring("nodeleases/n1", b"1", ttl).unwrap();
+    let w = store.watch("nodeleases/", first).unwrap();
+    // Rewritten every 500 ms for longer than the TTL: it stays.
+    let start = Instant::now();
+    let mut n = 1u32;
+    while start.elapsed() < ttl * 2 {
+        std::thread::sleep(Duration::from_millis(500));
+        n += 1;
+        store
+            .put_expiring("nodeleases/n1", n.to_string().as_bytes(), ttl)
+            .unwrap();
+    }
+    let last = Instant::now();
+    assert_eq!(
+        store.get("nodeleases/n1").unwrap().unwrap().value,
+        n.to_string().as_bytes()
+    );
+    // The writer stops: etcd deletes the key (a delete event), ttl after the
+    // last write and not before (etcd may round a lease up, not down).
+    let deleted = loop {
+        match w
+            .recv_timeout(WAIT)
+            .expect("no delete within the wait")
+            .unwrap()
+        {
+            Event::Put(_) => continue,
+            Event::Delete { key, .. } => break key,
+        }
+    };
+    let after = last.elapsed();
+    assert_eq!(deleted, "nodeleases/n1");
+    assert!(
+        after >= ttl - Duration::from_millis(100),
+        "deleted {after:?} after the last write"
+    );
+    assert!(store.get("nodeleases/n1").unwrap().is_none());
+}
