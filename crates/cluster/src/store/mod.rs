@@ -223,7 +223,7 @@ pub trait Store: Send + Sync {
     /// after the last write it may vanish. A store with real leases (etcd)
     /// should override this to attach one of `ttl`, so the key is deleted
     /// when the writer stops; the default, for stores without (the directory
-    /// and memory stores, and for now the etcd one), is a plain
+    /// and memory stores), is a plain
     /// [`Store::put`], and readers judge expiry from the value itself.
     /// Readers must therefore treat a missing key like an expired one.
     fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
