@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Tapestry lab: a simulated Kubernetes cluster built from Linux network namespaces.
 #
-#   scripts/lab.sh up [--nodes N] [--manifests DIR]   build, start N nodes (default 2), apply lab/pods
-#                                                     and lab/services (or DIR instead of both)
+#   scripts/lab.sh up [--nodes N] [--manifests DIR] [--store dir|etcd]
+#                                                     build, start N nodes (default 2), apply lab/pods
+#                                                     and lab/services (or DIR instead of both); the
+#                                                     store is a directory (dir, the default) or three
+#                                                     etcd members on the underlay (etcd)
 #   scripts/lab.sh down                               remove everything `up` made, and only that
 #   scripts/lab.sh status                             agents (restarts), nodes and pods, with IPs and MACs
 #   scripts/lab.sh exec POD [--] CMD...               run CMD inside POD's network namespace
@@ -10,12 +13,18 @@
 #   scripts/lab.sh demo                               the Kubernetes networking facts and NetworkPolicy, PASS or FAIL each
 #   scripts/lab.sh bench [ARGS...]                    Tapestry beside the kernel's data plane
 #                                                     (scripts/bench.sh ARGS; see bench.sh --help)
+#   scripts/lab.sh tapestry ARGS...                   the tapestry CLI on the lab's store (in etcd mode
+#                                                     run from the underlay's namespace)
+#   scripts/lab.sh etcdctl ARGS...                    etcdctl on the lab's members (etcd mode), e.g.
+#                                                     `lab.sh etcdctl get --prefix /tapestry/ --keys-only`
 #
 # Every command takes --name LAB (default: tapestry, or $TAPESTRY_LAB). Options go
 # before or after the command (`lab.sh up --nodes 3` is `lab.sh --nodes 3 up`),
 # as `--opt VALUE` or `--opt=VALUE`; an unknown option prints this and exits 2.
 # In exec, the command starts after `--` (or at the first word after POD that is
-# not an option) and is passed through whole.
+# not an option) and is passed through whole; after bench, tapestry and etcdctl,
+# every word is theirs. Every command but up works on the store the running lab
+# was started with; up with another --store than the running lab's refuses.
 #
 # Needs root. Everything it makes is named after LAB and recorded under
 # /run/tapestry/LAB (namespaces in netns.list and each pod's netns file,
@@ -27,8 +36,16 @@
 # container logs (the kubelet's).
 # The underlay ("physical" network) is a kernel bridge in namespace LAB-underlay,
 # 198.18.0.0/24 (RFC 2544's benchmark range); node i is 198.18.0.i and owns pod
-# subnet 10.244.i.0/24. The cluster store is the directory /run/tapestry/LAB/store
-# (`tapestry --store` or TAPESTRY_STORE to reach it).
+# subnet 10.244.i.0/24. Pods reach addresses outside the cluster through their
+# node (tapestryd --egress-via-host; the node forwards and masquerades them).
+# The cluster store is the directory /run/tapestry/LAB/store (`tapestry --store`
+# or TAPESTRY_STORE to reach it), or with --store etcd three etcd members, each
+# in its own namespace LAB-etcdK on the underlay at 198.18.0.10K (K = 1..3), one
+# cluster, data in /run/tapestry/LAB/etcd/etcdK, PID in etcd.pid, log etcd.log
+# capped like the agents'; the agents, the DNS pods and the CLI get
+# etcd://198.18.0.101:2379,198.18.0.102:2379,198.18.0.103:2379. The host has no
+# address on the underlay: the bridge has 198.18.0.254 in LAB-underlay, where
+# `lab.sh tapestry` and `lab.sh etcdctl` run (docs/deploy.md).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -214,7 +231,7 @@ start_node() {
         # node forwards them with the pod source masqueraded to its own address.
         # The node's only link is the underlay: nothing leaves the lab.
         ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
-        ip netns exec "$ns" iptables -t nat -A POSTROUTING -s "10.244.$i.0/24" ! -d 10.244.0.0/16 -o eth0 -j MASQUERADE
+        ip netns exec "$ns" iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -o eth0 -j MASQUERADE
     fi
     if pid_alive "$dir/supervise.pid"; then
         say "$node: tapestryd supervised ($(supervision "$dir"))"
