@@ -98,8 +98,8 @@ store() {
 # the lab's own CLI and etcdctl calls run in the underlay namespace, where the
 # members are reachable (the host itself gets no route into the lab).
 OPERATOR_IP=198.18.0.254
-etcdctl_lab() { ip netns exec "$(underlay_ns)" etcdctl --endpoints "$(etcd_endpoints http)" "$@"; }
-all_members_healthy() { etcdctl_lab endpoint health >/dev/null 2>&1; }
+etcdctl_lab() { ip netns exec "$(underlay_ns)" etcdctl --dial-timeout 2s --endpoints "$(etcd_endpoints http)" "$@"; }
+all_members_healthy() { etcdctl_lab --command-timeout 3s endpoint health >/dev/null 2>&1; }
 
 # start_etcd K: member K (etcdK) in namespace LAB-etcdK on the underlay, data in
 # /run/tapestry/LAB/etcd/etcdK/data; a member already running is left alone, a
@@ -174,8 +174,8 @@ etcd_status() {
             echo "${md##*/}: etcd not running"
         fi
     done
-    etcdctl_lab endpoint status -w table 2>&1 || true
-    etcdctl_lab endpoint health 2>&1 || true
+    etcdctl_lab --command-timeout 3s endpoint status -w table 2>&1 || true
+    etcdctl_lab --command-timeout 3s endpoint health 2>&1 || true
 }
 
 agent_answers() { tapestry status --socket "$1" >/dev/null 2>&1; }
