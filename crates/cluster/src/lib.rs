@@ -75,5 +75,7 @@ pub use service::{
 pub use status::PodRunStatus;
 pub use store::{
     DirStore, DirStoreOptions, Entry, Event, MemStore, Revision, Store, StoreError, StoreFaults,
-    Watch,
+    StoreSpec, Watch,
 };
+#[cfg(feature = "etcd")]
+pub use store::{EtcdStore, EtcdStoreOptions};

@@ -1,4 +1,7 @@
 //! Behaviour every [`Store`] backend must show, run against each backend.
+//!
+//! Revisions are checked relative to the fresh store's revision (`base`): a
+//! new directory or memory store is at 0, a new etcd at 1.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
@@ -10,7 +13,13 @@ use super::*;
 
 /// A fresh empty store per test, with a small compaction limit.
 pub(crate) trait Factory {
+    /// A store keeping at least the last `history` revisions for watches.
     fn make(&self, history: u64) -> Arc<dyn Store>;
+    /// True when this backend's tests are explicitly skipped (etcd:
+    /// `TAPESTRY_SKIP_ETCD_TESTS=1`).
+    fn skipped(&self) -> bool {
+        false
+    }
 }
 
 struct Mem;
@@ -94,14 +103,18 @@ fn next(w: &Watch) -> Event {
 
 fn put_get_revisions(f: &dyn Factory) {
     let s = f.make(1000);
-    assert_eq!(s.revision().unwrap(), 0);
+    let base = s.revision().unwrap();
+    assert!(base <= 1, "a fresh store is at revision {base}");
     assert_eq!(s.get("nodes/n1").unwrap(), None);
-    assert_eq!(s.put("nodes/n1", b"{\"a\":1}").unwrap(), 1);
-    assert_eq!(s.put("nodes/n2", b"x").unwrap(), 2);
-    assert_eq!(s.put("nodes/n1", b"{\"a\":2}").unwrap(), 3);
+    assert_eq!(s.put("nodes/n1", b"{\"a\":1}").unwrap(), base + 1);
+    assert_eq!(s.put("nodes/n2", b"x").unwrap(), base + 2);
+    assert_eq!(s.put("nodes/n1", b"{\"a\":2}").unwrap(), base + 3);
     let e = s.get("nodes/n1").unwrap().unwrap();
-    assert_eq!((e.value.as_slice(), e.revision), (&b"{\"a\":2}"[..], 3));
-    assert_eq!(s.revision().unwrap(), 3);
+    assert_eq!(
+        (e.value.as_slice(), e.revision),
+        (&b"{\"a\":2}"[..], base + 3)
+    );
+    assert_eq!(s.revision().unwrap(), base + 3);
     // Binary and empty values survive.
     s.put("bin", &[0, 255, 10, 13]).unwrap();
     assert_eq!(s.get("bin").unwrap().unwrap().value, [0, 255, 10, 13]);
@@ -154,6 +167,7 @@ fn cas_and_delete(f: &dyn Factory) {
 
 fn list_by_prefix(f: &dyn Factory) {
     let s = f.make(1000);
+    let base = s.revision().unwrap();
     for k in [
         "pods/default/b",
         "pods/default/a",
@@ -167,7 +181,7 @@ fn list_by_prefix(f: &dyn Factory) {
     let (entries, rev) = s.list("pods/").unwrap();
     let keys: Vec<_> = entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["pods/default/a", "pods/kube-system/dns"]);
-    assert_eq!(rev, 6);
+    assert_eq!(rev, base + 6);
     assert_eq!(s.list("").unwrap().0.len(), 4);
     assert!(s.list("services/").unwrap().0.is_empty());
 }
@@ -190,25 +204,26 @@ fn invalid_keys(f: &dyn Factory) {
 
 fn watch_replays_then_follows_in_order(f: &dyn Factory) {
     let s = f.make(1000);
+    let base = s.revision().unwrap();
     s.put("pods/default/a", b"1").unwrap();
     s.put("nodes/n1", b"n").unwrap();
     s.put("pods/default/b", b"2").unwrap();
     s.delete("pods/default/a").unwrap();
-    let w = s.watch("pods/", 0).unwrap();
+    let w = s.watch("pods/", base).unwrap();
     assert_eq!(
         next(&w),
         Event::Put(Entry {
             key: "pods/default/a".into(),
             value: b"1".to_vec(),
-            revision: 1
+            revision: base + 1
         })
     );
-    assert_eq!(next(&w).revision(), 3);
+    assert_eq!(next(&w).revision(), base + 3);
     assert_eq!(
         next(&w),
         Event::Delete {
             key: "pods/default/a".into(),
-            revision: 4
+            revision: base + 4
         }
     );
     // Live events, from another thread.
@@ -220,7 +235,7 @@ fn watch_replays_then_follows_in_order(f: &dyn Factory) {
             s2.put("nodes/n1", b"ignored").unwrap();
         }
     });
-    let mut last = 4;
+    let mut last = base + 4;
     for i in 0..20u32 {
         let ev = next(&w);
         assert_eq!(ev.key(), format!("pods/default/p{i}"));
@@ -229,8 +244,8 @@ fn watch_replays_then_follows_in_order(f: &dyn Factory) {
     }
     writer.join().unwrap();
     // Watching from the middle skips what came before.
-    let w2 = s.watch("pods/default/b", 2).unwrap();
-    assert_eq!(next(&w2).revision(), 3);
+    let w2 = s.watch("pods/default/b", base + 2).unwrap();
+    assert_eq!(next(&w2).revision(), base + 3);
     assert!(w2.recv_timeout(Duration::from_millis(100)).is_none());
 }
 
@@ -318,20 +333,25 @@ pub(crate) fn cas_increment(s: &dyn Store, key: &str) {
 
 fn compaction(f: &dyn Factory) {
     let s = f.make(10);
+    let base = s.revision().unwrap();
     for i in 0..30u32 {
         s.put("k", &i.to_le_bytes()).unwrap();
     }
-    let err = s.watch("", 0).unwrap_err();
-    let StoreError::Compacted { oldest, .. } = err else {
+    let err = s.watch("", base).unwrap_err();
+    let StoreError::Compacted {
+        oldest, requested, ..
+    } = err
+    else {
         panic!("{err}")
     };
-    assert!(oldest > 0 && oldest < 30, "{oldest}");
+    assert_eq!(requested, base);
+    assert!(oldest > base && oldest < base + 30, "{oldest}");
     // Watching from the compaction point works and replays what is left.
     let w = s.watch("", oldest).unwrap();
     assert_eq!(next(&w).revision(), oldest + 1);
-    let w = s.watch("", 30).unwrap();
+    let w = s.watch("", base + 30).unwrap();
     s.put("k", b"new").unwrap();
-    assert_eq!(next(&w).revision(), 31);
+    assert_eq!(next(&w).revision(), base + 31);
     assert_eq!(s.get("k").unwrap().unwrap().value, b"new");
 }
 
@@ -341,34 +361,58 @@ macro_rules! conformance {
             use super::*;
             #[test]
             fn put_get_revisions() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
                 super::put_get_revisions(&$factory)
             }
             #[test]
             fn cas_and_delete() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
                 super::cas_and_delete(&$factory)
             }
             #[test]
             fn list_by_prefix() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
                 super::list_by_prefix(&$factory)
             }
             #[test]
             fn invalid_keys() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
                 super::invalid_keys(&$factory)
             }
             #[test]
             fn watch_replays_then_follows_in_order() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
                 super::watch_replays_then_follows_in_order(&$factory)
             }
             #[test]
             fn list_then_watch_loses_nothing() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
                 super::list_then_watch_loses_nothing(&$factory)
             }
             #[test]
             fn concurrent_cas_increments() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
                 super::concurrent_cas_increments(&$factory)
             }
             #[test]
             fn compaction() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
                 super::compaction(&$factory)
             }
         }
@@ -377,3 +421,7 @@ macro_rules! conformance {
 
 conformance!(mem, Mem);
 conformance!(dir, Dir);
+#[cfg(feature = "etcd")]
+use super::etcd_tests::Etcd;
+#[cfg(feature = "etcd")]
+conformance!(etcd, Etcd);

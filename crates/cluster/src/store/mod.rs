@@ -13,8 +13,11 @@
 //! relists.
 //!
 //! Backends: [`DirStore`], a directory on disk that several processes on one
-//! machine share (the lab's default), and [`MemStore`], in memory, for tests
-//! and single-process simulations. Keys are `/`-separated paths such as
+//! machine share (the lab's default); `EtcdStore` (cargo feature `etcd`), an
+//! etcd v3 cluster that many hosts share; and [`MemStore`], in memory, for
+//! tests and single-process simulations. [`StoreSpec`] names a store as a
+//! string (a directory path, or `etcd://HOST:PORT[,HOST:PORT…]`), the form
+//! every binary's `--store` and `TAPESTRY_STORE` take. Keys are `/`-separated paths such as
 //! `pods/default/web-a`; values are opaque bytes (JSON by convention).
 
 use std::path::{Path, PathBuf};
@@ -24,11 +27,17 @@ use crossbeam_channel::Receiver;
 
 mod dir;
 pub mod dir_format;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod memory;
 mod notify;
+mod spec;
 
 pub use dir::{DirStore, DirStoreOptions, StoreFaults};
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdStore, EtcdStoreOptions, DEFAULT_PREFIX as ETCD_DEFAULT_PREFIX};
 pub use memory::MemStore;
+pub use spec::StoreSpec;
 
 /// A store revision. 0 means "nothing yet"; the first change is revision 1.
 pub type Revision = u64;
@@ -110,6 +119,21 @@ pub enum StoreError {
     /// The value is not valid JSON for the expected type.
     #[error("cannot decode value of {key}: {message}")]
     Decode { key: String, message: String },
+    /// No etcd member answered in time (down, unreachable, or without a
+    /// leader).
+    #[error("store: etcd at {endpoints} unreachable: {message}")]
+    Unavailable { endpoints: String, message: String },
+    /// etcd answered a request with an error.
+    #[error("store: etcd at {endpoints} refused {op}: {message}")]
+    Backend {
+        endpoints: String,
+        op: &'static str,
+        message: String,
+    },
+    /// A store named by a string (`--store`, `TAPESTRY_STORE`) that cannot
+    /// be opened as given.
+    #[error("invalid store `{spec}`: {reason}")]
+    Spec { spec: String, reason: String },
 }
 
 /// A stream of changes under a prefix. Dropping it stops the watch.
@@ -362,3 +386,7 @@ impl WriteOp<'_> {
 
 #[cfg(test)]
 mod conformance;
+#[cfg(all(test, feature = "etcd"))]
+mod etcd_harness;
+#[cfg(all(test, feature = "etcd"))]
+mod etcd_tests;

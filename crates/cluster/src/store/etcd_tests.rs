@@ -1,0 +1,393 @@
+//! The etcd store against real etcd processes: the conformance suite's
+//! factory (conformance.rs runs it), and faults the other backends do not
+//! have: etcd killed under a watch, history compacted, members down.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use super::conformance::Factory;
+use super::etcd_harness::{etcd_or_skip, EtcdCluster};
+use super::*;
+
+/// A fresh one-member etcd per store.
+pub(crate) struct Etcd;
+
+impl Factory for Etcd {
+    fn make(&self, history: u64) -> Arc<dyn Store> {
+        let etcd = EtcdCluster::start(1).expect("not skipped");
+        let store = etcd.store();
+        let base = store.revision().unwrap();
+        Arc::new(Compacting {
+            store,
+            history,
+            compacted: AtomicU64::new(base),
+            _etcd: etcd,
+        })
+    }
+
+    fn skipped(&self) -> bool {
+        etcd_or_skip().is_none()
+    }
+}
+
+/// The etcd store with a history bound, as the conformance suite expects of
+/// a backend: after a write, once `2 * history` revisions have passed since
+/// the last compaction, compacts etcd (its real compaction API) to keep the
+/// last `history`. In a deployment etcd's own `--auto-compaction-*` does
+/// this job.
+struct Compacting {
+    store: EtcdStore,
+    history: u64,
+    compacted: AtomicU64,
+    _etcd: EtcdCluster,
+}
+
+impl Compacting {
+    fn wrote(&self, revision: Revision) -> Revision {
+        let last = self.compacted.load(Ordering::Relaxed);
+        if revision >= last + 2 * self.history {
+            let to = revision - self.history;
+            self.store.compact(to).unwrap();
+            self.compacted.fetch_max(to, Ordering::Relaxed);
+        }
+        revision
+    }
+}
+
+impl Store for Compacting {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.store.get(key)
+    }
+    fn list(&self, prefix: &str) -> Result<(Vec<Entry>, Revision), StoreError> {
+        self.store.list(prefix)
+    }
+    fn put(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
+        self.store.put(key, value).map(|r| self.wrote(r))
+    }
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Revision,
+        value: &[u8],
+    ) -> Result<Revision, StoreError> {
+        self.store
+            .compare_and_swap(key, expected, value)
+            .map(|r| self.wrote(r))
+    }
+    fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
+        self.store.delete(key).map(|r| r.map(|r| self.wrote(r)))
+    }
+    fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<Revision, StoreError> {
+        self.store
+            .compare_and_delete(key, expected)
+            .map(|r| self.wrote(r))
+    }
+    fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
+        self.store.watch(prefix, after)
+    }
+    fn revision(&self) -> Result<Revision, StoreError> {
+        self.store.revision()
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn next(w: &Watch) -> Event {
+    w.recv_timeout(WAIT)
+        .expect("watch delivered nothing")
+        .unwrap()
+}
+
+#[test]
+fn keys_live_under_the_prefix_in_etcd() {
+    let Some(etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = etcd.store();
+    store.put("pods/default/web", b"{}").unwrap();
+    let mut opts = EtcdStoreOptions::new(vec![etcd.endpoint(0)]);
+    opts.prefix = "/".into();
+    let raw = EtcdStore::connect(opts).unwrap();
+    // Seen with prefix `/`, the store's key is /tapestry/pods/default/web.
+    let (all, _) = raw.list("").unwrap_err_or_list();
+    assert_eq!(all, ["tapestry/pods/default/web"]);
+    // Keys outside the prefix are not the store's.
+    raw.put("elsewhere/x", b"x").unwrap();
+    assert_eq!(store.list("").unwrap_err_or_list().0, ["pods/default/web"]);
+}
+
+/// `list` keys only, for a short assertion.
+trait ListKeys {
+    fn unwrap_err_or_list(self) -> (Vec<String>, Revision);
+}
+
+impl ListKeys for Result<(Vec<Entry>, Revision), StoreError> {
+    fn unwrap_err_or_list(self) -> (Vec<String>, Revision) {
+        let (entries, rev) = self.unwrap();
+        (entries.into_iter().map(|e| e.key).collect(), rev)
+    }
+}
+
+#[test]
+fn list_pages_through_more_than_one_page_at_one_revision() {
+    let Some(etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = Arc::new(etcd.store());
+    for i in 0..2500u32 {
+        store.put(&format!("ips/{i:05}"), b"x").unwrap();
+    }
+    store.put("other", b"y").unwrap();
+    let (keys, rev) = store.list("ips/").unwrap_err_or_list();
+    assert_eq!(keys.len(), 2500);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicate");
+    assert_eq!(rev, store.revision().unwrap());
+}
+
+#[test]
+fn watch_survives_kill_9_and_restart_without_gap_or_duplicate() {
+    let Some(mut etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = etcd.store_on(&[0], Duration::from_secs(2));
+    let base = store.revision().unwrap();
+    for i in 0..5 {
+        store.put(&format!("w/{i:02}"), b"before").unwrap();
+    }
+    store.put("elsewhere", b"x").unwrap();
+    let w = store.watch("w/", base).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(next(&w));
+    }
+    // Written just before the kill: delivered before or after it, once.
+    for i in 5..8 {
+        store.put(&format!("w/{i:02}"), b"racing").unwrap();
+    }
+    let old_pid = etcd.pid(0);
+    etcd.kill(0);
+    assert!(
+        matches!(store.get("w/00"), Err(StoreError::Unavailable { .. })),
+        "etcd is down"
+    );
+    etcd.restart(0);
+    assert_ne!(etcd.pid(0), old_pid, "a new etcd process");
+    for i in 8..12 {
+        store.put(&format!("w/{i:02}"), b"after").unwrap();
+    }
+    while seen.len() < 12 {
+        seen.push(next(&w));
+    }
+    assert!(
+        w.recv_timeout(Duration::from_millis(500)).is_none(),
+        "nothing more: no duplicate"
+    );
+    let keys: Vec<String> = seen.iter().map(|e| e.key().to_string()).collect();
+    let want: Vec<String> = (0..12).map(|i| format!("w/{i:02}")).collect();
+    assert_eq!(keys, want, "every event once, in order");
+    // No gap: the revisions are exactly those of the writes under w/.
+    let revs: Vec<Revision> = seen.iter().map(Event::revision).collect();
+    let (entries, _) = store.list("w/").unwrap();
+    let truth: Vec<Revision> = entries.iter().map(|e| e.revision).collect();
+    assert_eq!(revs, truth);
+}
+
+#[test]
+fn watch_from_a_compacted_revision_is_compacted() {
+    let Some(etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = etcd.store();
+    let base = store.revision().unwrap();
+    for i in 0..10u32 {
+        store.put("k", &i.to_le_bytes()).unwrap();
+    }
+    store.compact(base + 8).unwrap();
+    let err = store.watch("", base).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Compacted { requested, oldest } if requested == base && oldest == base + 7),
+        "{err}"
+    );
+    assert!(err.to_string().contains("list again"), "{err}");
+    // The oldest revision it names is one a watch can start from.
+    let w = store.watch("", base + 7).unwrap();
+    assert_eq!(next(&w).revision(), base + 8);
+    // Compacting to an older point again is harmless.
+    store.compact(base + 2).unwrap();
+}
+
+#[test]
+fn compare_and_swap_races_between_two_threads_have_one_winner() {
+    let Some(etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = Arc::new(etcd.store());
+    let mut current = store.put("lease", b"start").unwrap();
+    for round in 0..20 {
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|who| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let value = format!("{who}{round}");
+                    (
+                        who,
+                        store.compare_and_swap("lease", current, value.as_bytes()),
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|(_, r)| r.is_ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let (winner, won) = winners[0];
+        let won = *won.as_ref().unwrap();
+        for (_, r) in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, StoreError::Conflict { expected, actual, .. } if *expected == current && *actual == won),
+                    "the loser sees the winner's revision: {e}"
+                );
+            }
+        }
+        let entry = store.get("lease").unwrap().unwrap();
+        assert_eq!(entry.value, format!("{winner}{round}").as_bytes());
+        assert_eq!(entry.revision, won);
+        current = won;
+    }
+}
+
+/// One store call, by name, with its result's value dropped.
+type NamedCall<'a> = (&'static str, Box<dyn Fn() -> Result<(), StoreError> + 'a>);
+
+/// Every store call against `store` fails with `Unavailable` within `bound`.
+fn all_calls_unavailable(store: &EtcdStore, bound: Duration) {
+    let calls: Vec<NamedCall<'_>> = vec![
+        ("get", Box::new(|| store.get("k").map(drop))),
+        ("list", Box::new(|| store.list("").map(drop))),
+        ("put", Box::new(|| store.put("k", b"v").map(drop))),
+        (
+            "cas",
+            Box::new(|| store.compare_and_swap("k", 3, b"v").map(drop)),
+        ),
+        ("delete", Box::new(|| store.delete("k").map(drop))),
+        (
+            "compare_and_delete",
+            Box::new(|| store.compare_and_delete("k", 3).map(drop)),
+        ),
+        ("watch", Box::new(|| store.watch("", 1).map(drop))),
+        ("revision", Box::new(|| store.revision().map(drop))),
+    ];
+    for (name, call) in calls {
+        let t = Instant::now();
+        let err = call().expect_err(name);
+        let took = t.elapsed();
+        assert!(
+            matches!(err, StoreError::Unavailable { .. }),
+            "{name}: {err}"
+        );
+        assert!(
+            err.to_string().contains("unreachable"),
+            "{name}: clear message: {err}"
+        );
+        assert!(took < bound, "{name} took {took:?}");
+    }
+}
+
+#[test]
+fn calls_against_a_stopped_etcd_fail_with_unavailable_in_bounded_time() {
+    let Some(mut etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = etcd.store_on(&[0], Duration::from_secs(1));
+    store.put("k", b"v").unwrap();
+    etcd.kill(0);
+    all_calls_unavailable(&store, Duration::from_secs(3));
+    // A store whose etcd never ran at all: the same.
+    let endpoint = etcd.endpoint(0);
+    drop(etcd);
+    let mut opts = EtcdStoreOptions::new(vec![endpoint.clone()]);
+    opts.connect_timeout = Duration::from_secs(1);
+    opts.request_timeout = Duration::from_secs(1);
+    let never = EtcdStore::connect(opts).unwrap();
+    all_calls_unavailable(&never, Duration::from_secs(3));
+    let msg = never.get("k").unwrap_err().to_string();
+    assert!(
+        msg.starts_with(&format!("store: etcd at {endpoint} unreachable")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_three_member_cluster_serves_through_a_member_down() {
+    let Some(mut etcd) = EtcdCluster::start(3) else {
+        return;
+    };
+    let store = Arc::new(etcd.store());
+    let base = store.revision().unwrap();
+    let w = store.watch("n/", base).unwrap();
+    let mut written = BTreeSet::new();
+    // A follower down: the client stops using it, and no call fails.
+    let leader = etcd.leader();
+    let follower = (leader + 1) % 3;
+    etcd.kill(follower);
+    for i in 0..20 {
+        let key = format!("n/follower-{i:02}");
+        let t = Instant::now();
+        store.put(&key, b"y").unwrap();
+        assert!(store.get(&key).unwrap().is_some());
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        written.insert(key);
+    }
+    cas_increment_checked(&store);
+    etcd.restart(follower);
+    // The leader down: a write in flight when it dies may time out
+    // (`Unavailable`, as with any etcd client) until the two members left
+    // elect a new leader; then every call succeeds again, within a bound.
+    etcd.kill(leader);
+    let t = Instant::now();
+    let mut failed = 0;
+    for i in 0..20 {
+        let key = format!("n/leader-{i:02}");
+        loop {
+            match store.put(&key, b"z") {
+                Ok(_) => break,
+                Err(StoreError::Unavailable { .. }) if t.elapsed() < Duration::from_secs(20) => {
+                    failed += 1
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        written.insert(key);
+    }
+    assert!(failed <= 3, "{failed} writes failed over the election");
+    cas_increment_checked(&store);
+    etcd.restart(leader);
+    // The watch saw every write once, in order, through both.
+    let mut seen = BTreeSet::new();
+    let mut last = base;
+    while seen.len() < written.len() {
+        let ev = next(&w);
+        assert!(ev.revision() > last, "in order, no duplicate");
+        last = ev.revision();
+        seen.insert(ev.key().to_string());
+    }
+    assert_eq!(seen, written);
+}
+
+fn cas_increment_checked(store: &EtcdStore) {
+    let before = store.get("counter").unwrap().map_or(0, |e| {
+        String::from_utf8(e.value).unwrap().parse::<u64>().unwrap()
+    });
+    super::conformance::cas_increment(store, "counter");
+    let after: u64 = String::from_utf8(store.get("counter").unwrap().unwrap().value)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(after, before + 1);
+}
