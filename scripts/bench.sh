@@ -57,7 +57,7 @@ LOSSFREE_SECONDS=2
 progress() { STEP=$((STEP + 1)); printf '==> [%3d/%d] %s\n' "$STEP" "$TOTAL" "$*"; }
 
 ensure_packages() {
-    ensure_commands iperf3:iperf3 jq:jq ping:iputils-ping iptables:iptables
+    ensure_commands iperf3:iperf3 jq:jq ping:iputils-ping iptables:iptables protoc:protobuf-compiler
 }
 
 cleanup() {

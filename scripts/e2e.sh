@@ -1252,7 +1252,7 @@ run_steps() {
 # steps (a developer's shortcut; the lab is torn down on exit as always).
 if [ -n "${E2E_STEPS:-}" ]; then read -r -a STEPS <<<"$E2E_STEPS"; fi
 need_root e2e.sh
-ensure_commands "${LAB_COMMANDS[@]}" tshark:tshark python3:python3 etcd:etcd-server etcdctl:etcd-client
+ensure_commands "${LAB_COMMANDS[@]}" "${ETCD_COMMANDS[@]}" tshark:tshark python3:python3
 run_steps
 echo "e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -257,7 +257,7 @@ start_node() {
 cmd_up() {
     need_root lab.sh
     ensure_commands "${LAB_COMMANDS[@]}"
-    if [ "$STORE_KIND" = etcd ]; then ensure_commands etcd:etcd-server etcdctl:etcd-client; fi
+    if [ "$STORE_KIND" = etcd ]; then ensure_commands "${ETCD_COMMANDS[@]}"; fi
     build
     local have
     if [ -f "$(lab_dir)/nodes.count" ]; then

@@ -20,11 +20,18 @@ ensure_commands() {
 }
 
 # LAB_COMMANDS: what the lab runs, as ensure_commands wants it (lab.sh up installs
-# them; test.sh adds its own).
+# them; test.sh adds its own). protoc is for the build: the etcd store's client
+# (etcd-client) compiles etcd's gRPC protocol with it.
 # shellcheck disable=SC2034 # used by the scripts that source this
 LAB_COMMANDS=(ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps
     traceroute:traceroute nsenter:util-linux dig:dnsutils jq:jq nc:netcat-openbsd
-    iptables:iptables)
+    protoc:protobuf-compiler iptables:iptables)
+
+# ETCD_COMMANDS: etcd itself (Debian's etcd-server gives /usr/bin/etcd) and
+# etcdctl, for the etcd store's tests, which start their own etcd, and for an
+# etcd-backed lab.
+# shellcheck disable=SC2034 # used by the scripts that source this
+ETCD_COMMANDS=(etcd:etcd-server etcdctl:etcd-client)
 
 # need_root SCRIPT: exits unless running as root.
 need_root() {

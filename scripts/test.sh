@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: shellcheck, rustfmt and clippy, the fuzz targets
-# run for a minute, unit and property tests of every crate, then the end-to-end lab
-# checks (as root: real namespaces, TAPs, ping and curl).
+# run for a minute, unit and property tests of every crate (the etcd store's run
+# against etcd processes they start; TAPESTRY_SKIP_ETCD_TESTS=1 skips those
+# explicitly), then the end-to-end lab checks (as root: real namespaces, TAPs,
+# ping and curl).
 # Installs what it needs (Debian packages with apt-get, crates with cargo).
 set -euo pipefail
 
@@ -11,7 +13,7 @@ cd "$REPO"
 source "$REPO/scripts/lib.sh"
 
 ensure_packages() {
-    ensure_commands "${LAB_COMMANDS[@]}" shellcheck:shellcheck tshark:tshark c++:g++
+    ensure_commands "${LAB_COMMANDS[@]}" "${ETCD_COMMANDS[@]}" shellcheck:shellcheck tshark:tshark c++:g++
 }
 
 ensure_packages

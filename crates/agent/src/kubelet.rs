@@ -175,9 +175,10 @@ pub struct Kubelet {
     pub netns_prefix: String,
     pub run_dir: PathBuf,
     pub bin_dir: PathBuf,
-    /// The store's directory, given to containers as `TAPESTRY_STORE` (cluster
-    /// components such as tapestry-dns read the cluster state from it).
-    pub store_dir: PathBuf,
+    /// The store as `--store` named it (a directory or `etcd://…`), given to
+    /// containers unchanged as `TAPESTRY_STORE` (cluster components such as
+    /// tapestry-dns read the cluster state from it).
+    pub store_spec: String,
     /// Cluster DNS written into each pod's resolv.conf, as kubelet's
     /// `--cluster-dns` / `--cluster-domain` do.
     pub dns: Option<ClusterDns>,
@@ -560,7 +561,7 @@ impl Kubelet {
             ("POD_NAMESPACE", ns.to_owned()),
             ("POD_IP", ip.to_string()),
             ("NODE_NAME", self.node_name.clone()),
-            ("TAPESTRY_STORE", self.store_dir.display().to_string()),
+            ("TAPESTRY_STORE", self.store_spec.clone()),
         ];
         for (c, argv) in containers {
             let mut env: Vec<(String, String)> = env

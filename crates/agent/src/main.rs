@@ -23,8 +23,8 @@ use tapestry_agent::node::{Node, NodeConfig, NodeError, TunnelSetup};
 use tapestry_agent::{cluster_sync, policy_sync, service_sync, watchdog};
 use tapestry_cluster::ipam::{self, PodIpam};
 use tapestry_cluster::{
-    ensure_cluster_config, ClusterCache, ConfigError, DirStore, IpamError, Ipv4Cidr, MacAddr,
-    Networking, Store, StoreError,
+    ensure_cluster_config, ClusterCache, ConfigError, IpamError, Ipv4Cidr, MacAddr, Networking,
+    Store, StoreError, StoreSpec,
 };
 use tapestry_dataplane::{TunnelConfig, VXLAN_OVERHEAD};
 
@@ -48,10 +48,11 @@ struct Args {
     /// Control socket path [default: STATE_DIR/tapestryd.sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Cluster store directory (shared by every node of a one-machine cluster).
-    /// Without it the agent runs one standalone node on --pod-cidr.
-    #[arg(long, value_name = "DIR")]
-    store: Option<PathBuf>,
+    /// The cluster store: a directory (shared by every node of a one-machine
+    /// cluster) or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster, for nodes on
+    /// several hosts). Without it the agent runs one standalone node on --pod-cidr.
+    #[arg(long, value_name = "DIR|etcd://HOST:PORT,...")]
+    store: Option<StoreSpec>,
     /// This node's address on the underlay network: the VXLAN endpoint (with --store).
     #[arg(long, value_name = "IP")]
     underlay_ip: Option<Ipv4Addr>,
@@ -155,9 +156,9 @@ enum StartError {
     NoPodCidr,
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("cannot open store {}: {source}", dir.display())]
+    #[error("cannot open store {spec}: {source}")]
     Store {
-        dir: PathBuf,
+        spec: StoreSpec,
         #[source]
         source: StoreError,
     },
@@ -235,12 +236,10 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
     let upgrade_from = args.upgrade.then_some(socket.as_path());
 
     let store: Option<Arc<dyn Store>> = match &args.store {
-        Some(dir) => Some(Arc::new(DirStore::open(dir).map_err(|source| {
-            StartError::Store {
-                dir: dir.clone(),
-                source,
-            }
-        })?)),
+        Some(spec) => Some(spec.open().map_err(|source| StartError::Store {
+            spec: spec.clone(),
+            source,
+        })?),
         None => None,
     };
     let (subnet, tunnel) = match &store {
@@ -466,7 +465,11 @@ fn start_cluster_sync(
         node_name: args.node.clone(),
         netns_prefix: args.netns_prefix.clone(),
         run_dir: args.state_dir.join("pods"),
-        store_dir: args.store.clone().unwrap_or_default(),
+        store_spec: args
+            .store
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         dns: args.cluster_dns.map(|server| ClusterDns {
             server,
             domain: args.cluster_domain.clone(),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tapestry_cluster::{AdmissionError, ManifestError, StoreError};
+use tapestry_cluster::{AdmissionError, ManifestError, StoreError, StoreSpec};
 use tapestry_proto::CallError;
 
 /// An error of one `tapestry` command; printed as `tapestry: <message>`.
@@ -28,15 +28,15 @@ pub enum CliError {
     /// JSON output could not be encoded.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
-    /// The store directory is not a cluster store.
+    /// The store directory (a directory store) is not a cluster store.
     #[error(
         "no cluster store at {} (is the lab up? give --store or set TAPESTRY_STORE)",
         dir.display()
     )]
     NoStore { dir: PathBuf },
-    /// The store directory could not be opened.
-    #[error("cannot open store {}: {source}", dir.display())]
-    OpenStore { dir: PathBuf, source: StoreError },
+    /// The store could not be opened.
+    #[error("cannot open store {spec}: {source}")]
+    OpenStore { spec: StoreSpec, source: StoreError },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -26,6 +26,7 @@ mod objects;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -33,7 +34,7 @@ use tapestry_proto::{AgentStatus, Attachment, Request};
 
 use error::CliError;
 use objects::Format;
-use tapestry_cluster::DirStore;
+use tapestry_cluster::{Store, StoreSpec};
 
 /// Tapestry: Kubernetes pod networking in userspace.
 #[derive(Parser, Debug)]
@@ -126,24 +127,31 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct StoreArg {
-    /// The cluster store directory [default: $TAPESTRY_STORE, else the default lab's /run/tapestry/tapestry/store].
-    #[arg(long, value_name = "DIR")]
-    store: Option<PathBuf>,
+    /// The cluster store: a directory or etcd://HOST:PORT[,HOST:PORT...]
+    /// [default: $TAPESTRY_STORE, else the default lab's /run/tapestry/tapestry/store].
+    #[arg(long, value_name = "DIR|etcd://HOST:PORT,...")]
+    store: Option<StoreSpec>,
 }
 
 impl StoreArg {
-    fn open(&self) -> Result<DirStore, CliError> {
-        let dir = self
-            .store
-            .clone()
-            .or_else(|| std::env::var_os("TAPESTRY_STORE").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("/run/tapestry/tapestry/store"));
-        // Only an existing store: the CLI never turns another directory into one (node
-        // agents create the store when they first open it).
-        if !dir.join("state").is_file() || !dir.join("keys").is_dir() {
-            return Err(CliError::NoStore { dir });
+    fn open(&self) -> Result<Arc<dyn Store>, CliError> {
+        let spec = match (&self.store, std::env::var_os("TAPESTRY_STORE")) {
+            (Some(spec), _) => spec.clone(),
+            (None, Some(env)) => StoreSpec::parse_os(&env)?,
+            (None, None) => StoreSpec::Dir(PathBuf::from("/run/tapestry/tapestry/store")),
+        };
+        // Only an existing directory store: the CLI never turns another directory
+        // into one (node agents create the store when they first open it). An etcd
+        // store is always there; an unreachable one fails the first request.
+        if let Some(dir) = spec.dir() {
+            if !dir.join("state").is_file() || !dir.join("keys").is_dir() {
+                return Err(CliError::NoStore {
+                    dir: dir.to_path_buf(),
+                });
+            }
         }
-        DirStore::open(&dir).map_err(|source| CliError::OpenStore { dir, source })
+        spec.open()
+            .map_err(|source| CliError::OpenStore { spec, source })
     }
 }
 

@@ -2,14 +2,15 @@
 //!
 //! ```text
 //! tapestry-dns --listen 0.0.0.0:53 [--domain cluster.local] [--ttl 5]
-//!              [--upstream IP:PORT] (--store DIR | --data FILE.json)
+//!              [--upstream IP:PORT] (--store DIR|etcd://HOST:PORT,... | --data FILE.json)
 //! ```
 //!
 //! Thin by design: it picks a source of [`DnsData`], builds a [`Zone`] from
 //! it, and serves that zone, swapping in a rebuilt zone when the data changes.
 //! Two sources:
-//! - the cluster store (`--store DIR`, or `TAPESTRY_STORE`, which the kubelet
-//!   sets for every container): watched through `ClusterCache`, so a Service,
+//! - the cluster store (`--store DIR` or `--store etcd://HOST:PORT,...`, or
+//!   `TAPESTRY_STORE`, which the kubelet sets for every container to the
+//!   agent's own `--store`): watched through `ClusterCache`, so a Service,
 //!   Pod or readiness change is in DNS a few milliseconds later;
 //! - a JSON file (`--data`), checked every 200 ms by modification time and
 //!   size; a file that fails to parse keeps the previous zone.
@@ -25,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use clap::Parser;
-use tapestry_cluster::{ClusterCache, DirStore, StoreError};
+use tapestry_cluster::{ClusterCache, StoreError, StoreSpec};
 use tapestry_dns::{DataError, DnsData, Server, Zone};
 
 /// How often a source is asked whether the data changed.
@@ -49,9 +50,10 @@ struct Args {
     /// Forward names outside the cluster domain here (UDP); without it they are REFUSED.
     #[arg(long)]
     upstream: Option<SocketAddr>,
-    /// Cluster store directory to answer from [default: $TAPESTRY_STORE].
-    #[arg(long, conflicts_with = "data")]
-    store: Option<PathBuf>,
+    /// Cluster store to answer from: a directory or etcd://HOST:PORT[,HOST:PORT...]
+    /// [default: $TAPESTRY_STORE].
+    #[arg(long, value_name = "DIR|etcd://HOST:PORT,...", conflicts_with = "data")]
+    store: Option<StoreSpec>,
     /// JSON file with the services and pods to serve (re-read when it changes).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -74,9 +76,8 @@ struct StoreSource {
 }
 
 impl StoreSource {
-    fn open(dir: &std::path::Path) -> Result<StoreSource, StoreError> {
-        let store = DirStore::open(dir)?;
-        let cache = ClusterCache::start(Arc::new(store))?;
+    fn open(spec: &StoreSpec) -> Result<StoreSource, StoreError> {
+        let cache = ClusterCache::start(spec.open()?)?;
         let changes = cache.subscribe();
         Ok(StoreSource {
             cache,
@@ -158,11 +159,18 @@ fn main() -> ExitCode {
         eprintln!("tapestry-dns: {error}");
         return ExitCode::FAILURE;
     }
-    let store_dir = args
-        .store
-        .clone()
-        .or_else(|| std::env::var_os("TAPESTRY_STORE").map(PathBuf::from));
-    let (first, mut source): (DnsData, Box<dyn Source>) = match (&args.data, store_dir) {
+    let store = match args.store.clone() {
+        Some(spec) => Some(spec),
+        None => match std::env::var_os("TAPESTRY_STORE").map(|s| StoreSpec::parse_os(&s)) {
+            Some(Ok(spec)) => Some(spec),
+            Some(Err(error)) => {
+                eprintln!("tapestry-dns: TAPESTRY_STORE: {error}");
+                return ExitCode::FAILURE;
+            }
+            None => None,
+        },
+    };
+    let (first, mut source): (DnsData, Box<dyn Source>) = match (&args.data, store) {
         (Some(path), _) => {
             let mut source = FileSource {
                 path: path.clone(),
@@ -177,15 +185,17 @@ fn main() -> ExitCode {
                 None => (DnsData::default(), Box::new(source)),
             }
         }
-        (None, Some(dir)) => match StoreSource::open(&dir) {
+        (None, Some(spec)) => match StoreSource::open(&spec) {
             Ok(source) => (source.data(), Box::new(source)),
             Err(error) => {
-                eprintln!("tapestry-dns: cluster store {}: {error}", dir.display());
+                eprintln!("tapestry-dns: cluster store {spec}: {error}");
                 return ExitCode::FAILURE;
             }
         },
         (None, None) => {
-            eprintln!("tapestry-dns: give --store DIR (or set TAPESTRY_STORE) or --data FILE");
+            eprintln!(
+                "tapestry-dns: give --store DIR|etcd://HOST:PORT (or set TAPESTRY_STORE) or --data FILE"
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -118,7 +118,17 @@ fn classify(e: etcd_client::Error) -> CallError {
     use tonic::Code;
     match e {
         etcd_client::Error::GRpcStatus(status) => {
-            let message = status.message().to_string();
+            // The status message, then its causes ("tcp connect error:
+            // Connection refused (os error 111)").
+            let mut message = status.message().to_string();
+            let mut cause = std::error::Error::source(&status);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !message.contains(&text) {
+                    message = format!("{message}: {text}");
+                }
+                cause = c.source();
+            }
             // The client picked a member it could not connect to (the
             // request never left), or a member without a leader refused it
             // ("etcdserver: no leader", with require-leader).
@@ -352,8 +362,8 @@ impl EtcdStore {
 
     /// Whether the member this store talks to is the raft leader (tests
     /// that kill the leader or a follower use it on one-endpoint stores).
-    #[cfg(test)]
-    pub(crate) fn is_leader(&self) -> Result<bool, StoreError> {
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn is_leader(&self) -> Result<bool, StoreError> {
         let status = self.call("status", Retry::Read, || {
             let mut m = self.client.maintenance_client();
             async move { m.status().await }

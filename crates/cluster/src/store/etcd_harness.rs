@@ -6,18 +6,34 @@
 //! The `etcd` binary comes from Debian's `etcd-server` (scripts/test.sh
 //! installs it). Without it the tests fail, saying so, unless
 //! `TAPESTRY_SKIP_ETCD_TESTS=1` explicitly skips them.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+//!
+//! Test support only: compiled for this crate's tests and, with the
+//! `test-utils` feature, for other crates' tests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::missing_panics_doc
+)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::conformance::temp_dir;
 use super::{EtcdStore, EtcdStoreOptions, Store};
 
 /// The environment variable that skips the etcd tests.
-pub(crate) const SKIP_ENV: &str = "TAPESTRY_SKIP_ETCD_TESTS";
+pub const SKIP_ENV: &str = "TAPESTRY_SKIP_ETCD_TESTS";
+
+/// A unique, empty directory under the system temp dir.
+fn temp_dir() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tapestry-etcd-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
 
 /// Longest wait for a started cluster to serve.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -35,7 +51,7 @@ fn etcd_binary() -> Option<PathBuf> {
 
 /// `None` (the test returns at once) when the etcd tests are explicitly
 /// skipped; panics with what to do when etcd is missing.
-pub(crate) fn etcd_or_skip() -> Option<PathBuf> {
+pub fn etcd_or_skip() -> Option<PathBuf> {
     if std::env::var_os(SKIP_ENV).is_some_and(|v| v == "1") {
         eprintln!("etcd tests skipped: {SKIP_ENV}=1");
         return None;
@@ -68,7 +84,7 @@ struct Member {
 
 /// A running etcd cluster; dropping it kills every member and removes the
 /// data.
-pub(crate) struct EtcdCluster {
+pub struct EtcdCluster {
     bin: PathBuf,
     dir: PathBuf,
     members: Vec<Member>,
@@ -76,13 +92,13 @@ pub(crate) struct EtcdCluster {
 
 impl EtcdCluster {
     /// `n` members, started and serving; `None` when the tests are skipped.
-    pub(crate) fn start(n: usize) -> Option<Self> {
+    pub fn start(n: usize) -> Option<Self> {
         let mut bin = etcd_or_skip()?;
         // A port the kernel handed out may be taken again before etcd binds
         // it (other tests run at the same time): then try new ports.
         let mut last_err = String::new();
         for _ in 0..3 {
-            let dir = temp_dir("etcd");
+            let dir = temp_dir();
             std::fs::create_dir_all(&dir).unwrap();
             let members = (0..n)
                 .map(|i| Member {
@@ -181,26 +197,32 @@ impl EtcdCluster {
     }
 
     /// `HOST:PORT` of member `i`'s client URL.
-    pub(crate) fn endpoint(&self, i: usize) -> String {
+    pub fn endpoint(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.members[i].client_port)
     }
 
     /// A store on members `which`, with short timeouts.
-    pub(crate) fn store_on(&self, which: &[usize], timeout: Duration) -> EtcdStore {
+    pub fn store_on(&self, which: &[usize], timeout: Duration) -> EtcdStore {
         let mut opts = EtcdStoreOptions::new(which.iter().map(|&i| self.endpoint(i)).collect());
         opts.connect_timeout = timeout;
         opts.request_timeout = timeout;
         EtcdStore::connect(opts).unwrap()
     }
 
+    /// `etcd://…` naming every member, as `--store` takes it.
+    pub fn spec(&self) -> String {
+        let all: Vec<String> = (0..self.members.len()).map(|i| self.endpoint(i)).collect();
+        format!("etcd://{}", all.join(","))
+    }
+
     /// A store on every member.
-    pub(crate) fn store(&self) -> EtcdStore {
+    pub fn store(&self) -> EtcdStore {
         let all: Vec<usize> = (0..self.members.len()).collect();
         self.store_on(&all, Duration::from_secs(5))
     }
 
     /// The index of the raft leader, asked of each running member.
-    pub(crate) fn leader(&self) -> usize {
+    pub fn leader(&self) -> usize {
         (0..self.members.len())
             .find(|&i| {
                 self.members[i].child.is_some()
@@ -213,12 +235,12 @@ impl EtcdCluster {
     }
 
     /// The OS process id of member `i`, if running.
-    pub(crate) fn pid(&self, i: usize) -> Option<u32> {
+    pub fn pid(&self, i: usize) -> Option<u32> {
         self.members[i].child.as_ref().map(Child::id)
     }
 
     /// `kill -9` member `i` and reap it.
-    pub(crate) fn kill(&mut self, i: usize) {
+    pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
             // Child::kill is SIGKILL.
             let _ = child.kill();
@@ -228,7 +250,7 @@ impl EtcdCluster {
 
     /// Starts member `i` again on its data directory and ports, and waits
     /// until it serves.
-    pub(crate) fn restart(&mut self, i: usize) {
+    pub fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i);
         if let Err(e) = self.wait_ready() {

@@ -386,7 +386,7 @@ impl WriteOp<'_> {
 
 #[cfg(test)]
 mod conformance;
-#[cfg(all(test, feature = "etcd"))]
-mod etcd_harness;
+#[cfg(all(any(test, feature = "test-utils"), feature = "etcd"))]
+pub mod etcd_harness;
 #[cfg(all(test, feature = "etcd"))]
 mod etcd_tests;
