@@ -132,6 +132,7 @@ start_etcd() {
         --listen-client-urls "http://$ip:2379,http://127.0.0.1:2379" --advertise-client-urls "http://$ip:2379" \
         --listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
         --initial-cluster "$cluster" --initial-cluster-token "$LAB-etcd" --initial-cluster-state new \
+        --auto-compaction-mode periodic --auto-compaction-retention 1h \
         --logger zap --log-outputs stderr </dev/null >/dev/null 2>&1 &
     echo "$! $(proc_starttime $!)" >"$dir/etcd.pid"
 }
