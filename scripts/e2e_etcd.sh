@@ -174,7 +174,7 @@ check_etcd_member_rejoins() {
     # Its own copy (a serializable read answered by it alone) has what was
     # written while it was down.
     POLL_SLEEP=0.2 poll_until 20000 member_has "$ETCD_KILLED" /tapestry/pods/default/etcd-one
-    echo "      etcd$ETCD_KILLED healthy ${healthy:-never}, caught up ${POLL_MS:-never} ms after up"
+    echo "      etcd$ETCD_KILLED: 3 healthy ${healthy:-never} ms and caught up ${POLL_MS:-never} ms after up"
     verdict "the killed member, started again, rejoins (3 healthy) and has the pod written meanwhile" \
         test -n "$healthy" -a -n "$POLL_MS"
 }
@@ -191,24 +191,36 @@ setup_etcd_kill_all() {
 check_etcd_all_down_pods_talk() {
     verdict "all members killed: client on node1 still pings and curls a pod on node3" pods_talk
 }
-# store_retry_lines NODE: the agent's log lines since the members were killed
-# that say the store is unreachable and when it tries again.
+# store_retry_lines NODE: the agent's log lines since the members were killed in
+# which the store's etcd client says it lost etcd and when it tries again
+# ("store: etcd watch broken (…tcp connect error…); reopening … retry_in=200ms").
 store_retry_lines() {
-    agent_log_of "$1" | tail -n "+$((${ETCD_LOG_LINES[$1]:-0} + 1))" |
-        grep -iE 'store' | grep -iE 'unreachable|unavailable' | grep -iE 'retry|backoff|again'
+    agent_log_of "$1" | tail -n "+$((${ETCD_LOG_LINES[$1]:-0} + 1))" | grep -E 'store: etcd' | grep -E 'retry_in='
 }
-# every_agent_retries: each agent logged at least two retries since the kill.
-every_agent_retries() {
+# retry_delays_ms NODE: the retry_in values of those lines, in ms, one a line.
+retry_delays_ms() {
+    store_retry_lines "$1" | grep -oE 'retry_in=[0-9.]+(ms|s)' |
+        awk -F= '{ v = $2; if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 } else { sub(/s$/, "", v); print v * 1000 } }'
+}
+# backs_off NODE: at least three retries, and the delay grew (backoff, not a loop).
+backs_off() {
+    local d
+    d=$(retry_delays_ms "$1")
+    [ "$(wc -l <<<"$d")" -ge 3 ] && [ "$(sort -n <<<"$d" | tail -n 1)" -gt "$(sort -n <<<"$d" | head -n 1)" ]
+}
+every_agent_backs_off() {
     local n
-    for n in node1 node2 node3; do
-        [ "$(store_retry_lines "$n" | wc -l)" -ge 2 ] || return 1
-    done
+    for n in node1 node2 node3; do backs_off "$n" || return 1; done
 }
 check_etcd_all_down_agents_retry() {
-    POLL_SLEEP=0.5 poll_until 30000 every_agent_retries
-    echo "      node1: $(store_retry_lines node1 | tail -n 1 | cut -c1-200)"
-    verdict "all members killed: every agent logs the store unreachable and retries (twice within ${POLL_MS:-30000} ms)" \
-        test -n "$POLL_MS"
+    POLL_SLEEP=0.5 poll_until 30000 every_agent_backs_off
+    local waited=$POLL_MS n
+    echo "      node1: $(store_retry_lines node1 | tail -n 1 | cut -c1-240)"
+    for n in node1 node2 node3; do
+        echo "      $n: $(retry_delays_ms "$n" | wc -l) retries, delays (ms) $(retry_delays_ms "$n" | tr '\n' ' ')"
+    done
+    verdict "all members killed: every agent logs the store lost and retries with growing backoff (seen after ${waited:-30000+} ms)" \
+        test -n "$waited"
 }
 check_etcd_all_down_pods_still_talk() {
     verdict "all members still down after the agents' retries: the pods still talk" pods_talk
