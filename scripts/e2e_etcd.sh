@@ -83,6 +83,12 @@ check_etcd_keys() {
     verdict "etcdctl get --prefix /tapestry/ --keys-only lists the lab's pods, services and nodes${missing:+ (missing:$missing)}" \
         test -z "$missing"
 }
+check_etcd_lab_cli() {
+    local out
+    out=$(lab tapestry get pods -A -o wide 2>&1)
+    verdict "lab.sh tapestry get pods -A reads the etcd lab's pods (client, the DNS pods)" \
+        both grep -q '^default  *client ' -- grep -q '^kube-system  *tapestry-dns-1 ' <<<"$out"
+}
 check_etcd_demo() {
     if lab demo >"$TMP/etcd-demo.log" 2>&1 && [ "$(grep -c '^PASS  policy:' "$TMP/etcd-demo.log")" -eq 4 ] &&
         ! grep -q '^FAIL' "$TMP/etcd-demo.log"; then
@@ -240,7 +246,7 @@ check_etcd_down_clean() {
 # shellcheck disable=SC2034 # used by e2e.sh
 ETCD_STEPS=(
     setup_etcd_lab check_etcd_up check_etcd_up_twice check_etcd_up_dir_refused check_etcd_status
-    check_etcd_keys check_etcd_demo check_etcd_dns_pod_reaches_members
+    check_etcd_keys check_etcd_lab_cli check_etcd_demo check_etcd_dns_pod_reaches_members
     setup_etcd_web3 setup_etcd_kill_one check_etcd_one_down_pods_talk check_etcd_one_down_apply
     check_etcd_member_rejoins
     setup_etcd_kill_all check_etcd_all_down_pods_talk check_etcd_all_down_agents_retry
