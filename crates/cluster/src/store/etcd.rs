@@ -228,9 +228,13 @@ impl EtcdStore {
             .with_connect_timeout(opts.connect_timeout)
             .with_timeout(opts.request_timeout)
             // Notice a member that vanished without closing the connection
-            // (a partition, a frozen host), also on an idle watch stream.
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true)
+            // (a partition, a frozen host) under an open watch stream: an
+            // HTTP/2 ping every 10 s, dead after 5 s without its answer.
+            // Slower than etcd's --grpc-keepalive-min-time (5 s), and none
+            // without a stream open, which etcd also counts as abuse
+            // (GOAWAY "too_many_pings").
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false)
             // A member cut off from the quorum refuses requests and cancels
             // watches rather than serving stale data.
             .with_require_leader(true);

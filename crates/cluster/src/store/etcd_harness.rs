@@ -239,6 +239,33 @@ impl EtcdCluster {
         self.members[i].child.as_ref().map(Child::id)
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) member `i`: a member that
+    /// holds its connections open but answers nothing, like a hung host.
+    pub fn freeze(&self, i: usize, frozen: bool) {
+        use rustix::process::{kill_process, Pid, Signal};
+        let pid = self
+            .pid(i)
+            .and_then(|p| Pid::from_raw(i32::try_from(p).ok()?));
+        let signal = if frozen { Signal::STOP } else { Signal::CONT };
+        kill_process(pid.expect("a running member"), signal).unwrap();
+        // The signal is delivered asynchronously: wait (bounded) until the
+        // kernel reports the process stopped (`T`) or not.
+        let stat = format!("/proc/{}/stat", self.pid(i).unwrap_or(0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            let state = text
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if (state == Some('T')) == frozen {
+                return;
+            }
+            assert!(Instant::now() < deadline, "member {i} state {state:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `kill -9` member `i` and reap it.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
@@ -246,6 +273,23 @@ impl EtcdCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts member `i` again on its data directory and peer port but a
+    /// new client port, so clients of the old endpoint cannot reach it;
+    /// returns the new endpoint. [`EtcdCluster::restart`] moves it back.
+    pub fn restart_elsewhere(&mut self, i: usize) -> String {
+        self.kill(i);
+        let home = self.members[i].client_port;
+        self.members[i].client_port = free_port();
+        self.spawn(i);
+        let ready = self.wait_ready();
+        let endpoint = self.endpoint(i);
+        self.members[i].client_port = home;
+        if let Err(e) = ready {
+            panic!("etcd member did not come back elsewhere: {e}");
+        }
+        endpoint
     }
 
     /// Starts member `i` again on its data directory and ports, and waits

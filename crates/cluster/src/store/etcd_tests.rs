@@ -220,6 +220,36 @@ fn watch_from_a_compacted_revision_is_compacted() {
 }
 
 #[test]
+fn a_watch_that_reconnects_past_a_compaction_ends_with_compacted() {
+    let Some(mut etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = etcd.store_on(&[0], Duration::from_secs(2));
+    let base = store.revision().unwrap();
+    let first = store.put("w/1", b"seen").unwrap();
+    let w = store.watch("w/", base).unwrap();
+    assert_eq!(next(&w).revision(), first);
+    // While the watch cannot reach etcd (same data, another client port),
+    // history it has not seen is written and compacted away.
+    let elsewhere = etcd.restart_elsewhere(0);
+    let other = EtcdStore::connect(EtcdStoreOptions::new(vec![elsewhere])).unwrap();
+    other.put("w/2", b"missed").unwrap();
+    let third = other.put("w/3", b"missed").unwrap();
+    other.compact(third).unwrap();
+    drop(other);
+    etcd.restart(0);
+    // Back on its port: the watch cannot resume without a gap, so it says
+    // so, and ends.
+    let item = w.recv_timeout(WAIT).expect("the watch reports");
+    let err = item.expect_err("no event past a compaction");
+    assert!(
+        matches!(err, StoreError::Compacted { requested, oldest } if requested == first && oldest == third - 1),
+        "{err}"
+    );
+    assert!(w.recv_timeout(Duration::from_secs(1)).is_none(), "ended");
+}
+
+#[test]
 fn compare_and_swap_races_between_two_threads_have_one_winner() {
     let Some(etcd) = EtcdCluster::start(1) else {
         return;
@@ -320,6 +350,28 @@ fn calls_against_a_stopped_etcd_fail_with_unavailable_in_bounded_time() {
     assert!(
         msg.starts_with(&format!("store: etcd at {endpoint} unreachable")),
         "{msg}"
+    );
+}
+
+#[test]
+fn calls_against_a_frozen_etcd_fail_with_unavailable_and_the_watch_carries_on() {
+    let Some(etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = etcd.store_on(&[0], Duration::from_secs(1));
+    let base = store.revision().unwrap();
+    let w = store.watch("f/", base).unwrap();
+    let first = store.put("f/1", b"x").unwrap();
+    assert_eq!(next(&w).revision(), first);
+    // Connections stay open but nothing answers: every call still ends.
+    etcd.freeze(0, true);
+    all_calls_unavailable(&store, Duration::from_secs(3));
+    etcd.freeze(0, false);
+    let second = store.put("f/2", b"y").unwrap();
+    assert_eq!(next(&w).revision(), second);
+    assert!(
+        w.recv_timeout(Duration::from_millis(500)).is_none(),
+        "no duplicate"
     );
 }
 
