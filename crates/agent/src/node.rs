@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub subnet: Ipv4Cidr,
     pub mtu: u32,
     pub host_port: String,
+    /// Pods' packets for outside addresses go to the host port
+    /// (`PipelineConfig::egress_via_host`).
+    pub egress_via_host: bool,
     pub state_dir: PathBuf,
     /// Store-backed pod IP allocation (cluster mode); `None` allocates from the
     /// subnet locally, remembering only this agent's own attachments.
@@ -277,6 +280,7 @@ impl Node {
         let mut pcfg = PipelineConfig::new(gateway, gateway_mac, cfg.subnet);
         pcfg.host_ip = Some(host_ip);
         pcfg.host_mac = Some(mac_for(host_ip));
+        pcfg.egress_via_host = cfg.egress_via_host;
         let mut socket = None;
         if let Some(t) = &cfg.tunnel {
             pcfg.tunnel = Some(t.config);
