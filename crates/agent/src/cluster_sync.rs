@@ -21,6 +21,7 @@ use tapestry_cluster::{
 use tapestry_dataplane::{Peer, RouteError, RouteSnapshot};
 
 use crate::problems::{Problems, Source};
+use crate::reflected::Reflected;
 
 /// How often [`register`] retries a compare-and-swap that lost to another writer.
 const REGISTER_ATTEMPTS: usize = 20;
@@ -124,6 +125,9 @@ pub struct RoutesReconciled {
     /// Whether a new snapshot was built and stored (else the published one
     /// already routes to exactly the admitted peers).
     pub published: bool,
+    /// The new table could not be built and the previous one was kept: it
+    /// does not reflect the state reconciled.
+    pub failed: bool,
     /// Nodes left out of the table, each with the error it would cause.
     pub rejected: Vec<(String, RouteError)>,
 }
@@ -193,6 +197,7 @@ pub fn reconcile_routes(
         return RoutesReconciled {
             published: false,
             rejected: Vec::new(),
+            failed: false,
         };
     }
     let (peers, rejected) = admit_peers(current.local_subnet(), cluster, all, current.peers());
@@ -200,6 +205,7 @@ pub fn reconcile_routes(
         return RoutesReconciled {
             published: false,
             rejected,
+            failed: false,
         };
     }
     match RouteSnapshot::build(current.local_subnet(), cluster, peers) {
@@ -208,6 +214,7 @@ pub fn reconcile_routes(
             RoutesReconciled {
                 published: true,
                 rejected,
+                failed: false,
             }
         }
         // Unreachable: the admitted peers built together once already.
@@ -216,6 +223,7 @@ pub fn reconcile_routes(
             RoutesReconciled {
                 published: false,
                 rejected,
+                failed: true,
             }
         }
     }
@@ -230,12 +238,16 @@ pub fn watch_routes(
     cluster: Ipv4Cidr,
     routes: Arc<ArcSwap<RouteSnapshot>>,
     problems: Arc<Problems>,
+    reflected: Arc<Reflected>,
 ) {
     let changes = cache.subscribe();
     let mut reported: Vec<(String, String)> = Vec::new();
     loop {
         let state = cache.snapshot();
         let done = reconcile_routes(&me, cluster, &state.nodes, &routes);
+        if !done.failed {
+            reflected.routes_at(state.revision);
+        }
         if done.published {
             let peers: Vec<String> = routes
                 .load()
@@ -301,10 +313,12 @@ mod tests {
         let published = || RoutesReconciled {
             published: true,
             rejected: Vec::new(),
+            failed: false,
         };
         let unchanged = || RoutesReconciled {
             published: false,
             rejected: Vec::new(),
+            failed: false,
         };
 
         assert_eq!(

@@ -436,6 +436,13 @@ fn start_cluster_sync(
         service_ports_left_out = served.rejected.len(),
         "first route and service tables published"
     );
+    let reflected = node.reflected();
+    if !routed.failed {
+        reflected.routes_at(first.revision);
+    }
+    if !served.failed {
+        reflected.services_at(first.revision);
+    }
     let policies = node.policies();
     let mut ids = policy_sync::PolicyIds::default();
     if let Err(e) = policy_sync::reconcile(&me, &first, &mut ids, &policies) {
@@ -447,12 +454,13 @@ fn start_cluster_sync(
     spawn("routes", {
         let cache = Arc::clone(&cache);
         let problems = node.problems();
-        move || cluster_sync::watch_routes(cache, me, cluster, routes, problems)
+        let reflected = node.reflected();
+        move || cluster_sync::watch_routes(cache, me, cluster, routes, problems, reflected)
     })?;
     spawn("services", {
         let cache = Arc::clone(&cache);
         let problems = node.problems();
-        move || service_sync::run(cache, services, problems)
+        move || service_sync::run(cache, services, problems, reflected)
     })?;
     let me = args.node.clone();
     spawn("policies", {

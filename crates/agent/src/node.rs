@@ -38,6 +38,7 @@ use crate::handoff::{Inherited, Role};
 use crate::netconf::{self, mac_for, mac_string, NetconfError};
 use crate::policy_sync::{PolicyHandles, PolicyNames};
 use crate::problems::{Problems, Source};
+use crate::reflected::Reflected;
 use tapestry_proto::{
     AgentStatus, AttachResult, Attachment, FlowEntry, Interface, IpConfig, MacEntry, PortStatus,
     Route, RouteEntry,
@@ -264,6 +265,8 @@ pub struct Node {
     state: Mutex<State>,
     /// What was skipped or set aside, for `tapestry status`.
     problems: Arc<Problems>,
+    /// The store revisions the route and service tables reflect.
+    reflected: Arc<Reflected>,
 }
 
 impl Node {
@@ -323,6 +326,7 @@ impl Node {
                 host_counters: Arc::default(),
             }),
             problems: Arc::default(),
+            reflected: Arc::default(),
             cfg,
         };
         Ok(node)
@@ -763,6 +767,8 @@ impl Node {
             flows,
             policy_denials: self.policies.names.load().denials(&*self.policies.counters),
             problems: self.problems.list(),
+            routes_revision: self.reflected.routes(),
+            services_revision: self.reflected.services(),
         })
     }
 
@@ -842,6 +848,11 @@ impl Node {
     /// Where route sync, service sync and the kubelet report what they skip.
     pub fn problems(&self) -> Arc<Problems> {
         Arc::clone(&self.problems)
+    }
+
+    /// The store revisions the route and service tables reflect.
+    pub fn reflected(&self) -> Arc<Reflected> {
+        Arc::clone(&self.reflected)
     }
 
     /// The handle service tables are published into.
