@@ -18,7 +18,7 @@ pub mod node;
 pub mod policy_gate;
 pub mod policy_sync;
 pub mod problems;
-pub mod reflected;
 pub mod procid;
+pub mod reflected;
 pub mod service_sync;
 pub mod watchdog;

@@ -419,7 +419,8 @@ fn print_status(s: &AgentStatus) -> Result<(), CliError> {
     }
     outln!(
         "store revision reflected: routes {}, services {}",
-        s.routes_revision, s.services_revision
+        s.routes_revision,
+        s.services_revision
     );
     if s.problems.is_empty() {
         outln!("problems: none");

@@ -215,7 +215,10 @@ fn store_revision_txt_only_when_built_from_the_store() {
     data.revision = Some(7);
     let again = Zone::build(&data, "cluster.local", 5);
     let m = ask_with(&again, &q, UDP, None).0;
-    assert_eq!(lines(&m.answers), ["tapestry-revision.cluster.local. 5 TXT 7"]);
+    assert_eq!(
+        lines(&m.answers),
+        ["tapestry-revision.cluster.local. 5 TXT 7"]
+    );
     assert_ne!(built.serial(), again.serial());
 }
 

@@ -96,8 +96,14 @@ struct Consumer {
 
 enum Probe {
     /// An agent's status; `services` picks the service table, else routes.
-    Agent { socket: PathBuf, services: bool },
-    Dns { server: SocketAddr, query: Vec<u8> },
+    Agent {
+        socket: PathBuf,
+        services: bool,
+    },
+    Dns {
+        server: SocketAddr,
+        query: Vec<u8>,
+    },
 }
 
 impl Probe {
@@ -151,7 +157,10 @@ fn manifests(args: &Args) -> String {
         ));
     }
     for p in 0..args.pods {
-        let node = args.nodes.get(p % args.nodes.len().max(1)).map_or("", String::as_str);
+        let node = args
+            .nodes
+            .get(p % args.nodes.len().max(1))
+            .map_or("", String::as_str);
         let svc = p % args.services.max(1);
         text.push_str(&format!(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: scale-p{p}\n  namespace: {ns}\n  labels:\n    scale: s{svc}\nspec:\n  nodeName: {node}\n  containers:\n    - name: idle\n      command: [\"sleep\", \"infinity\"]\n---\n"
@@ -305,8 +314,8 @@ fn run(args: &Args) -> Result<(), String> {
                 "consumers": tls.len(),
                 "objects": objs.len(),
                 "not_reflected": missing,
-                "p50_ms": percentile(&ms, 50.0),
-                "p99_ms": percentile(&ms, 99.0),
+                "p50_ms": percentile(&ms, 50),
+                "p99_ms": percentile(&ms, 99),
                 "max_ms": ms.last().copied(),
             }));
         }
@@ -351,7 +360,10 @@ fn run(args: &Args) -> Result<(), String> {
         std::fs::write(path, format!("{report:#}\n"))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let missing: u64 = rows.iter().filter_map(|r| r["not_reflected"].as_u64()).sum();
+    let missing: u64 = rows
+        .iter()
+        .filter_map(|r| r["not_reflected"].as_u64())
+        .sum();
     if missing > 0 {
         return Err(format!(
             "{missing} object/consumer pairs not reflected within {} s",

@@ -57,9 +57,7 @@ impl Timeline {
     pub fn mean_poll_ms(&self) -> Option<f64> {
         let last = self.last_poll?;
         let first = self.changes.first()?.0;
-        (self.polls > 1).then(|| {
-            (last - first).as_secs_f64() * 1000.0 / (self.polls - 1) as f64
-        })
+        (self.polls > 1).then(|| (last - first).as_secs_f64() * 1000.0 / (self.polls - 1) as f64)
     }
 }
 
@@ -89,14 +87,11 @@ pub fn latencies(objects: &[(Instant, u64)], consumers: &[&Timeline]) -> (Vec<f6
 }
 
 /// The nearest-rank percentile of sorted `values`: the value at rank
-/// ⌈n·p/100⌉ (at least 1).
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
+/// ⌈n·p/100⌉ (at least 1); p in percent, at most 100.
+pub fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
     let n = sorted.len();
-    let rank = ((n as f64) * p / 100.0).ceil().max(1.0) as usize;
-    sorted.get(rank.min(n) - 1).copied()
+    let rank = (n * p.min(100)).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
 }
 
 const TYPE_TXT: u16 = 16;
@@ -109,7 +104,9 @@ pub fn txt_query(id: u16, name: &str) -> Option<Vec<u8>> {
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     for label in name.trim_end_matches('.').split('.') {
-        let len = u8::try_from(label.len()).ok().filter(|&l| l > 0 && l < 64)?;
+        let len = u8::try_from(label.len())
+            .ok()
+            .filter(|&l| l > 0 && l < 64)?;
         q.push(len);
         q.extend_from_slice(label.as_bytes());
     }
@@ -123,9 +120,8 @@ pub fn txt_query(id: u16, name: &str) -> Option<Vec<u8>> {
 /// string, in decimal); `None` for another message, an error, or anything
 /// malformed.
 pub fn txt_revision(msg: &[u8], query: &[u8]) -> Option<u64> {
-    let be16 = |at: usize| -> Option<u16> {
-        Some(u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]))
-    };
+    let be16 =
+        |at: usize| -> Option<u16> { Some(u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?])) };
     // Same id, a response, rcode 0, one question echoed, at least one answer.
     if msg.get(..2)? != query.get(..2)? || msg.get(2)? & 0x80 == 0 || msg.get(3)? & 0x0f != 0 {
         return None;
@@ -222,11 +218,11 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), Some(50.0));
-        assert_eq!(percentile(&v, 99.0), Some(99.0));
-        assert_eq!(percentile(&v, 100.0), Some(100.0));
-        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
-        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&v, 50), Some(50.0));
+        assert_eq!(percentile(&v, 99), Some(99.0));
+        assert_eq!(percentile(&v, 100), Some(100.0));
+        assert_eq!(percentile(&[7.0], 99), Some(7.0));
+        assert_eq!(percentile(&[], 50), None);
     }
 
     #[test]
