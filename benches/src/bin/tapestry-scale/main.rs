@@ -49,7 +49,7 @@ struct Args {
     #[arg(long)]
     store: String,
     /// An agent's control socket; give one per node.
-    #[arg(long = "agent", required = true)]
+    #[arg(long = "agent")]
     agents: Vec<PathBuf>,
     /// A cluster DNS server (IP:PORT); give one per DNS pod.
     #[arg(long = "dns")]
@@ -219,6 +219,9 @@ fn run(args: &Args) -> Result<(), String> {
             },
         });
     }
+    if consumers.is_empty() {
+        return Err("nothing to measure: give --agent, --dns or --dns-pod".to_owned());
+    }
     // Every consumer must answer before anything is written: a consumer
     // that cannot be polled would make every figure a timeout.
     let probe_socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("udp socket: {e}"))?;
@@ -337,12 +340,12 @@ fn run(args: &Args) -> Result<(), String> {
             "{:<8} {:<9} {:>9} {:>8} {:>10} {:>10} {:>10} {:>7}",
             r["object"].as_str().unwrap_or(""),
             r["consumer"].as_str().unwrap_or(""),
-            r["consumers"],
-            r["objects"],
+            r["consumers"].as_u64().unwrap_or(0),
+            r["objects"].as_u64().unwrap_or(0),
             f("p50_ms"),
             f("p99_ms"),
             f("max_ms"),
-            r["not_reflected"]
+            r["not_reflected"].as_u64().unwrap_or(0)
         );
     }
     let report = serde_json::json!({
