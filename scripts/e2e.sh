@@ -18,6 +18,9 @@ source "$REPO/scripts/e2e_restart.sh"
 # The lab on etcd (a second lab, ELAB): ETCD_STEPS and their functions.
 # shellcheck source-path=SCRIPTDIR source=e2e_etcd.sh
 source "$REPO/scripts/e2e_etcd.sh"
+# Node liveness: LIVENESS_STEPS and their functions.
+# shellcheck source-path=SCRIPTDIR source=e2e_liveness.sh
+source "$REPO/scripts/e2e_liveness.sh"
 LAB="e2e$$"
 LAB=${LAB:0:12}
 LABSH=("$REPO/scripts/lab.sh" --name "$LAB")
@@ -1229,6 +1232,7 @@ STEPS=(
     "${RESTART_STEPS[@]}"
     check_dns_killed_restarted check_agent_killed_restarted check_traffic_after_agent_kill
     check_up_right_after_kill check_up_after_supervisor_kill check_chatty_log_capped
+    "${LIVENESS_STEPS[@]}"
     setup_foreign_netns setup_down check_down_spares_foreign_netns check_down_netns check_down_procs check_down_state
     "${ETCD_STEPS[@]}"
 )

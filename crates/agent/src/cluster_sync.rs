@@ -7,8 +7,14 @@
 //! built and published into the pipeline's `ArcSwap` (CONVENTIONS.md §17), so
 //! a Node update that moves no route (a label, a heartbeat) publishes nothing.
 //! The data plane never waits for this, and never sees half a table.
+//!
+//! A NotReady node (its liveness lease missing or expired, judged by the
+//! [`ClusterCache`], see `tapestry_cluster::liveness`) is no peer: its route is
+//! withdrawn, so packets for its subnet are dropped here as `no route` instead
+//! of being tunnelled to a dead agent, and it is listed under PROBLEMS. Its
+//! route returns with its first renewal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -102,11 +108,12 @@ fn blank(name: &str) -> Node {
 }
 
 /// The peers among `nodes`: every other node with a subnet, an underlay IP and a
-/// VTEP MAC (a node still registering is skipped until it has all three).
-pub fn peers(me: &str, nodes: &BTreeMap<String, Node>) -> Vec<Peer> {
+/// VTEP MAC (a node still registering is skipped until it has all three) that
+/// is not in `not_ready`.
+pub fn peers(me: &str, nodes: &BTreeMap<String, Node>, not_ready: &BTreeSet<String>) -> Vec<Peer> {
     nodes
         .values()
-        .filter(|n| n.metadata.name != me)
+        .filter(|n| n.metadata.name != me && !not_ready.contains(&n.metadata.name))
         .filter_map(|n| {
             let subnet = n.spec.pod_cidr?;
             Some(Peer {
@@ -175,8 +182,9 @@ pub fn admit_peers(
     (kept, rejected)
 }
 
-/// Builds the route snapshot for `nodes` and publishes it into `routes` only if
-/// it differs from the current one (peers, their order, the cluster CIDR).
+/// Builds the route snapshot for `nodes` less the `not_ready` ones and
+/// publishes it into `routes` only if it differs from the current one (peers,
+/// their order, the cluster CIDR).
 ///
 /// The local subnet is the current snapshot's: the one the pipeline was built
 /// with ([`tapestry_dataplane::PipelineConfig`]), so the pipeline and its route
@@ -187,10 +195,11 @@ pub fn reconcile_routes(
     me: &str,
     cluster: Ipv4Cidr,
     nodes: &BTreeMap<String, Node>,
+    not_ready: &BTreeSet<String>,
     routes: &ArcSwap<RouteSnapshot>,
 ) -> RoutesReconciled {
     let current = routes.load();
-    let all = peers(me, nodes);
+    let all = peers(me, nodes, not_ready);
     // The common case, kept cheap: the table already routes to every peer,
     // so none is rejected.
     if current.peers() == all.as_slice() && current.cluster() == cluster {
@@ -244,7 +253,7 @@ pub fn watch_routes(
     let mut reported: Vec<(String, String)> = Vec::new();
     loop {
         let state = cache.snapshot();
-        let done = reconcile_routes(&me, cluster, &state.nodes, &routes);
+        let done = reconcile_routes(&me, cluster, &state.nodes, &state.not_ready_nodes, &routes);
         if !done.failed {
             reflected.routes_at(state.revision);
         }
@@ -257,7 +266,7 @@ pub fn watch_routes(
                 .collect();
             tracing::info!(?peers, "routes updated");
         }
-        let now: Vec<(String, String)> = done
+        let mut now: Vec<(String, String)> = done
             .rejected
             .iter()
             .map(|(name, e)| {
@@ -267,9 +276,15 @@ pub fn watch_routes(
                 )
             })
             .collect();
+        now.extend(state.not_ready_nodes.iter().filter(|n| **n != me).map(|n| {
+            (
+                format!("nodes/{n}"),
+                "NotReady (liveness lease missing or expired): route withdrawn".to_owned(),
+            )
+        }));
         if now != reported {
             for (object, reason) in now.iter().filter(|p| !reported.contains(p)) {
-                tracing::error!(%object, %reason, "node skipped; routing to the rest");
+                tracing::warn!(%object, %reason, "node skipped; routing to the rest");
             }
             problems.set(Source::Routes, now.clone());
             reported = now;
@@ -297,6 +312,10 @@ mod tests {
         n
     }
 
+    fn none() -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
     fn nodes(list: &[Node]) -> BTreeMap<String, Node> {
         list.iter()
             .map(|n| (n.metadata.name.clone(), n.clone()))
@@ -322,7 +341,7 @@ mod tests {
         };
 
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes),
+            reconcile_routes("node1", cluster, &all, &none(), &routes),
             published()
         );
         let first = routes.load_full();
@@ -331,7 +350,7 @@ mod tests {
 
         // Same nodes; then a label on a node: nothing moves.
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes),
+            reconcile_routes("node1", cluster, &all, &none(), &routes),
             unchanged()
         );
         all.get_mut("node2")
@@ -340,7 +359,7 @@ mod tests {
             .labels
             .insert("zone".into(), "b".into());
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes),
+            reconcile_routes("node1", cluster, &all, &none(), &routes),
             unchanged()
         );
         // A node still registering (no underlay address yet) is no peer.
@@ -348,7 +367,7 @@ mod tests {
         half.status.underlay_ip = None;
         all.insert("node3".into(), half);
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes),
+            reconcile_routes("node1", cluster, &all, &none(), &routes),
             unchanged()
         );
         assert!(Arc::ptr_eq(&first, &routes.load_full()));
@@ -359,7 +378,7 @@ mod tests {
             node("node3", "10.244.3.0/24", [198, 18, 0, 3]),
         );
         assert_eq!(
-            reconcile_routes("node1", cluster, &all, &routes),
+            reconcile_routes("node1", cluster, &all, &none(), &routes),
             published()
         );
         assert_eq!(routes.load().peers().len(), 2);
@@ -376,7 +395,7 @@ mod tests {
             node("node3", "10.244.1.0/24", [198, 18, 0, 3]),
             node("node4", "10.244.4.0/24", [198, 18, 0, 4]),
         ]);
-        let done = reconcile_routes("node1", cluster, &all, &routes);
+        let done = reconcile_routes("node1", cluster, &all, &none(), &routes);
         assert!(done.published);
         let names: Vec<_> = routes
             .load()
@@ -400,7 +419,7 @@ mod tests {
             node("b-dup", "10.244.9.0/24", [198, 18, 0, 4]),
         );
         let before = routes.load_full();
-        let done = reconcile_routes("node1", cluster, &all, &routes);
+        let done = reconcile_routes("node1", cluster, &all, &none(), &routes);
         assert!(!done.published);
         assert!(Arc::ptr_eq(&before, &routes.load_full()));
         let rejected: Vec<_> = done.rejected.iter().map(|r| r.0.as_str()).collect();
@@ -415,7 +434,7 @@ mod tests {
             "node3".into(),
             node("node3", "10.244.3.0/24", [198, 18, 0, 3]),
         );
-        let done = reconcile_routes("node1", cluster, &all, &routes);
+        let done = reconcile_routes("node1", cluster, &all, &none(), &routes);
         assert!(done.published);
         assert_eq!(routes.load().peers().len(), 3);
         assert_eq!(done.rejected.len(), 2);

@@ -12,6 +12,9 @@ pub mod cluster_sync;
 pub mod control;
 pub mod handoff;
 pub mod kubelet;
+pub mod lease;
+#[cfg(test)]
+mod liveness_tests;
 pub mod netconf;
 pub mod netns;
 pub mod node;

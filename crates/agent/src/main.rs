@@ -20,7 +20,7 @@ use tapestry_agent::handoff::{self, HandoffError, Inherited, Role};
 use tapestry_agent::kubelet::{ClusterDns, Kubelet};
 use tapestry_agent::netconf::mac_for;
 use tapestry_agent::node::{Node, NodeConfig, NodeError, TunnelSetup};
-use tapestry_agent::{cluster_sync, policy_sync, service_sync, watchdog};
+use tapestry_agent::{cluster_sync, lease, policy_sync, service_sync, watchdog};
 use tapestry_cluster::ipam::{self, PodIpam};
 use tapestry_cluster::{
     ensure_cluster_config, ClusterCache, ConfigError, IpamError, Ipv4Cidr, MacAddr, Networking,
@@ -276,6 +276,15 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
 
     let taken = if let (Some(store), Some(t)) = (&store, &tunnel) {
         let underlay_ip = t.config.underlay_ip;
+        // The lease first, so that no reader sees this Node without one (which
+        // would be NotReady); then renewed every 2 s on a thread of its own.
+        if let Err(e) = lease::renew_now(&**store, &args.node) {
+            tracing::warn!(error = %e, "cannot write the liveness lease yet; the renewal thread retries");
+        }
+        spawn("lease", {
+            let (store, name, problems) = (Arc::clone(store), args.node.clone(), node.problems());
+            move || lease::renew_forever(store, name, problems, crossbeam_channel::never())
+        })?;
         cluster_sync::register(
             &**store,
             &args.node,
@@ -428,7 +437,8 @@ fn start_cluster_sync(
     let first = cache.snapshot();
     // What a table cannot hold is left out here and reported (log, PROBLEMS) by
     // the sync threads' first pass below, which finds the same.
-    let routed = cluster_sync::reconcile_routes(&me, cluster, &first.nodes, &routes);
+    let routed =
+        cluster_sync::reconcile_routes(&me, cluster, &first.nodes, &first.not_ready_nodes, &routes);
     let services = node.services();
     let served = service_sync::reconcile(&first, &services);
     tracing::info!(

@@ -517,6 +517,26 @@ impl Node {
                     continue;
                 }
             };
+            // Its address is recorded as its own again if it was released
+            // meanwhile (`tapestry delete node` while this agent was down).
+            if let Some(ipam) = &self.cfg.ipam {
+                match ipam.claim(&a.container_id, rec.ip) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let reason = format!(
+                            "reattached with {}, which is not its to hold (another pod's, or outside {}); delete and apply the pod again",
+                            rec.ip,
+                            ipam.subnet()
+                        );
+                        tracing::error!(container = %a.container_id, %reason, "pod address conflict");
+                        self.problems
+                            .add(Source::State, a.container_id.clone(), reason);
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %a.container_id, error = %e, "cannot confirm the pod's address in the store")
+                    }
+                }
+            }
             let role = PortRole::Pod {
                 mac: mac_for(rec.ip),
                 ip: rec.ip,

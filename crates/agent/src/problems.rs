@@ -22,6 +22,8 @@ pub enum Source {
     Services,
     /// The kubelet: pods kept on their last good spec.
     Kubelet,
+    /// The liveness lease: renewals failing.
+    Lease,
 }
 
 impl Source {
@@ -31,6 +33,7 @@ impl Source {
             Source::Routes => "routes",
             Source::Services => "services",
             Source::Kubelet => "kubelet",
+            Source::Lease => "lease",
         }
     }
 }

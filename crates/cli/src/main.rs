@@ -101,7 +101,9 @@ enum Cmd {
         output: Format,
     },
     /// Delete the objects of a manifest (-f), or `KIND NAME…` (pod, service, node,
-    /// namespace, networkpolicy).
+    /// namespace, networkpolicy). Deleting a node also releases its pod subnet
+    /// lease, its pod IPs and its liveness lease; it is refused while the node is
+    /// Ready (its agent would register it again) unless --force.
     Delete {
         #[command(flatten)]
         store: StoreArg,
@@ -110,6 +112,9 @@ enum Cmd {
         /// Namespace of the pods, services or network policies named.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Delete a node even though its agent still renews its lease.
+        #[arg(long)]
+        force: bool,
         /// KIND NAME…
         args: Vec<String>,
     },
@@ -225,6 +230,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             store,
             file,
             namespace,
+            force,
             args,
         } => {
             let keys = match (file, args.as_slice()) {
@@ -256,7 +262,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 _ => return Err(CliError::DeleteUsage),
             };
-            objects::delete(&store.open()?, keys)
+            objects::delete(&store.open()?, keys, force)
         }
         Cmd::Wait { store, timeout } => {
             objects::wait_ready(&store.open()?, Duration::from_secs(timeout))

@@ -6,9 +6,11 @@
 //! cluster's Service CIDR) is `tapestry_cluster::admission`, as it is the API
 //! server's in Kubernetes.
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use tapestry_cluster::liveness::{self, judge, status_on_node, Liveness};
 use tapestry_cluster::status::{status_key, PodRunStatus};
 use tapestry_cluster::{
     admission, compute_endpoints, load_path, ClusterIp, Namespace, NetworkPolicy, Node, Object,
@@ -89,11 +91,19 @@ fn network_policies(store: &dyn Store) -> Result<Vec<NetworkPolicy>, CliError> {
     })
 }
 
-fn status(store: &dyn Store, pod: &Pod) -> Option<PodRunStatus> {
+/// The pod's kubelet status as endpoints take it: not ready on a NotReady
+/// node (`not_ready`, judged once per command on this machine's clock).
+fn status(store: &dyn Store, pod: &Pod, not_ready: &BTreeSet<String>) -> Option<PodRunStatus> {
     let e = store
         .get(&status_key(&pod.metadata.namespace, &pod.metadata.name))
         .ok()??;
-    serde_json::from_slice(&e.value).ok()
+    let stored = serde_json::from_slice(&e.value).ok()?;
+    status_on_node(Some(&stored), pod, not_ready)
+}
+
+/// The NotReady nodes, now.
+fn not_ready(store: &dyn Store) -> Result<BTreeSet<String>, CliError> {
+    Ok(liveness::not_ready_in_store(store, SystemTime::now())?)
 }
 
 /// `tapestry apply -f PATH`: admission (scheduling, ClusterIPs) is the
@@ -119,10 +129,14 @@ pub fn apply(store: &dyn Store, path: &Path) -> Result<(), CliError> {
 }
 
 /// `tapestry delete -f PATH` or `tapestry delete KIND NAME…`.
-pub fn delete(store: &dyn Store, keys: Vec<(String, String)>) -> Result<(), CliError> {
+pub fn delete(store: &dyn Store, keys: Vec<(String, String)>, force: bool) -> Result<(), CliError> {
     let mut missing = Vec::new();
     for (key, shown) in keys {
-        if admission::delete(store, &key)? {
+        if let Some(name) = key.strip_prefix("nodes/") {
+            if !delete_node(store, name, force)? {
+                missing.push(shown);
+            }
+        } else if admission::delete(store, &key)? {
             outln!("{shown} deleted");
         } else {
             missing.push(shown);
@@ -153,7 +167,7 @@ pub fn get(
 ) -> Result<(), CliError> {
     let in_namespace = |ns: &str| namespace.is_none_or(|want| ns == want);
     match kind {
-        "nodes" | "node" | "no" => get_nodes(nodes(store)?, format),
+        "nodes" | "node" | "no" => get_nodes(store, nodes(store)?, format),
         "pods" | "pod" | "po" => {
             let pods = pods(store)?
                 .into_iter()
@@ -206,30 +220,75 @@ fn or_dash(value: Option<impl ToString>) -> String {
     value.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn get_nodes(nodes: Vec<Node>, format: Format) -> Result<(), CliError> {
+/// `get nodes`: STATUS is the node's liveness now on this machine's clock
+/// (Ready, NotReady, or Unmanaged for a Node registered by hand, which no
+/// agent renews); RENEWED the age of its lease's last renewal.
+fn get_nodes(store: &dyn Store, nodes: Vec<Node>, format: Format) -> Result<(), CliError> {
     if print_documents(nodes.iter().cloned().map(Object::Node).collect(), format)? {
         return Ok(());
     }
+    let (_, leases) = liveness::nodes_and_leases(store)?;
+    let now = SystemTime::now();
     outln!(
-        "{:<14} {:<16} {:<15} VTEP-MAC",
+        "{:<14} {:<9} {:<16} {:<15} {:<17} RENEWED",
         "NAME",
+        "STATUS",
         "POD-CIDR",
-        "UNDERLAY-IP"
+        "UNDERLAY-IP",
+        "VTEP-MAC"
     );
     for n in nodes {
+        let lease = leases.get(&n.metadata.name);
+        let renewed = match (judge(&n, lease, now), lease) {
+            (Liveness::Unmanaged, _) | (_, None) => "-".to_owned(),
+            (_, Some(l)) => match now.duration_since(l.renew_time) {
+                Ok(ago) => format!("{:.1}s ago", ago.as_secs_f64()),
+                Err(_) => "in the future".to_owned(),
+            },
+        };
         outln!(
-            "{:<14} {:<16} {:<15} {}",
+            "{:<14} {:<9} {:<16} {:<15} {:<17} {}",
             n.metadata.name,
+            judge(&n, lease, now).status(),
             or_dash(n.spec.pod_cidr),
             or_dash(n.underlay_ip()),
-            or_dash(n.status.vtep_mac)
+            or_dash(n.status.vtep_mac),
+            renewed
         );
     }
     Ok(())
 }
 
+/// `delete node NAME`: the Node and what its agent held
+/// ([`admission::delete_node`]); refused while the node is Ready unless
+/// `force`. `false` if nothing of the node was found.
+pub fn delete_node(store: &dyn Store, name: &str, force: bool) -> Result<bool, CliError> {
+    let done = admission::delete_node(store, name, SystemTime::now(), force)?;
+    if !done.found_anything() {
+        return Ok(false);
+    }
+    let subnets: Vec<String> = done.subnets.iter().map(ToString::to_string).collect();
+    outln!(
+        "Node {name} deleted (subnet lease released: {}; pod IPs released: {}; liveness lease {}; pod statuses cleared: {})",
+        joined_or_none(&subnets),
+        done.pod_ips,
+        if done.lease { "deleted" } else { "none" },
+        done.pod_statuses
+    );
+    if !done.pods_bound.is_empty() {
+        outln!(
+            "warning: {} pod(s) still name node {name} in spec.nodeName and stay off every endpoint until a node {name} registers again; delete them or apply them to another node: {}",
+            done.pods_bound.len(),
+            done.pods_bound.join(", ")
+        );
+    }
+    Ok(true)
+}
+
 fn get_pods(store: &dyn Store, mut pods: Vec<Pod>, format: Format) -> Result<(), CliError> {
-    let statuses: Vec<Option<PodRunStatus>> = pods.iter().map(|p| status(store, p)).collect();
+    let not_ready = not_ready(store)?;
+    let statuses: Vec<Option<PodRunStatus>> =
+        pods.iter().map(|p| status(store, p, &not_ready)).collect();
     for (p, st) in pods.iter_mut().zip(&statuses) {
         if let Some(st) = st {
             p.status.pod_ip = st.pod_ip;
@@ -440,10 +499,11 @@ fn get_endpoints(
     services: Vec<Service>,
     format: Format,
 ) -> Result<(), CliError> {
+    let not_ready = not_ready(store)?;
     let with_status: Vec<(Pod, Option<PodRunStatus>)> = pods(store)?
         .into_iter()
         .map(|p| {
-            let st = status(store, &p);
+            let st = status(store, &p, &not_ready);
             (p, st)
         })
         .collect();
@@ -499,9 +559,10 @@ pub fn wait_ready(store: &dyn Store, timeout: Duration) -> Result<(), CliError> 
     let started = Instant::now();
     loop {
         let pods = pods(store)?;
+        let not_ready = not_ready(store)?;
         let waiting: Vec<String> = pods
             .iter()
-            .filter(|p| !status(store, p).is_some_and(|s| s.ready))
+            .filter(|p| !status(store, p, &not_ready).is_some_and(|s| s.ready))
             .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
             .collect();
         if waiting.is_empty() {

@@ -2,8 +2,8 @@
 //! store, in one place, as the API server and the scheduler do it in
 //! Kubernetes.
 //!
-//! - A Pod without `spec.nodeName` is scheduled: placed on the node with a
-//!   kubelet ([`KUBELET_LABEL`]) running the fewest pods, ties by name. A Pod
+//! - A Pod without `spec.nodeName` is scheduled: placed on the Ready node
+//!   with a kubelet ([`KUBELET_LABEL`]) running the fewest pods, ties by name. A Pod
 //!   already stored keeps the node it has, so a pod never moves.
 //! - A `ClusterIP` Service (not headless) gets its `spec.clusterIP` allocated,
 //!   or its requested one confirmed, from the cluster's Service CIDR as
@@ -22,14 +22,21 @@
 //! Deleting a Service releases its ClusterIP ([`delete`]). Deleting a
 //! Namespace is refused for `default` and `kube-system`, and while any pod,
 //! service or network policy is stored in it (there is no cascading
-//! deletion).
+//! deletion). Deleting a Node ([`delete_node`]) gives up what its agent held:
+//! its subnet lease, its pod IP allocations, its liveness lease and the pod
+//! statuses its kubelet reported; it is refused while the node's liveness
+//! lease is current (its agent would register it again at once) unless
+//! forced.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use crate::cluster_ip::{allocate_cluster_ip, release_cluster_ip, ServiceError};
 use crate::config::{
     ensure_namespace, read_cluster_config, ConfigError, NamespaceError, CLUSTER_CONFIG_KEY,
 };
+use crate::ipam::{ip_prefix, release_node_subnet, IpamError};
+use crate::liveness::{judge, lease_key, nodes_and_leases, Liveness, NodeLease};
 use crate::manifest::{ManifestError, Object, Pod, KUBELET_LABEL};
 use crate::namespace::BUILTIN_NAMESPACES;
 use crate::net::Ipv4Cidr;
@@ -67,8 +74,8 @@ pub enum AdmissionError {
     },
     /// A Pod to schedule, and no node to schedule it on.
     #[error(
-        "{object}: spec.nodeName: no node with a kubelet has registered yet to schedule it on; \
-         start the node agents first"
+        "{object}: spec.nodeName: no Ready node with a kubelet to schedule it on; \
+         start the node agents first (`tapestry get nodes` shows their status)"
     )]
     NoNode { object: String },
     /// A ClusterIP to allocate, and no Service CIDR recorded to allocate from.
@@ -121,6 +128,106 @@ pub enum AdmissionError {
         count: usize,
         first: String,
     },
+    /// A Node whose agent is alive: deleting it would only see it registered
+    /// again, with its pods and subnet in flux.
+    #[error(
+        "nodes/{name}: node {name} is Ready (its agent renewed its lease {ago:.1?} ago) and \
+         would register again at once; stop tapestryd on {name} first (the node turns \
+         NotReady within 7 s), or delete with --force"
+    )]
+    NodeAlive { name: String, ago: Duration },
+    /// The node's subnet lease could not be released.
+    #[error("nodes/{name}: cannot release its subnet: {source}")]
+    Release { name: String, source: IpamError },
+}
+
+/// What [`delete_node`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeDeleted {
+    /// Whether the Node object existed.
+    pub node: bool,
+    /// Subnet leases given up.
+    pub subnets: Vec<Ipv4Cidr>,
+    /// Pod IP allocations (`ips/NODE/…`) given up.
+    pub pod_ips: usize,
+    /// Whether a liveness lease was deleted.
+    pub lease: bool,
+    /// Pod statuses the node's kubelet had reported, deleted.
+    pub pod_statuses: usize,
+    /// Pods (`NAMESPACE/NAME`) still bound to the node by `spec.nodeName`:
+    /// left as they are, to run again if a node of that name returns.
+    pub pods_bound: Vec<String>,
+}
+
+impl NodeDeleted {
+    /// Whether anything of the node was found.
+    pub fn found_anything(&self) -> bool {
+        self.node || !self.subnets.is_empty() || self.pod_ips > 0 || self.lease
+    }
+}
+
+/// Deletes the Node `name` and gives up what its agent held (see the module
+/// docs), refusing while its liveness lease is current at `now` unless
+/// `force`. Also cleans up after a Node already deleted by hand.
+pub fn delete_node(
+    store: &dyn Store,
+    name: &str,
+    now: SystemTime,
+    force: bool,
+) -> Result<NodeDeleted, AdmissionError> {
+    let key = format!("nodes/{name}");
+    let node = match store.get(&key)? {
+        Some(e) => match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Node(n)) => Some(n),
+            _ => None,
+        },
+        None => None,
+    };
+    let lease = store
+        .get(&lease_key(name))?
+        .and_then(|e| NodeLease::decode(&e.key, &e.value).ok());
+    if let (Some(n), false) = (&node, force) {
+        if let Liveness::Ready { renewed } = judge(n, lease.as_ref(), now) {
+            return Err(AdmissionError::NodeAlive {
+                name: name.to_owned(),
+                ago: now.duration_since(renewed).unwrap_or_default(),
+            });
+        }
+    }
+    let mut done = NodeDeleted {
+        node: store.delete(&key)?.is_some(),
+        ..NodeDeleted::default()
+    };
+    done.subnets = release_node_subnet(store, name).map_err(|source| AdmissionError::Release {
+        name: name.to_owned(),
+        source,
+    })?;
+    let (ips, _) = store.list(&ip_prefix(name))?;
+    for e in ips {
+        if store.delete(&e.key)?.is_some() {
+            done.pod_ips += 1;
+        }
+    }
+    done.lease = store.delete(&lease_key(name))?.is_some();
+    let (statuses, _) = store.list("podstatus/")?;
+    for e in statuses {
+        let on_node = serde_json::from_slice::<crate::status::PodRunStatus>(&e.value)
+            .is_ok_and(|s| s.node == name);
+        if on_node && store.delete(&e.key)?.is_some() {
+            done.pod_statuses += 1;
+        }
+    }
+    let (pods, _) = store.list("pods/")?;
+    done.pods_bound = pods
+        .iter()
+        .filter_map(|e| match Object::from_json(&e.value, &e.key) {
+            Ok(Object::Pod(p)) if p.spec.node_name.as_deref() == Some(name) => {
+                Some(format!("{}/{}", p.metadata.namespace, p.metadata.name))
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(done)
 }
 
 /// Pods per node that can run them: what the scheduler places by.
@@ -130,23 +237,23 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    /// The nodes with a kubelet and the pods bound to them, counting the
-    /// batch's pods that name a node and are not stored yet.
+    /// The Ready nodes with a kubelet and the pods bound to them, counting
+    /// the batch's pods that name a node and are not stored yet. A NotReady
+    /// node ([`crate::liveness`]) gets no new pods, as Kubernetes' scheduler
+    /// keeps them off a node tainted `not-ready`.
     fn new(store: &dyn Store, batch: &[Object]) -> Result<Self, AdmissionError> {
-        let (entries, _) = store.list("nodes/")?;
-        let mut load: BTreeMap<String, usize> = entries
-            .iter()
-            .filter_map(|e| match Object::from_json(&e.value, &e.key) {
-                Ok(Object::Node(n)) => Some(n),
-                _ => None,
-            })
-            .filter(|n| {
+        let (nodes, leases) = nodes_and_leases(store)?;
+        let now = SystemTime::now();
+        let mut load: BTreeMap<String, usize> = nodes
+            .into_iter()
+            .filter(|(name, n)| {
                 n.metadata
                     .labels
                     .get(KUBELET_LABEL)
                     .is_some_and(|v| v == "true")
+                    && judge(n, leases.get(name), now).is_usable()
             })
-            .map(|n| (n.metadata.name, 0))
+            .map(|(name, _)| (name, 0))
             .collect();
         let (entries, _) = store.list("pods/")?;
         let stored = entries
@@ -302,10 +409,15 @@ pub fn apply(
     Ok(())
 }
 
-/// Deletes the object stored under `key`; a Service's ClusterIP is released.
+/// Deletes the object stored under `key`; a Service's ClusterIP is released,
+/// a Node is deleted with what its agent held ([`delete_node`], not forced).
 /// `false` if nothing was stored there. A built-in or non-empty Namespace is
 /// an error and stays.
 pub fn delete(store: &dyn Store, key: &str) -> Result<bool, AdmissionError> {
+    if let Some(name) = key.strip_prefix("nodes/") {
+        let done = delete_node(store, name, SystemTime::now(), false)?;
+        return Ok(done.node);
+    }
     if let Some(name) = key.strip_prefix("namespaces/") {
         check_namespace_deletable(store, name)?;
     }

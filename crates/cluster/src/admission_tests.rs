@@ -39,6 +39,10 @@ fn node(store: &MemStore, name: &str, kubelet: bool) {
     };
     let yaml = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}{label}\n");
     apply(store, objects(&yaml), |_, _| {}).unwrap();
+    // Its agent is alive: the scheduler places pods only on Ready nodes.
+    if kubelet {
+        crate::liveness::renew(store, name, std::time::SystemTime::now()).unwrap();
+    }
 }
 
 fn pod_yaml(name: &str, node_name: Option<&str>) -> String {
@@ -147,6 +151,23 @@ fn a_pod_without_node_name_is_scheduled_on_the_least_loaded_kubelet_node() {
         "{again:?}"
     );
     assert_eq!(node_of(&s, "a"), "node2");
+}
+
+#[test]
+fn a_not_ready_node_gets_no_new_pods() {
+    let s = cluster("10.96.0.0/12");
+    node(&s, "node1", true);
+    node(&s, "node2", true);
+    // node2's agent died: its lease is gone (or expired).
+    s.delete("nodeleases/node2").unwrap();
+    let batch = [pod_yaml("a", None), pod_yaml("b", None)].join("---\n");
+    apply(&s, objects(&batch), |_, _| {}).unwrap();
+    assert_eq!(node_of(&s, "a"), "node1");
+    assert_eq!(node_of(&s, "b"), "node1");
+    // With no Ready node at all, nothing is scheduled, and the error says why.
+    s.delete("nodeleases/node1").unwrap();
+    let err = apply(&s, objects(&pod_yaml("c", None)), |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("no Ready node"), "{err}");
 }
 
 #[test]
@@ -346,4 +367,100 @@ fn a_policy_is_stored_with_its_policy_types_defaulted() {
     let mut outcome = None;
     apply(&store, objects(np), |_, o| outcome = Some(o)).unwrap();
     assert_eq!(outcome, Some(Outcome::Unchanged));
+}
+
+/// `delete node`: refused while the node's lease is current; once it has
+/// run out, the Node, its subnet lease, pod IPs, liveness lease and pod
+/// statuses go, and its subnet is free for the next node.
+#[test]
+fn deleting_a_node_gives_up_what_its_agent_held() {
+    use crate::ipam::{lease_node_subnet, PodIpam};
+    use crate::liveness::{renew, LEASE_DURATION};
+    use crate::status::{status_key, PodRunStatus};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    let s = Arc::new(cluster("10.96.0.0/12"));
+    let c = crate::ipam::DEFAULT_CLUSTER_CIDR;
+    node(&s, "node1", true);
+    node(&s, "node2", true);
+    assert_eq!(
+        lease_node_subnet(&*s, "node1", c, 24).unwrap(),
+        cidr("10.244.1.0/24")
+    );
+    assert_eq!(
+        lease_node_subnet(&*s, "node2", c, 24).unwrap(),
+        cidr("10.244.2.0/24")
+    );
+    // Now, not a fixed instant: `delete` below judges on the system clock.
+    let t0 = SystemTime::now();
+    renew(&*s, "node1", t0).unwrap();
+    renew(&*s, "node2", t0).unwrap();
+    apply(&*s, objects(&pod_yaml("p2", Some("node2"))), |_, _| {}).unwrap();
+    let ipam = PodIpam::new(
+        Arc::clone(&s) as Arc<dyn Store>,
+        "node2",
+        cidr("10.244.2.0/24"),
+    );
+    let ip = ipam.allocate("pods/default/p2").unwrap();
+    let status = PodRunStatus {
+        node: "node2".into(),
+        pod_ip: Some(ip),
+        phase: "Running".into(),
+        ready: true,
+        message: String::new(),
+    };
+    s.put(
+        &status_key("default", "p2"),
+        &serde_json::to_vec(&status).unwrap(),
+    )
+    .unwrap();
+
+    // Alive: refused, with what to do, and nothing touched.
+    let e = delete_node(&*s, "node2", t0 + Duration::from_secs(2), false).unwrap_err();
+    assert!(matches!(e, AdmissionError::NodeAlive { .. }), "{e}");
+    assert!(e.to_string().contains("stop tapestryd on node2"), "{e}");
+    assert!(matches!(
+        delete(&*s, "nodes/node2"),
+        Err(AdmissionError::NodeAlive { .. })
+    ));
+    assert!(s.get("nodes/node2").unwrap().is_some());
+
+    // Its lease has run out: deleted, with everything it held.
+    let later = t0 + LEASE_DURATION + Duration::from_secs(2);
+    let done = delete_node(&*s, "node2", later, false).unwrap();
+    assert_eq!(
+        done,
+        NodeDeleted {
+            node: true,
+            subnets: vec![cidr("10.244.2.0/24")],
+            pod_ips: 1,
+            lease: true,
+            pod_statuses: 1,
+            pods_bound: vec!["default/p2".into()],
+        }
+    );
+    for gone in [
+        "nodes/node2",
+        "leases/10.244.2.0-24",
+        "nodeleases/node2",
+        "podstatus/default/p2",
+    ] {
+        assert!(s.get(gone).unwrap().is_none(), "{gone} is still there");
+    }
+    assert!(s.list("ips/node2/").unwrap().0.is_empty());
+    // node1 and its lease are untouched; the freed subnet goes to a new node.
+    assert!(s.get("nodeleases/node1").unwrap().is_some());
+    assert_eq!(
+        lease_node_subnet(&*s, "node3", c, 24).unwrap(),
+        cidr("10.244.2.0/24")
+    );
+    // Nothing left: a second delete finds nothing.
+    assert!(!delete_node(&*s, "node2", later, false)
+        .unwrap()
+        .found_anything());
+
+    // A live node may be deleted with force.
+    let done = delete_node(&*s, "node1", t0, true).unwrap();
+    assert!(done.node && done.lease);
 }

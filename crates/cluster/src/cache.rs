@@ -24,16 +24,32 @@
 //!
 //! Values that do not decode are dropped from the maps and recorded in
 //! [`ClusterState::decode_errors`], so one bad object cannot hide the rest.
+//!
+//! Node liveness ([`crate::liveness`]) is judged here too, with the cache's
+//! [`Clock`]: the worker keeps the `nodeleases/` values to itself and
+//! publishes only the set they imply, [`ClusterState::not_ready_nodes`].
+//! A renewal that leaves every node as it was publishes nothing (a live
+//! cluster renews a lease every 2 s per node). Because a dead node makes no
+//! event, the worker also judges again on a timer: at the next lease expiry
+//! ([`next_expiry`]) and at least every [`RECHECK_AT_LEAST`]. Pods on a
+//! NotReady node count as not ready ([`ClusterState::pods_with_status`]),
+//! which takes them out of every Service's ready endpoints and so out of the
+//! load balancer and DNS, as Kubernetes' node lifecycle controller does by
+//! setting their Ready condition to false.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::endpoints::{compute_endpoints, Endpoints};
+use crate::liveness::{
+    next_expiry, not_ready_nodes, status_on_node, Clock, Leases, NodeLease, SystemClock,
+    NODE_LEASE_PREFIX,
+};
 use crate::manifest::{Node, Object, Pod};
 use crate::namespace::Namespace;
 use crate::policy::NetworkPolicy;
@@ -56,6 +72,11 @@ pub const CACHED_PREFIXES: [&str; 6] = [
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between list retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest the worker goes without judging node liveness again, whatever
+/// the next expiry (a wall clock that jumps is caught up with this soon).
+pub const RECHECK_AT_LEAST: Duration = Duration::from_secs(1);
+/// Added to the wait for the next expiry, so the judgement falls after it.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
 
 /// Why a stored value was left out of the [`ClusterState`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +113,11 @@ pub struct ClusterState {
     pub namespaces: BTreeMap<String, Namespace>,
     /// Network policies by `NAMESPACE/NAME`.
     pub network_policies: BTreeMap<String, NetworkPolicy>,
+    /// Nodes registered by an agent whose liveness lease is missing or
+    /// expired, judged when this state was published
+    /// ([`crate::liveness`]). Their routes are withdrawn and their pods are
+    /// not ready.
+    pub not_ready_nodes: BTreeSet<String>,
     /// Store keys whose values could not be decoded, with the reason.
     pub decode_errors: BTreeMap<String, DecodeError>,
     /// How often the watch broke (e.g. compacted) and the cache relisted.
@@ -108,7 +134,7 @@ impl ClusterState {
             .pods
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, p)| (p.clone(), self.pod_status.get(k).cloned()))
+            .map(|(k, p)| (p.clone(), self.status_of(k, p)))
             .collect();
         Some(compute_endpoints(svc, &pods))
     }
@@ -122,12 +148,24 @@ impl ClusterState {
             .collect()
     }
 
-    /// Every pod with its kubelet status, if reported, in key order.
+    /// Every pod with its kubelet status, if reported, in key order; a pod
+    /// on a NotReady node is not ready, whatever its last status said.
     pub fn pods_with_status(&self) -> Vec<(Pod, Option<PodRunStatus>)> {
         self.pods
             .iter()
-            .map(|(k, p)| (p.clone(), self.pod_status.get(k).cloned()))
+            .map(|(k, p)| (p.clone(), self.status_of(k, p)))
             .collect()
+    }
+
+    /// Whether `node` is NotReady in this state.
+    pub fn node_not_ready(&self, node: &str) -> bool {
+        self.not_ready_nodes.contains(node)
+    }
+
+    /// The pod's kubelet status as endpoints take it
+    /// ([`crate::liveness::status_on_node`]).
+    fn status_of(&self, key: &str, pod: &Pod) -> Option<PodRunStatus> {
+        status_on_node(self.pod_status.get(key), pod, &self.not_ready_nodes)
     }
 
     /// The labels of the namespace `name` as namespace selectors see them:
@@ -290,6 +328,8 @@ pub struct ClusterCache {
     shared: Arc<Shared>,
     /// Dropped to stop the thread (its receiver then disconnects).
     stop: Option<Sender<()>>,
+    /// Asks the worker to judge node liveness now.
+    recheck: Sender<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -304,20 +344,34 @@ impl std::fmt::Debug for ClusterCache {
 impl ClusterCache {
     /// Lists the store, publishes the first snapshot (generation 1) and
     /// starts the watch thread. Fails only if that first list or watch
-    /// fails; later failures are retried in the background.
+    /// fails; later failures are retried in the background. Node liveness
+    /// is judged on the system clock.
     pub fn start(store: Arc<dyn Store>) -> Result<ClusterCache, StoreError> {
-        let (state, watch) = list_and_watch(&*store)?;
+        Self::start_with_clock(store, Arc::new(SystemClock))
+    }
+
+    /// [`ClusterCache::start`], judging node liveness on `clock`.
+    pub fn start_with_clock(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<ClusterCache, StoreError> {
+        let (mut state, leases, watch) = list_and_watch(&*store)?;
+        state.not_ready_nodes = not_ready_nodes(&state.nodes, &leases, clock.now());
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(ClusterState::default()),
             subscribers: parking_lot::Mutex::new(Vec::new()),
         });
         shared.publish(state.clone());
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (recheck_tx, recheck_rx) = crossbeam_channel::bounded::<()>(1);
         let worker = Worker {
             store,
             shared: Arc::clone(&shared),
             stop: stop_rx,
+            recheck: recheck_rx,
+            clock,
             state,
+            leases,
         };
         let thread = std::thread::Builder::new()
             .name("cluster-cache".into())
@@ -330,6 +384,7 @@ impl ClusterCache {
         Ok(ClusterCache {
             shared,
             stop: Some(stop_tx),
+            recheck: recheck_tx,
             thread: Some(thread),
         })
     }
@@ -349,6 +404,13 @@ impl ClusterCache {
         self.shared.subscribers.lock().push(tx);
         rx
     }
+
+    /// Asks the worker to judge node liveness now rather than at its next
+    /// timer (tests that move a hand-held clock; the worker's own timer
+    /// needs no help).
+    pub fn recheck(&self) {
+        let _ = self.recheck.try_send(());
+    }
 }
 
 impl Drop for ClusterCache {
@@ -362,7 +424,7 @@ impl Drop for ClusterCache {
 }
 
 /// One consistent list of everything cached, and a watch from its revision.
-fn list_and_watch(store: &dyn Store) -> Result<(ClusterState, Watch), StoreError> {
+fn list_and_watch(store: &dyn Store) -> Result<(ClusterState, Leases, Watch), StoreError> {
     // One list of the whole store, not one per prefix, so the first state
     // is a single point in time (the other keys are few and small).
     let (entries, revision) = store.list("")?;
@@ -370,11 +432,51 @@ fn list_and_watch(store: &dyn Store) -> Result<(ClusterState, Watch), StoreError
         revision,
         ..ClusterState::default()
     };
-    for entry in entries.into_iter().filter(|e| is_cached(&e.key)) {
-        state.put(entry);
+    let mut leases = Leases::new();
+    for entry in entries {
+        if entry.key.starts_with(NODE_LEASE_PREFIX) {
+            apply_lease(&mut state, &mut leases, Event::Put(entry));
+        } else if is_cached(&entry.key) {
+            state.put(entry);
+        }
     }
     let watch = store.watch("", revision)?;
-    Ok((state, watch))
+    Ok((state, leases, watch))
+}
+
+/// Applies a change of a `nodeleases/` key to `leases`; an undecodable
+/// value counts as no lease and is listed in `decode_errors`. `true` if
+/// that list changed (a renewal alone changes nothing published).
+fn apply_lease(state: &mut ClusterState, leases: &mut Leases, event: Event) -> bool {
+    let Some(name) = event.key().strip_prefix(NODE_LEASE_PREFIX) else {
+        return false;
+    };
+    let name = name.to_owned();
+    let key = crate::liveness::lease_key(&name);
+    state.revision = state.revision.max(event.revision());
+    let error = match event {
+        Event::Put(e) => match NodeLease::decode(&e.key, &e.value) {
+            Ok(lease) => {
+                leases.insert(name, lease);
+                None
+            }
+            Err(err) => {
+                leases.remove(&name);
+                Some(err.to_string())
+            }
+        },
+        Event::Delete { .. } => {
+            leases.remove(&name);
+            None
+        }
+    };
+    match error {
+        None => state.decode_errors.remove(&key).is_some(),
+        Some(message) => {
+            let new = DecodeError::Undecodable { message };
+            state.decode_errors.insert(key, new.clone()) != Some(new)
+        }
+    }
 }
 
 /// The background thread's own state.
@@ -382,8 +484,13 @@ struct Worker {
     store: Arc<dyn Store>,
     shared: Arc<Shared>,
     stop: Receiver<()>,
+    recheck: Receiver<()>,
+    clock: Arc<dyn Clock>,
     /// The working copy; clones of it are published.
     state: ClusterState,
+    /// The node leases, kept out of the published state: only the
+    /// liveness they imply is published.
+    leases: Leases,
 }
 
 impl Worker {
@@ -393,18 +500,22 @@ impl Worker {
         // once), repeated ones back off so a failing store is not spun on.
         let mut barren_breaks = 0u32;
         loop {
+            let wait = self.judge_again_in();
+            // `None`: a timer or a recheck request, no store event.
             let first = crossbeam_channel::select! {
                 recv(self.stop) -> _ => return,
-                recv(watch.receiver()) -> item => item.ok(),
+                recv(watch.receiver()) -> item => Some(item.ok()),
+                recv(self.recheck) -> _ => None,
+                default(wait) => None,
             };
             let mut changed = false;
             let mut broken = false;
             // `None`: the store side closed the watch; treat like an error.
-            let mut next = Some(first);
+            let mut next = first;
             while let Some(item) = next {
                 match item {
                     Some(Ok(event)) => {
-                        changed |= self.state.apply(event);
+                        changed |= self.apply(event);
                         barren_breaks = 0;
                     }
                     Some(Err(_)) | None => {
@@ -422,19 +533,67 @@ impl Worker {
                 }
                 barren_breaks = barren_breaks.saturating_add(1);
                 match self.relist() {
-                    Some((mut state, w)) => {
+                    Some((mut state, leases, w)) => {
                         state.relists = self.state.relists + 1;
+                        // Judged again below; kept so that only real
+                        // transitions are logged.
+                        state.not_ready_nodes = std::mem::take(&mut self.state.not_ready_nodes);
                         self.state = state;
+                        self.leases = leases;
                         watch = w;
                         changed = true;
                     }
                     None => return,
                 }
             }
+            changed |= self.judge();
             if changed {
                 self.shared.publish(self.state.clone());
             }
         }
+    }
+
+    /// Applies one store change; `true` if the published state changes.
+    fn apply(&mut self, event: Event) -> bool {
+        if event.key().starts_with(NODE_LEASE_PREFIX) {
+            apply_lease(&mut self.state, &mut self.leases, event)
+        } else {
+            self.state.apply(event)
+        }
+    }
+
+    /// Judges every node's liveness now; `true` if the NotReady set changed.
+    fn judge(&mut self) -> bool {
+        let now = self.clock.now();
+        let judged = not_ready_nodes(&self.state.nodes, &self.leases, now);
+        if judged == self.state.not_ready_nodes {
+            return false;
+        }
+        for node in judged.difference(&self.state.not_ready_nodes) {
+            let renewed = self.leases.get(node).map(|l| l.renew_time);
+            let ago = renewed.and_then(|t| now.duration_since(t).ok());
+            tracing::warn!(
+                %node,
+                last_renewal_s_ago = ago.map(|d| format!("{:.1}", d.as_secs_f64())),
+                "node NotReady: its liveness lease is missing or expired"
+            );
+        }
+        for node in self.state.not_ready_nodes.difference(&judged) {
+            tracing::info!(%node, "node Ready again (or gone)");
+        }
+        self.state.not_ready_nodes = judged;
+        true
+    }
+
+    /// How long until liveness must be judged again with no store event:
+    /// just after the next lease expiry, and never longer than
+    /// [`RECHECK_AT_LEAST`].
+    fn judge_again_in(&self) -> Duration {
+        let now: SystemTime = self.clock.now();
+        next_expiry(&self.state.nodes, &self.leases, now)
+            .and_then(|t| t.duration_since(now).ok())
+            .map_or(RECHECK_AT_LEAST, |d| d + EXPIRY_MARGIN)
+            .min(RECHECK_AT_LEAST)
     }
 
     /// Waits `d`, but returns `false` at once when the cache is dropped.
@@ -447,7 +606,7 @@ impl Worker {
 
     /// Lists and watches again, retrying with backoff; `None` if told to
     /// stop meanwhile.
-    fn relist(&self) -> Option<(ClusterState, Watch)> {
+    fn relist(&self) -> Option<(ClusterState, Leases, Watch)> {
         let mut attempt = 0u32;
         loop {
             match list_and_watch(&*self.store) {

@@ -367,3 +367,115 @@ fn a_corrupt_log_line_does_not_stop_the_cache() {
     drop(cache);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// --- node liveness ----------------------------------------------------------------
+
+const AGENT_NODES: &str = "\
+apiVersion: v1
+kind: Node
+metadata: {name: node1, labels: {node.tapestry.io/kubelet: \"true\"}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node2, labels: {node.tapestry.io/kubelet: \"true\"}}
+";
+
+fn lease(store: &dyn Store, node: &str, at: SystemTime) {
+    crate::liveness::renew(store, node, at).unwrap();
+}
+
+fn ready_ips(s: &ClusterState) -> Vec<String> {
+    s.endpoints("default/web")
+        .map(|e| e.addresses.iter().map(|a| a.pod.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Expiry on a hand-moved clock: node1 (web-a's node) stops renewing, is
+/// NotReady once its lease runs out and web-a leaves the ready endpoints;
+/// a renewal makes it Ready again. A renewal that moves nothing publishes
+/// nothing; a deleted lease counts as expired.
+#[test]
+fn a_node_whose_lease_runs_out_is_not_ready_and_its_pods_leave_endpoints() {
+    use crate::liveness::ManualClock;
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let clock = Arc::new(ManualClock::new(t0));
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    put_object(&*store, AGENT_NODES);
+    put_object(&*store, WEB_POD);
+    put_object(&*store, WEB_SVC);
+    put_status(&*store, true);
+    lease(&*store, "node1", t0);
+    lease(&*store, "node2", t0);
+    let cache = ClusterCache::start_with_clock(Arc::clone(&store), clock.clone()).unwrap();
+    let rx = cache.subscribe();
+    let first = cache.snapshot();
+    assert!(first.not_ready_nodes.is_empty());
+    assert_eq!(ready_ips(&first), ["web-a"]);
+
+    // node2 renews at t0+5 s: nothing published for it. A namespace written
+    // after it is the next generation, so the renewal made none.
+    clock.advance(Duration::from_secs(5));
+    lease(&*store, "node2", clock.now());
+    put_object(
+        &*store,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: marker}\n",
+    );
+    let marked = wait_for(&cache, &rx, "the marker namespace", |s| {
+        s.namespaces.contains_key("marker")
+    });
+    assert_eq!(marked.generation, first.generation + 1);
+
+    // t0+7 s: node1's lease (6 s + 1 s of skew) has run out; node2's has not.
+    clock.advance(Duration::from_secs(2));
+    cache.recheck();
+    let expired = wait_for(&cache, &rx, "node1 NotReady", |s| s.node_not_ready("node1"));
+    assert_eq!(expired.not_ready_nodes.len(), 1);
+    let ep = expired.endpoints("default/web").unwrap();
+    assert!(ep.addresses.is_empty());
+    assert_eq!(ep.not_ready[0].pod, "web-a");
+    // The pod's own status is untouched: only the view of it changed.
+    assert!(expired.pod_status["default/web-a"].ready);
+
+    // node1's agent is back and renews: Ready, web-a an endpoint again.
+    lease(&*store, "node1", clock.now());
+    let back = wait_for(&cache, &rx, "node1 Ready", |s| s.not_ready_nodes.is_empty());
+    assert_eq!(ready_ips(&back), ["web-a"]);
+
+    // A lease deleted (as etcd does when its TTL runs out) is an expired one.
+    store.delete("nodeleases/node2").unwrap();
+    wait_for(&cache, &rx, "node2 NotReady", |s| s.node_not_ready("node2"));
+    // An unreadable lease too, and it is reported.
+    store.put("nodeleases/node1", b"{garbage").unwrap();
+    let bad = wait_for(&cache, &rx, "node1 NotReady on a bad lease", |s| {
+        s.node_not_ready("node1")
+    });
+    assert!(bad.decode_errors.contains_key("nodeleases/node1"));
+}
+
+/// With the system clock and no store event at all, the worker's own timer
+/// notices a lease that runs out.
+#[test]
+fn expiry_is_noticed_without_any_store_event() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    put_object(&*store, AGENT_NODES);
+    let now = SystemTime::now();
+    lease(&*store, "node1", now);
+    // node2's lease runs out 300 ms from now.
+    let old = now - crate::liveness::LEASE_DURATION - crate::liveness::CLOCK_SKEW
+        + Duration::from_millis(300);
+    lease(&*store, "node2", old);
+    let cache = ClusterCache::start(Arc::clone(&store)).unwrap();
+    let rx = cache.subscribe();
+    assert!(cache.snapshot().not_ready_nodes.is_empty());
+    let t = Instant::now();
+    let snap = wait_for(&cache, &rx, "node2 NotReady by the timer", |s| {
+        s.node_not_ready("node2")
+    });
+    // The timer aims just past the expiry; well under the 1 s recheck bound.
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!snap.node_not_ready("node1"));
+}

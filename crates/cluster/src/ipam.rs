@@ -379,6 +379,31 @@ impl PodIpam {
         })
     }
 
+    /// Makes sure `ip`, which `pod_key` already uses (a pod reattached
+    /// after a restart), is recorded as that pod's: creates the allocation
+    /// if it is missing (released meanwhile, as deleting the node does).
+    /// `Ok(false)` if the address cannot be the pod's: outside this subnet,
+    /// reserved, or held by another pod.
+    pub fn claim(&self, pod_key: &str, ip: Ipv4Addr) -> Result<bool, IpamError> {
+        if !self.assignable_offsets().any(|(_, a)| a == ip) {
+            return Ok(false);
+        }
+        let value = encode(&IpAllocation {
+            pod: pod_key.into(),
+        });
+        match self
+            .store
+            .compare_and_swap(&ip_key(&self.node, ip), 0, &value)
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(self
+                .allocations()?
+                .get(&ip)
+                .is_some_and(|(p, _)| p == pod_key)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Frees every address held by `pod_key`; returns them.
     pub fn release(&self, pod_key: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
         let mut released = Vec::new();

@@ -271,3 +271,89 @@ fn concurrent_allocators_never_share_an_ip() {
     assert_eq!(shared.allocations().unwrap().len(), 100);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A node that went NotReady (its liveness lease ran out) and comes back
+/// takes its old subnet again, and its pods their old addresses; a node that
+/// joined meanwhile did not take that subnet.
+#[test]
+fn a_node_back_from_not_ready_takes_its_old_subnet_again() {
+    use crate::liveness::{judge, renew, Liveness, NodeLease, LEASE_DURATION};
+    use crate::manifest::{Node, KUBELET_LABEL};
+    use crate::meta::ObjectMeta;
+    use std::time::{Duration, SystemTime};
+
+    let (s, dir) = dir_store("notready");
+    let c = DEFAULT_CLUSTER_CIDR;
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    assert_eq!(
+        lease_node_subnet(&*s, "node1", c, 24).unwrap(),
+        cidr("10.244.1.0/24")
+    );
+    assert_eq!(
+        lease_node_subnet(&*s, "node2", c, 24).unwrap(),
+        cidr("10.244.2.0/24")
+    );
+    renew(&*s, "node2", t0).unwrap();
+    let ipam = PodIpam::new(Arc::clone(&s), "node2", cidr("10.244.2.0/24"));
+    let pod_ip = ipam.allocate("pods/default/web").unwrap();
+
+    // node2's agent dies: NotReady 7 s after its last renewal.
+    let mut node2 = Node {
+        metadata: ObjectMeta::named("node2"),
+        spec: Default::default(),
+        status: Default::default(),
+    };
+    node2
+        .metadata
+        .labels
+        .insert(KUBELET_LABEL.into(), "true".into());
+    let e = s.get("nodeleases/node2").unwrap().unwrap();
+    let lease = NodeLease::decode(&e.key, &e.value).unwrap();
+    let later = t0 + LEASE_DURATION + Duration::from_secs(5);
+    assert!(matches!(
+        judge(&node2, Some(&lease), later),
+        Liveness::NotReady(_)
+    ));
+
+    // A node joining meanwhile gets a free block, not node2's.
+    assert_eq!(
+        lease_node_subnet(&*s, "node3", c, 24).unwrap(),
+        cidr("10.244.3.0/24")
+    );
+    // node2's agent restarts (another process: the store reopened).
+    drop(ipam);
+    let s2: Arc<dyn Store> = Arc::new(DirStore::open(&dir).unwrap());
+    assert_eq!(
+        lease_node_subnet(&*s2, "node2", c, 24).unwrap(),
+        cidr("10.244.2.0/24")
+    );
+    let ipam = PodIpam::new(Arc::clone(&s2), "node2", cidr("10.244.2.0/24"));
+    assert_eq!(ipam.allocate("pods/default/web").unwrap(), pod_ip);
+    renew(&*s2, "node2", later).unwrap();
+    let e = s2.get("nodeleases/node2").unwrap().unwrap();
+    let lease = NodeLease::decode(&e.key, &e.value).unwrap();
+    assert!(matches!(
+        judge(&node2, Some(&lease), later),
+        Liveness::Ready { .. }
+    ));
+    drop((s, s2, ipam));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_reattached_pod_claims_its_address_again() {
+    let s: Arc<dyn Store> = Arc::new(MemStore::new());
+    let ipam = PodIpam::new(Arc::clone(&s), "node1", cidr("10.244.1.0/24"));
+    let a = ipam.allocate("pods/default/a").unwrap();
+    // Held already: nothing to do.
+    assert!(ipam.claim("pods/default/a", a).unwrap());
+    // Released behind the pod's back (its node was deleted): claimed again.
+    ipam.release("pods/default/a").unwrap();
+    assert!(ipam.claim("pods/default/a", a).unwrap());
+    assert_eq!(ipam.lookup("pods/default/a").unwrap(), Some(a));
+    // Not the pod's to claim: another pod's, outside the subnet, reserved.
+    assert!(!ipam.claim("pods/default/b", a).unwrap());
+    assert!(!ipam.claim("pods/default/b", ip("10.244.2.9")).unwrap());
+    assert!(!ipam.claim("pods/default/b", ip("10.244.1.1")).unwrap());
+    assert_eq!(ipam.allocations().unwrap().len(), 1);
+}

@@ -16,6 +16,7 @@
 //! - [`validate`]: Kubernetes naming rules and field errors.
 //! - [`store`]: the revisioned key-value store with watch, and its backends.
 //! - [`ipam`]: node subnet leases and pod IP allocation over the store.
+//! - [`liveness`]: node leases, and whether a node is Ready.
 //! - [`cluster_ip`]: service virtual IP allocation over the store.
 //! - [`config`]: the cluster's Service and pod CIDRs, recorded in the store,
 //!   and the built-in namespaces created with them.
@@ -31,6 +32,7 @@ pub mod cluster_ip;
 pub mod config;
 pub mod endpoints;
 pub mod ipam;
+pub mod liveness;
 pub mod manifest;
 pub mod meta;
 pub mod namespace;

@@ -1,6 +1,9 @@
 //! From cluster state to [`DnsData`]: the Services (with their ready
 //! endpoints, target ports resolved per pod) and the pods that have an
 //! address, as the node agents and `tapestry apply` recorded them in the store.
+//! Pods on a NotReady node (`ClusterState::not_ready_nodes`, judged by the
+//! server's cache on its own clock) are not ready endpoints, so Service and
+//! headless names stop answering with them; their pod records stay.
 
 use tapestry_cluster::{ClusterIp, ClusterState, Protocol, ServiceType};
 
@@ -177,6 +180,15 @@ spec:
             .expect("headless");
         assert_eq!(headless.kind, ServiceKind::Headless);
         assert_eq!(headless.endpoints[0].hostname.as_deref(), Some("web-a"));
+        assert_eq!(data.pods.len(), 2);
+
+        // node1 stops renewing its lease: its pods leave both services'
+        // answers (they are no longer ready endpoints); their pod records stay.
+        state.not_ready_nodes.insert("node1".into());
+        let data = dns_data(&state);
+        for svc in &data.services {
+            assert!(svc.endpoints.is_empty(), "{} still answers", svc.name);
+        }
         assert_eq!(data.pods.len(), 2);
     }
 }

@@ -91,6 +91,9 @@ impl Store for Cleanup {
     fn revision(&self) -> Result<Revision, StoreError> {
         self.0.revision()
     }
+    fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
+        self.0.put_expiring(key, value, ttl)
+    }
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -355,6 +358,37 @@ fn compaction(f: &dyn Factory) {
     assert_eq!(s.get("k").unwrap().unwrap().value, b"new");
 }
 
+/// A write that expires with its writer (a liveness lease) is, while it
+/// lasts, an ordinary key: read, listed, watched, overwritten and deleted
+/// like any other. (Whether and when it vanishes on its own is the
+/// backend's: never for these two, after `ttl` for one with leases.)
+fn put_expiring_is_an_ordinary_key_while_it_lasts(f: &dyn Factory) {
+    let s = f.make(1000);
+    let ttl = Duration::from_secs(6);
+    let w = s.watch("nodeleases/", 0).unwrap();
+    let r1 = s.put_expiring("nodeleases/n1", b"first", ttl).unwrap();
+    let r2 = s.put_expiring("nodeleases/n1", b"second", ttl).unwrap();
+    assert!(r2 > r1);
+    let e = s.get("nodeleases/n1").unwrap().unwrap();
+    assert_eq!((e.value.as_slice(), e.revision), (&b"second"[..], r2));
+    assert_eq!(s.list("nodeleases/").unwrap().0, vec![e]);
+    for (want, rev) in [(&b"first"[..], r1), (&b"second"[..], r2)] {
+        match next(&w) {
+            Event::Put(got) => assert_eq!((got.value.as_slice(), got.revision), (want, rev)),
+            other => panic!("expected a put, got {other:?}"),
+        }
+    }
+    let rev = s.delete("nodeleases/n1").unwrap().unwrap();
+    assert_eq!(
+        next(&w),
+        Event::Delete {
+            key: "nodeleases/n1".into(),
+            revision: rev
+        }
+    );
+    assert_eq!(s.get("nodeleases/n1").unwrap(), None);
+}
+
 macro_rules! conformance {
     ($backend:ident, $factory:expr) => {
         mod $backend {
@@ -414,6 +448,13 @@ macro_rules! conformance {
                     return;
                 }
                 super::compaction(&$factory)
+            }
+            #[test]
+            fn put_expiring_is_an_ordinary_key_while_it_lasts() {
+                if Factory::skipped(&$factory) {
+                    return;
+                }
+                super::put_expiring_is_an_ordinary_key_while_it_lasts(&$factory)
             }
         }
     };

@@ -91,6 +91,11 @@ impl Store for Compacting {
     fn revision(&self) -> Result<Revision, StoreError> {
         self.store.revision()
     }
+    fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
+        self.store
+            .put_expiring(key, value, ttl)
+            .map(|r| self.wrote(r))
+    }
 }
 
 const WAIT: Duration = Duration::from_secs(15);

@@ -217,6 +217,19 @@ pub trait Store: Send + Sync {
 
     /// The current store revision.
     fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// Writes a key that should live only as long as its writer keeps
+    /// rewriting it (a node's liveness lease, [`crate::liveness`]): `ttl`
+    /// after the last write it may vanish. A store with real leases (etcd)
+    /// should override this to attach one of `ttl`, so the key is deleted
+    /// when the writer stops; the default, for stores without (the directory
+    /// and memory stores, and for now the etcd one), is a plain
+    /// [`Store::put`], and readers judge expiry from the value itself.
+    /// Readers must therefore treat a missing key like an expired one.
+    fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
+        let _ = ttl;
+        self.put(key, value)
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -249,6 +262,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn revision(&self) -> Result<Revision, StoreError> {
         (**self).revision()
     }
+    fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
+        (**self).put_expiring(key, value, ttl)
+    }
 }
 
 impl<S: Store + ?Sized> Store for &S {
@@ -280,6 +296,9 @@ impl<S: Store + ?Sized> Store for &S {
     }
     fn revision(&self) -> Result<Revision, StoreError> {
         (**self).revision()
+    }
+    fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
+        (**self).put_expiring(key, value, ttl)
     }
 }
 
