@@ -15,6 +15,9 @@ source "$REPO/scripts/e2e_netpol.sh"
 # Restart without loss: RESTART_STEPS and their functions.
 # shellcheck source-path=SCRIPTDIR source=e2e_restart.sh
 source "$REPO/scripts/e2e_restart.sh"
+# The lab on etcd (a second lab, ELAB): ETCD_STEPS and their functions.
+# shellcheck source-path=SCRIPTDIR source=e2e_etcd.sh
+source "$REPO/scripts/e2e_etcd.sh"
 # Node liveness: LIVENESS_STEPS and their functions.
 # shellcheck source-path=SCRIPTDIR source=e2e_liveness.sh
 source "$REPO/scripts/e2e_liveness.sh"
@@ -36,8 +39,10 @@ del_own_netns() {
         if [ -e "/run/netns/$ns" ]; then ip netns del "$ns"; fi
     done
 }
+MAIN_LAB=$LAB
 cleanup() {
-    "${LABSH[@]}" down >/dev/null 2>&1 || true
+    "$REPO/scripts/lab.sh" --name "$MAIN_LAB" down >/dev/null 2>&1 || true
+    "$REPO/scripts/lab.sh" --name "$ELAB" down >/dev/null 2>&1 || true
     del_own_netns
     full_disk_cleanup
     rm -rf "$TMP"
@@ -1229,6 +1234,7 @@ STEPS=(
     check_up_right_after_kill check_up_after_supervisor_kill check_chatty_log_capped
     "${LIVENESS_STEPS[@]}"
     setup_foreign_netns setup_down check_down_spares_foreign_netns check_down_netns check_down_procs check_down_state
+    "${ETCD_STEPS[@]}"
 )
 
 # Runs STEPS in order; a check that does not give exactly one verdict, or a setup
@@ -1250,7 +1256,7 @@ run_steps() {
 # steps (a developer's shortcut; the lab is torn down on exit as always).
 if [ -n "${E2E_STEPS:-}" ]; then read -r -a STEPS <<<"$E2E_STEPS"; fi
 need_root e2e.sh
-ensure_commands "${LAB_COMMANDS[@]}" tshark:tshark python3:python3
+ensure_commands "${LAB_COMMANDS[@]}" "${ETCD_COMMANDS[@]}" tshark:tshark python3:python3
 run_steps
 echo "e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

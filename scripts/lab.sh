@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Tapestry lab: a simulated Kubernetes cluster built from Linux network namespaces.
 #
-#   scripts/lab.sh up [--nodes N] [--manifests DIR]   build, start N nodes (default 2), apply lab/pods
-#                                                     and lab/services (or DIR instead of both)
+#   scripts/lab.sh up [--nodes N] [--manifests DIR] [--store dir|etcd]
+#                                                     build, start N nodes (default 2), apply lab/pods
+#                                                     and lab/services (or DIR instead of both); the
+#                                                     store is a directory (dir, the default) or three
+#                                                     etcd members on the underlay (etcd)
 #   scripts/lab.sh down                               remove everything `up` made, and only that
 #   scripts/lab.sh status                             agents (restarts), nodes and pods, with IPs and MACs
 #   scripts/lab.sh exec POD [--] CMD...               run CMD inside POD's network namespace
@@ -10,12 +13,18 @@
 #   scripts/lab.sh demo                               the Kubernetes networking facts and NetworkPolicy, PASS or FAIL each
 #   scripts/lab.sh bench [ARGS...]                    Tapestry beside the kernel's data plane
 #                                                     (scripts/bench.sh ARGS; see bench.sh --help)
+#   scripts/lab.sh tapestry ARGS...                   the tapestry CLI on the lab's store (in etcd mode
+#                                                     run from the underlay's namespace)
+#   scripts/lab.sh etcdctl ARGS...                    etcdctl on the lab's members (etcd mode), e.g.
+#                                                     `lab.sh etcdctl get --prefix /tapestry/ --keys-only`
 #
 # Every command takes --name LAB (default: tapestry, or $TAPESTRY_LAB). Options go
 # before or after the command (`lab.sh up --nodes 3` is `lab.sh --nodes 3 up`),
 # as `--opt VALUE` or `--opt=VALUE`; an unknown option prints this and exits 2.
 # In exec, the command starts after `--` (or at the first word after POD that is
-# not an option) and is passed through whole.
+# not an option) and is passed through whole; after bench, tapestry and etcdctl,
+# every word is theirs. Every command but up works on the store the running lab
+# was started with; up with another --store than the running lab's refuses.
 #
 # Needs root. Everything it makes is named after LAB and recorded under
 # /run/tapestry/LAB (namespaces in netns.list and each pod's netns file,
@@ -27,8 +36,16 @@
 # container logs (the kubelet's).
 # The underlay ("physical" network) is a kernel bridge in namespace LAB-underlay,
 # 198.18.0.0/24 (RFC 2544's benchmark range); node i is 198.18.0.i and owns pod
-# subnet 10.244.i.0/24. The cluster store is the directory /run/tapestry/LAB/store
-# (`tapestry --store` or TAPESTRY_STORE to reach it).
+# subnet 10.244.i.0/24. Pods reach addresses outside the cluster through their
+# node (tapestryd --egress-via-host; the node forwards and masquerades them).
+# The cluster store is the directory /run/tapestry/LAB/store (`tapestry --store`
+# or TAPESTRY_STORE to reach it), or with --store etcd three etcd members, each
+# in its own namespace LAB-etcdK on the underlay at 198.18.0.10K (K = 1..3), one
+# cluster, data in /run/tapestry/LAB/etcd/etcdK, PID in etcd.pid, log etcd.log
+# capped like the agents'; the agents, the DNS pods and the CLI get
+# etcd://198.18.0.101:2379,198.18.0.102:2379,198.18.0.103:2379. The host has no
+# address on the underlay: the bridge has 198.18.0.254 in LAB-underlay, where
+# `lab.sh tapestry` and `lab.sh etcdctl` run (docs/deploy.md).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,6 +58,9 @@ BIN="$REPO/target/release"
 export LAB BIN
 MANIFESTS="$REPO/lab/pods"
 SERVICES="$REPO/lab/services"
+# dir (the default) or etcd; the running lab's is recorded in store.kind.
+STORE_KIND=dir
+ETCD_MEMBERS=3
 
 usage() { usage_of "${BASH_SOURCE[0]}"; }
 
@@ -57,8 +77,107 @@ build() {
     (cd "$REPO" && cargo build --release --quiet --bin tapestryd --bin tapestry --bin tapestry-web --bin tapestry-probe --bin tapestry-pause --bin tapestry-dns --bin tapestry-cni --bin tapestry-logcap)
 }
 
-store() { echo "$(lab_dir)/store"; }
 underlay_ns() { echo "$LAB-underlay"; }
+
+# --- the cluster store: a directory, or three etcd members on the underlay ---------
+
+# etcd_ip K: member K's underlay address (198.18.0.101 upward).
+etcd_ip() { echo "198.18.0.$((100 + $1))"; }
+# etcd_endpoints [SCHEME]: every member's client address, comma-separated,
+# HOST:PORT (or SCHEME://HOST:PORT).
+etcd_endpoints() {
+    local k out=""
+    for k in $(seq 1 "$ETCD_MEMBERS"); do out+="${out:+,}${1:+$1://}$(etcd_ip "$k"):2379"; done
+    echo "$out"
+}
+# store: what --store and TAPESTRY_STORE get.
+store() {
+    if [ "$STORE_KIND" = etcd ]; then echo "etcd://$(etcd_endpoints)"; else echo "$(lab_dir)/store"; fi
+}
+# The operator's seat in etcd mode: the underlay's bridge has 198.18.0.254, and
+# the lab's own CLI and etcdctl calls run in the underlay namespace, where the
+# members are reachable (the host itself gets no route into the lab).
+OPERATOR_IP=198.18.0.254
+etcdctl_lab() { ip netns exec "$(underlay_ns)" etcdctl --dial-timeout 2s --endpoints "$(etcd_endpoints http)" "$@"; }
+all_members_healthy() { etcdctl_lab --command-timeout 3s endpoint health >/dev/null 2>&1; }
+
+# start_etcd K: member K (etcdK) in namespace LAB-etcdK on the underlay, data in
+# /run/tapestry/LAB/etcd/etcdK/data; a member already running is left alone, a
+# dead one is started again on its data (it rejoins). Its PID is recorded in
+# etcd.pid, its log capped by tapestry-logcap (etcd.log, 8 MiB plus one rotated).
+start_etcd() {
+    local k=$1 name="etcd$1" ns ip dir cluster="" j
+    ns="$LAB-$name"
+    ip=$(etcd_ip "$k")
+    dir="$(lab_dir)/etcd/$name"
+    mkdir -p "$dir"
+    if [ ! -e "/run/netns/$ns" ]; then
+        record_netns "$ns"
+        underlay_node "$ns" "$(underlay_ns)" "e$k" "$ip"
+    fi
+    if pid_alive "$dir/etcd.pid"; then
+        say "$name: running (pid $(pidfile_pid "$dir/etcd.pid"), $ip)"
+        return 0
+    fi
+    stop_pidfile "$dir/etcd.logcap.pid" 1000 || true
+    for j in $(seq 1 "$ETCD_MEMBERS"); do cluster+="${cluster:+,}etcd$j=http://$(etcd_ip "$j"):2380"; done
+    say "$name: starting etcd in namespace $ns ($ip:2379)"
+    # The log writer's PID is recorded by the shell that starts it; etcd then
+    # replaces that shell (nsenter execs it), so etcd.pid names etcd itself.
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    setsid bash -c 'source "$1"; exec > >(exec "$2" --max-bytes 8388608 "$3/etcd.log") 2>&1
+        echo "$! $(proc_starttime $!)" >"$3/etcd.logcap.pid"; shift 3; exec "$@"' etcd-member \
+        "$REPO/scripts/lib.sh" "$BIN/tapestry-logcap" "$dir" \
+        nsenter --net="/run/netns/$ns" /usr/bin/etcd --name "$name" --data-dir "$dir/data" \
+        --listen-client-urls "http://$ip:2379,http://127.0.0.1:2379" --advertise-client-urls "http://$ip:2379" \
+        --listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
+        --initial-cluster "$cluster" --initial-cluster-token "$LAB-etcd" --initial-cluster-state new \
+        --auto-compaction-mode periodic --auto-compaction-retention 1h \
+        --logger zap --log-outputs stderr </dev/null >/dev/null 2>&1 &
+    echo "$! $(proc_starttime $!)" >"$dir/etcd.pid"
+}
+
+# etcd_up: the operator's address on the underlay, every member, and a bounded
+# wait until all of them answer healthy.
+etcd_up() {
+    local k
+    ip -n "$(underlay_ns)" -4 addr show dev br0 | grep -qF " $OPERATOR_IP/" ||
+        ip -n "$(underlay_ns)" addr add "$OPERATOR_IP/24" dev br0
+    for k in $(seq 1 "$ETCD_MEMBERS"); do start_etcd "$k"; done
+    POLL_SLEEP=0.1 poll_until 30000 all_members_healthy || {
+        etcdctl_lab endpoint health >&2 || true
+        for k in $(seq 1 "$ETCD_MEMBERS"); do tail -n 5 "$(lab_dir)/etcd/etcd$k/etcd.log" >&2 || true; done
+        die "the etcd members are not all healthy after 30 s"
+    }
+    say "etcd: $ETCD_MEMBERS members healthy after $POLL_MS ms ($(etcd_endpoints))"
+}
+
+# etcd_down: every member the lab recorded, stopped (its namespace and data go
+# with the rest of the lab).
+etcd_down() {
+    local md
+    for md in "$(lab_dir)"/etcd/*; do
+        [ -d "$md" ] || continue
+        stop_pidfile "$md/etcd.pid" 5000 || true
+        stop_pidfile "$md/etcd.logcap.pid" 1000 || true
+    done
+}
+
+# etcd_status: each member's process, then etcd's own view (status and health).
+etcd_status() {
+    local md
+    echo
+    for md in "$(lab_dir)"/etcd/*; do
+        [ -d "$md" ] || continue
+        if pid_alive "$md/etcd.pid"; then
+            echo "${md##*/}: etcd pid $(pidfile_pid "$md/etcd.pid")"
+        else
+            echo "${md##*/}: etcd not running"
+        fi
+    done
+    etcdctl_lab --command-timeout 3s endpoint status -w table 2>&1 || true
+    etcdctl_lab --command-timeout 3s endpoint health 2>&1 || true
+}
 
 agent_answers() { tapestry status --socket "$1" >/dev/null 2>&1; }
 # Polls `tapestry status` until the agent answers, at most 10 s.
@@ -108,6 +227,12 @@ start_node() {
     if [ ! -e "/run/netns/$ns" ]; then
         record_netns "$ns"
         underlay_node "$ns" "$(underlay_ns)" "u$i" "198.18.0.$i"
+        # Pod egress the way flannel's nodes do it: tapestryd hands pods' packets
+        # for outside addresses to the host port (--egress-via-host), and the
+        # node forwards them with the pod source masqueraded to its own address.
+        # The node's only link is the underlay: nothing leaves the lab.
+        ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+        ip netns exec "$ns" iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -o eth0 -j MASQUERADE
     fi
     if pid_alive "$dir/supervise.pid"; then
         say "$node: tapestryd supervised ($(supervision "$dir"))"
@@ -122,7 +247,7 @@ start_node() {
         setsid nsenter --net="/run/netns/$ns" bash "$REPO/scripts/supervise.sh" "$dir" tapestryd -- \
             "$BIN/tapestryd" --node "$node" --store "$(store)" \
             --underlay-ip "198.18.0.$i" --pod-cidr "10.244.$i.0/24" --netns-prefix "$LAB" \
-            --cluster-dns 10.96.0.10 \
+            --cluster-dns 10.96.0.10 --egress-via-host \
             --state-dir "$dir" </dev/null >/dev/null 2>&1 &
         echo "$! $(proc_starttime $!)" >"$dir/supervise.pid"
     fi
@@ -133,16 +258,21 @@ start_node() {
 cmd_up() {
     need_root lab.sh
     ensure_commands "${LAB_COMMANDS[@]}"
+    if [ "$STORE_KIND" = etcd ]; then ensure_commands "${ETCD_COMMANDS[@]}"; fi
     build
     local have
-    mkdir -p "$(lab_dir)/store"
     if [ -f "$(lab_dir)/nodes.count" ]; then
         have=$(cat "$(lab_dir)/nodes.count")
         [ "$have" = "$NODES" ] || die "lab $LAB is up with $have node(s); run 'scripts/lab.sh down' before changing --nodes"
+        have=$(recorded_store_kind)
+        [ "$have" = "$STORE_KIND" ] || die "lab $LAB is up with --store $have; run 'scripts/lab.sh down' before changing --store"
     fi
+    mkdir -p "$(lab_dir)"
     echo "$NODES" >"$(lab_dir)/nodes.count"
+    echo "$STORE_KIND" >"$(lab_dir)/store.kind"
     record_netns "$(underlay_ns)"
     underlay_bridge "$(underlay_ns)"
+    if [ "$STORE_KIND" = etcd ]; then etcd_up; else mkdir -p "$(lab_dir)/store"; fi
     for i in $(seq 1 "$NODES"); do
         start_node "$i"
     done
@@ -152,6 +282,12 @@ cmd_up() {
     say "waiting for every pod to answer"
     tapestry wait --store "$(store)" --timeout 60
     cmd_status
+    if [ "$STORE_KIND" = etcd ]; then
+        echo
+        say "the store is etcd at $(etcd_endpoints), reachable from the lab's underlay:"
+        echo "    scripts/lab.sh --name $LAB tapestry get pods -A"
+        echo "    scripts/lab.sh --name $LAB etcdctl get --prefix /tapestry/ --keys-only"
+    fi
 }
 
 pid_gone() { ! pid_alive "$1"; }
@@ -195,6 +331,7 @@ cmd_down() {
     for pd in "$dir"/nodes/*/pods/*; do
         [ -d "$pd" ] && kill_pidfiles "$pd"
     done
+    etcd_down
     # Exactly the namespaces the lab made, and the pods' resolv.conf files the
     # kubelets wrote under /etc/netns/NS.
     for ns in $(lab_netns | sort -u); do
@@ -226,6 +363,7 @@ cmd_status() {
     tapestry get services --store "$(store)" -A
     echo
     tapestry get endpoints --store "$(store)" -A
+    if [ "$STORE_KIND" = etcd ]; then etcd_status; fi
 }
 
 cmd_exec() { # cmd_exec POD CMD...
@@ -244,11 +382,30 @@ cmd_demo() {
     LAB_DIR=$(lab_dir) TAPESTRY_STORE=$(store) bash "$REPO/scripts/demo.sh"
 }
 
+# cmd_tapestry ARGS…, cmd_etcdctl ARGS…: the CLI, or etcdctl, pointed at the
+# running lab's store (in etcd mode, run from the underlay namespace).
+cmd_tapestry() {
+    [ -d "$(lab_dir)/nodes" ] || die "lab $LAB is not up: run 'scripts/lab.sh up' first"
+    [ "$STORE_KIND" = dir ] || need_root lab.sh
+    TAPESTRY_STORE=$(store) tapestry "$@"
+}
+cmd_etcdctl() {
+    need_root lab.sh
+    [ "$STORE_KIND" = etcd ] || die "lab $LAB does not keep its state in etcd (it was not started with --store etcd)"
+    etcdctl_lab "$@"
+}
+
+# recorded_store_kind: the running lab's store kind (a lab from before store.kind: dir).
+recorded_store_kind() { cat "$(lab_dir)/store.kind" 2>/dev/null || echo dir; }
+
 # set_option NAME VALUE: one of lab.sh's options.
 set_option() {
     case "$1" in
         --name) LAB=$2 ;;
         --nodes) NODES=$2 ;;
+        --store)
+            case "$2" in dir | etcd) STORE_KIND=$2 ;; *) usage_error "--store must be dir or etcd, not '$2'" ;; esac
+            ;;
         --manifests)
             MANIFESTS=$(cd "$2" 2>/dev/null && pwd) || die "--manifests: no directory '$2'"
             SERVICES=""
@@ -263,12 +420,12 @@ parse_args() {
     ARGS=()
     while [ $# -gt 0 ]; do
         case "$1" in
-            --name | --nodes | --manifests)
+            --name | --nodes | --manifests | --store)
                 [ $# -ge 2 ] || usage_error "$1 needs a value"
                 set_option "$1" "$2"
                 shift 2
                 ;;
-            --name=* | --nodes=* | --manifests=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
+            --name=* | --nodes=* | --manifests=* | --store=*) set_option "${1%%=*}" "${1#*=}"; shift ;;
             -h | --help) usage; exit 0 ;;
             --)
                 if [ "$CMD" != exec ] || [ ${#ARGS[@]} -ne 1 ]; then usage_error "'--' belongs after 'exec POD'"; fi
@@ -280,8 +437,8 @@ parse_args() {
             *)
                 if [ -z "$CMD" ]; then
                     CMD=$1
-                    # bench's words are bench.sh's.
-                    if [ "$CMD" = bench ]; then shift; ARGS=("$@"); return; fi
+                    # bench's words are bench.sh's, tapestry's and etcdctl's theirs.
+                    case "$CMD" in bench | tapestry | etcdctl) shift; ARGS=("$@"); return ;; esac
                 elif [ "$CMD" = exec ]; then
                     ARGS+=("$1")
                     # After POD, the first word that is not an option starts the command.
@@ -301,12 +458,18 @@ main() {
     if ! [[ "$NODES" =~ ^[0-9]+$ ]] || [ "$NODES" -lt 1 ] || [ "$NODES" -gt 200 ]; then
         usage_error "--nodes must be 1 to 200"
     fi
+    # Every command but up works on the store the running lab was started with.
+    if [ "$CMD" != up ] && [ -f "$(lab_dir)/store.kind" ]; then STORE_KIND=$(recorded_store_kind); fi
+    # In etcd mode the lab's own CLI calls run where the members are reachable.
+    if [ "$STORE_KIND" = etcd ]; then export TAPESTRY_NETNS=$LAB-underlay; fi
     case "$CMD" in
         up) cmd_up ;;
         down) cmd_down ;;
         status) cmd_status ;;
         exec) cmd_exec "${ARGS[@]}" ;;
         demo) cmd_demo ;;
+        tapestry) cmd_tapestry "${ARGS[@]}" ;;
+        etcdctl) cmd_etcdctl "${ARGS[@]}" ;;
         bench) exec bash "$REPO/scripts/bench.sh" "${ARGS[@]}" ;;
         help) usage ;;
         "") usage_error "no command given" ;;

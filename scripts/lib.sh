@@ -25,7 +25,7 @@ ensure_commands() {
 # shellcheck disable=SC2034 # used by the scripts that source this
 LAB_COMMANDS=(ip:iproute2 ping:iputils-ping curl:curl kill:procps pkill:procps
     traceroute:traceroute nsenter:util-linux dig:dnsutils jq:jq nc:netcat-openbsd
-    protoc:protobuf-compiler)
+    protoc:protobuf-compiler iptables:iptables)
 
 # ETCD_COMMANDS: etcd itself (Debian's etcd-server gives /usr/bin/etcd) and
 # etcdctl, for the etcd store's tests, which start their own etcd, and for an
@@ -107,7 +107,15 @@ verdict() {
 
 # --- the cluster, read as JSON (needs BIN; the store is TAPESTRY_STORE) ------------
 
-tapestry() { "$BIN/tapestry" "$@"; }
+# With TAPESTRY_NETNS set (lab.sh does in etcd mode), the CLI runs in that
+# network namespace, from where the lab's etcd members are reachable.
+tapestry() {
+    if [ -n "${TAPESTRY_NETNS:-}" ]; then
+        ip netns exec "$TAPESTRY_NETNS" "$BIN/tapestry" "$@"
+    else
+        "$BIN/tapestry" "$@"
+    fi
+}
 
 # objects KIND [NAMESPACE]: one compact JSON object a line, every KIND (nodes,
 # pods, services, endpoints) of NAMESPACE, or of all namespaces without one.

@@ -307,6 +307,8 @@ fn control(out: &Path) -> Built {
             object: "nodes/rogue".into(),
             reason: "subnet overlaps node3's".into(),
         }],
+        routes_revision: 41,
+        services_revision: 42,
     };
     let lines = |parts: &[Vec<u8>]| -> Vec<u8> { [&[7u8, 0xff][..], &parts.concat()].concat() };
     let add = tapestry_proto::encode_request(&Request::Add(attachment.clone()))?;

@@ -30,6 +30,7 @@ fn zone() -> &'static Zone {
                 },
             ],
             pods: vec![PodRecord { name: "web-a".into(), namespace: "default".into(), ip: Ipv4Addr::new(10, 244, 1, 3) }],
+            revision: None,
         };
         Zone::build(&data, "cluster.local", 5)
     })

@@ -27,6 +27,7 @@ use tapestry_cluster::{
 use tapestry_dataplane::{Peer, RouteError, RouteSnapshot};
 
 use crate::problems::{Problems, Source};
+use crate::reflected::Reflected;
 
 /// How often [`register`] retries a compare-and-swap that lost to another writer.
 const REGISTER_ATTEMPTS: usize = 20;
@@ -131,6 +132,9 @@ pub struct RoutesReconciled {
     /// Whether a new snapshot was built and stored (else the published one
     /// already routes to exactly the admitted peers).
     pub published: bool,
+    /// The new table could not be built and the previous one was kept: it
+    /// does not reflect the state reconciled.
+    pub failed: bool,
     /// Nodes left out of the table, each with the error it would cause.
     pub rejected: Vec<(String, RouteError)>,
 }
@@ -202,6 +206,7 @@ pub fn reconcile_routes(
         return RoutesReconciled {
             published: false,
             rejected: Vec::new(),
+            failed: false,
         };
     }
     let (peers, rejected) = admit_peers(current.local_subnet(), cluster, all, current.peers());
@@ -209,6 +214,7 @@ pub fn reconcile_routes(
         return RoutesReconciled {
             published: false,
             rejected,
+            failed: false,
         };
     }
     match RouteSnapshot::build(current.local_subnet(), cluster, peers) {
@@ -217,6 +223,7 @@ pub fn reconcile_routes(
             RoutesReconciled {
                 published: true,
                 rejected,
+                failed: false,
             }
         }
         // Unreachable: the admitted peers built together once already.
@@ -225,6 +232,7 @@ pub fn reconcile_routes(
             RoutesReconciled {
                 published: false,
                 rejected,
+                failed: true,
             }
         }
     }
@@ -239,12 +247,16 @@ pub fn watch_routes(
     cluster: Ipv4Cidr,
     routes: Arc<ArcSwap<RouteSnapshot>>,
     problems: Arc<Problems>,
+    reflected: Arc<Reflected>,
 ) {
     let changes = cache.subscribe();
     let mut reported: Vec<(String, String)> = Vec::new();
     loop {
         let state = cache.snapshot();
         let done = reconcile_routes(&me, cluster, &state.nodes, &state.not_ready_nodes, &routes);
+        if !done.failed {
+            reflected.routes_at(state.revision);
+        }
         if done.published {
             let peers: Vec<String> = routes
                 .load()
@@ -320,10 +332,12 @@ mod tests {
         let published = || RoutesReconciled {
             published: true,
             rejected: Vec::new(),
+            failed: false,
         };
         let unchanged = || RoutesReconciled {
             published: false,
             rejected: Vec::new(),
+            failed: false,
         };
 
         assert_eq!(

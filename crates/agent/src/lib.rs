@@ -22,5 +22,6 @@ pub mod policy_gate;
 pub mod policy_sync;
 pub mod problems;
 pub mod procid;
+pub mod reflected;
 pub mod service_sync;
 pub mod watchdog;

@@ -77,6 +77,12 @@ struct Args {
     /// Name of the host port TAP in the node's namespace.
     #[arg(long, default_value = "cbr0")]
     host_port: String,
+    /// Route pods' packets for addresses outside the cluster and service CIDRs to
+    /// the host port, for the node's kernel to forward (it must forward and
+    /// masquerade pod sources, as flannel's nodes do: docs/deploy.md). Without it
+    /// they get ICMP net unreachable.
+    #[arg(long)]
+    egress_via_host: bool,
     /// Prefix of the pod network namespaces this node's kubelet creates (PREFIX-NAMESPACE-NAME).
     #[arg(long, default_value = "tapestry")]
     netns_prefix: String,
@@ -254,6 +260,7 @@ fn run(args: Args, started: Instant) -> Result<(), StartError> {
         subnet,
         mtu,
         host_port: args.host_port.clone(),
+        egress_via_host: args.egress_via_host,
         state_dir: args.state_dir.clone(),
         ipam,
         tunnel: tunnel.clone(),
@@ -439,6 +446,13 @@ fn start_cluster_sync(
         service_ports_left_out = served.rejected.len(),
         "first route and service tables published"
     );
+    let reflected = node.reflected();
+    if !routed.failed {
+        reflected.routes_at(first.revision);
+    }
+    if !served.failed {
+        reflected.services_at(first.revision);
+    }
     let policies = node.policies();
     let mut ids = policy_sync::PolicyIds::default();
     if let Err(e) = policy_sync::reconcile(&me, &first, &mut ids, &policies) {
@@ -450,12 +464,13 @@ fn start_cluster_sync(
     spawn("routes", {
         let cache = Arc::clone(&cache);
         let problems = node.problems();
-        move || cluster_sync::watch_routes(cache, me, cluster, routes, problems)
+        let reflected = node.reflected();
+        move || cluster_sync::watch_routes(cache, me, cluster, routes, problems, reflected)
     })?;
     spawn("services", {
         let cache = Arc::clone(&cache);
         let problems = node.problems();
-        move || service_sync::run(cache, services, problems)
+        move || service_sync::run(cache, services, problems, reflected)
     })?;
     let me = args.node.clone();
     spawn("policies", {

@@ -38,6 +38,7 @@ use crate::handoff::{Inherited, Role};
 use crate::netconf::{self, mac_for, mac_string, NetconfError};
 use crate::policy_sync::{PolicyHandles, PolicyNames};
 use crate::problems::{Problems, Source};
+use crate::reflected::Reflected;
 use tapestry_proto::{
     AgentStatus, AttachResult, Attachment, FlowEntry, Interface, IpConfig, MacEntry, PortStatus,
     Route, RouteEntry,
@@ -59,6 +60,9 @@ pub struct NodeConfig {
     pub subnet: Ipv4Cidr,
     pub mtu: u32,
     pub host_port: String,
+    /// Pods' packets for outside addresses go to the host port
+    /// (`PipelineConfig::egress_via_host`).
+    pub egress_via_host: bool,
     pub state_dir: PathBuf,
     /// Store-backed pod IP allocation (cluster mode); `None` allocates from the
     /// subnet locally, remembering only this agent's own attachments.
@@ -261,6 +265,8 @@ pub struct Node {
     state: Mutex<State>,
     /// What was skipped or set aside, for `tapestry status`.
     problems: Arc<Problems>,
+    /// The store revisions the route and service tables reflect.
+    reflected: Arc<Reflected>,
 }
 
 impl Node {
@@ -277,6 +283,7 @@ impl Node {
         let mut pcfg = PipelineConfig::new(gateway, gateway_mac, cfg.subnet);
         pcfg.host_ip = Some(host_ip);
         pcfg.host_mac = Some(mac_for(host_ip));
+        pcfg.egress_via_host = cfg.egress_via_host;
         let mut socket = None;
         if let Some(t) = &cfg.tunnel {
             pcfg.tunnel = Some(t.config);
@@ -319,6 +326,7 @@ impl Node {
                 host_counters: Arc::default(),
             }),
             problems: Arc::default(),
+            reflected: Arc::default(),
             cfg,
         };
         Ok(node)
@@ -779,6 +787,8 @@ impl Node {
             flows,
             policy_denials: self.policies.names.load().denials(&*self.policies.counters),
             problems: self.problems.list(),
+            routes_revision: self.reflected.routes(),
+            services_revision: self.reflected.services(),
         })
     }
 
@@ -858,6 +868,11 @@ impl Node {
     /// Where route sync, service sync and the kubelet report what they skip.
     pub fn problems(&self) -> Arc<Problems> {
         Arc::clone(&self.problems)
+    }
+
+    /// The store revisions the route and service tables reflect.
+    pub fn reflected(&self) -> Arc<Reflected> {
+        Arc::clone(&self.reflected)
     }
 
     /// The handle service tables are published into.

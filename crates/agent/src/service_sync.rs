@@ -26,6 +26,7 @@ use tapestry_cluster::Protocol;
 use tapestry_dataplane::{Affinity, Backend, L4Proto, LbError, ServiceEntry, ServiceTable};
 
 use crate::problems::{Problems, Source};
+use crate::reflected::Reflected;
 
 /// The load-balancer entries for the cluster state, in service key order,
 /// each with its backends sorted and deduplicated (the order
@@ -94,6 +95,9 @@ pub struct Reconciled {
     /// The generation of the new table, if one was built and stored (else
     /// the published table already holds the admitted entries).
     pub published: Option<u64>,
+    /// The new table could not be built and the previous one was kept: it
+    /// does not reflect the state reconciled.
+    pub failed: bool,
     /// Entries left out, each with the error it would cause.
     pub rejected: Vec<LbError>,
 }
@@ -160,6 +164,7 @@ pub fn reconcile(state: &ClusterState, table: &ArcSwap<ServiceTable>) -> Reconci
         return Reconciled {
             published: None,
             rejected: Vec::new(),
+            failed: false,
         };
     }
     let (entries, rejected) = admit(all, &table.load());
@@ -167,6 +172,7 @@ pub fn reconcile(state: &ClusterState, table: &ArcSwap<ServiceTable>) -> Reconci
         return Reconciled {
             published: None,
             rejected,
+            failed: false,
         };
     }
     match ServiceTable::build(entries) {
@@ -176,6 +182,7 @@ pub fn reconcile(state: &ClusterState, table: &ArcSwap<ServiceTable>) -> Reconci
             Reconciled {
                 published: Some(generation),
                 rejected,
+                failed: false,
             }
         }
         // Unreachable: every admitted entry passed the same checks.
@@ -184,6 +191,7 @@ pub fn reconcile(state: &ClusterState, table: &ArcSwap<ServiceTable>) -> Reconci
             Reconciled {
                 published: None,
                 rejected,
+                failed: true,
             }
         }
     }
@@ -191,11 +199,20 @@ pub fn reconcile(state: &ClusterState, table: &ArcSwap<ServiceTable>) -> Reconci
 
 /// Reconciles the service table on every cluster change, forever. Entries
 /// left out are logged when the set changes and listed in `problems`.
-pub fn run(cache: Arc<ClusterCache>, table: Arc<ArcSwap<ServiceTable>>, problems: Arc<Problems>) {
+pub fn run(
+    cache: Arc<ClusterCache>,
+    table: Arc<ArcSwap<ServiceTable>>,
+    problems: Arc<Problems>,
+    reflected: Arc<Reflected>,
+) {
     let changes = cache.subscribe();
     let mut reported: Vec<(String, String)> = Vec::new();
     loop {
-        let done = reconcile(&cache.snapshot(), &table);
+        let state = cache.snapshot();
+        let done = reconcile(&state, &table);
+        if !done.failed {
+            reflected.services_at(state.revision);
+        }
         if let Some(generation) = done.published {
             let summary: Vec<String> = table
                 .load()
@@ -332,6 +349,7 @@ spec:
         Reconciled {
             published: None,
             rejected: Vec::new(),
+            failed: false,
         }
     }
 

@@ -423,6 +423,11 @@ fn print_status(s: &AgentStatus) -> Result<(), CliError> {
         (false, true) => outln!("policy denials: none ({} policies)", s.policy_denials.len()),
         (false, false) => outln!("policy denials: {}", denials.join(" ")),
     }
+    outln!(
+        "store revision reflected: routes {}, services {}",
+        s.routes_revision,
+        s.services_revision
+    );
     if s.problems.is_empty() {
         outln!("problems: none");
     } else {

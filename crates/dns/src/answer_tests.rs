@@ -116,6 +116,7 @@ pub(crate) fn sample_data() -> DnsData {
                 ip: Ipv4Addr::new(10, 244, 1, 7),
             },
         ],
+        revision: None,
     }
 }
 
@@ -193,6 +194,32 @@ fn dns_version_txt() {
         lines(&m.answers),
         ["dns-version.cluster.local. 5 TXT 1.1.0"]
     );
+}
+
+#[test]
+fn store_revision_txt_only_when_built_from_the_store() {
+    // sample_data() is file-like data: no revision, no name.
+    let m = ask("tapestry-revision.cluster.local.", RecordType::TXT);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let mut data = sample_data();
+    data.revision = Some(18_446_744_073_709_551_615);
+    let built = Zone::build(&data, "cluster.local", 5);
+    let q = query("tapestry-revision.cluster.local.", RecordType::TXT);
+    let m = ask_with(&built, &q, UDP, None).0;
+    assert_ok(&m);
+    assert_eq!(
+        lines(&m.answers),
+        ["tapestry-revision.cluster.local. 5 TXT 18446744073709551615"]
+    );
+    // Another revision, another answer (and another serial).
+    data.revision = Some(7);
+    let again = Zone::build(&data, "cluster.local", 5);
+    let m = ask_with(&again, &q, UDP, None).0;
+    assert_eq!(
+        lines(&m.answers),
+        ["tapestry-revision.cluster.local. 5 TXT 7"]
+    );
+    assert_ne!(built.serial(), again.serial());
 }
 
 #[test]

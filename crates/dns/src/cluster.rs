@@ -73,7 +73,11 @@ pub fn dns_data(state: &ClusterState) -> DnsData {
             })
         })
         .collect();
-    DnsData { services, pods }
+    DnsData {
+        services,
+        pods,
+        revision: Some(state.revision),
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,11 @@ pub struct DnsData {
     pub services: Vec<ServiceRecord>,
     #[serde(default)]
     pub pods: Vec<PodRecord>,
+    /// The cluster store revision this data was read at (every change up to
+    /// it), when it came from the store: served as TXT at
+    /// `tapestry-revision.<zone>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 /// A Service and its ready endpoints.

@@ -10,6 +10,7 @@
 //! | name | records |
 //! |---|---|
 //! | `dns-version.<zone>` | TXT `"1.1.0"` |
+//! | `tapestry-revision.<zone>` | TXT: the cluster store revision the zone was built at (from the store only) |
 //! | `<svc>.<ns>.svc.<zone>` (ClusterIP) | A cluster IP; PTR from the IP |
 //! | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` (ClusterIP) | SRV `0 100 <port> <svc>.<ns>.svc.<zone>`, A in additional |
 //! | `<svc>.<ns>.svc.<zone>` (headless) | A per ready endpoint; no endpoints: the name does not exist |
@@ -395,6 +396,13 @@ impl Builder {
             txt.extend_from_slice(SCHEMA_VERSION.as_bytes());
             self.add(&name, RecordType::Txt, &txt);
         }
+        if let (Some(revision), Ok(name)) = (data.revision, join("tapestry-revision", &apex)) {
+            // A u64 in decimal is at most 20 bytes: one TXT string.
+            let text = revision.to_string();
+            let mut txt = vec![u8::try_from(text.len()).unwrap_or(0)];
+            txt.extend_from_slice(text.as_bytes());
+            self.add(&name, RecordType::Txt, &txt);
+        }
 
         for svc in &data.services {
             let object = format!("service {}/{}", svc.namespace, svc.name);
@@ -599,6 +607,7 @@ mod tests {
                 namespace: "other".into(),
                 ip: Ipv4Addr::new(10, 244, 1, 2),
             }],
+            revision: None,
         };
         let zone = Zone::build(&data, "Cluster.Local.", 5);
         for name in [

@@ -165,6 +165,14 @@ pub struct AgentStatus {
     /// good spec), each with why.
     #[serde(default)]
     pub problems: Vec<Problem>,
+    /// The cluster store revision the route table reflects: built from a
+    /// cluster cache snapshot holding every change up to it (0 before the
+    /// first table, or from an agent that does not report it).
+    #[serde(default)]
+    pub routes_revision: u64,
+    /// The same for the service table.
+    #[serde(default)]
+    pub services_revision: u64,
 }
 
 /// One thing the agent skipped or set aside instead of failing.

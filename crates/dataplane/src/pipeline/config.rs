@@ -88,6 +88,13 @@ pub struct PipelineConfig {
     /// no service's ClusterIP gets ICMP host unreachable instead of a route lookup.
     /// `None`: only ClusterIPs of the current service table are intercepted.
     pub service_cidr: Option<Ipv4Cidr>,
+    /// Pod egress through the node: a pod's packet for an address outside the
+    /// cluster and service CIDRs is routed to the host port (`host_ip`'s MAC), and
+    /// the node's kernel takes it from there (it forwards, and masquerades the pod
+    /// source, as flannel's nodes do). `false` (the default): such a packet gets
+    /// ICMP net unreachable. Only packets from a pod's port go this way, never
+    /// decapsulated ones or the host port's own.
+    pub egress_via_host: bool,
     /// Most service flows tracked at once (default 262,144; allocated up front).
     pub conntrack_capacity: usize,
     /// How long tracked flows live without traffic.
@@ -115,6 +122,7 @@ impl PipelineConfig {
             host_ip: None,
             host_mac: None,
             service_cidr: Some(DEFAULT_SERVICE_CIDR),
+            egress_via_host: false,
             conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
             conntrack_timeouts: ConntrackTimeouts::default(),
         }

@@ -130,7 +130,11 @@ fn decide_route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u
         (None, Some(_)) if routes.in_cluster(ip.dst) => {
             return Verdict::Icmp(IcmpError::HostUnreachable)
         }
-        (None, Some(_)) => return Verdict::Icmp(IcmpError::NetUnreachable),
+        (None, Some(_)) => match egress_via_host(env, ctx, ip) {
+            Some(Ok((port, mac))) => Egress::Port(port, mac),
+            Some(Err(r)) => return r.into(),
+            None => return Verdict::Icmp(IcmpError::NetUnreachable),
+        },
     };
     if ip.ttl <= 1 {
         return Verdict::Icmp(IcmpError::TimeExceeded);
@@ -148,6 +152,31 @@ fn decide_route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u
         }
         (Egress::Peer(i), _) => send_to_peer(env, ctx, ip, i, frame, out),
         (Egress::Reply(_), _) => DropReason::NoRoute.into(),
+    }
+}
+
+/// The host port, for a pod's packet to an address outside the cluster when
+/// `egress_via_host` is on (`None`: not this way, so net unreachable). The
+/// service CIDR stays the load balancer's, and what comes from the tunnel or from
+/// the host port itself never leaves through the host (no second exit, no loop).
+#[inline(always)]
+fn egress_via_host(
+    env: &RouteEnv,
+    ctx: &Ctx,
+    ip: &Ip,
+) -> Option<Result<(PortId, MacAddr), DropReason>> {
+    let cfg = env.cfg;
+    if !cfg.egress_via_host || cfg.service_cidr.is_some_and(|c| c.contains(ip.dst)) {
+        return None;
+    }
+    let host_ip = cfg.host_ip?;
+    let Ingress::Port(ingress) = ctx.ingress else {
+        return None;
+    };
+    match env.ports.local_dest(host_ip) {
+        Ok((port, _)) if port == ingress => None,
+        Err(DropReason::HostUnreachable) => None,
+        found => Some(found),
     }
 }
 

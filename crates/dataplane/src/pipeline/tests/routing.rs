@@ -477,6 +477,54 @@ fn ping_the_remote_gateway() {
 }
 
 #[test]
+fn egress_via_host_sends_outside_addresses_to_the_host_port() {
+    let host_ip = Ipv4Addr::new(10, 244, 1, 254);
+    let mut p = node1_with(|c| {
+        c.egress_via_host = true;
+        c.host_ip = Some(host_ip);
+        c.host_mac = Some(HOST_MAC);
+    });
+    // A pod's packet for the underlay leaves through the host port, routed: the
+    // host's MAC, the gateway's as source, TTL - 1.
+    let out = Ipv4Addr::new(198, 18, 0, 101);
+    let ip = ip_pkt(A_IP, out, 6, 64, 0x4000, &[0x11; 20]);
+    let (r, bytes) = run_inplace(&mut p, A, &from_a(&ip));
+    assert_eq!(r, Ok(Forward(HOST)));
+    assert_eq!(&bytes[10..16], &HOST_MAC.0);
+    assert_eq!(&bytes[16..22], &GW_MAC.0);
+    assert_eq!(bytes[10 + 14 + 8], 63);
+    // Still the cluster's own errors for cluster addresses, and the service
+    // CIDR stays the load balancer's.
+    for (dst, code) in [
+        (Ipv4Addr::new(10, 244, 9, 9), 1),
+        (Ipv4Addr::new(10, 96, 7, 7), 1),
+    ] {
+        let ip = ip_pkt(A_IP, dst, 6, 64, 0x4000, &[0x11; 20]);
+        let Ok(Reply(r)) = run(&mut p, A, &from_a(&ip), 0) else {
+            panic!("no error for {dst}")
+        };
+        assert_icmp_error(&r, A_MAC, GW_MAC, GW_IP, A_IP, [3, code], &ip);
+    }
+    // The host port's own packet through the gateway is not sent back to it.
+    let ip = ip_pkt(host_ip, out, 6, 64, 0x4000, &[0x11; 20]);
+    let f = frame(GW_MAC, HOST_MAC, 0x0800, &ip);
+    let Ok(Reply(r)) = run(&mut p, HOST, &f, 0) else {
+        panic!("the host's packet was not refused")
+    };
+    assert_icmp_error(&r, HOST_MAC, GW_MAC, GW_IP, host_ip, [3, 0], &ip);
+    // Off (the default): net unreachable, as before.
+    let mut off = node1_with(|c| {
+        c.host_ip = Some(host_ip);
+        c.host_mac = Some(HOST_MAC);
+    });
+    let ip = ip_pkt(A_IP, out, 6, 64, 0x4000, &[0x11; 20]);
+    let Ok(Reply(r)) = run(&mut off, A, &from_a(&ip), 0) else {
+        panic!("no error with egress off")
+    };
+    assert_icmp_error(&r, A_MAC, GW_MAC, GW_IP, A_IP, [3, 0], &ip);
+}
+
+#[test]
 fn host_port_is_reached_once_its_mac_is_known() {
     let (mut n1, mut n2) = (node1(), node2());
     let ip = ip_pkt(A_IP, HOST2_IP, 6, 64, 0x4000, &[0x22; 20]);
