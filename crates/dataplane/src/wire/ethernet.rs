@@ -72,6 +72,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// EtherType.
+    #[inline]
     pub fn ethertype(&self) -> EtherType {
         EtherType::from(get_be16(self.buffer.as_ref(), field::ETHERTYPE))
     }
