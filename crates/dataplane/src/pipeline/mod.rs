@@ -249,7 +249,7 @@ impl Pipeline {
             parse::read_l4(&mut ctx, payload);
         }
         let lb = &mut st.lb;
-        let v = admit::admit_tunnel(&ctx, routes.get(), |ip| lb.expects_reply(ip, counters, now));
+        let v = admit::admit_tunnel(&ctx, |ip| lb.expects_reply(ip, counters, now));
         if v != Verdict::Continue {
             return finish(counters, v, out);
         }
