@@ -80,10 +80,7 @@ pub(crate) fn admit(
 /// sending peer's pod subnet): its inner source must be in that subnet, or
 /// `expected_reply` must say it answers a tracked service flow (asked only then).
 #[inline]
-pub(crate) fn admit_tunnel(
-    ctx: &Ctx,
-    expected_reply: impl FnOnce(&Ip) -> bool,
-) -> Verdict {
+pub(crate) fn admit_tunnel(ctx: &Ctx, expected_reply: impl FnOnce(&Ip) -> bool) -> Verdict {
     let Some(ip) = &ctx.ip else {
         return DropReason::SpoofedTunnelSource.into();
     };

@@ -215,12 +215,18 @@ mod tests {
     /// (0, 0xffff, carries out of both folds) included.
     #[test]
     fn update16_matches_the_folded_equation() {
-        let values = [0u16, 1, 0x00ff, 0x0100, 0x3f11, 0x4011, 0x7fff, 0x8000, 0xfffe, 0xffff];
+        let values = [
+            0u16, 1, 0x00ff, 0x0100, 0x3f11, 0x4011, 0x7fff, 0x8000, 0xfffe, 0xffff,
+        ];
         for &sum in &values {
             for &old in &values {
                 for &new in &values {
                     let reference = !fold(u64::from(!sum) + u64::from(!old) + u64::from(new));
-                    assert_eq!(update16(sum, old, new), reference, "{sum:#x} {old:#x} {new:#x}");
+                    assert_eq!(
+                        update16(sum, old, new),
+                        reference,
+                        "{sum:#x} {old:#x} {new:#x}"
+                    );
                 }
             }
         }
