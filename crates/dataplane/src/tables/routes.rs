@@ -228,14 +228,14 @@ pub const LOCAL_NAME: &str = "local";
 /// A peer's pod subnet as the tunnel's ingress check reads it: its network and mask
 /// worked out once, when the snapshot is built, not per packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerSubnet {
+pub(crate) struct PeerSubnet {
     net: u32,
     mask: u32,
 }
 
 impl PeerSubnet {
     /// The network and mask of `subnet`.
-    pub fn of(subnet: Ipv4Cidr) -> PeerSubnet {
+    pub(crate) fn of(subnet: Ipv4Cidr) -> PeerSubnet {
         PeerSubnet {
             net: u32::from(subnet.network()),
             mask: u32::from(subnet.netmask()),
@@ -244,7 +244,7 @@ impl PeerSubnet {
 
     /// Whether `ip` lies inside the subnet.
     #[inline]
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn contains(self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & self.mask == self.net
     }
 }
@@ -368,7 +368,7 @@ impl RouteSnapshot {
     /// The pod subnet of the peer whose underlay IP is `ip` (what a decapsulated
     /// packet's source must lie in), found by the same lookup.
     #[inline]
-    pub fn peer_subnet_by_underlay(&self, ip: Ipv4Addr) -> Option<PeerSubnet> {
+    pub(crate) fn peer_subnet_by_underlay(&self, ip: Ipv4Addr) -> Option<PeerSubnet> {
         self.by_underlay.get(&u32::from(ip)).map(|&(_, s)| s)
     }
 
