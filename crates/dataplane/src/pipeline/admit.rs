@@ -19,7 +19,6 @@ use super::context::{Ctx, Ip, Verdict};
 use crate::drops::{Counters, DropReason};
 use crate::tables::mac_table::MacTable;
 use crate::tables::ports::Ports;
-use crate::tables::routes::RouteSnapshot;
 use crate::types::{Nanos, PortId, PortRole};
 
 /// Anti-spoofing for a pod port; `Continue` when the frame is the pod's own.
@@ -78,21 +77,14 @@ pub(crate) fn admit(
 }
 
 /// Admits a decapsulated packet (`ctx` from `parse::from_tunnel`, which recorded the
-/// sending peer): its inner source must be in that peer's pod subnet, or
+/// sending peer's pod subnet): its inner source must be in that subnet, or
 /// `expected_reply` must say it answers a tracked service flow (asked only then).
 #[inline]
-pub(crate) fn admit_tunnel(
-    ctx: &Ctx,
-    routes: &RouteSnapshot,
-    expected_reply: impl FnOnce(&Ip) -> bool,
-) -> Verdict {
+pub(crate) fn admit_tunnel(ctx: &Ctx, expected_reply: impl FnOnce(&Ip) -> bool) -> Verdict {
     let Some(ip) = &ctx.ip else {
         return DropReason::SpoofedTunnelSource.into();
     };
-    let inside = ctx
-        .peer
-        .and_then(|i| routes.peer(i))
-        .is_some_and(|p| p.subnet.contains(ip.src));
+    let inside = ctx.peer_subnet.is_some_and(|s| s.contains(ip.src));
     if inside || expected_reply(ip) {
         Verdict::Continue
     } else {

@@ -14,6 +14,7 @@ use crate::codec::vxlan::L4Checksum;
 use crate::drops::DropReason;
 use crate::tables::conntrack::Tuple;
 use crate::tables::fragments::FragKey;
+use crate::tables::routes::PeerSubnet;
 use crate::types::{Ingress, L4Proto, PortId};
 use crate::wire::{
     ArpRepr, IpProtocol, MacAddr, VnetHdrRepr, ETHERNET_HEADER_LEN, VNET_HDR_LEN, VXLAN_HEADER_LEN,
@@ -219,9 +220,9 @@ pub(crate) struct Ctx {
     pub translated: bool,
     /// The TCP/UDP checksum, once settled (tunnel input only).
     pub l4_checksum: Option<L4Checksum>,
-    /// From the tunnel: the index, in the route snapshot, of the peer whose underlay
-    /// address sent the datagram.
-    pub peer: Option<usize>,
+    /// From the tunnel: the pod subnet of the peer whose underlay address sent the
+    /// datagram.
+    pub peer_subnet: Option<PeerSubnet>,
 }
 
 impl Ctx {
@@ -250,7 +251,7 @@ impl Ctx {
             ip: None,
             translated: false,
             l4_checksum: None,
-            peer: None,
+            peer_subnet: None,
         }
     }
 

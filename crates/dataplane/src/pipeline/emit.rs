@@ -116,6 +116,17 @@ pub(crate) fn write_prefix(
             return Ok(ENCAP_PREFIX_LEN);
         }
     };
+    write_port_prefix(cfg, out, mac)
+}
+
+/// [`write_prefix`] for a local port (or the ingress one) whose pod has `mac`: a
+/// zeroed virtio-net header and Ethernet from the gateway.
+#[inline(always)]
+pub(crate) fn write_port_prefix(
+    cfg: &PipelineConfig,
+    out: &mut [u8],
+    mac: MacAddr,
+) -> Result<usize, DropReason> {
     let len = VNET_HDR_LEN + ETHERNET_HEADER_LEN;
     let buf = out.get_mut(..len).ok_or(DropReason::ReplyTooLarge)?;
     let (vnet, eth) = buf.split_at_mut(VNET_HDR_LEN);

@@ -5,7 +5,7 @@
 //! In full: docs/dataplane.md, "The forward stage (bridge and router)".
 use super::config::PipelineConfig;
 use super::context::{Ctx, IcmpError, Ip, Lazy, Verdict};
-use super::emit::{is_subnet_broadcast, tunnel_verdict, write_prefix, Egress};
+use super::emit::{is_subnet_broadcast, tunnel_verdict, write_port_prefix, Egress};
 use crate::codec::vxlan::{
     complete_partial_checksum, encapsulate, fragment, segment_tcp, settle_l4_checksum, Encap,
     L4Checksum,
@@ -35,9 +35,13 @@ struct RouteEnv<'a> {
     counters: &'a Counters,
 }
 
-/// The stage: bridge, gateway or route. See the module docs.
+/// The stage: bridge, gateway or route. See the module docs. `DECAP`: the packet
+/// was decapsulated from the tunnel (the tunnel driver's copy of the stage). Parse
+/// addressed it to the gateway, so it is routed or answered, never bridged; the
+/// router is inlined into that driver alone (in the port driver it stays out of
+/// line, [`route`]).
 #[inline(always)]
-pub(crate) fn forward(
+pub(crate) fn forward<const DECAP: bool>(
     env: &FwdEnv,
     routes: &mut Lazy<RouteSnapshot>,
     macs: &mut MacTable,
@@ -46,7 +50,8 @@ pub(crate) fn forward(
     now: Nanos,
     out: &mut [u8],
 ) -> Verdict {
-    if ctx.to_gateway {
+    debug_assert_eq!(DECAP, ctx.ingress == Ingress::Tunnel);
+    if DECAP || ctx.to_gateway {
         if !ctx.transit(env.cfg.gateway_ip) {
             return Verdict::Gateway;
         }
@@ -60,7 +65,11 @@ pub(crate) fn forward(
             counters: env.counters,
         };
         // Returned as it is: the verdict is written once, where the driver reads it.
-        return route(&env, ctx, ip, pkt, out);
+        return if DECAP {
+            counted(&env, decide_route::<true>(&env, ctx, ip, pkt, out))
+        } else {
+            route(&env, ctx, ip, pkt, out)
+        };
     }
     bridge(env.cfg, macs, ctx, now, env.counters)
 }
@@ -90,21 +99,33 @@ fn bridge(
     }
 }
 
-/// The forwarding decision for the IPv4 packet `ip` of `pkt`. See the module docs.
-/// Kept out of line: inlined into both drivers it doubled the hot code for no
-/// measurable gain (alternating runs pinned to one CPU, docs/benchmarks.md).
+/// The forwarding decision for the IPv4 packet `ip` of a frame from a port. See the
+/// module docs. Kept out of line: inlined into both drivers it doubled the hot code
+/// for no measurable gain (alternating runs pinned to one CPU, docs/benchmarks.md).
 #[inline(never)]
 fn route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
-    let v = decide_route(env, ctx, ip, pkt, out);
+    counted(env, decide_route::<false>(env, ctx, ip, pkt, out))
+}
+
+/// Counts a routing decision that routed the packet.
+#[inline(always)]
+fn counted(env: &RouteEnv, v: Verdict) -> Verdict {
     if !matches!(v, Verdict::Drop(_) | Verdict::Icmp(_)) {
         env.counters.bump(Counter::Routed);
     }
     v
 }
 
-/// [`route`]'s decision, before it is counted.
+/// The routing decision, before it is counted. `DECAP`: decapsulated from the
+/// tunnel (the ingress is known where the driver is, so neither copy tests it).
 #[inline(always)]
-fn decide_route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u8]) -> Verdict {
+fn decide_route<const DECAP: bool>(
+    env: &RouteEnv,
+    ctx: &Ctx,
+    ip: &Ip,
+    pkt: &mut [u8],
+    out: &mut [u8],
+) -> Verdict {
     let (cfg, routes) = (env.cfg, env.routes);
     let Some(frame) = pkt.get_mut(ctx.eth_at..) else {
         return DropReason::Truncated.into();
@@ -123,9 +144,7 @@ fn decide_route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u
             Err(r) => return r.into(),
         },
         (Some(RouteTarget::Peer(_)), None) | (None, None) => return DropReason::NoRoute.into(),
-        (Some(RouteTarget::Peer(_)), Some(_)) if ctx.ingress == Ingress::Tunnel => {
-            return DropReason::TunnelLoop.into()
-        }
+        (Some(RouteTarget::Peer(_)), Some(_)) if DECAP => return DropReason::TunnelLoop.into(),
         (Some(RouteTarget::Peer(i)), Some(_)) => Egress::Peer(i),
         (None, Some(_)) if routes.in_cluster(ip.dst) => {
             return Verdict::Icmp(IcmpError::HostUnreachable)
@@ -139,19 +158,17 @@ fn decide_route(env: &RouteEnv, ctx: &Ctx, ip: &Ip, pkt: &mut [u8], out: &mut [u
     if ip.ttl <= 1 {
         return Verdict::Icmp(IcmpError::TimeExceeded);
     }
-    match (target, ctx.ingress) {
-        (Egress::Port(port, _), Ingress::Port(ingress)) if port == ingress && !ctx.translated => {
+    match target {
+        Egress::Port(port, mac) if DECAP => copy_to_port(env, ctx, ip, frame, port, mac, out),
+        Egress::Port(port, _) if ctx.port() == Some(port) && !ctx.translated => {
             DropReason::HairpinSelf.into()
         }
-        (Egress::Port(port, mac), Ingress::Port(_)) => {
+        Egress::Port(port, mac) => {
             rewrite_for_port(cfg, frame, mac);
             Verdict::Forward(port)
         }
-        (Egress::Port(port, mac), Ingress::Tunnel) => {
-            copy_to_port(env, ctx, ip, frame, port, mac, out)
-        }
-        (Egress::Peer(i), _) => send_to_peer(env, ctx, ip, i, frame, out),
-        (Egress::Reply(_), _) => DropReason::NoRoute.into(),
+        Egress::Peer(i) => send_to_peer(env, ctx, ip, i, frame, out),
+        Egress::Reply(_) => DropReason::NoRoute.into(),
     }
 }
 
@@ -193,6 +210,8 @@ fn rewrite_for_port(cfg: &PipelineConfig, frame: &mut [u8], mac: MacAddr) {
 /// checksum is settled unless the service stage already did ([`settle_l4_checksum`]:
 /// verified, or a partial one completed, or `BadInnerChecksum`); the header says
 /// `DATA_VALID` when it was verified or completed, and is zeroed otherwise.
+/// Inlined: the tunnel driver's router is its only caller.
+#[inline(always)]
 fn copy_to_port(
     env: &RouteEnv,
     ctx: &Ctx,
@@ -206,7 +225,7 @@ fn copy_to_port(
     let Some(src_ip) = frame.get(ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + ip_len) else {
         return DropReason::Truncated.into();
     };
-    let prefix = match write_prefix(env.cfg, env.routes, out, Egress::Port(port, mac)) {
+    let prefix = match write_port_prefix(env.cfg, out, mac) {
         Ok(p) => p,
         Err(r) => return r.into(),
     };

@@ -10,7 +10,7 @@
 //! From the tunnel (a VXLAN datagram, RFC 7348): the outer source must be a known
 //! peer (`NotClusterNode`), the VXLAN header valid (`BadVxlan`) with our VNI
 //! (`WrongVni`), the inner frame addressed to our VTEP MAC (`NotOurVtep`) and IPv4
-//! (`UnsupportedProtocol`). The peer's index is recorded for admission.
+//! (`UnsupportedProtocol`). The sending peer's pod subnet is recorded for admission.
 
 use core::net::Ipv4Addr;
 
@@ -148,8 +148,8 @@ pub(crate) fn from_tunnel(
     ctx: &mut Ctx,
 ) -> Result<(), DropReason> {
     let tun = tun.ok_or(DropReason::TunnelNotConfigured)?;
-    let peer = match routes.peer_by_underlay(src) {
-        Some(i) if src != tun.underlay_ip => i,
+    let peer_subnet = match routes.peer_subnet_by_underlay(src) {
+        Some(s) if src != tun.underlay_ip => s,
         _ => return Err(DropReason::NotClusterNode),
     };
     let vxlan = VxlanPacket::new_checked(payload)
@@ -172,7 +172,7 @@ pub(crate) fn from_tunnel(
     ctx.src_mac = eth.src_addr();
     ctx.dst_mac = eth.dst_addr();
     ctx.to_gateway = true;
-    ctx.peer = Some(peer);
+    ctx.peer_subnet = Some(peer_subnet);
     // The ports are read later, by the stages that need them (a tracked flow, a
     // policy): most decapsulated packets are routed on their addresses alone.
     ipv4(eth.payload(), false, &mut ctx.ip)?;

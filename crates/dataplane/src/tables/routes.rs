@@ -225,13 +225,38 @@ pub enum RouteError {
 /// The name [`RouteError`] gives the local node.
 pub const LOCAL_NAME: &str = "local";
 
+/// A peer's pod subnet as the tunnel's ingress check reads it: its network and mask
+/// worked out once, when the snapshot is built, not per packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PeerSubnet {
+    net: u32,
+    mask: u32,
+}
+
+impl PeerSubnet {
+    /// The network and mask of `subnet`.
+    pub(crate) fn of(subnet: Ipv4Cidr) -> PeerSubnet {
+        PeerSubnet {
+            net: u32::from(subnet.network()),
+            mask: u32::from(subnet.netmask()),
+        }
+    }
+
+    /// Whether `ip` lies inside the subnet.
+    #[inline]
+    pub(crate) fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask == self.net
+    }
+}
+
 /// An immutable route table: the local subnet, the peers and their subnets, and the
 /// cluster CIDR. See the module docs.
 #[derive(Clone, Debug)]
 pub struct RouteSnapshot {
     table: Lpm<RouteTarget>,
     peers: Vec<Peer>,
-    by_underlay: PrefixMap<usize>,
+    /// Underlay address → the peer's index and pod subnet.
+    by_underlay: PrefixMap<(usize, PeerSubnet)>,
     local: Ipv4Cidr,
     cluster: Ipv4Cidr,
 }
@@ -256,7 +281,8 @@ impl RouteSnapshot {
         for (i, p) in peers.iter().enumerate() {
             let (f, l) = range(p.subnet);
             ranges.push((f, l, i + 1));
-            if let Some(prev) = by_underlay.insert(u32::from(p.underlay_ip), i) {
+            let entry = (i, PeerSubnet::of(p.subnet));
+            if let Some((prev, _)) = by_underlay.insert(u32::from(p.underlay_ip), entry) {
                 return Err(RouteError::DuplicateUnderlay {
                     first: peers.get(prev).map(|p| p.name.clone()).unwrap_or_default(),
                     second: p.name.clone(),
@@ -336,7 +362,14 @@ impl RouteSnapshot {
     /// The peer whose underlay IP is `ip` (ingress validation of VXLAN datagrams).
     #[inline]
     pub fn peer_by_underlay(&self, ip: Ipv4Addr) -> Option<usize> {
-        self.by_underlay.get(&u32::from(ip)).copied()
+        self.by_underlay.get(&u32::from(ip)).map(|&(i, _)| i)
+    }
+
+    /// The pod subnet of the peer whose underlay IP is `ip` (what a decapsulated
+    /// packet's source must lie in), found by the same lookup.
+    #[inline]
+    pub(crate) fn peer_subnet_by_underlay(&self, ip: Ipv4Addr) -> Option<PeerSubnet> {
+        self.by_underlay.get(&u32::from(ip)).map(|&(_, s)| s)
     }
 
     /// Every peer, indexed as in [`RouteTarget::Peer`].
@@ -418,6 +451,13 @@ mod tests {
         assert!(r.peer(2).is_none());
         assert_eq!(r.peer_by_underlay(ip(198, 18, 0, 3)), Some(1));
         assert_eq!(r.peer_by_underlay(ip(198, 18, 0, 1)), None);
+        let sub = r.peer_subnet_by_underlay(ip(198, 18, 0, 3)).unwrap();
+        assert_eq!(sub, PeerSubnet::of(net(10, 244, 3, 0, 24)));
+        assert!(sub.contains(ip(10, 244, 3, 0)) && sub.contains(ip(10, 244, 3, 255)));
+        assert!(!sub.contains(ip(10, 244, 2, 7)) && !sub.contains(ip(10, 244, 4, 0)));
+        assert_eq!(r.peer_subnet_by_underlay(ip(198, 18, 0, 1)), None);
+        let everything = PeerSubnet::of(net(0, 0, 0, 0, 0));
+        assert!(everything.contains(ip(255, 255, 255, 255)));
         assert_eq!(r.peers().len(), 2);
         assert_eq!(r.local_subnet(), net(10, 244, 1, 0, 24));
         assert_eq!(r.cluster(), net(10, 244, 0, 0, 16));

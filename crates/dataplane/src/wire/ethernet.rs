@@ -72,6 +72,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// EtherType.
+    #[inline]
     pub fn ethertype(&self) -> EtherType {
         EtherType::from(get_be16(self.buffer.as_ref(), field::ETHERTYPE))
     }
@@ -136,6 +137,7 @@ impl EthernetRepr {
     }
 
     /// Writes the header into `frame` (payload untouched).
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, frame: &mut EthernetFrame<T>) {
         frame.set_dst_addr(self.dst_addr);
         frame.set_src_addr(self.src_addr);

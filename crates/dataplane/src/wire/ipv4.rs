@@ -276,10 +276,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     /// Decrements the TTL and updates the checksum incrementally (RFC 1624).
     /// Returns the new TTL; a TTL already 0 stays 0.
+    #[inline]
     pub fn decrement_ttl(&mut self) -> u8 {
         let ttl = self.ttl();
         let new_ttl = ttl.saturating_sub(1);
-        let proto = u8::from(self.protocol());
+        // The byte that shares the TTL's checksum word, as it is (not through
+        // `IpProtocol`, whose round trip the compiler does not fold away).
+        let proto = get_u8(self.buffer.as_ref(), field::PROTOCOL);
         let old_word = u16::from_be_bytes([ttl, proto]);
         let new_word = u16::from_be_bytes([new_ttl, proto]);
         let sum = checksum::update16(self.checksum(), old_word, new_word);
