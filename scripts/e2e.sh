@@ -45,6 +45,7 @@ cleanup() {
     "$REPO/scripts/lab.sh" --name "$ELAB" down >/dev/null 2>&1 || true
     del_own_netns
     full_disk_cleanup
+    standin_cleanup
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM

@@ -258,7 +258,15 @@ supervisor_upgrade_paths() {
     # The supervisor is this shell's child: gone once reaped.
     POLL_SLEEP=0.05 poll_until 5000 agent_gone "$fourth" || ok=""
     wait "$sup" || ok=""
+    standin_cleanup
     [ -n "$ok" ]
+}
+# Whatever happened above (a step that timed out, a hand-off half done), no
+# stand-in, its log capper or its supervisor outlives the check: each holds
+# descriptors of this run (the e2e lock among them). All carry $TMP/standin
+# in their command line, which no other process has.
+standin_cleanup() {
+    pkill -KILL -f -- "$TMP/standin" 2>/dev/null || true
 }
 check_supervisor_upgrade() {
     verdict "the supervisor adopts an upgraded process, keeps the old one when the upgrade fails, restarts after a crash" \
