@@ -20,8 +20,11 @@
 //!   however the bytes trickle in (the deadline is per query, not per read).
 //!   When every slot is taken, a new connection evicts the connection that has
 //!   waited longest for a query to complete (idle or still reading, never one
-//!   being answered), so a flood of slow clients cannot lock the others out:
-//!   each newcomer pushes the stalest one out (`tcp_evicted`).
+//!   being answered, nor one whose thread has not yet started: its query may
+//!   already sit unread in the socket, and the newcomer waits for it, up to
+//!   `tcp_query_timeout`, before it is turned away as `tcp_rejected`), so a
+//!   flood of slow clients cannot lock the others out: each newcomer pushes
+//!   the stalest one out (`tcp_evicted`).
 //!
 //! The zone sits in an `ArcSwap`: the control side builds a new [`Zone`] and
 //! stores it; each query loads the current one without a lock. The TCP
@@ -38,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::answer::{respond, DropReason, Forwarding, Outcome, Transport, Upstream};
 use crate::wire::{Header, EDNS_PAYLOAD, HEADER_LEN};
@@ -501,6 +504,11 @@ enum Phase {
     Reading = 1,
     /// Has a whole query and is answering it: never evicted.
     Answering = 2,
+    /// Admitted, its thread not yet running: never evicted, since a query
+    /// may already wait unread in its socket (on a loaded machine the
+    /// newest client would otherwise be pushed out before its thread ever
+    /// looked). Newcomers wait for it to start instead.
+    Fresh = 3,
 }
 
 /// One live TCP connection as the table sees it.
@@ -528,7 +536,8 @@ impl ConnEntry {
         let phase = match packed >> PHASE_SHIFT {
             0 => Phase::Idle,
             1 => Phase::Reading,
-            _ => Phase::Answering,
+            2 => Phase::Answering,
+            _ => Phase::Fresh,
         };
         (phase, packed & SINCE_MASK)
     }
@@ -537,6 +546,8 @@ impl ConnEntry {
 /// The live TCP connections, at most `max`.
 struct ConnTable {
     conns: Mutex<Vec<Arc<ConnEntry>>>,
+    /// Signalled when a connection's thread starts or a slot is released.
+    changed: Condvar,
     max: usize,
     epoch: Instant,
     next_id: AtomicU64,
@@ -553,6 +564,7 @@ impl ConnTable {
     fn new(max: usize) -> ConnTable {
         ConnTable {
             conns: Mutex::new(Vec::with_capacity(max)),
+            changed: Condvar::new(),
             max,
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
@@ -565,21 +577,31 @@ impl ConnTable {
 
     /// Takes a slot for `stream`; when all are taken, first evicts the
     /// connection idle or reading for the longest (`evicted` is called once
-    /// for it).
-    fn admit(&self, stream: &TcpStream, evicted: impl FnOnce()) -> io::Result<Admit> {
+    /// for it). While the only candidates are connections whose thread has
+    /// not started, waits up to `wait` for one to start.
+    fn admit(
+        &self,
+        stream: &TcpStream,
+        wait: Duration,
+        evicted: impl FnOnce(),
+    ) -> io::Result<Admit> {
         let handle = stream.try_clone()?;
-        let now = self.now_ms();
+        let until = Instant::now() + wait;
         let mut conns = self.conns.lock();
-        if conns.len() >= self.max {
+        while conns.len() >= self.max {
             let victim = conns
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| match c.get() {
-                    (Phase::Answering, _) => None,
+                    (Phase::Answering | Phase::Fresh, _) => None,
                     (_, since) => Some((since, i)),
                 })
                 .min();
             let Some((_, index)) = victim else {
+                let starting = conns.iter().any(|c| c.get().0 == Phase::Fresh);
+                if starting && !self.changed.wait_until(&mut conns, until).timed_out() {
+                    continue;
+                }
                 return Ok(Admit::Full);
             };
             let victim = conns.swap_remove(index);
@@ -587,20 +609,32 @@ impl ConnTable {
             // Wakes the victim's blocked read with end-of-file; it then ends.
             let _ = victim.stream.shutdown(Shutdown::Both);
             evicted();
+            break;
         }
+        let now = self.now_ms();
         let entry = Arc::new(ConnEntry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             stream: handle,
             phase: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
         });
-        entry.set(Phase::Idle, now);
+        entry.set(Phase::Fresh, now);
         conns.push(Arc::clone(&entry));
         Ok(Admit::Admitted(entry))
     }
 
+    /// The connection's thread runs: it may be evicted from now on, its
+    /// staleness counted from now (a connection that waited for its thread
+    /// has not been slow itself).
+    fn started(&self, entry: &ConnEntry) {
+        let _conns = self.conns.lock();
+        entry.set(Phase::Idle, self.now_ms());
+        self.changed.notify_all();
+    }
+
     fn release(&self, id: u64) {
         self.conns.lock().retain(|c| c.id != id);
+        self.changed.notify_all();
     }
 }
 
@@ -637,7 +671,8 @@ impl Acceptor {
                 }
             };
             let evicted = || Counters::bump(&self.counters.tcp_evicted);
-            let entry = match self.table.admit(&stream, evicted) {
+            let wait = self.config.tcp_query_timeout;
+            let entry = match self.table.admit(&stream, wait, evicted) {
                 Ok(Admit::Admitted(entry)) => entry,
                 Ok(Admit::Full) => {
                     Counters::bump(&self.counters.tcp_rejected);
@@ -736,6 +771,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let entry = &slot.entry;
         let table = &slot.table;
+        table.started(entry);
         let mut query = Vec::with_capacity(512);
         let mut out = Vec::with_capacity(512);
         let mut frame = Vec::with_capacity(514);
