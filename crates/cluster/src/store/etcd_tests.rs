@@ -1,102 +1,14 @@
-//! The etcd store against real etcd processes: the conformance suite's
-//! factory (conformance.rs runs it), and faults the other backends do not
+//! The etcd store against real etcd processes (the conformance suite's
+//! etcd factory is in conformance.rs): faults the other backends do not
 //! have: etcd killed under a watch, history compacted, members down.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use super::conformance::Factory;
-use super::etcd_harness::{etcd_or_skip, EtcdCluster};
+use super::etcd_harness::EtcdCluster;
 use super::*;
-
-/// A fresh one-member etcd per store.
-pub(crate) struct Etcd;
-
-impl Factory for Etcd {
-    fn make(&self, history: u64) -> Arc<dyn Store> {
-        let etcd = EtcdCluster::start(1).expect("not skipped");
-        let store = etcd.store();
-        let base = store.revision().unwrap();
-        Arc::new(Compacting {
-            store,
-            history,
-            compacted: AtomicU64::new(base),
-            _etcd: etcd,
-        })
-    }
-
-    fn skipped(&self) -> bool {
-        etcd_or_skip().is_none()
-    }
-}
-
-/// The etcd store with a history bound, as the conformance suite expects of
-/// a backend: after a write, once `2 * history` revisions have passed since
-/// the last compaction, compacts etcd (its real compaction API) to keep the
-/// last `history`. In a deployment etcd's own `--auto-compaction-*` does
-/// this job.
-struct Compacting {
-    store: EtcdStore,
-    history: u64,
-    compacted: AtomicU64,
-    _etcd: EtcdCluster,
-}
-
-impl Compacting {
-    fn wrote(&self, revision: Revision) -> Revision {
-        let last = self.compacted.load(Ordering::Relaxed);
-        if revision >= last + 2 * self.history {
-            let to = revision - self.history;
-            self.store.compact(to).unwrap();
-            self.compacted.fetch_max(to, Ordering::Relaxed);
-        }
-        revision
-    }
-}
-
-impl Store for Compacting {
-    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.store.get(key)
-    }
-    fn list(&self, prefix: &str) -> Result<(Vec<Entry>, Revision), StoreError> {
-        self.store.list(prefix)
-    }
-    fn put(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
-        self.store.put(key, value).map(|r| self.wrote(r))
-    }
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Revision,
-        value: &[u8],
-    ) -> Result<Revision, StoreError> {
-        self.store
-            .compare_and_swap(key, expected, value)
-            .map(|r| self.wrote(r))
-    }
-    fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
-        self.store.delete(key).map(|r| r.map(|r| self.wrote(r)))
-    }
-    fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<Revision, StoreError> {
-        self.store
-            .compare_and_delete(key, expected)
-            .map(|r| self.wrote(r))
-    }
-    fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
-        self.store.watch(prefix, after)
-    }
-    fn revision(&self) -> Result<Revision, StoreError> {
-        self.store.revision()
-    }
-    fn put_expiring(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Revision, StoreError> {
-        self.store
-            .put_expiring(key, value, ttl)
-            .map(|r| self.wrote(r))
-    }
-}
 
 const WAIT: Duration = Duration::from_secs(15);
 
