@@ -473,7 +473,7 @@ mod etcd_factory {
     use super::Factory;
 
     /// A fresh one-member etcd per store.
-    struct Etcd;
+    pub(super) struct Etcd;
 
     impl Factory for Etcd {
         fn make(&self, history: u64) -> Arc<dyn Store> {
