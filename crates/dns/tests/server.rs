@@ -324,6 +324,28 @@ fn tcp_ask(addr: SocketAddr, name: &str, id: u16) -> (Message, Duration) {
     (m, t0.elapsed())
 }
 
+/// One TCP query on a new connection; `None` if the server closed it
+/// before the answer.
+fn tcp_try(addr: SocketAddr, name: &str, id: u16) -> Option<Message> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let q = query(name, id);
+    let mut frame = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    stream.write_all(&frame).ok()?;
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+        other => other.unwrap(),
+    }
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut body).unwrap();
+    Some(Message::from_vec(&body).unwrap())
+}
+
 /// One UDP query; the answer and how long it took (panics after 3 s).
 fn udp_ask(client: &UdpSocket, addr: SocketAddr, name: &str, id: u16) -> (Message, Duration) {
     let t0 = Instant::now();
@@ -431,8 +453,22 @@ fn slowloris_flood_does_not_lock_out_other_clients() {
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
     let (mut worst_tcp, mut worst_udp) = (Duration::ZERO, Duration::ZERO);
+    // A resolver whose TCP connection is closed before the answer asks
+    // again on a new one (RFC 7766 §6.2.3 lets a server close any
+    // connection); a connection whose thread the loaded machine had not run
+    // yet can still be the stalest, so a retry is allowed, counted and
+    // bounded, and the time includes it.
+    let mut retried = 0u32;
     for id in 0..20u16 {
-        let (m, took) = tcp_ask(s.addr, "web.default.svc.cluster.local.", id);
+        let t0 = Instant::now();
+        let m = match tcp_try(s.addr, "web.default.svc.cluster.local.", id) {
+            Some(m) => m,
+            None => {
+                retried += 1;
+                tcp_ask(s.addr, "web.default.svc.cluster.local.", id).0
+            }
+        };
+        let took = t0.elapsed();
         assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 20)));
         worst_tcp = worst_tcp.max(took);
         let (m, took) = udp_ask(&client, s.addr, "web.default.svc.cluster.local.", id);
@@ -444,10 +480,14 @@ fn slowloris_flood_does_not_lock_out_other_clients() {
     let cuts: u32 = attackers.into_iter().map(|h| h.join().unwrap()).sum();
     eprintln!(
         "under 32 trickling clients on 8 slots: worst TCP answer {} ms, worst UDP {} ms; \
-         attackers cut {cuts} times; counters: {}",
+         attackers cut {cuts} times; TCP queries asked again {retried}; counters: {}",
         worst_tcp.as_millis(),
         worst_udp.as_millis(),
         s.counters
+    );
+    assert!(
+        retried <= 2,
+        "{retried} of 20 TCP queries cut before their answer"
     );
     assert!(worst_tcp < Duration::from_millis(1000), "{worst_tcp:?}");
     assert!(worst_udp < Duration::from_millis(1000), "{worst_udp:?}");
