@@ -330,6 +330,23 @@ impl EtcdStore {
         }
     }
 
+    /// An unconditional put of a checked key, with `options` (a lease);
+    /// returns the new revision.
+    fn put_with(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: Option<PutOptions>,
+    ) -> Result<Revision, StoreError> {
+        let ekey = self.etcd_key(key);
+        let resp = self.call("put", Retry::Write, || {
+            let mut kv = self.client.kv_client();
+            let (ekey, value, options) = (ekey.clone(), value.to_vec(), options.clone());
+            async move { kv.put(ekey, value, options).await }
+        })?;
+        Ok(resp.header().map_or(0, |h| revision_of(h.revision())))
+    }
+
     fn etcd_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -536,13 +553,7 @@ impl Store for EtcdStore {
 
     fn put(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
         check_key(key)?;
-        let ekey = self.etcd_key(key);
-        let resp = self.call("put", Retry::Write, || {
-            let mut kv = self.client.kv_client();
-            let (ekey, value) = (ekey.clone(), value.to_vec());
-            async move { kv.put(ekey, value, None).await }
-        })?;
-        Ok(resp.header().map_or(0, |h| revision_of(h.revision())))
+        self.put_with(key, value, None)
     }
 
     /// A fresh etcd lease of `ttl` (whole seconds, rounded up) per write,
@@ -566,16 +577,7 @@ impl Store for EtcdStore {
                 async move { leases.grant(secs, None).await }
             })?
             .id();
-        let ekey = self.etcd_key(key);
-        let resp = self.call("put", Retry::Write, || {
-            let mut kv = self.client.kv_client();
-            let (ekey, value) = (ekey.clone(), value.to_vec());
-            async move {
-                kv.put(ekey, value, Some(PutOptions::new().with_lease(lease)))
-                    .await
-            }
-        })?;
-        Ok(resp.header().map_or(0, |h| revision_of(h.revision())))
+        self.put_with(key, value, Some(PutOptions::new().with_lease(lease)))
     }
 
     fn compare_and_swap(
