@@ -182,12 +182,30 @@ fn query(name: &str, id: u16) -> Vec<u8> {
     m.to_vec().unwrap()
 }
 
+/// A query in DNS-over-TCP framing: its length, then the message.
+fn tcp_frame(name: &str, id: u16) -> Vec<u8> {
+    let q = query(name, id);
+    let mut frame = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    frame
+}
+
 fn read_frame(stream: &mut TcpStream) -> Message {
+    try_read_frame(stream).expect("the server closed the connection before its answer")
+}
+
+/// The next framed answer; `None` if the server closed the connection
+/// before it began.
+fn try_read_frame(stream: &mut TcpStream) -> Option<Message> {
     let mut len = [0u8; 2];
-    stream.read_exact(&mut len).unwrap();
+    match stream.read_exact(&mut len) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+        other => other.unwrap(),
+    }
     let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut body).unwrap();
-    Message::from_vec(&body).unwrap()
+    Some(Message::from_vec(&body).unwrap())
 }
 
 fn first_a(m: &Message) -> Option<Ipv4Addr> {
@@ -214,9 +232,7 @@ fn tcp_pipelining_and_idle_timeout() {
         ("web.default.svc.cluster.local.", 1),
         ("big.default.svc.cluster.local.", 2),
     ] {
-        let q = query(name, id);
-        frames.extend_from_slice(&u16::try_from(q.len()).unwrap().to_be_bytes());
-        frames.extend_from_slice(&q);
+        frames.extend_from_slice(&tcp_frame(name, id));
     }
     stream.write_all(&frames).unwrap();
     let first = read_frame(&mut stream);
@@ -312,14 +328,7 @@ fn forwards_outside_names_to_the_upstream() {
 /// One framed query over a fresh TCP connection; the answer and how long it took.
 fn tcp_ask(addr: SocketAddr, name: &str, id: u16) -> (Message, Duration) {
     let t0 = Instant::now();
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let q = query(name, id);
-    let mut frame = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
-    frame.extend_from_slice(&q);
-    stream.write_all(&frame).unwrap();
+    let mut stream = tcp_send(addr, name, id).unwrap();
     let m = read_frame(&mut stream);
     (m, t0.elapsed())
 }
@@ -327,23 +336,18 @@ fn tcp_ask(addr: SocketAddr, name: &str, id: u16) -> (Message, Duration) {
 /// One TCP query on a new connection; `None` if the server closed it
 /// before the answer.
 fn tcp_try(addr: SocketAddr, name: &str, id: u16) -> Option<Message> {
+    try_read_frame(&mut tcp_send(addr, name, id).ok()?)
+}
+
+/// A new connection (answers awaited at most 3 s) with one query sent on
+/// it; the error if the server closed it before the query was written.
+fn tcp_send(addr: SocketAddr, name: &str, id: u16) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
-    let q = query(name, id);
-    let mut frame = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
-    frame.extend_from_slice(&q);
-    stream.write_all(&frame).ok()?;
-    let mut len = [0u8; 2];
-    match stream.read_exact(&mut len) {
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-        other => other.unwrap(),
-    }
-    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut body).unwrap();
-    Some(Message::from_vec(&body).unwrap())
+    stream.write_all(&tcp_frame(name, id))?;
+    Ok(stream)
 }
 
 /// One UDP query; the answer and how long it took (panics after 3 s).
@@ -368,9 +372,7 @@ fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
 /// byte the server cut the connection (None: it sent the whole query uncut).
 fn trickle(addr: SocketAddr, gap: Duration) -> Option<Duration> {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let q = query("web.default.svc.cluster.local.", 77);
-    let mut frame = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
-    frame.extend_from_slice(&q);
+    let frame = tcp_frame("web.default.svc.cluster.local.", 77);
     let t0 = Instant::now();
     for byte in &frame {
         if stream.write_all(std::slice::from_ref(byte)).is_err() {
